@@ -1,0 +1,3 @@
+from mfhelm.cli import main
+
+main()

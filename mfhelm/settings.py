@@ -1,0 +1,206 @@
+"""The user's settings file, `mfhelm.toml`, read by `make bicep-deploy` and the CLI.
+
+Every field is validated here, once, so that a bad value fails on the
+user's machine with a clear line instead of deep inside an ARM deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mfhelm.errors import MfhelmError
+
+SETTINGS_FILE = "mfhelm.toml"
+SETTINGS_ENV = "MFHELM_SETTINGS"
+
+# Every Azure name is derived from the prefix in Bicep; the tightest limit is
+# the storage account (3-24 chars, lowercase letters and digits), which gets
+# the prefix plus 15 characters.
+ORG_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
+LOCATION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
+VM_SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
+K8S_VERSION_RE = re.compile(r"^1\.\d{2}(\.\d+)?$")
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+SUPPORTED_POSTGRES = ("14", "15", "16", "17")
+POSTGRES_TIERS = ("Burstable", "GeneralPurpose", "MemoryOptimized")
+
+PoolCount = Annotated[int, Field(ge=0, le=1000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AksSettings(_Strict):
+    """Node pools: a small system pool and the `taskworkers` pool flows run on."""
+
+    kubernetes_version: str = ""
+    system_vm_size: str = "Standard_D2s_v5"
+    system_min_count: Annotated[int, Field(ge=1, le=1000)] = 1
+    system_max_count: Annotated[int, Field(ge=1, le=1000)] = 3
+    task_vm_size: str = "Standard_D4s_v5"
+    task_min_count: PoolCount = 0
+    task_max_count: Annotated[int, Field(ge=1, le=1000)] = 5
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _k8s_version(cls, v: str) -> str:
+        if v and not K8S_VERSION_RE.match(v):
+            raise ValueError("must look like 1.33 or 1.33.2 (or be empty for AKS's default)")
+        return v
+
+    @field_validator("system_vm_size", "task_vm_size")
+    @classmethod
+    def _vm_size(cls, v: str) -> str:
+        if not VM_SIZE_RE.match(v):
+            raise ValueError("must be an Azure VM size such as Standard_D4s_v5")
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AksSettings:
+        if self.system_min_count > self.system_max_count:
+            raise ValueError("system_min_count must not exceed system_max_count")
+        if self.task_min_count > self.task_max_count:
+            raise ValueError("task_min_count must not exceed task_max_count")
+        return self
+
+
+class PostgresSettings(_Strict):
+    """PostgreSQL Flexible Server shape."""
+
+    version: str = "16"
+    tier: str = "Burstable"
+    sku: str = "Standard_B1ms"
+    storage_gb: Annotated[int, Field(ge=32, le=32768)] = 32
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> str:
+        v = str(v)
+        if v not in SUPPORTED_POSTGRES:
+            raise ValueError(f"must be one of {', '.join(SUPPORTED_POSTGRES)}")
+        return v
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, v: str) -> str:
+        if v not in POSTGRES_TIERS:
+            raise ValueError(f"must be one of {', '.join(POSTGRES_TIERS)}")
+        return v
+
+    @field_validator("sku")
+    @classmethod
+    def _sku(cls, v: str) -> str:
+        if not VM_SIZE_RE.match(v):
+            raise ValueError("must be a Flexible Server SKU such as Standard_B1ms")
+        return v
+
+
+class HelmSettings(_Strict):
+    """Where the chart is installed."""
+
+    release: str = "metaflow"
+    namespace: str = "metaflow"
+    flow_namespace: str = "metaflow-jobs"
+
+    @field_validator("release", "namespace", "flow_namespace")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not DNS_LABEL_RE.match(v) or len(v) > 53:
+            raise ValueError("must be a lowercase DNS label (a-z, 0-9, '-'), at most 53 chars")
+        return v
+
+
+class Settings(_Strict):
+    """The whole `mfhelm.toml`."""
+
+    org_prefix: str
+    location: str
+    deploy_argo: bool = True
+    deploy_airflow: bool = False
+    resource_group: str = ""
+    deployment_name: str = ""
+    aks: AksSettings = AksSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    helm: HelmSettings = HelmSettings()
+
+    @field_validator("org_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not ORG_PREFIX_RE.match(v):
+            raise ValueError(
+                "must be 2-8 characters, lowercase letters and digits, starting with a "
+                "letter (it becomes part of the storage account name)"
+            )
+        return v
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        if not LOCATION_RE.match(v):
+            raise ValueError("must be an Azure region name such as westeurope or eastus2")
+        return v
+
+    @property
+    def resource_group_name(self) -> str:
+        return self.resource_group or f"{self.org_prefix}-metaflow-rg"
+
+    @property
+    def deployment(self) -> str:
+        """The ARM deployment name at subscription scope (stable: re-runs update it)."""
+        return self.deployment_name or f"{self.org_prefix}-metaflow"
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "settings"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling)"
+    elif err["type"] == "missing":
+        msg = "is required"
+    return f"{where}: {msg}"
+
+
+def parse(data: dict[str, Any], source: str = SETTINGS_FILE) -> Settings:
+    """Validate a settings mapping; raise MfhelmError naming the first bad field."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise MfhelmError(f"{source}: {_first_error(exc)}") from None
+
+
+def settings_path(path: str | os.PathLike[str] | None = None) -> Path:
+    return Path(path or os.environ.get(SETTINGS_ENV) or SETTINGS_FILE)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Settings:
+    p = settings_path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise MfhelmError(f"{p}: not found; create it with `mfhelm init --org-prefix ...`") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MfhelmError(f"{p}: not valid TOML ({exc})") from None
+    return parse(data, str(p))
+
+
+def dump(settings: Settings) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(settings.model_dump(mode="json"))
+
+
+def save(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
+    p = settings_path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(dump(settings))
+    tmp.replace(p)
+    return p

@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Install the pinned tools from tools.toml into a cache outside the repo.
+
+Each tool lands in ``$MFHELM_CACHE/tools/<name>-<version>/bin`` (default
+cache: ``~/.cache/mfhelm``) and is linked into a bin directory, usually the
+project's ``.venv/bin``. A tool whose versioned directory already holds all
+of its binaries is not rebuilt, so repeat runs cost nothing; a missing or
+partial one is rebuilt from scratch; a marker written last tells a finished
+build from an interrupted one.
+
+Usage:
+    install.py [--bin-dir DIR] [--only NAME ...]   install and link
+    install.py --version-of NAME                  print a pinned version
+    install.py --path-of BINARY                   print a binary's cached path
+
+Only the standard library is used: this runs before the venv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = ROOT / "tools.toml"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MFHELM_CACHE", Path.home() / ".cache" / "mfhelm"))
+
+
+def load_manifest() -> dict:
+    with MANIFEST.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def tool_entries(manifest: dict) -> dict[str, tuple[str, dict]]:
+    """name -> (kind, entry) for every installable tool in the manifest."""
+    entries: dict[str, tuple[str, dict]] = {}
+    for kind in ("go", "python", "npm", "gobuild"):
+        for name, entry in manifest.get(kind, {}).items():
+            entries[name] = (kind, entry)
+    return entries
+
+
+def tool_home(name: str, entry: dict) -> Path:
+    return cache_dir() / "tools" / f"{name}-{entry['version']}"
+
+
+def _run(cmd: list[str], **kw) -> None:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, **kw)
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ, CGO_ENABLED="0")
+    env.setdefault("GOFLAGS", "-mod=mod")
+    return env
+
+
+def build_go(name: str, entry: dict, dest: Path) -> None:
+    """`go install module/pkg@version` with the version stamped by ldflags."""
+    bindir = dest / "bin"
+    bindir.mkdir()
+    ldflags = entry.get("ldflags", "").format(version=entry["version"])
+    cmd = ["go", "install", "-trimpath"]
+    if ldflags:
+        cmd += ["-ldflags", ldflags]
+    packages = entry.get("packages") or [entry["package"]]
+    cmd += [f"{pkg}@{entry['version']}" for pkg in packages]
+    _run(cmd, env=dict(_go_env(), GOBIN=str(bindir)), cwd=tempfile.gettempdir())
+
+
+def build_gobuild(name: str, entry: dict, dest: Path) -> None:
+    """Build binaries from a wrapper module: tests/tools/gobuild/<name>/go.mod.
+
+    Used where `go install pkg@version` cannot work, e.g. k8s.io/kubernetes,
+    whose go.mod replaces its staging modules with local paths.
+    """
+    src = ROOT / "tests" / "tools" / "gobuild" / name
+    bindir = dest / "bin"
+    bindir.mkdir()
+    ldflags = entry.get("ldflags", "").format(version=entry["version"])
+    with tempfile.TemporaryDirectory() as work:
+        shutil.copytree(src, work, dirs_exist_ok=True)
+        env = _go_env()
+        for pkg in entry["packages"]:
+            out = bindir / pkg.rstrip("/").rsplit("/", 1)[-1]
+            cmd = ["go", "build", "-trimpath", "-o", str(out)]
+            if ldflags:
+                cmd += ["-ldflags", ldflags]
+            _run([*cmd, pkg], env=env, cwd=work)
+
+
+def build_python(name: str, entry: dict, dest: Path) -> None:
+    """An isolated virtualenv holding one pinned Python tool."""
+    venv = dest / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)])
+    pip = venv / "bin" / "pip"
+    _run([str(pip), "install", "--quiet", "--disable-pip-version-check",
+          f"{entry['package']}=={entry['version']}"])
+    (dest / "bin").mkdir()
+    for binary in entry["binaries"]:
+        (dest / "bin" / binary).symlink_to(venv / "bin" / binary)
+
+
+def build_npm(name: str, entry: dict, dest: Path) -> None:
+    """A pinned npm package installed into its own prefix."""
+    _run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix", str(dest),
+          f"{entry['package']}@{entry['version']}"])
+    (dest / "bin").mkdir()
+    for binary in entry["binaries"]:
+        (dest / "bin" / binary).symlink_to(dest / "node_modules" / ".bin" / binary)
+
+
+BUILDERS: dict[str, Callable[[str, dict, Path], None]] = {
+    "go": build_go,
+    "gobuild": build_gobuild,
+    "python": build_python,
+    "npm": build_npm,
+}
+
+
+def is_complete(home: Path, entry: dict) -> bool:
+    # The marker is written last, so an interrupted build is never mistaken
+    # for a finished one.
+    return (home / ".complete").exists() and all(
+        (home / "bin" / b).exists() for b in entry["binaries"]
+    )
+
+
+def install(name: str, kind: str, entry: dict) -> Path:
+    home = tool_home(name, entry)
+    if is_complete(home, entry):
+        return home
+    print(f"mfhelm tools: building {name} {entry['version']} (cached afterwards)",
+          file=sys.stderr, flush=True)
+    # Built in place: virtualenvs and npm prefixes hold absolute paths.
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    try:
+        BUILDERS[kind](name, entry, home)
+        missing = [b for b in entry["binaries"] if not (home / "bin" / b).exists()]
+        if missing:
+            raise RuntimeError(f"build finished but {', '.join(missing)} missing")
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    (home / ".complete").write_text(entry["version"] + "\n")
+    return home
+
+
+def link(home: Path, entry: dict, bin_dir: Path) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for binary in entry["binaries"]:
+        dst = bin_dir / binary
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        dst.symlink_to(home / "bin" / binary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin-dir", type=Path, default=ROOT / ".venv" / "bin")
+    ap.add_argument("--only", nargs="*", default=None, help="install only these tools")
+    ap.add_argument("--version-of", metavar="NAME")
+    ap.add_argument("--path-of", metavar="BINARY")
+    args = ap.parse_args(argv)
+
+    manifest = load_manifest()
+    entries = tool_entries(manifest)
+    if args.version_of:
+        section = manifest.get(args.version_of) or entries.get(args.version_of, (None, {}))[1]
+        if "version" not in section:
+            print(f"no pinned version for {args.version_of!r} in tools.toml", file=sys.stderr)
+            return 2
+        print(section["version"])
+        return 0
+    if args.path_of:
+        for name, (_kind, entry) in entries.items():
+            if args.path_of in entry["binaries"]:
+                print(tool_home(name, entry) / "bin" / args.path_of)
+                return 0
+        print(f"no tool in tools.toml provides {args.path_of!r}", file=sys.stderr)
+        return 2
+
+    wanted = args.only if args.only is not None else list(entries)
+    unknown = sorted(set(wanted) - set(entries))
+    if unknown:
+        print(f"unknown tools: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    for name in wanted:
+        kind, entry = entries[name]
+        try:
+            home = install(name, kind, entry)
+        except (subprocess.CalledProcessError, RuntimeError) as exc:
+            print(f"mfhelm tools: building {name} failed: {exc}", file=sys.stderr)
+            return 1
+        link(home, entry, args.bin_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
