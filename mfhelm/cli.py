@@ -43,23 +43,15 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr, exit 1."""
+    """Console entry point: user errors become one line on stderr, exit 1.
+
+    Typer's standalone mode already turns usage errors into a short message
+    and exit 2; what remains is our own MfhelmError.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except MfhelmError as exc:
         if _state["debug"]:
             raise
         print(f"mfhelm: error: {exc}", file=sys.stderr)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("mfhelm: aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
