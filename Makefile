@@ -48,3 +48,13 @@ lint: $(STAMP) ## ruff over the tree, mypy over mfhelm/
 
 clean: ## remove the venv (the tool cache in ~/.cache/mfhelm stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# --- Azure infrastructure (bicep/). Parameters come from mfhelm.toml. ---
+bicep-build: $(STAMP) ## compile bicep/main.bicep with the Azure CLI (az bicep build)
+	@$(PY) -m mfhelm.bicep_deploy build
+
+bicep-whatif: $(STAMP) ## preview the deployment (az deployment sub what-if)
+	@$(PY) -m mfhelm.bicep_deploy whatif
+
+bicep-deploy: $(STAMP) ## preflight with `mfhelm doctor`, then deploy bicep/main.bicep
+	@$(PY) -m mfhelm.bicep_deploy deploy
