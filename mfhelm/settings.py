@@ -38,12 +38,20 @@ class _Strict(BaseModel):
 
 
 class AksSettings(_Strict):
-    """Node pools: a small system pool and the `taskworkers` pool flows run on."""
+    """Node pools.
+
+    The system pool is tainted CriticalAddonsOnly (AKS's own add-ons only),
+    the `services` pool runs the chart's long-lived services (metadata, UI,
+    Argo, Airflow), and the tainted `taskworkers` pool runs flow pods alone.
+    """
 
     kubernetes_version: str = ""
     system_vm_size: str = "Standard_D2s_v5"
     system_min_count: Annotated[int, Field(ge=1, le=1000)] = 1
     system_max_count: Annotated[int, Field(ge=1, le=1000)] = 3
+    services_vm_size: str = "Standard_D2s_v5"
+    services_min_count: Annotated[int, Field(ge=1, le=1000)] = 1
+    services_max_count: Annotated[int, Field(ge=1, le=1000)] = 3
     task_vm_size: str = "Standard_D4s_v5"
     task_min_count: PoolCount = 0
     task_max_count: Annotated[int, Field(ge=1, le=1000)] = 5
@@ -55,7 +63,7 @@ class AksSettings(_Strict):
             raise ValueError("must look like 1.33 or 1.33.2 (or be empty for AKS's default)")
         return v
 
-    @field_validator("system_vm_size", "task_vm_size")
+    @field_validator("system_vm_size", "services_vm_size", "task_vm_size")
     @classmethod
     def _vm_size(cls, v: str) -> str:
         if not VM_SIZE_RE.match(v):
@@ -66,6 +74,8 @@ class AksSettings(_Strict):
     def _bounds(self) -> AksSettings:
         if self.system_min_count > self.system_max_count:
             raise ValueError("system_min_count must not exceed system_max_count")
+        if self.services_min_count > self.services_max_count:
+            raise ValueError("services_min_count must not exceed services_max_count")
         if self.task_min_count > self.task_max_count:
             raise ValueError("task_min_count must not exceed task_max_count")
         return self
@@ -107,7 +117,8 @@ class HelmSettings(_Strict):
 
     release: str = "metaflow"
     namespace: str = "metaflow"
-    flow_namespace: str = "metaflow-jobs"
+    # Flow pods run here; the default keeps them beside the services.
+    flow_namespace: str = "metaflow"
 
     @field_validator("release", "namespace", "flow_namespace")
     @classmethod
