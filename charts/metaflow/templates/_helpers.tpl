@@ -1,0 +1,207 @@
+{{/* Names, labels and shared snippets. */}}
+
+{{- define "metaflow.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Resource name prefix: the release name unless overridden. */}}
+{{- define "metaflow.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "metaflow.labels" -}}
+app.kubernetes.io/part-of: metaflow
+app.kubernetes.io/name: {{ include "metaflow.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component; pass (dict "ctx" $ "component" "x"). */}}
+{{- define "metaflow.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "metaflow.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "metaflow.componentLabels" -}}
+{{ include "metaflow.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "metaflow.isLocal" -}}
+{{- if eq .Values.profile "local" }}true{{ end -}}
+{{- end -}}
+
+{{- define "metaflow.flowNamespace" -}}
+{{- default .Release.Namespace .Values.flows.namespace -}}
+{{- end -}}
+
+{{- define "metaflow.image" -}}
+{{- printf "%s:%s" .repository .tag -}}
+{{- end -}}
+
+{{/* Database coordinates, resolved per profile. */}}
+{{- define "metaflow.dbHost" -}}
+{{- if include "metaflow.isLocal" . -}}
+{{- printf "%s-postgres" (include "metaflow.fullname" .) -}}
+{{- else -}}
+{{- required "database.host is required on the azure profile (Bicep output postgresFqdn)" .Values.database.host -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "metaflow.dbSslMode" -}}
+{{- if .Values.database.sslMode -}}
+{{- .Values.database.sslMode -}}
+{{- else if include "metaflow.isLocal" . -}}
+disable
+{{- else -}}
+require
+{{- end -}}
+{{- end -}}
+
+{{- define "metaflow.dbSecretName" -}}
+{{- if .Values.database.existingSecret -}}
+{{- .Values.database.existingSecret -}}
+{{- else -}}
+{{- printf "%s-db" (include "metaflow.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "metaflow.dbSecretKey" -}}
+{{- if .Values.database.existingSecret -}}
+{{- .Values.database.existingSecretPasswordKey -}}
+{{- else -}}
+password
+{{- end -}}
+{{- end -}}
+
+{{/* The MF_METADATA_DB_* environment every database client shares. */}}
+{{- define "metaflow.dbEnv" -}}
+- name: MF_METADATA_DB_HOST
+  value: {{ include "metaflow.dbHost" . | quote }}
+- name: MF_METADATA_DB_PORT
+  value: {{ .Values.database.port | quote }}
+- name: MF_METADATA_DB_USER
+  value: {{ .Values.database.user | quote }}
+- name: MF_METADATA_DB_PSWD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "metaflow.dbSecretName" . }}
+      key: {{ include "metaflow.dbSecretKey" . }}
+- name: MF_METADATA_DB_NAME
+  value: {{ .Values.database.name | quote }}
+- name: MF_METADATA_DB_SSL_MODE
+  value: {{ include "metaflow.dbSslMode" . | quote }}
+{{- if .Values.database.sslRootCertConfigMap }}
+{{- /* run_goose.py reads the first name, the services the second. */}}
+- name: MF_METADATA_DB_SSL_ROOT_CERT
+  value: /etc/metaflow/db-ca/{{ .Values.database.sslRootCertKey }}
+- name: MF_METADATA_DB_SSL_ROOT_CERT_PATH
+  value: /etc/metaflow/db-ca/{{ .Values.database.sslRootCertKey }}
+{{- end }}
+- name: DB_SCHEMA_NAME
+  value: {{ .Values.database.schema | quote }}
+- name: MF_METADATA_DB_POOL_MIN
+  value: {{ .Values.database.pool.min | quote }}
+- name: MF_METADATA_DB_POOL_MAX
+  value: {{ .Values.database.pool.max | quote }}
+- name: MF_METADATA_DB_TIMEOUT
+  value: {{ .Values.database.pool.timeout | quote }}
+{{- end -}}
+
+{{/* The CA bundle mount for verify-ca / verify-full. */}}
+{{- define "metaflow.dbCaMount" -}}
+{{- if .Values.database.sslRootCertConfigMap }}
+- name: db-ca
+  mountPath: /etc/metaflow/db-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "metaflow.dbCaVolume" -}}
+{{- with .Values.database.sslRootCertConfigMap }}
+- name: db-ca
+  configMap:
+    name: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* Blob endpoint and sysroot, per profile. */}}
+{{- define "metaflow.blobEndpoint" -}}
+{{- if include "metaflow.isLocal" . -}}
+{{- printf "http://%s-azurite:10000/devstoreaccount1/" (include "metaflow.fullname" .) -}}
+{{- else -}}
+{{- required "storage.blobEndpoint is required on the azure profile (Bicep output storageBlobEndpoint)" .Values.storage.blobEndpoint -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "metaflow.sysroot" -}}
+{{- printf "%s/%s" .Values.storage.container .Values.storage.prefix | trimSuffix "/" -}}
+{{- end -}}
+
+{{- define "metaflow.metadataUrl" -}}
+{{- printf "http://%s-metadata.%s.svc.cluster.local:%v" (include "metaflow.fullname" .) .Release.Namespace .Values.metadata.port -}}
+{{- end -}}
+
+{{/* Azure Blob access for pods that read artifacts. */}}
+{{- define "metaflow.blobEnv" -}}
+- name: METAFLOW_DEFAULT_DATASTORE
+  value: azure
+- name: METAFLOW_DATASTORE_SYSROOT_AZURE
+  value: {{ include "metaflow.sysroot" . | quote }}
+- name: METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT
+  value: {{ include "metaflow.blobEndpoint" . | quote }}
+{{- end -}}
+
+{{- define "metaflow.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext -}}
+{{- end -}}
+
+{{- define "metaflow.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext -}}
+{{- end -}}
+
+{{/* Scheduling of long-lived services. */}}
+{{- define "metaflow.serviceScheduling" -}}
+{{- with .Values.serviceNodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.serviceTolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* Guards that turn bad combinations into one clear install error. */}}
+{{- define "metaflow.validate" -}}
+{{- if and (not (include "metaflow.isLocal" .)) .Values.database.password -}}
+{{- fail "database.password is for the local profile only; on azure put the password in a Secret and set database.existingSecret" -}}
+{{- end -}}
+{{- if and (not (include "metaflow.isLocal" .)) (not .Values.database.existingSecret) -}}
+{{- fail "database.existingSecret is required on the azure profile (mfhelm install creates it from Key Vault)" -}}
+{{- end -}}
+{{- if and (include "metaflow.isLocal" .) (not .Values.database.existingSecret) (not .Values.database.password) -}}
+{{- fail "the local profile needs database.password or database.existingSecret" -}}
+{{- end -}}
+{{- if and (not (include "metaflow.isLocal" .)) (not .Values.identity.clientId) -}}
+{{- fail "identity.clientId is required on the azure profile (Bicep output identityClientId)" -}}
+{{- end -}}
+{{- if and (has (include "metaflow.dbSslMode" .) (list "verify-ca" "verify-full")) (not .Values.database.sslRootCertConfigMap) -}}
+{{- fail "database.sslMode verify-ca/verify-full needs database.sslRootCertConfigMap (the server's CA bundle)" -}}
+{{- end -}}
+{{- if and .Values.airflow.enabled (ne (.Values.airflow.dags.persistence.existingClaim | toString) .Values.airflowGlue.dags.claimName) -}}
+{{- fail "airflow.dags.persistence.existingClaim must equal airflowGlue.dags.claimName" -}}
+{{- end -}}
+{{- if and .Values.airflow.enabled (ne (.Values.airflow.data.metadataSecretName | toString) .Values.airflowGlue.metadataSecretName) -}}
+{{- fail "airflow.data.metadataSecretName must equal airflowGlue.metadataSecretName" -}}
+{{- end -}}
+{{- end -}}
