@@ -1,0 +1,67 @@
+"""Secrets mfhelm reads from the deployment's Key Vault (the Postgres admin password)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mfhelm.azure.credentials import auth_error, error_message, status_of
+from mfhelm.errors import MfhelmError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+
+
+def _vault_name(vault_uri: str) -> str:
+    host = vault_uri.split("://", 1)[-1].split("/", 1)[0]
+    return host.split(".", 1)[0]
+
+
+def keyvault_secret(
+    vault_uri: str,
+    name: str,
+    *,
+    credential: TokenCredential,
+    verify_challenge_resource: bool = True,
+) -> str:
+    """The current value of secret `name`. Never logged, never written to disk here.
+
+    `verify_challenge_resource` stays on for real vaults: it checks that the
+    vault's auth challenge names a resource in the vault's own domain. Only a
+    vault served from a non-Azure host (a test double) needs it off.
+    """
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+    )
+    from azure.keyvault.secrets import SecretClient
+
+    vault = _vault_name(vault_uri)
+    client = SecretClient(
+        vault_uri, credential, verify_challenge_resource=verify_challenge_resource
+    )
+    try:
+        secret = client.get_secret(name)
+    except ResourceNotFoundError:
+        raise MfhelmError(
+            f"secret {name!r} missing from Key Vault {vault}; re-run `make bicep-deploy`"
+        ) from None
+    except ClientAuthenticationError as exc:
+        raise auth_error(exc) from None
+    except HttpResponseError as exc:
+        if status_of(exc) == 403:
+            raise MfhelmError(
+                f"not allowed to read secrets in Key Vault {vault}: grant yourself "
+                f"'Key Vault Secrets User' on {vault} (az role assignment create --role "
+                "'Key Vault Secrets User' --assignee <you> --scope <vault id>)"
+            ) from None
+        raise MfhelmError(f"reading secret {name!r} from {vault} failed: {error_message(exc)}") \
+            from None
+    except ServiceRequestError as exc:
+        raise MfhelmError(f"cannot reach Key Vault {vault_uri} ({error_message(exc)})") from None
+    finally:
+        client.close()
+    if secret.value is None:
+        raise MfhelmError(f"secret {name!r} in Key Vault {vault} has no value")
+    return secret.value

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fake_arm  # noqa: E402
+
+
+@pytest.fixture
+def fake_azure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[fake_arm.FakeAzure]:
+    gen = fake_arm.serve(tmp_path)
+    fake = next(gen)
+    # requests (under azure-core) trusts this bundle for every client, the way a
+    # corporate proxy's CA is usually configured.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.ca_file))
+    yield fake
+    gen.close()
+
+
+@pytest.fixture
+def credential() -> fake_arm.FakeCredential:
+    return fake_arm.FakeCredential()

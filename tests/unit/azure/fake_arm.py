@@ -1,0 +1,422 @@
+"""A local HTTPS stand-in for Azure's control plane and Key Vault.
+
+It answers with payloads shaped like the Azure REST API, so the real SDK
+clients (with their auth, retry and deserialization policies) run end to end
+against it. Azure SDKs refuse to send bearer tokens over plain HTTP, hence
+HTTPS with a certificate made per test session.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError
+
+SUB = "00000000-1111-2222-3333-444444444444"
+TENANT = "99999999-8888-7777-6666-555555555555"
+TOKEN = "fake-arm-token"
+KV_TOKEN = "fake-kv-token"
+ARM_SCOPE = "https://management.azure.com/.default"
+KV_SCOPE = "https://vault.azure.net/.default"
+
+
+class FakeCredential:
+    """The azure-core TokenCredential protocol, handing out fixed tokens per scope."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.requests: list[tuple[tuple[str, ...], str | None]] = []
+
+    def get_token(self, *scopes: str, tenant_id: str | None = None, **_: Any) -> AccessToken:
+        self.requests.append((scopes, tenant_id))
+        if self.fail:
+            raise ClientAuthenticationError("AADSTS700082: The refresh token has expired")
+        token = KV_TOKEN if KV_SCOPE in scopes else TOKEN
+        return AccessToken(token, int(time.time()) + 3600)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+
+
+Handler = Callable[[Recorded], tuple[int, Any]]
+
+
+@dataclass
+class FakeAzure:
+    base_url: str = ""
+    ca_file: Path | None = None
+    # (METHOD, path) -> (status, json body) or a function of the request
+    routes: dict[tuple[str, str], tuple[int, Any] | Handler] = field(default_factory=dict)
+    requests: list[Recorded] = field(default_factory=list)
+
+    def route(self, method: str, path: str, status: int = 200, body: Any = None) -> None:
+        self.routes[(method.upper(), path.rstrip("/").lower())] = (status, body)
+
+    def handle(self, method: str, path: str, fn: Handler) -> None:
+        self.routes[(method.upper(), path.rstrip("/").lower())] = fn
+
+    def calls(self, path_contains: str) -> list[Recorded]:
+        return [r for r in self.requests if path_contains.lower() in r.path.lower()]
+
+
+def arm_error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def _make_handler(fake: FakeAzure) -> type[BaseHTTPRequestHandler]:
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+        def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+            data = b"" if body is None else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-ms-request-id", "fake-request")
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            parts = urlsplit(self.path)
+            path = unquote(parts.path)
+            rec = Recorded(self.command, path, parse_qs(parts.query), dict(self.headers.items()))
+            fake.requests.append(rec)
+            auth = self.headers.get("Authorization", "")
+            if path.startswith("/secrets/"):
+                # Key Vault answers an unauthenticated request with a challenge naming
+                # the tenant and resource; the SDK then asks for a token and retries.
+                if auth != f"Bearer {KV_TOKEN}":
+                    challenge = (
+                        f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+                        'resource="https://vault.azure.net"'
+                    )
+                    self._reply(
+                        401,
+                        arm_error("Unauthorized", "AKV10000: Request is missing a Bearer token."),
+                        {"WWW-Authenticate": challenge},
+                    )
+                    return
+            elif auth != f"Bearer {TOKEN}":
+                self._reply(
+                    401,
+                    arm_error("AuthenticationFailed", "Authentication failed."),
+                    {"WWW-Authenticate": 'Bearer authorization_uri="https://login.windows.net/", '
+                     'error="invalid_token"'},
+                )
+                return
+            entry = fake.routes.get((self.command, path.rstrip("/").lower()))
+            if entry is None:
+                self._reply(501, arm_error("NoRouteInFake", f"{self.command} {path}"))
+                return
+            status, body = entry(rec) if callable(entry) else entry
+            self._reply(status, body)
+
+        do_GET = _serve
+        do_POST = _serve
+        do_PUT = _serve
+
+    return H
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-azure.localhost")])
+    now = dt.datetime.now(dt.UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "fake-azure.pem", tmp / "fake-azure.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def serve(tmp: Path) -> Iterator[FakeAzure]:
+    """Run a FakeAzure on 127.0.0.1 (random port) until the generator is closed."""
+    cert_file, key_file = _self_signed(tmp)
+    fake = FakeAzure(ca_file=cert_file)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(fake))
+    server.daemon_threads = True
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    fake.base_url = f"https://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# --- payloads shaped like the Azure REST API -------------------------------------------
+
+def deployment_outputs_path(name: str, sub: str = SUB) -> str:
+    return f"/subscriptions/{sub}/providers/Microsoft.Resources/deployments/{name}"
+
+
+def sample_outputs(prefix: str = "acme") -> dict[str, Any]:
+    """Flat outputs as bicep/main.bicep produces them for org prefix `prefix`."""
+    return {
+        "resourceGroupName": f"{prefix}-metaflow-rg",
+        "location": "westeurope",
+        "tenantId": TENANT,
+        "subscriptionId": SUB,
+        "aksClusterName": f"{prefix}-metaflow-aks",
+        "aksOidcIssuerUrl": "https://westeurope.oic.prod-aks.azure.com/t/i/",
+        "identityName": f"{prefix}-metaflow-id",
+        "identityClientId": "12345678-aaaa-bbbb-cccc-1234567890ab",
+        "storageAccountName": f"{prefix}mfstore1234567",
+        "storageBlobEndpoint": f"https://{prefix}mfstore1234567.blob.core.windows.net/",
+        "metaflowContainerName": "metaflow-storage",
+        "airflowLogsContainerName": "",
+        "postgresServerName": f"{prefix}-metaflow-pg",
+        "postgresFqdn": f"{prefix}-metaflow-pg.postgres.database.azure.com",
+        "postgresDatabaseName": "metaflow",
+        "postgresAdminLogin": "mfadmin",
+        "keyVaultName": f"{prefix}-mf-kv",
+        "keyVaultUri": f"https://{prefix}-mf-kv.vault.azure.net/",
+        "postgresPasswordSecretName": "postgres-admin-password",
+        "serviceNamespace": "metaflow",
+        "flowNamespace": "metaflow",
+        "serviceAccountService": "metaflow-service",
+        "serviceAccountFlows": "metaflow-flows",
+        "serviceAccountAirflow": "metaflow-airflow",
+        "taskworkersLabelKey": "mfhelm.io/pool",
+        "taskworkersLabelValue": "taskworkers",
+        "deployArgo": True,
+        "deployAirflow": False,
+    }
+
+
+def arm_outputs(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat outputs in ARM's `{name: {type, value}}` shape."""
+    return {
+        k: {"type": "Bool" if isinstance(v, bool) else "String", "value": v}
+        for k, v in flat.items()
+    }
+
+
+def deployment_body(
+    name: str,
+    outputs: dict[str, Any] | None,
+    state: str = "Succeeded",
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "templateHash": "1234567890",
+        "mode": "Incremental",
+        "provisioningState": state,
+        "timestamp": "2026-01-05T10:00:00.0000000Z",
+        "duration": "PT9M12.5S",
+        "correlationId": "aaaaaaaa-0000-0000-0000-000000000000",
+        "providers": [],
+        "dependencies": [],
+    }
+    if outputs is not None:
+        props["outputs"] = arm_outputs(outputs)
+    if error is not None:
+        props["error"] = error
+    return {
+        "id": deployment_outputs_path(name),
+        "name": name,
+        "type": "Microsoft.Resources/deployments",
+        "location": "westeurope",
+        "properties": props,
+    }
+
+
+def provider_body(namespace: str, state: str = "Registered") -> dict[str, Any]:
+    return {
+        "id": f"/subscriptions/{SUB}/providers/{namespace}",
+        "namespace": namespace,
+        "registrationState": state,
+        "registrationPolicy": "RegistrationRequired",
+        "resourceTypes": [],
+    }
+
+
+def vm_sku(
+    name: str,
+    family: str,
+    vcpus: int,
+    location: str = "westeurope",
+    restrictions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "virtualMachines",
+        "name": name,
+        "tier": "Standard",
+        "size": name.removeprefix("Standard_"),
+        "family": family,
+        "locations": [location],
+        "locationInfo": [{"location": location, "zones": ["1", "2", "3"], "zoneDetails": []}],
+        "capabilities": [
+            {"name": "vCPUs", "value": str(vcpus)},
+            {"name": "MemoryGB", "value": str(vcpus * 4)},
+            {"name": "vCPUsAvailable", "value": str(vcpus)},
+        ],
+        "restrictions": restrictions or [],
+    }
+
+
+def location_restriction(location: str = "westeurope") -> dict[str, Any]:
+    return {
+        "type": "Location",
+        "values": [location],
+        "restrictionInfo": {"locations": [location]},
+        "reasonCode": "NotAvailableForSubscription",
+    }
+
+
+def zone_restriction(zones: list[str], location: str = "westeurope") -> dict[str, Any]:
+    return {
+        "type": "Zone",
+        "values": [location],
+        "restrictionInfo": {"locations": [location], "zones": zones},
+        "reasonCode": "NotAvailableForSubscription",
+    }
+
+
+def usage(name: str, localized: str, current: int, limit: int) -> dict[str, Any]:
+    return {
+        "unit": "Count",
+        "currentValue": current,
+        "limit": limit,
+        "name": {"value": name, "localizedValue": localized},
+    }
+
+
+def pg_capabilities(
+    versions: list[str],
+    skus_by_tier: dict[str, list[str]],
+    restricted: str = "Disabled",
+) -> dict[str, Any]:
+    editions = [
+        {
+            "name": tier,
+            "defaultSkuName": skus[0] if skus else "",
+            "supportedStorageEditions": [
+                {"name": "ManagedDisk", "defaultStorageSizeMb": 32768, "status": "Default"}
+            ],
+            "supportedServerSkus": [
+                {
+                    "name": s, "vCores": 2, "supportedIops": 3200,
+                    "supportedMemoryPerVcoreMb": 4096, "supportedZones": ["1", "2", "3"],
+                    "supportedHaMode": ["SameZone", "ZoneRedundant"], "status": "Available",
+                }
+                for s in skus
+            ],
+            "status": "Available",
+        }
+        for tier, skus in skus_by_tier.items()
+    ]
+    return {
+        "value": [
+            {
+                "name": "FlexibleServerCapabilities",
+                "supportedServerEditions": editions,
+                "supportedServerVersions": [
+                    {"name": v, "supportedVersionsToUpgrade": [], "status": "Available"}
+                    for v in versions
+                ],
+                "fastProvisioningSupported": "Enabled",
+                "geoBackupSupported": "Enabled",
+                "zoneRedundantHaSupported": "Enabled",
+                "zoneRedundantHaAndGeoBackupSupported": "Enabled",
+                "storageAutoGrowthSupported": "Enabled",
+                "onlineResizeSupported": "Enabled",
+                "restricted": restricted,
+                "status": "Available",
+            }
+        ]
+    }
+
+
+def kubeconfig_body(kubeconfig: bytes) -> dict[str, Any]:
+    return {
+        "kubeconfigs": [
+            {"name": "clusterUser", "value": base64.b64encode(kubeconfig).decode()}
+        ]
+    }
+
+
+def secret_body(vault_url: str, name: str, value: str) -> dict[str, Any]:
+    return {
+        "value": value,
+        "id": f"{vault_url.rstrip('/')}/secrets/{name}/0123456789abcdef0123456789abcdef",
+        "attributes": {
+            "enabled": True,
+            "created": 1767607200,
+            "updated": 1767607200,
+            "recoveryLevel": "Recoverable+Purgeable",
+            "recoverableDays": 90,
+        },
+        "tags": {},
+    }
