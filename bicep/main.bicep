@@ -1,0 +1,328 @@
+// mfhelm: the Azure side of a production Metaflow stack.
+// Deployed at subscription scope by `make bicep-deploy`; its outputs are the
+// only source mfhelm reads Azure names from. Every name is derived from
+// orgPrefix and a deterministic uniqueString, so a re-deploy updates in place.
+targetScope = 'subscription'
+
+@description('Organisation prefix in every resource name: 2-8 characters, lowercase letters and digits, starting with a letter (the storage account name allows nothing else). mfhelm validates the full pattern before deploying.')
+@minLength(2)
+@maxLength(8)
+param orgPrefix string
+
+@description('Azure region for every resource. Defaults to the location of the deployment itself.')
+param location string = deployment().location
+
+@description('Name of the resource group that holds the stack.')
+@minLength(1)
+@maxLength(90)
+param resourceGroupName string = '${orgPrefix}-metaflow-rg'
+
+@description('Whether the chart deploys Argo Workflows (passed through to the outputs for mfhelm).')
+param deployArgo bool = true
+
+@description('Whether the chart deploys Airflow; also creates the airflow-logs container.')
+param deployAirflow bool = false
+
+@description('Kubernetes version of the cluster; empty means the AKS default.')
+param kubernetesVersion string = ''
+
+@description('AKS pricing tier: Standard carries the uptime SLA, Free does not.')
+@allowed([
+  'Free'
+  'Standard'
+])
+param aksSkuTier string = 'Standard'
+
+@description('VM size of the system node pool.')
+param systemVmSize string = 'Standard_D2s_v5'
+
+@description('Minimum node count of the system pool.')
+@minValue(1)
+@maxValue(1000)
+param systemMinCount int = 1
+
+@description('Maximum node count of the system pool.')
+@minValue(1)
+@maxValue(1000)
+param systemMaxCount int = 3
+
+@description('VM size of the services node pool.')
+param servicesVmSize string = 'Standard_D2s_v5'
+
+@description('Minimum node count of the services pool.')
+@minValue(1)
+@maxValue(1000)
+param servicesMinCount int = 1
+
+@description('Maximum node count of the services pool.')
+@minValue(1)
+@maxValue(1000)
+param servicesMaxCount int = 3
+
+@description('VM size of the taskworkers node pool, where flow pods run.')
+param taskVmSize string = 'Standard_D4s_v5'
+
+@description('Minimum node count of the taskworkers pool (0 lets it scale to zero).')
+@minValue(0)
+@maxValue(1000)
+param taskMinCount int = 0
+
+@description('Maximum node count of the taskworkers pool.')
+@minValue(1)
+@maxValue(1000)
+param taskMaxCount int = 5
+
+@description('PostgreSQL major version.')
+@allowed([
+  '14'
+  '15'
+  '16'
+  '17'
+])
+param postgresVersion string = '16'
+
+@description('PostgreSQL compute tier.')
+@allowed([
+  'Burstable'
+  'GeneralPurpose'
+  'MemoryOptimized'
+])
+param postgresTier string = 'Burstable'
+
+@description('PostgreSQL compute SKU, matching postgresTier.')
+param postgresSku string = 'Standard_B1ms'
+
+@description('PostgreSQL storage size in GiB.')
+@minValue(32)
+@maxValue(32768)
+param postgresStorageGB int = 32
+
+@description('PostgreSQL administrator login name.')
+param postgresAdminLogin string = 'metaflowadmin'
+
+@description('PostgreSQL administrator password. mfhelm generates it on the first deploy and reuses the Key Vault copy afterwards.')
+@secure()
+param postgresAdminPassword string
+
+@description('Object ID of the principal running the deployment; it gets read access to the password secret and to the artifacts container.')
+param deployerPrincipalId string
+
+@description('Type of the deployer principal.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param deployerPrincipalType string = 'User'
+
+@description('Kubernetes namespace of the Metaflow services.')
+param serviceNamespace string = 'metaflow'
+
+@description('Kubernetes namespace where flow pods run.')
+param flowNamespace string = 'metaflow'
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+var nameSuffix = uniqueString(subscription().id, resourceGroupName, orgPrefix)
+var metaflowContainerName = 'metaflow-storage'
+var airflowLogsContainerName = 'airflow-logs'
+var postgresDatabaseName = 'metaflow'
+var postgresPasswordSecretName = 'postgres-admin-password'
+var serviceAccountService = 'metaflow-service'
+var serviceAccountFlows = 'metaflow-flows'
+var serviceAccountAirflow = 'metaflow-airflow'
+var taskworkersLabelKey = 'mfhelm.io/pool'
+var taskworkersLabelValue = 'taskworkers'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: resourceGroupName
+  location: location
+  tags: tags
+}
+
+module network 'modules/network.bicep' = {
+  name: 'mfhelm-network'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: orgPrefix
+    tags: tags
+  }
+}
+
+module aks 'modules/aks.bicep' = {
+  name: 'mfhelm-aks'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: orgPrefix
+    nameSuffix: take(nameSuffix, 6)
+    kubernetesVersion: kubernetesVersion
+    skuTier: aksSkuTier
+    vnetName: network.outputs.vnetName
+    nodeSubnetName: network.outputs.aksSubnetName
+    systemVmSize: systemVmSize
+    systemMinCount: systemMinCount
+    systemMaxCount: systemMaxCount
+    servicesVmSize: servicesVmSize
+    servicesMinCount: servicesMinCount
+    servicesMaxCount: servicesMaxCount
+    taskVmSize: taskVmSize
+    taskMinCount: taskMinCount
+    taskMaxCount: taskMaxCount
+    tags: tags
+  }
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'mfhelm-identity'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: orgPrefix
+    oidcIssuerUrl: aks.outputs.oidcIssuerUrl
+    serviceNamespace: serviceNamespace
+    flowNamespace: flowNamespace
+    serviceAccountService: serviceAccountService
+    serviceAccountFlows: serviceAccountFlows
+    serviceAccountAirflow: serviceAccountAirflow
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'mfhelm-storage'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: orgPrefix
+    nameSuffix: nameSuffix
+    deployAirflow: deployAirflow
+    metaflowContainerName: metaflowContainerName
+    airflowLogsContainerName: airflowLogsContainerName
+    workloadPrincipalId: identity.outputs.principalId
+    deployerPrincipalId: deployerPrincipalId
+    deployerPrincipalType: deployerPrincipalType
+    tags: tags
+  }
+}
+
+module keyvault 'modules/keyvault.bicep' = {
+  name: 'mfhelm-keyvault'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: orgPrefix
+    nameSuffix: nameSuffix
+    postgresPasswordSecretName: postgresPasswordSecretName
+    postgresAdminPassword: postgresAdminPassword
+    deployerPrincipalId: deployerPrincipalId
+    deployerPrincipalType: deployerPrincipalType
+    tags: tags
+  }
+}
+
+module postgres 'modules/postgres.bicep' = {
+  name: 'mfhelm-postgres'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: orgPrefix
+    nameSuffix: nameSuffix
+    postgresVersion: postgresVersion
+    skuTier: postgresTier
+    skuName: postgresSku
+    storageSizeGB: postgresStorageGB
+    administratorLogin: postgresAdminLogin
+    administratorLoginPassword: postgresAdminPassword
+    delegatedSubnetId: network.outputs.postgresSubnetId
+    privateDnsZoneId: network.outputs.postgresDnsZoneId
+    databaseName: postgresDatabaseName
+    tags: tags
+  }
+}
+
+@description('Resource group that holds the stack.')
+output resourceGroupName string = rg.name
+
+@description('Azure region of the stack.')
+output location string = location
+
+@description('Entra ID tenant of the subscription.')
+output tenantId string = tenant().tenantId
+
+@description('Subscription ID of the stack.')
+output subscriptionId string = subscription().subscriptionId
+
+@description('Name of the AKS cluster.')
+output aksClusterName string = aks.outputs.clusterName
+
+@description('OIDC issuer URL of the AKS cluster.')
+output aksOidcIssuerUrl string = aks.outputs.oidcIssuerUrl
+
+@description('Name of the workload managed identity.')
+output identityName string = identity.outputs.name
+
+@description('Client ID of the workload managed identity, for the service-account annotation.')
+output identityClientId string = identity.outputs.clientId
+
+@description('Name of the storage account.')
+output storageAccountName string = storage.outputs.accountName
+
+@description('Blob service endpoint, e.g. https://acct.blob.core.windows.net/.')
+output storageBlobEndpoint string = storage.outputs.blobEndpoint
+
+@description('Container for Metaflow artifacts.')
+output metaflowContainerName string = storage.outputs.metaflowContainerName
+
+@description('Container for Airflow task logs, or empty when Airflow is off.')
+output airflowLogsContainerName string = storage.outputs.airflowLogsContainerName
+
+@description('Name of the PostgreSQL Flexible Server.')
+output postgresServerName string = postgres.outputs.serverName
+
+@description('FQDN of the PostgreSQL server (private, resolvable inside the VNet).')
+output postgresFqdn string = postgres.outputs.fqdn
+
+@description('Name of the Metaflow database.')
+output postgresDatabaseName string = postgres.outputs.databaseName
+
+@description('PostgreSQL administrator login name.')
+output postgresAdminLogin string = postgresAdminLogin
+
+@description('Name of the Key Vault that holds the PostgreSQL password.')
+output keyVaultName string = keyvault.outputs.vaultName
+
+@description('URI of the Key Vault.')
+output keyVaultUri string = keyvault.outputs.vaultUri
+
+@description('Name of the Key Vault secret holding the PostgreSQL administrator password (not the value).')
+output postgresPasswordSecretName string = keyvault.outputs.postgresPasswordSecretName
+
+@description('Namespace of the Metaflow services.')
+output serviceNamespace string = serviceNamespace
+
+@description('Namespace where flow pods run.')
+output flowNamespace string = flowNamespace
+
+@description('Service account of the metadata service and UI.')
+output serviceAccountService string = serviceAccountService
+
+@description('Service account of flow pods.')
+output serviceAccountFlows string = serviceAccountFlows
+
+@description('Service account of Airflow.')
+output serviceAccountAirflow string = serviceAccountAirflow
+
+@description('Node label key of the taskworkers pool.')
+output taskworkersLabelKey string = taskworkersLabelKey
+
+@description('Node label value of the taskworkers pool.')
+output taskworkersLabelValue string = taskworkersLabelValue
+
+@description('Whether the chart deploys Argo Workflows.')
+output deployArgo bool = deployArgo
+
+@description('Whether the chart deploys Airflow.')
+output deployAirflow bool = deployAirflow

@@ -1,0 +1,209 @@
+// AKS cluster with three autoscaled pools: `system` (tainted CriticalAddonsOnly,
+// AKS add-ons only), `services` (the chart's long-lived services) and
+// `taskworkers` (tainted, flow pods only). Local accounts are disabled: every
+// kubeconfig, including the one `mfhelm install` fetches, is a user kubeconfig
+// authenticated with Entra ID and authorised by Azure RBAC.
+// The `mfhelm.io/pool` labels and taints are part of the contract with the
+// chart and `mfhelm config`: flow pods select and tolerate exactly these.
+
+@description('Azure region for the cluster.')
+param location string
+
+@description('Short organisation prefix used in every resource name.')
+param orgPrefix string
+
+@description('Deterministic suffix that keeps the DNS prefix unique.')
+param nameSuffix string
+
+@description('Kubernetes version; empty means the AKS default for the region.')
+param kubernetesVersion string = ''
+
+@description('AKS pricing tier: Standard carries the uptime SLA, Free does not.')
+@allowed([
+  'Free'
+  'Standard'
+])
+param skuTier string = 'Standard'
+
+@description('Name of the virtual network that holds the node subnet.')
+param vnetName string
+
+@description('Name of the node subnet inside vnetName.')
+param nodeSubnetName string
+
+@description('VM size of the system pool.')
+param systemVmSize string
+
+@description('Minimum node count of the system pool.')
+@minValue(1)
+param systemMinCount int
+
+@description('Maximum node count of the system pool.')
+@minValue(1)
+param systemMaxCount int
+
+@description('VM size of the services pool.')
+param servicesVmSize string
+
+@description('Minimum node count of the services pool.')
+@minValue(1)
+param servicesMinCount int
+
+@description('Maximum node count of the services pool.')
+@minValue(1)
+param servicesMaxCount int
+
+@description('VM size of the taskworkers pool.')
+param taskVmSize string
+
+@description('Minimum node count of the taskworkers pool (0 lets it scale to zero).')
+@minValue(0)
+param taskMinCount int
+
+@description('Maximum node count of the taskworkers pool.')
+@minValue(1)
+param taskMaxCount int
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+var networkContributorRoleId = '4d97b98b-1d4f-4787-a291-c67834d212e7'
+var maxPodsPerNode = 110
+
+resource vnet 'Microsoft.Network/virtualNetworks@2024-07-01' existing = {
+  name: vnetName
+}
+
+resource nodeSubnet 'Microsoft.Network/virtualNetworks/subnets@2024-07-01' existing = {
+  parent: vnet
+  name: nodeSubnetName
+}
+
+// No pool sets `count`: with enableAutoScaling AKS picks the initial size from
+// minCount, and a template count would reset the autoscaler's choice on every
+// re-deploy.
+resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
+  // checkov:skip=CKV_AZURE_6:the API server stays reachable from the operator laptop for mfhelm install (no private cluster, no IP allow-list); access needs Entra ID + Azure RBAC and local accounts are off
+  // checkov:skip=CKV_AZURE_4:Container Insights needs a Log Analytics workspace the operator chooses; not created by this stack
+  // checkov:skip=CKV_AZURE_226:ephemeral OS disks need a VM size with a large enough cache or temp disk; the default sizes have none
+  // checkov:skip=CKV_AZURE_227:encryption at host needs the EncryptionAtHost feature registered on the subscription
+  // checkov:skip=CKV_AZURE_172:the Secrets Store CSI add-on is not enabled; the only secret reaches pods as a Kubernetes Secret written by mfhelm
+  // checkov:skip=CKV_AZURE_8:the Kubernetes Dashboard add-on no longer exists on AKS (removed with 1.19), nothing to disable
+  name: '${orgPrefix}-aks'
+  location: location
+  tags: tags
+  sku: {
+    name: 'Base'
+    tier: skuTier
+  }
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    kubernetesVersion: empty(kubernetesVersion) ? null : kubernetesVersion
+    dnsPrefix: '${orgPrefix}-${nameSuffix}'
+    enableRBAC: true
+    disableLocalAccounts: true
+    aadProfile: {
+      managed: true
+      enableAzureRBAC: true
+      tenantID: tenant().tenantId
+    }
+    oidcIssuerProfile: {
+      enabled: true
+    }
+    securityProfile: {
+      workloadIdentity: {
+        enabled: true
+      }
+    }
+    autoUpgradeProfile: {
+      upgradeChannel: 'patch'
+      nodeOSUpgradeChannel: 'NodeImage'
+    }
+    addonProfiles: {
+      azurepolicy: {
+        enabled: true
+      }
+    }
+    networkProfile: {
+      networkPlugin: 'azure'
+      networkPluginMode: 'overlay'
+      networkDataplane: 'cilium'
+      networkPolicy: 'cilium'
+      podCidr: '192.168.0.0/16'
+      serviceCidr: '172.16.0.0/16'
+      dnsServiceIP: '172.16.0.10'
+      loadBalancerSku: 'standard'
+      outboundType: 'loadBalancer'
+    }
+    agentPoolProfiles: [
+      {
+        name: 'system'
+        mode: 'System'
+        osType: 'Linux'
+        type: 'VirtualMachineScaleSets'
+        vmSize: systemVmSize
+        vnetSubnetID: nodeSubnet.id
+        maxPods: maxPodsPerNode
+        enableAutoScaling: true
+        minCount: systemMinCount
+        maxCount: systemMaxCount
+        nodeTaints: [
+          'CriticalAddonsOnly=true:NoSchedule'
+        ]
+      }
+      {
+        name: 'services'
+        mode: 'User'
+        osType: 'Linux'
+        type: 'VirtualMachineScaleSets'
+        vmSize: servicesVmSize
+        vnetSubnetID: nodeSubnet.id
+        maxPods: maxPodsPerNode
+        enableAutoScaling: true
+        minCount: servicesMinCount
+        maxCount: servicesMaxCount
+        nodeLabels: {
+          'mfhelm.io/pool': 'services'
+        }
+      }
+      {
+        name: 'taskworkers'
+        mode: 'User'
+        osType: 'Linux'
+        type: 'VirtualMachineScaleSets'
+        vmSize: taskVmSize
+        vnetSubnetID: nodeSubnet.id
+        maxPods: maxPodsPerNode
+        enableAutoScaling: true
+        minCount: taskMinCount
+        maxCount: taskMaxCount
+        nodeLabels: {
+          'mfhelm.io/pool': 'taskworkers'
+        }
+        nodeTaints: [
+          'mfhelm.io/pool=taskworkers:NoSchedule'
+        ]
+      }
+    ]
+  }
+}
+
+// With a bring-your-own subnet the cluster identity manages load balancer
+// and NIC joins in that subnet, so it needs Network Contributor there.
+resource aksSubnetRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(nodeSubnet.id, aks.id, networkContributorRoleId)
+  scope: nodeSubnet
+  properties: {
+    principalId: aks.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', networkContributorRoleId)
+  }
+}
+
+@description('Name of the AKS cluster.')
+output clusterName string = aks.name
+
+@description('OIDC issuer URL of the cluster, the issuer of every federated credential.')
+output oidcIssuerUrl string = aks.properties.oidcIssuerProfile.issuerURL
