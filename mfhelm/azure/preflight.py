@@ -110,14 +110,17 @@ def provider_states(
 
     client = ResourceManagementClient(credential, subscription_id, base_url=base_url)
     states: dict[str, str] = {}
+
+    def get(ns: str) -> Any:
+        try:
+            return client.providers.get(ns)
+        except ResourceNotFoundError:  # a namespace this cloud does not have
+            return None
+
     try:
         for ns in namespaces:
-            try:
-                provider = _call(f"read resource provider {ns}", partial(client.providers.get, ns))
-            except ResourceNotFoundError:
-                states[ns] = "NotFound"
-                continue
-            states[ns] = text(provider.registration_state) or "Unknown"
+            provider = _call(f"read resource provider {ns}", partial(get, ns))
+            states[ns] = text(provider.registration_state) if provider else "NotFound"
     finally:
         client.close()
     return states

@@ -420,3 +420,81 @@ def secret_body(vault_url: str, name: str, value: str) -> dict[str, Any]:
         },
         "tags": {},
     }
+
+
+# --- a whole subscription, healthy unless a test changes one answer ----------------------
+
+PROVIDERS = (
+    "Microsoft.ContainerService",
+    "Microsoft.DBforPostgreSQL",
+    "Microsoft.Storage",
+    "Microsoft.KeyVault",
+    "Microsoft.ManagedIdentity",
+    "Microsoft.Network",
+    "Microsoft.Compute",
+)
+
+
+def skus_path(sub: str = SUB) -> str:
+    return f"/subscriptions/{sub}/providers/Microsoft.Compute/skus"
+
+
+def usages_path(location: str, sub: str = SUB) -> str:
+    return f"/subscriptions/{sub}/providers/Microsoft.Compute/locations/{location}/usages"
+
+
+def pg_capabilities_path(location: str, sub: str = SUB) -> str:
+    return (
+        f"/subscriptions/{sub}/providers/Microsoft.DBforPostgreSQL/locations/{location}"
+        "/capabilities"
+    )
+
+
+def default_skus(location: str = "westeurope") -> list[dict[str, Any]]:
+    return [
+        vm_sku("Standard_D2s_v5", "standardDSv5Family", 2, location),
+        vm_sku("Standard_D4s_v5", "standardDSv5Family", 4, location),
+        vm_sku("Standard_E4s_v5", "standardESv5Family", 4, location),
+        vm_sku("Standard_B2s", "standardBSFamily", 2, location),
+    ]
+
+
+def default_usages() -> list[dict[str, Any]]:
+    return [
+        usage("availabilitySets", "Availability Sets", 0, 2500),
+        usage("cores", "Total Regional vCPUs", 4, 100),
+        usage("standardDSv5Family", "Standard DSv5 Family vCPUs", 4, 100),
+        usage("standardESv5Family", "Standard ESv5 Family vCPUs", 0, 10),
+        usage("standardBSFamily", "Standard BS Family vCPUs", 0, 10),
+    ]
+
+
+def serve_skus(fake: FakeAzure, skus: list[dict[str, Any]]) -> None:
+    """The SKU list, split over two pages the way ARM pages long lists."""
+    half = len(skus) // 2
+
+    def answer(req: Recorded) -> tuple[int, Any]:
+        if req.query.get("page") == ["2"]:
+            return 200, {"value": skus[half:]}
+        next_link = f"{fake.base_url}{skus_path()}?api-version=2021-07-01&page=2"
+        return 200, {"value": skus[:half], "nextLink": next_link}
+
+    fake.handle("GET", skus_path(), answer)
+
+
+def healthy_subscription(fake: FakeAzure, location: str = "westeurope") -> None:
+    for ns in PROVIDERS:
+        fake.route("GET", f"/subscriptions/{SUB}/providers/{ns}", 200, provider_body(ns))
+    serve_skus(fake, default_skus(location))
+    fake.route("GET", usages_path(location), 200, {"value": default_usages()})
+    fake.route(
+        "GET", pg_capabilities_path(location), 200,
+        pg_capabilities(
+            ["13", "14", "15", "16", "17"],
+            {
+                "Burstable": ["Standard_B1ms", "Standard_B2s"],
+                "GeneralPurpose": ["Standard_D2ds_v5", "Standard_D4ds_v5"],
+                "MemoryOptimized": ["Standard_E2ds_v5"],
+            },
+        ),
+    )

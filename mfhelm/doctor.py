@@ -1,0 +1,288 @@
+"""`mfhelm doctor`: find what would make a deployment fail, before deploying.
+
+The Terraform stack this project replaces left quota, SKU-capacity and
+provider-registration failures for the user to decode from a half-finished
+apply. Every check here is read-only and each failure says the command or
+setting that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from mfhelm.errors import MfhelmError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from rich.table import Table
+
+    from mfhelm.azure.preflight import PostgresCapabilities, Usage, VmSku
+    from mfhelm.settings import Settings
+
+HELM_ENV = "MFHELM_HELM"
+# The oldest Helm mfhelm supports; CI renders the chart with the Helm 4 in tools.toml.
+MIN_HELM = (3, 14)
+_HELM_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def preflight_ok(checks: list[Check]) -> bool:
+    return all(c.ok for c in checks)
+
+
+# --- helm -------------------------------------------------------------------------------
+
+def find_helm() -> str | None:
+    """The helm binary: $MFHELM_HELM if set, else the first `helm` on PATH."""
+    configured = os.environ.get(HELM_ENV)
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("helm")
+
+
+def parse_helm_version(output: str) -> tuple[int, int, int] | None:
+    """`helm version --short` prints e.g. `v3.14.2+gc309b6f` or `v4.3.1`."""
+    m = _HELM_VERSION_RE.search(output)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def check_helm() -> Check:
+    name = "helm"
+    install = "install Helm >= 3.14 (https://helm.sh/docs/intro/install/) or set MFHELM_HELM"
+    helm = find_helm()
+    if helm is None:
+        where = f"${HELM_ENV}={os.environ[HELM_ENV]} is not executable" if os.environ.get(
+            HELM_ENV) else "no `helm` on PATH"
+        return Check(name, False, where, install)
+    try:
+        proc = subprocess.run(
+            [helm, "version", "--short"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(name, False, f"{helm} did not run ({exc})", install)
+    version = parse_helm_version(proc.stdout) if proc.returncode == 0 else None
+    if version is None:
+        return Check(name, False, f"{helm} version unreadable: {proc.stdout.strip()!r}", install)
+    shown = ".".join(map(str, version))
+    if version[:2] < MIN_HELM:
+        return Check(name, False, f"{helm} is {shown}, older than 3.14", install)
+    return Check(name, True, f"{shown} ({helm})")
+
+
+# --- Azure ------------------------------------------------------------------------------
+
+def _pools(settings: Settings) -> list[tuple[str, str, int]]:
+    """(pool, VM size, max node count): the most the autoscaler may ask for."""
+    aks = settings.aks
+    return [
+        ("system", aks.system_vm_size, aks.system_max_count),
+        ("services", aks.services_vm_size, aks.services_max_count),
+        ("taskworkers", aks.task_vm_size, aks.task_max_count),
+    ]
+
+
+def _provider_check(states: dict[str, str]) -> Check:
+    missing = [ns for ns, state in states.items() if state != "Registered"]
+    if not missing:
+        return Check("resource providers", True, f"{len(states)} registered")
+    detail = ", ".join(f"{ns} is {states[ns]}" for ns in missing)
+    fix = " && ".join(f"az provider register -n {ns}" for ns in missing)
+    return Check("resource providers", False, detail, fix)
+
+
+def _sku_checks(settings: Settings, skus: dict[str, VmSku]) -> list[Check]:
+    loc = settings.location
+    by_size: dict[str, list[str]] = {}
+    for pool, size, _ in _pools(settings):
+        by_size.setdefault(size, []).append(pool)
+    checks = []
+    for size, pools in by_size.items():
+        name = f"VM size {size} ({', '.join(pools)})"
+        setting = " / ".join(
+            f"[aks] {'task' if p == 'taskworkers' else p}_vm_size" for p in pools
+        )
+        sku = skus.get(size.lower())
+        if sku is None:
+            checks.append(Check(
+                name, False, f"not offered in {loc}",
+                f"choose another size for {setting} (az vm list-skus -l {loc} -o table)",
+            ))
+        elif sku.location_restricted:
+            checks.append(Check(
+                name, False,
+                f"restricted for this subscription in {loc} ({sku.reason or 'restricted'})",
+                f"choose another size for {setting}, another location, or ask Azure support "
+                f"to lift the restriction on {size} in {loc}",
+            ))
+        else:
+            usable = [z for z in sku.zones if z not in sku.restricted_zones]
+            note = f"; zones {', '.join(sku.restricted_zones)} restricted" \
+                if sku.restricted_zones else ""
+            zones = f", zones {', '.join(usable)}" if usable else ""
+            checks.append(Check(name, True, f"{sku.vcpus} vCPUs, {sku.family}{zones}{note}"))
+    return checks
+
+
+def _quota_checks(
+    settings: Settings, skus: dict[str, VmSku], usages: dict[str, Usage]
+) -> list[Check]:
+    loc = settings.location
+    need_by_family: dict[str, int] = {}
+    total = 0
+    for _, size, count in _pools(settings):
+        sku = skus.get(size.lower())
+        if sku is None or not sku.family:
+            continue  # the SKU check already failed
+        need_by_family[sku.family] = need_by_family.get(sku.family, 0) + sku.vcpus * count
+        total += sku.vcpus * count
+    checks = []
+    wanted = [(fam, need) for fam, need in need_by_family.items()]
+    wanted.append(("cores", total))
+    for key, need in wanted:
+        name = "vCPU quota (regional total)" if key == "cores" else f"vCPU quota {key}"
+        usage = usages.get(key.lower())
+        if usage is None:
+            checks.append(Check(
+                name, False, f"no quota entry for {key} in {loc}",
+                f"check Usage + quotas for {key} in {loc} in the Azure portal",
+            ))
+            continue
+        detail = f"need {need} at max pool sizes, {usage.free} free ({usage.current}/{usage.limit})"
+        if need <= usage.free:
+            checks.append(Check(name, True, detail))
+        else:
+            checks.append(Check(
+                name, False, detail,
+                f"request quota for {usage.name} in {loc}: need {need} vCPUs, {usage.free} free "
+                "(portal: Quotas > Compute), or lower the *_max_count values in [aks]",
+            ))
+    return checks
+
+
+def _postgres_checks(settings: Settings, caps: PostgresCapabilities) -> list[Check]:
+    pg, loc = settings.postgres, settings.location
+    if caps.restricted:
+        return [Check(
+            "PostgreSQL Flexible Server", False,
+            f"{loc} is restricted for this subscription",
+            f"choose another location, or ask Azure support to enable Flexible Server in {loc}",
+        )]
+    checks = []
+    versions = ", ".join(sorted(caps.versions, key=int)) or "none"
+    if pg.version in caps.versions:
+        checks.append(Check(f"PostgreSQL {pg.version}", True, f"offered in {loc}"))
+    else:
+        checks.append(Check(
+            f"PostgreSQL {pg.version}", False, f"not offered in {loc} (offered: {versions})",
+            f"set [postgres] version in mfhelm.toml to one of: {versions}",
+        ))
+    name = f"PostgreSQL {pg.tier} {pg.sku}"
+    tier_skus = caps.skus_by_tier.get(pg.tier)
+    if tier_skus is None:
+        tiers = ", ".join(sorted(caps.skus_by_tier)) or "none"
+        checks.append(Check(
+            name, False, f"tier {pg.tier} not offered in {loc} (offered: {tiers})",
+            f"set [postgres] tier in mfhelm.toml to one of: {tiers}",
+        ))
+    elif pg.sku not in tier_skus:
+        offered = ", ".join(sorted(tier_skus)[:6]) + (" ..." if len(tier_skus) > 6 else "")
+        checks.append(Check(
+            name, False, f"SKU not offered in {loc} for {pg.tier}",
+            f"set [postgres] sku in mfhelm.toml to one of: {offered or 'none'}",
+        ))
+    else:
+        checks.append(Check(name, True, f"offered in {loc}"))
+    return checks
+
+
+def _guard(name: str, fn: Callable[[], list[Check]]) -> list[Check]:
+    """One failed query becomes one failed row, so the other checks still run."""
+    try:
+        return fn()
+    except MfhelmError as exc:
+        return [Check(name, False, str(exc), "fix the cause above and run `mfhelm doctor` again")]
+
+
+def run_preflight(
+    settings: Settings,
+    *,
+    credential: TokenCredential | None = None,
+    base_url: str | None = None,
+    subscription_id: str | None = None,
+) -> list[Check]:
+    """Every pre-deployment check, in the order a user should fix them."""
+    from mfhelm.azure import preflight as pf
+    from mfhelm.azure.credentials import ARM_SCOPE, get_credential, resolve_subscription_id
+
+    checks = [check_helm()]
+    try:
+        sub = resolve_subscription_id(subscription_id)
+    except MfhelmError as exc:
+        checks.append(Check(
+            "Azure subscription", False, str(exc),
+            "az login && az account set -s <subscription>, or set AZURE_SUBSCRIPTION_ID",
+        ))
+        return checks
+    checks.append(Check("Azure subscription", True, sub))
+
+    cred = get_credential(credential)
+    try:
+        cred.get_token(ARM_SCOPE)
+    except Exception as exc:  # any credential in the chain may raise its own type
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        checks.append(Check("Azure login", False, first, "az login"))
+        return checks
+    checks.append(Check("Azure login", True, "got an Azure Resource Manager token"))
+
+    loc = settings.location
+    providers = partial(pf.provider_states, sub, credential=cred, base_url=base_url)
+    vm_skus = partial(pf.vm_skus, sub, loc, credential=cred, base_url=base_url)
+    usage = partial(pf.compute_usage, sub, loc, credential=cred, base_url=base_url)
+    pg_caps = partial(pf.postgres_capabilities, sub, loc, credential=cred, base_url=base_url)
+
+    checks += _guard("resource providers", lambda: [_provider_check(providers())])
+    skus: dict[str, VmSku] = {}
+
+    def sku_rows() -> list[Check]:
+        skus.update(vm_skus())
+        return _sku_checks(settings, skus)
+
+    checks += _guard(f"VM sizes in {loc}", sku_rows)
+    if skus:
+        checks += _guard("vCPU quota", lambda: _quota_checks(settings, skus, usage()))
+    checks += _guard(
+        "PostgreSQL Flexible Server", lambda: _postgres_checks(settings, pg_caps())
+    )
+    return checks
+
+
+def render_table(checks: list[Check]) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="mfhelm doctor", show_lines=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result")
+    table.add_column("fix")
+    for c in checks:
+        mark = "[green]ok[/green]" if c.ok else "[bold red]FAIL[/bold red]"
+        # Text, not markup: fixes quote settings sections like "[aks]".
+        table.add_row(mark, Text(c.name), Text(c.detail), Text(c.fix))
+    return table

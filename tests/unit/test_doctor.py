@@ -1,0 +1,268 @@
+"""`mfhelm doctor`: every check against a fake ARM (real SDKs) and the real helm binary."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mfhelm import doctor
+from mfhelm.settings import parse
+
+_spec = importlib.util.spec_from_file_location(
+    "fake_arm", Path(__file__).parent / "azure" / "fake_arm.py"
+)
+assert _spec and _spec.loader
+fake_arm = sys.modules.get("fake_arm") or importlib.util.module_from_spec(_spec)
+if "fake_arm" not in sys.modules:
+    sys.modules["fake_arm"] = fake_arm
+    _spec.loader.exec_module(fake_arm)
+
+SUB = fake_arm.SUB
+LOC = "westeurope"
+HELM = shutil.which("helm") or str(Path(sys.executable).parent / "helm")
+needs_helm = pytest.mark.skipif(not os.access(HELM, os.X_OK), reason="needs the helm binary")
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    gen = fake_arm.serve(tmp_path)
+    server = next(gen)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_file))
+    monkeypatch.setenv("MFHELM_HELM", HELM)
+    fake_arm.healthy_subscription(server, LOC)
+    yield server
+    gen.close()
+
+
+def settings(**over):
+    data = {"org_prefix": "acme", "location": LOC} | over
+    return parse(data)
+
+
+def run(fake, s=None, cred=None):
+    return doctor.run_preflight(
+        s or settings(), credential=cred or fake_arm.FakeCredential(),
+        base_url=fake.base_url, subscription_id=SUB,
+    )
+
+
+def by_name(checks):
+    return {c.name: c for c in checks}
+
+
+def failing(checks):
+    return [c for c in checks if not c.ok]
+
+
+def rendered(checks) -> str:
+    console = Console(file=io.StringIO(), width=250, record=True, color_system=None)
+    console.print(doctor.render_table(checks))
+    return console.export_text()
+
+
+@needs_helm
+def test_healthy_subscription_passes_every_check(fake):
+    checks = run(fake)
+    assert failing(checks) == []
+    assert doctor.preflight_ok(checks)
+    names = by_name(checks)
+    assert names["resource providers"].detail == "7 registered"
+    assert "VM size Standard_D2s_v5 (system, services)" in names
+    assert "VM size Standard_D4s_v5 (taskworkers)" in names
+    # 3 system x 2 + 3 services x 2 + 5 taskworkers x 4 vCPUs at the pools' max counts
+    assert names["vCPU quota standardDSv5Family"].detail.startswith("need 32 at max pool sizes")
+    assert names["vCPU quota (regional total)"].ok
+    assert names["PostgreSQL 16"].ok and names["PostgreSQL Burstable Standard_B1ms"].ok
+    assert "mfhelm doctor" in rendered(checks)
+
+
+@needs_helm
+def test_unregistered_provider_fix_is_the_register_command(fake):
+    for ns in ("Microsoft.ContainerService", "Microsoft.DBforPostgreSQL"):
+        fake.route("GET", f"/subscriptions/{SUB}/providers/{ns}", 200,
+                   fake_arm.provider_body(ns, "NotRegistered"))
+    (bad,) = failing(run(fake))
+    assert bad.name == "resource providers"
+    assert bad.detail == (
+        "Microsoft.ContainerService is NotRegistered, Microsoft.DBforPostgreSQL is NotRegistered"
+    )
+    assert bad.fix == (
+        "az provider register -n Microsoft.ContainerService && "
+        "az provider register -n Microsoft.DBforPostgreSQL"
+    )
+
+
+@needs_helm
+def test_restricted_and_missing_vm_sizes_fail(fake):
+    skus = [
+        fake_arm.vm_sku("Standard_D2s_v5", "standardDSv5Family", 2),
+        fake_arm.vm_sku("Standard_D4s_v5", "standardDSv5Family", 4,
+                        restrictions=[fake_arm.location_restriction(LOC)]),
+    ]
+    fake_arm.serve_skus(fake, skus)
+    s = settings(aks={"services_vm_size": "Standard_F8s_v9"})
+    bad = by_name(failing(run(fake, s)))
+    task = bad["VM size Standard_D4s_v5 (taskworkers)"]
+    assert "restricted for this subscription in westeurope (NotAvailableForSubscription)" \
+        in task.detail
+    assert "[aks] task_vm_size" in task.fix
+    missing = bad["VM size Standard_F8s_v9 (services)"]
+    assert missing.detail == "not offered in westeurope"
+    assert "az vm list-skus -l westeurope" in missing.fix
+
+
+@needs_helm
+def test_zone_restriction_alone_does_not_fail(fake):
+    skus = fake_arm.default_skus()
+    skus[1]["restrictions"] = [fake_arm.zone_restriction(["3"])]
+    fake_arm.serve_skus(fake, skus)
+    row = by_name(run(fake))["VM size Standard_D4s_v5 (taskworkers)"]
+    assert row.ok and "zones 3 restricted" in row.detail
+
+
+@needs_helm
+def test_family_quota_short_says_how_much(fake):
+    usages = fake_arm.default_usages()
+    usages[2] = fake_arm.usage("standardDSv5Family", "Standard DSv5 Family vCPUs", 92, 100)
+    fake.route("GET", fake_arm.usages_path(LOC), 200, {"value": usages})
+    (bad,) = failing(run(fake))
+    assert bad.name == "vCPU quota standardDSv5Family"
+    assert bad.fix.startswith(
+        "request quota for standardDSv5Family in westeurope: need 32 vCPUs, 8 free"
+    )
+    # settings sections in square brackets survive rich's markup
+    assert "lower the *_max_count values in [aks]" in rendered([bad]).replace("\n", " ")
+
+
+@needs_helm
+def test_regional_quota_counts_all_families(fake):
+    usages = fake_arm.default_usages()
+    usages[1] = fake_arm.usage("cores", "Total Regional vCPUs", 0, 30)
+    fake.route("GET", fake_arm.usages_path(LOC), 200, {"value": usages})
+    # taskworkers on the E family: 12 DSv5 + 20 ESv5 = 32 regional > 30
+    s = settings(aks={"task_vm_size": "Standard_E4s_v5"})
+    fails = by_name(failing(run(fake, s)))
+    assert set(fails) == {"vCPU quota standardESv5Family", "vCPU quota (regional total)"}
+    assert "need 32 vCPUs, 30 free" in fails["vCPU quota (regional total)"].fix
+    assert "need 20 vCPUs, 10 free" in fails["vCPU quota standardESv5Family"].fix
+
+
+@needs_helm
+def test_postgres_version_and_sku_not_offered(fake):
+    fake.route(
+        "GET", fake_arm.pg_capabilities_path(LOC), 200,
+        fake_arm.pg_capabilities(["14", "15", "16"], {"Burstable": ["Standard_B1ms"]}),
+    )
+    s = settings(postgres={"version": "17", "tier": "Burstable", "sku": "Standard_B2ms"})
+    bad = by_name(failing(run(fake, s)))
+    assert bad["PostgreSQL 17"].detail == "not offered in westeurope (offered: 14, 15, 16)"
+    assert bad["PostgreSQL 17"].fix == "set [postgres] version in mfhelm.toml to one of: 14, 15, 16"
+    assert bad["PostgreSQL Burstable Standard_B2ms"].fix.endswith("Standard_B1ms")
+
+
+@needs_helm
+def test_postgres_tier_missing_and_region_restricted(fake):
+    fake.route(
+        "GET", fake_arm.pg_capabilities_path(LOC), 200,
+        fake_arm.pg_capabilities(["16"], {"Burstable": ["Standard_B1ms"]}),
+    )
+    s = settings(postgres={"tier": "GeneralPurpose", "sku": "Standard_D2ds_v5"})
+    bad = by_name(failing(run(fake, s)))
+    assert "tier GeneralPurpose not offered" in bad["PostgreSQL GeneralPurpose Standard_D2ds_v5"]\
+        .detail
+    fake.route(
+        "GET", fake_arm.pg_capabilities_path(LOC), 200,
+        fake_arm.pg_capabilities(["16"], {"Burstable": ["Standard_B1ms"]}, restricted="Enabled"),
+    )
+    (bad2,) = failing(run(fake))
+    assert bad2.name == "PostgreSQL Flexible Server"
+    assert "restricted" in bad2.detail
+
+
+@needs_helm
+def test_one_failed_query_does_not_hide_the_others(fake):
+    fake.route("GET", fake_arm.usages_path(LOC), 403,
+               fake_arm.arm_error("AuthorizationFailed", "no read on usages"))
+    checks = run(fake)
+    (bad,) = failing(checks)
+    assert bad.name == "vCPU quota" and "Reader" in bad.detail
+    assert by_name(checks)["PostgreSQL 16"].ok
+
+
+def test_login_failure_stops_before_azure_queries(fake):
+    checks = run(fake, cred=fake_arm.FakeCredential(fail=True))
+    assert [c.name for c in checks] == ["helm", "Azure subscription", "Azure login"]
+    login = checks[-1]
+    assert not login.ok and login.fix == "az login" and "AADSTS700082" in login.detail
+    assert fake.requests == []
+
+
+def test_no_subscription_is_a_failed_row(tmp_path, monkeypatch):
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path))
+    checks = doctor.run_preflight(settings(), credential=fake_arm.FakeCredential())
+    sub = by_name(checks)["Azure subscription"]
+    assert not sub.ok and "az login" in sub.detail and "AZURE_SUBSCRIPTION_ID" in sub.fix
+    assert not doctor.preflight_ok(checks)
+
+
+@needs_helm
+def test_real_helm_passes_version_gate(monkeypatch):
+    monkeypatch.setenv("MFHELM_HELM", HELM)
+    check = doctor.check_helm()
+    assert check.ok, check.detail
+    assert doctor.parse_helm_version(check.detail) >= (3, 14, 0)
+
+
+def _script(tmp_path: Path, output: str) -> Path:
+    p = tmp_path / "helm"
+    p.write_text(f"#!/bin/sh\necho '{output}'\n")
+    p.chmod(p.stat().st_mode | stat.S_IEXEC)
+    return p
+
+
+def test_old_helm_fails_with_install_hint(tmp_path, monkeypatch):
+    # a stand-in for an old helm: only its `version --short` output matters here
+    monkeypatch.setenv("MFHELM_HELM", str(_script(tmp_path, "v3.12.3+g3a31588")))
+    check = doctor.check_helm()
+    assert not check.ok
+    assert "3.12.3, older than 3.14" in check.detail
+    assert "Helm >= 3.14" in check.fix
+
+
+def test_unset_helm_path_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("MFHELM_HELM", str(tmp_path / "nope"))
+    check = doctor.check_helm()
+    assert not check.ok and "is not executable" in check.detail
+
+
+@pytest.mark.parametrize(
+    ("out", "want"),
+    [("v3.14.2+gc309b6f", (3, 14, 2)), ("v4.3.1", (4, 3, 1)), ("v4.3", (4, 3, 0)),
+     ("garbage", None)],
+)
+def test_parse_helm_version(out, want):
+    assert doctor.parse_helm_version(out) == want
+
+
+def test_table_shows_status_fix_and_detail():
+    checks = [
+        doctor.Check("helm", True, "4.3.1 (/usr/bin/helm)"),
+        doctor.Check("resource providers", False, "Microsoft.Compute is NotRegistered",
+                     "az provider register -n Microsoft.Compute"),
+    ]
+    text = rendered(checks)
+    lines = text.splitlines()
+    ok_line = next(line for line in lines if "helm" in line and "4.3.1" in line)
+    bad_line = next(line for line in lines if "resource providers" in line)
+    assert ok_line.split()[1] == "ok"
+    assert "FAIL" in bad_line and "az provider register -n Microsoft.Compute" in bad_line
+    assert not doctor.preflight_ok(checks)
