@@ -125,3 +125,7 @@ def all_containers(spec: dict) -> list[dict]:
 
 def env_of(container: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def render_text_for_checkov(values_file: Path) -> str:
+    return render_text([values_file])
