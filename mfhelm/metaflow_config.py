@@ -1,0 +1,165 @@
+"""The end user's Metaflow configuration (`~/.metaflowconfig/config.json`).
+
+`build_config` is pure: deployment outputs + settings in, the config keys out,
+matching what the chart publishes in its `<release>-metaflow-config` ConfigMap.
+`write_config` merges them into the user's file without losing keys mfhelm
+does not own, and keeps a backup of what it replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mfhelm.errors import MfhelmError
+
+if TYPE_CHECKING:
+    from mfhelm.settings import Settings
+
+DEFAULT_SERVICE_URL = "http://localhost:8080"  # `kubectl port-forward svc/...-metadata 8080`
+METADATA_PORT = 8080
+SYSROOT_PREFIX = "metaflow"
+# Pods labelled so get the workload-identity webhook's token; Metaflow's labels are k=v,k=v.
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use=true"
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+
+
+def metadata_internal_url(release: str, namespace: str) -> str:
+    """The metadata Service as pods reach it; the chart names it `<release>-metadata`."""
+    return f"http://{release}-metadata.{namespace}.svc.cluster.local:{METADATA_PORT}"
+
+
+def build_config(
+    outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
+) -> dict[str, str]:
+    """Metaflow client settings for this stack, every value a string as Metaflow reads them."""
+    if not _URL_RE.match(service_url):
+        raise MfhelmError(
+            f"service URL {service_url!r} must look like http://host[:port] "
+            f"(default {DEFAULT_SERVICE_URL} for a port-forward)"
+        )
+    helm = settings.helm
+    # Workload identity trusts service accounts in the namespaces Bicep federated;
+    # installing elsewhere would give pods no Azure access.
+    for key, setting, name in (
+        ("serviceNamespace", helm.namespace, "namespace"),
+        ("flowNamespace", helm.flow_namespace, "flow_namespace"),
+    ):
+        if outputs[key] != setting:
+            raise MfhelmError(
+                f"mfhelm.toml [helm] {name} = {setting!r} but the deployment federated "
+                f"{outputs[key]!r}; set {name} = {outputs[key]!r} or re-run `make bicep-deploy`"
+            )
+    container = str(outputs["metaflowContainerName"]).strip("/")
+    label_key, label_value = outputs["taskworkersLabelKey"], outputs["taskworkersLabelValue"]
+    toleration = {
+        "key": label_key,
+        "operator": "Equal",
+        "value": label_value,
+        "effect": "NoSchedule",
+    }
+    return {
+        "METAFLOW_DEFAULT_DATASTORE": "azure",
+        "METAFLOW_DATASTORE_SYSROOT_AZURE": f"{container}/{SYSROOT_PREFIX}",
+        "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT": str(outputs["storageBlobEndpoint"]),
+        "METAFLOW_DEFAULT_METADATA": "service",
+        "METAFLOW_SERVICE_URL": service_url,
+        "METAFLOW_SERVICE_INTERNAL_URL": metadata_internal_url(helm.release, helm.namespace),
+        "METAFLOW_KUBERNETES_NAMESPACE": str(outputs["flowNamespace"]),
+        "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": str(outputs["serviceAccountFlows"]),
+        "METAFLOW_KUBERNETES_LABELS": WORKLOAD_IDENTITY_LABEL,
+        "METAFLOW_KUBERNETES_NODE_SELECTOR": f"{label_key}={label_value}",
+        # Metaflow json.loads this one: a JSON list of Kubernetes tolerations.
+        "METAFLOW_KUBERNETES_TOLERATIONS": json.dumps([toleration], separators=(",", ":")),
+    }
+
+
+def config_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """Metaflow's config directory: `home`, else $METAFLOW_HOME, else ~/.metaflowconfig."""
+    return Path(home or os.environ.get("METAFLOW_HOME") or "~/.metaflowconfig").expanduser()
+
+
+def config_path(profile: str | None = None, *, home: str | os.PathLike[str] | None = None) -> Path:
+    """`config.json`, or `config_<profile>.json` for METAFLOW_PROFILE=<profile>."""
+    if profile is None or profile == "":
+        return config_home(home) / "config.json"
+    if not _PROFILE_RE.match(profile):
+        raise MfhelmError(
+            f"profile {profile!r} is not usable as a file name: use letters, digits, '.', '_', "
+            "'-' (at most 63 characters)"
+        )
+    return config_home(home) / f"config_{profile}.json"
+
+
+def config_json(config: dict[str, Any]) -> str:
+    return json.dumps(config, indent=4, sort_keys=True) + "\n"
+
+
+def _read_existing(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise MfhelmError(f"{path}: not valid JSON ({exc}); fix or move it, then retry") from None
+    if not isinstance(data, dict):
+        raise MfhelmError(f"{path}: not a JSON object; fix or move it, then retry")
+    return data
+
+
+def _backup(path: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    backup = path.with_name(f"{path.name}.bak-{stamp}")
+    n = 1
+    while backup.exists():
+        backup = path.with_name(f"{path.name}.bak-{stamp}-{n}")
+        n += 1
+    shutil.copy2(path, backup)
+    os.chmod(backup, 0o600)
+    return backup
+
+
+def write_config(
+    config: dict[str, Any],
+    profile: str | None = None,
+    *,
+    home: str | os.PathLike[str] | None = None,
+    print_only: bool = False,
+) -> Path:
+    """Merge `config` into the profile's file and return its path.
+
+    Keys already in the file that `config` does not set are kept; the file
+    being replaced is copied to `<name>.bak-<timestamp>` first. The write is
+    atomic and the file is private (0600): users keep tokens in it. With
+    `print_only`, nothing is touched and only the path is returned.
+    """
+    path = config_path(profile, home=home)
+    if print_only:
+        return path
+    existing = _read_existing(path)
+    merged = existing | config
+    if path.exists() and merged == existing:
+        os.chmod(path, 0o600)
+        return path
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        _backup(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(config_json(merged))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
