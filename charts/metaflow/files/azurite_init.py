@@ -44,8 +44,9 @@ def create_container(endpoint: str, account: str, key: str, name: str) -> bool:
     query = {"restype": "container"}
     headers = {"x-ms-date": formatdate(usegmt=True), "x-ms-version": API_VERSION}
     headers["Authorization"] = _sign(account, key, "PUT", path, query, headers)
+    # No body: urllib would add a form Content-Type, which the signature lacks.
     req = urllib.request.Request(f"{base}/{name}?restype=container", method="PUT",
-                                 headers=headers, data=b"")
+                                 headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10):
             return True
@@ -66,6 +67,10 @@ def main(argv: list[str]) -> int:
                 created = create_container(endpoint, account, key, name)
                 print(f"container {name}: {'created' if created else 'exists'}")
                 break
+            except urllib.error.HTTPError as exc:
+                print(f"creating container {name} failed: HTTP {exc.code} {exc.reason}",
+                      file=sys.stderr)
+                return 1
             except (urllib.error.URLError, ConnectionError) as exc:
                 if time.monotonic() > deadline:
                     print(f"azurite not reachable at {endpoint}: {exc}", file=sys.stderr)

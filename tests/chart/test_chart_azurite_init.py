@@ -1,0 +1,82 @@
+"""files/azurite_init.py (the local profile's container-creating Job) against
+a real Azurite, read back with the real Azure Blob SDK."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from chartlib import CHART
+
+AZURITE = shutil.which("azurite-blob")
+pytestmark = pytest.mark.skipif(not AZURITE, reason="azurite not installed (run `make dev`)")
+SCRIPT = CHART / "files" / "azurite_init.py"
+KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
+       "K1SZFPTOtr/KBHBeksoGMGw==")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory):
+    port = _free_port()
+    data = tmp_path_factory.mktemp("azurite")
+    proc = subprocess.Popen(
+        [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(data),
+         "--skipApiVersionCheck", "--disableProductStyleUrl", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("azurite did not start")
+    yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
+           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    proc.terminate()
+    proc.wait(10)
+
+
+def _run(conn: str, *containers: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *containers], capture_output=True,
+                          text=True, env={"AZURE_STORAGE_CONNECTION_STRING": conn, "WAIT_SECONDS": "5"})
+
+
+def test_creates_containers_then_is_idempotent(azurite):
+    from azure.storage.blob import BlobServiceClient
+
+    first = _run(azurite, "metaflow-storage", "airflow-logs")
+    assert first.returncode == 0, first.stderr
+    assert "container metaflow-storage: created" in first.stdout
+    second = _run(azurite, "metaflow-storage")
+    assert second.returncode == 0, second.stderr
+    assert "container metaflow-storage: exists" in second.stdout
+    names = {c.name for c in BlobServiceClient.from_connection_string(azurite).list_containers()}
+    assert {"metaflow-storage", "airflow-logs"} <= names
+
+
+def test_wrong_key_is_rejected_by_azurite(azurite):
+    bad = azurite.replace(KEY, "d3JvbmcK" * 8)
+    proc = _run(bad, "never-created")
+    assert proc.returncode != 0
+    assert "403" in proc.stderr or "Forbidden" in proc.stderr or "Authorization" in proc.stderr
+
+
+def test_unreachable_azurite_fails_with_one_line():
+    conn = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + KEY +
+            f";BlobEndpoint=http://127.0.0.1:{_free_port()}/devstoreaccount1;")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "x1y"], capture_output=True, text=True,
+                          env={"AZURE_STORAGE_CONNECTION_STRING": conn, "WAIT_SECONDS": "1"})
+    assert proc.returncode == 1
+    assert "azurite not reachable" in proc.stderr
