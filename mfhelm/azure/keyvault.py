@@ -16,6 +16,14 @@ def _vault_name(vault_uri: str) -> str:
     return host.split(".", 1)[0]
 
 
+def _firewall_blocked(exc: Exception) -> bool:
+    # RBAC and network denials are both 403 Forbidden; the inner code tells them apart.
+    err = getattr(exc, "error", None)
+    inner = getattr(err, "innererror", None) or {}
+    code = inner.get("code", "") if isinstance(inner, dict) else ""
+    return code == "ForbiddenByFirewall"
+
+
 def keyvault_secret(
     vault_uri: str,
     name: str,
@@ -50,6 +58,11 @@ def keyvault_secret(
     except ClientAuthenticationError as exc:
         raise auth_error(exc) from None
     except HttpResponseError as exc:
+        if status_of(exc) == 403 and _firewall_blocked(exc):
+            raise MfhelmError(
+                f"Key Vault {vault}'s firewall blocks this machine: allow your address with "
+                f"`az keyvault network-rule add -n {vault} --ip-address <your public IP>`"
+            ) from None
         if status_of(exc) == 403:
             raise MfhelmError(
                 f"not allowed to read secrets in Key Vault {vault}: grant yourself "

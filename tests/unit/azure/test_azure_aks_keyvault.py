@@ -126,3 +126,14 @@ def test_secret_missing_says_redeploy(fake_azure, credential):
     with pytest.raises(MfhelmError, match=rf"secret '{SECRET}' missing.*make bicep-deploy"):
         secret(fake_azure, credential)
 
+
+
+def test_secret_blocked_by_firewall_says_add_network_rule(fake_azure, credential):
+    fake_azure.route(
+        "GET", f"/secrets/{SECRET}", 403,
+        {"error": {"code": "Forbidden", "message": "Client address is not authorized and caller "
+                   "is not a trusted service.\r\nClient address: 203.0.113.7",
+                   "innererror": {"code": "ForbiddenByFirewall"}}},
+    )
+    with pytest.raises(MfhelmError, match=r"firewall blocks this machine.*network-rule add"):
+        secret(fake_azure, credential)
