@@ -142,7 +142,13 @@ def deployment_outputs(
         HttpResponseError,
         ResourceNotFoundError,
     )
-    from azure.mgmt.resource.deployments import DeploymentsMgmtClient
+    try:
+        # Deployments left azure-mgmt-resource (26.x) for their own package.
+        from azure.mgmt.resource.deployments import DeploymentsMgmtClient
+    except ImportError:
+        raise MfhelmError(
+            "azure-mgmt-resource-deployments is not installed; reinstall mfhelm (`make dev`)"
+        ) from None
 
     client = DeploymentsMgmtClient(credential, subscription_id, base_url=base_url)
     where = f"deployment {deployment_name!r} in subscription {subscription_id}"
