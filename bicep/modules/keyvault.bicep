@@ -36,7 +36,7 @@ var secretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 
 resource vault 'Microsoft.KeyVault/vaults@2024-11-01' = {
   // checkov:skip=CKV_AZURE_109:mfhelm reads the secret from the operator laptop; access needs Entra ID and an RBAC role on the secret
-  // checkov:skip=CKV_AZURE_189:see CKV_AZURE_109
+  // checkov:skip=CKV_AZURE_189:public network access stays on so mfhelm can read the secret from the operator laptop (RBAC guards it)
   name: '${orgPrefix}-kv-${take(nameSuffix, 10)}'
   location: location
   tags: tags

@@ -50,7 +50,7 @@ var blobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
 resource account 'Microsoft.Storage/storageAccounts@2025-01-01' = {
   // checkov:skip=CKV_AZURE_35:Metaflow clients on operator laptops read and write artifacts directly; access needs Entra ID (shared keys are off)
-  // checkov:skip=CKV_AZURE_59:see CKV_AZURE_35, the public endpoint is required and guarded by Entra ID
+  // checkov:skip=CKV_AZURE_59:the public endpoint is required for Metaflow clients on laptops and is guarded by Entra ID
   // checkov:skip=CKV_AZURE_206:redundancy comes from the skuName parameter (default Standard_ZRS), which checkov cannot resolve
   // checkov:skip=CKV_AZURE_43:the name is orgPrefix + 'mf' + uniqueString: 17-23 lowercase letters and digits, which checkov cannot resolve
   name: '${orgPrefix}mf${nameSuffix}'

@@ -1,0 +1,471 @@
+"""`make bicep-build|bicep-whatif|bicep-deploy`: drive `bicep/main.bicep` with the Azure CLI.
+
+Parameters come from `mfhelm.toml`. The PostgreSQL administrator password is
+generated on the first deploy and read back from Key Vault afterwards, so a
+re-deploy never resets it. It travels to `az` through a pipe (`@/dev/fd/N`):
+never in argv, in the environment, in a file, or on the terminal.
+
+Usage: python -m mfhelm.bicep_deploy build|whatif|deploy [--settings PATH] [--skip-preflight]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import secrets
+import shutil
+import string
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from mfhelm import settings as settings_mod
+from mfhelm.bicep_errors import POSTGRES_INTERNAL, classify, explain
+from mfhelm.errors import MfhelmError
+from mfhelm.settings import ORG_PREFIX_RE, Settings
+
+PARAMETERS_SCHEMA = (
+    "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#"
+)
+TEMPLATE = Path(__file__).resolve().parent.parent / "bicep" / "main.bicep"
+PASSWORD_PARAMETER = "postgresAdminPassword"
+# The nested deployment name of the Key Vault module in main.bicep; its outputs
+# locate the password secret when the subscription deployment has none yet
+# (an earlier run that failed after the vault was written).
+KEYVAULT_MODULE_DEPLOYMENT = "mfhelm-keyvault"
+POSTGRES_RETRY_ATTEMPTS = 3
+POSTGRES_RETRY_WAIT_SECONDS = 180.0
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits + "_.~"
+
+Preflight = Callable[[Settings], Any]
+Sleep = Callable[[float], None]
+
+
+# --- pure parts -----------------------------------------------------------------------
+
+
+def build_parameters(
+    settings: Settings, deployer_principal_id: str, deployer_principal_type: str = "User"
+) -> dict[str, Any]:
+    """The non-secret ARM parameters document for main.bicep."""
+    # Settings are validated on load; checked again because a bad prefix must
+    # never reach Azure, whoever built the Settings object.
+    if not ORG_PREFIX_RE.match(settings.org_prefix):
+        raise MfhelmError(
+            f"org_prefix {settings.org_prefix!r}: must be 2-8 characters, lowercase letters and "
+            "digits, starting with a letter"
+        )
+    if not _GUID_RE.match(deployer_principal_id):
+        raise MfhelmError(
+            f"deployer principal id {deployer_principal_id!r} is not an object ID (GUID); "
+            "check `az ad signed-in-user show --query id`"
+        )
+    if deployer_principal_type not in ("User", "Group", "ServicePrincipal"):
+        raise MfhelmError(f"unknown deployer principal type {deployer_principal_type!r}")
+    aks, pg = settings.aks, settings.postgres
+    values: dict[str, Any] = {
+        "orgPrefix": settings.org_prefix,
+        "location": settings.location,
+        "resourceGroupName": settings.resource_group_name,
+        "deployArgo": settings.deploy_argo,
+        "deployAirflow": settings.deploy_airflow,
+        "kubernetesVersion": aks.kubernetes_version,
+        "systemVmSize": aks.system_vm_size,
+        "systemMinCount": aks.system_min_count,
+        "systemMaxCount": aks.system_max_count,
+        "servicesVmSize": aks.services_vm_size,
+        "servicesMinCount": aks.services_min_count,
+        "servicesMaxCount": aks.services_max_count,
+        "taskVmSize": aks.task_vm_size,
+        "taskMinCount": aks.task_min_count,
+        "taskMaxCount": aks.task_max_count,
+        "postgresVersion": pg.version,
+        "postgresTier": pg.tier,
+        "postgresSku": pg.sku,
+        "postgresStorageGB": pg.storage_gb,
+        "deployerPrincipalId": deployer_principal_id.lower(),
+        "deployerPrincipalType": deployer_principal_type,
+        "serviceNamespace": settings.helm.namespace,
+        "flowNamespace": settings.helm.flow_namespace,
+    }
+    return {
+        "$schema": PARAMETERS_SCHEMA,
+        "contentVersion": "1.0.0.0",
+        "parameters": {name: {"value": v} for name, v in values.items()},
+    }
+
+
+def with_password(parameters: dict[str, Any], password: str) -> dict[str, Any]:
+    """A copy of the parameters document with the secure parameter added."""
+    doc = dict(parameters)
+    doc["parameters"] = {**parameters["parameters"], PASSWORD_PARAMETER: {"value": password}}
+    return doc
+
+
+def generate_password(length: int = 32) -> str:
+    """A Flexible Server admin password: all of upper, lower and digits, URL-safe symbols only."""
+    while True:
+        pw = "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(length))
+        if (
+            any(c.islower() for c in pw)
+            and any(c.isupper() for c in pw)
+            and any(c.isdigit() for c in pw)
+            and pw[0].isalpha()
+        ):
+            return pw
+
+
+def build_command(template: Path = TEMPLATE) -> list[str]:
+    return ["az", "bicep", "build", "--file", str(template), "--stdout"]
+
+
+def _deployment_args(settings: Settings, template: Path, parameters_ref: str) -> list[str]:
+    return [
+        "--name", settings.deployment,
+        "--location", settings.location,
+        "--template-file", str(template),
+        "--parameters", parameters_ref,
+        "--only-show-errors",
+    ]
+
+
+def deploy_command(settings: Settings, parameters_ref: str, template: Path = TEMPLATE) -> list[str]:
+    """`parameters_ref` is `@/dev/fd/N`: az reads the file once, when it expands `@` args."""
+    return [
+        "az", "deployment", "sub", "create",
+        *_deployment_args(settings, template, parameters_ref),
+        "--output", "json",
+    ]
+
+
+def whatif_command(settings: Settings, parameters_ref: str, template: Path = TEMPLATE) -> list[str]:
+    args = _deployment_args(settings, template, parameters_ref)
+    return ["az", "deployment", "sub", "what-if", *args]
+
+
+# --- the Azure CLI --------------------------------------------------------------------
+
+
+def require_az() -> str:
+    az = shutil.which("az")
+    if not az:
+        raise MfhelmError(
+            "the Azure CLI `az` is not on PATH: install it (https://aka.ms/azure-cli), "
+            "run `az login`, then try again"
+        )
+    return az
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            return line.removeprefix("ERROR: ")
+    return "no error output"
+
+
+def run_az(
+    args: Sequence[str],
+    *,
+    parameters: dict[str, Any] | None = None,
+    capture: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run az; with `parameters`, the `@PARAMS` placeholder becomes a pipe holding them."""
+    az = require_az()
+    argv = [az, *args[1:]] if args and args[0] == "az" else [az, *args]
+    if parameters is None:
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=capture, text=True, check=False
+        )
+    read_fd, write_fd = os.pipe()
+    payload = json.dumps(parameters).encode()
+
+    def feed() -> None:
+        # A thread, so a document larger than the pipe buffer cannot deadlock.
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(write_fd, view):]
+        finally:
+            os.close(write_fd)
+
+    argv = [a.replace("@PARAMS", f"@/dev/fd/{read_fd}") for a in argv]
+    writer = threading.Thread(target=feed, daemon=True)
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            text=True,
+            pass_fds=(read_fd,),
+        )
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    writer.start()
+    out, err = proc.communicate()
+    writer.join()
+    return subprocess.CompletedProcess(argv, proc.returncode, out or "", err or "")
+
+
+def _az_json(args: Sequence[str], what: str) -> Any:
+    proc = run_az(args)
+    if proc.returncode != 0:
+        raise MfhelmError(f"{what} failed: {_first_line(proc.stderr)}")
+    try:
+        return json.loads(proc.stdout or "null")
+    except ValueError:
+        raise MfhelmError(f"{what}: az printed something that is not JSON") from None
+
+
+def signed_in_principal() -> tuple[str, str]:
+    """Object ID and ARM principal type of whoever `az` is logged in as."""
+    account = _az_json(["az", "account", "show", "--output", "json"], "az account show")
+    if not isinstance(account, dict):
+        raise MfhelmError("not logged in to Azure: run `az login`")
+    user = account.get("user") or {}
+    if user.get("type") == "servicePrincipal":
+        args = ["az", "ad", "sp", "show", "--id", str(user.get("name", "")), "--output", "json"]
+        sp = _az_json(args, "az ad sp show")
+        return str(sp.get("id", "")), "ServicePrincipal"
+    args = ["az", "ad", "signed-in-user", "show", "--output", "json"]
+    me = _az_json(args, "az ad signed-in-user show")
+    return str(me.get("id", "")), "User"
+
+
+def _not_found(stderr: str) -> bool:
+    s = stderr.lower()
+    return any(k in s for k in ("notfound", "not found", "could not be found", "does not exist"))
+
+
+def _outputs_of(args: Sequence[str]) -> dict[str, Any] | None:
+    proc = run_az(args)
+    if proc.returncode != 0:
+        if _not_found(proc.stderr):
+            return None
+        raise MfhelmError(f"reading the previous deployment failed: {_first_line(proc.stderr)}")
+    try:
+        outputs = json.loads(proc.stdout or "null")
+    except ValueError:
+        return None
+    return outputs if isinstance(outputs, dict) else None
+
+
+def _value(outputs: dict[str, Any], name: str) -> str:
+    entry = outputs.get(name)
+    return str(entry.get("value") or "") if isinstance(entry, dict) else ""
+
+
+def password_secret_location(settings: Settings) -> tuple[str, str] | None:
+    """(vault, secret name) from the last deployment's outputs, if it got that far."""
+    sub = _outputs_of([
+        "az", "deployment", "sub", "show", "--name", settings.deployment,
+        "--query", "properties.outputs", "--output", "json",
+    ])
+    if sub and _value(sub, "keyVaultName") and _value(sub, "postgresPasswordSecretName"):
+        return _value(sub, "keyVaultName"), _value(sub, "postgresPasswordSecretName")
+    module = _outputs_of([
+        "az", "deployment", "group", "show",
+        "--resource-group", settings.resource_group_name, "--name", KEYVAULT_MODULE_DEPLOYMENT,
+        "--query", "properties.outputs", "--output", "json",
+    ])
+    if module and _value(module, "vaultName") and _value(module, "postgresPasswordSecretName"):
+        return _value(module, "vaultName"), _value(module, "postgresPasswordSecretName")
+    return None
+
+
+def existing_password(settings: Settings) -> str | None:
+    """The password kept in Key Vault by an earlier deploy, or None when there is none."""
+    where = password_secret_location(settings)
+    if where is None:
+        return None
+    vault, name = where
+    proc = run_az([
+        "az", "keyvault", "secret", "show", "--vault-name", vault, "--name", name,
+        "--query", "value", "--output", "tsv",
+    ])
+    if proc.returncode != 0:
+        if "secretnotfound" in proc.stderr.lower().replace(" ", ""):
+            return None
+        # Generating a new password here would silently reset the database's.
+        raise MfhelmError(
+            f"could not read secret {name} from Key Vault {vault} ({_first_line(proc.stderr)}); "
+            "the deploying identity needs the 'Key Vault Secrets User' role on it"
+        )
+    value = proc.stdout.rstrip("\r\n")
+    return value or None
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+def load_preflight(err: TextIO = sys.stderr) -> Preflight | None:
+    """`mfhelm.doctor.run_preflight`, or None (with a note) when it is not available."""
+    try:
+        doctor = importlib.import_module("mfhelm.doctor")
+    except ImportError:
+        print("note: mfhelm.doctor is not available; skipping the preflight checks", file=err)
+        return None
+    fn = getattr(doctor, "run_preflight", None)
+    if not callable(fn):
+        print("note: mfhelm.doctor has no run_preflight; skipping the preflight checks", file=err)
+        return None
+    return fn
+
+
+def run_preflight(settings: Settings, preflight: Preflight | None, err: TextIO) -> None:
+    if preflight is None:
+        return
+    result = preflight(settings)
+    checks = result if isinstance(result, list) else []
+    failed = [c for c in checks if getattr(c, "ok", True) is False]
+    for c in failed:
+        fix = getattr(c, "fix", "")
+        detail = getattr(c, "detail", "")
+        print(f"preflight: {getattr(c, 'name', 'check')}: {detail}"
+              + (f" (fix: {fix})" if fix else ""), file=err)
+    if failed or result is False:
+        raise MfhelmError(
+            "preflight checks failed (listed above); fix them, or re-run with --skip-preflight"
+        )
+
+
+def prepare(settings: Settings, err: TextIO) -> dict[str, Any]:
+    """Parameters including the password: reused from Key Vault, else freshly generated."""
+    principal, principal_type = signed_in_principal()
+    parameters = build_parameters(settings, principal, principal_type)
+    password = existing_password(settings)
+    if password:
+        print("reusing the PostgreSQL administrator password kept in Key Vault", file=err)
+    else:
+        password = generate_password()
+        print("generated a new PostgreSQL administrator password (kept only in Key Vault)",
+              file=err)
+    return with_password(parameters, password)
+
+
+def deploy(
+    settings: Settings,
+    *,
+    template: Path = TEMPLATE,
+    preflight: Preflight | None = None,
+    sleep: Sleep = time.sleep,
+    attempts: int = POSTGRES_RETRY_ATTEMPTS,
+    retry_wait: float = POSTGRES_RETRY_WAIT_SECONDS,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> dict[str, Any]:
+    """Deploy main.bicep; returns the deployment outputs. Raises MfhelmError on failure."""
+    require_az()
+    run_preflight(settings, preflight, err)
+    parameters = prepare(settings, err)
+    command = deploy_command(settings, "@PARAMS", template)
+    for attempt in range(1, attempts + 1):
+        print(
+            f"deploying {settings.deployment} to {settings.location} "
+            f"(attempt {attempt} of {attempts}; AKS and PostgreSQL take 10-20 minutes)",
+            file=err,
+        )
+        proc = run_az(command, parameters=parameters)
+        if proc.returncode == 0:
+            return _report_success(proc.stdout, settings, out)
+        failure = classify(proc.stderr)
+        if failure and failure.kind == POSTGRES_INTERNAL and attempt < attempts:
+            print(
+                "PostgreSQL answered InternalServerError (transient on first create); "
+                f"retrying in {retry_wait:.0f}s",
+                file=err,
+            )
+            sleep(retry_wait)
+            continue
+        if failure:
+            raise MfhelmError(explain(failure))
+        print(proc.stderr.rstrip(), file=err)
+        raise MfhelmError(
+            f"deployment {settings.deployment} failed (error above); see "
+            f"`az deployment operation sub list --name {settings.deployment}`"
+        )
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _report_success(stdout: str, settings: Settings, out: TextIO) -> dict[str, Any]:
+    try:
+        doc = json.loads(stdout or "{}")
+    except ValueError:
+        doc = {}
+    outputs = (doc.get("properties") or {}).get("outputs") or {}
+    print(f"deployed {settings.deployment}:", file=out)
+    for name in ("resourceGroupName", "aksClusterName", "postgresFqdn", "storageAccountName",
+                 "keyVaultName"):
+        if name in outputs:
+            print(f"  {name}: {_value(outputs, name)}", file=out)
+    print("next: mfhelm install", file=out)
+    return {k: v.get("value") for k, v in outputs.items() if isinstance(v, dict)}
+
+
+def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO = sys.stderr) -> None:
+    require_az()
+    parameters = prepare(settings, err)
+    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters,
+                  capture=False)
+    if proc.returncode != 0:
+        raise MfhelmError("az deployment sub what-if failed (error above)")
+
+
+def build(*, template: Path = TEMPLATE) -> None:
+    require_az()
+    proc = run_az(build_command(template), capture=False)
+    if proc.returncode != 0:
+        raise MfhelmError("az bicep build failed (errors above); `az bicep install` if missing")
+
+
+def _check_template(template: Path) -> None:
+    if not template.is_file():
+        raise MfhelmError(f"{template} not found: run this from the mfhelm repository checkout")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    preflight_loader: Callable[[TextIO], Preflight | None] = load_preflight,
+    sleep: Sleep = time.sleep,
+) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfhelm.bicep_deploy")
+    parser.add_argument("command", choices=("build", "whatif", "deploy"))
+    parser.add_argument("--settings", default=None, help="path to mfhelm.toml")
+    parser.add_argument("--skip-preflight", action="store_true",
+                        help="deploy without running the `mfhelm doctor` checks")
+    args = parser.parse_args(argv)
+    try:
+        _check_template(TEMPLATE)
+        if args.command == "build":
+            build()
+            return 0
+        settings = settings_mod.load(args.settings)
+        require_az()
+        if args.command == "whatif":
+            whatif(settings)
+        else:
+            preflight = None if args.skip_preflight else preflight_loader(sys.stderr)
+            deploy(settings, preflight=preflight, sleep=sleep)
+    except MfhelmError as exc:
+        print(f"mfhelm: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
