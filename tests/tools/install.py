@@ -65,11 +65,23 @@ def _go_env() -> dict[str, str]:
     return env
 
 
+def _ldflags(entry: dict) -> str:
+    """The entry's ldflags with {version}, {major} and {minor} filled in.
+
+    Kubernetes reports gitMajor/gitMinor separately in /version, and deriving
+    them here keeps the version written once in tools.toml.
+    """
+    version = entry["version"]
+    parts = version.lstrip("v").split(".")
+    major, minor = (parts + ["", ""])[:2]
+    return entry.get("ldflags", "").format(version=version, major=major, minor=minor)
+
+
 def build_go(name: str, entry: dict, dest: Path) -> None:
     """`go install module/pkg@version` with the version stamped by ldflags."""
     bindir = dest / "bin"
     bindir.mkdir()
-    ldflags = entry.get("ldflags", "").format(version=entry["version"])
+    ldflags = _ldflags(entry)
     cmd = ["go", "install", "-trimpath"]
     if ldflags:
         cmd += ["-ldflags", ldflags]
@@ -82,17 +94,21 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
     """Build binaries from a wrapper module: tests/tools/gobuild/<name>/go.mod.
 
     Used where `go install pkg@version` cannot work, e.g. k8s.io/kubernetes,
-    whose go.mod replaces its staging modules with local paths.
+    whose go.mod replaces its staging modules with local paths. The n-th
+    package is written as the n-th binary, so a package whose path does not
+    end in the command's name (go.etcd.io/etcd/server/v3) still gets one.
     """
     src = ROOT / "tests" / "tools" / "gobuild" / name
     bindir = dest / "bin"
     bindir.mkdir()
-    ldflags = entry.get("ldflags", "").format(version=entry["version"])
+    ldflags = _ldflags(entry)
+    if len(entry["packages"]) != len(entry["binaries"]):
+        raise RuntimeError(f"{name}: packages and binaries must pair up one to one")
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(src, work, dirs_exist_ok=True)
         env = _go_env()
-        for pkg in entry["packages"]:
-            out = bindir / pkg.rstrip("/").rsplit("/", 1)[-1]
+        for pkg, binary in zip(entry["packages"], entry["binaries"], strict=True):
+            out = bindir / binary
             cmd = ["go", "build", "-trimpath", "-o", str(out)]
             if ldflags:
                 cmd += ["-ldflags", ldflags]

@@ -1,0 +1,201 @@
+"""The node-side duties KWOK does not do, run as threads beside the tests.
+
+- `VolumeProvisioner` plays a dynamic volume provisioner for the `standard`
+  StorageClass: for each claim waiting on it, it creates a hostPath
+  PersistentVolume under the cluster's scratch directory, bound to that
+  claim, as a cloud disk driver would; released volumes are removed.
+- `ExecDirectories` gives every pod on a fake node its own host directory
+  and tells KWOK (an `Exec` object named after the pod) to run `exec`
+  requests for that pod there.
+
+Both follow the API with watches and reconnect on any error, so a restart
+of the apiserver or an expired watch costs only a moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+
+log = logging.getLogger(__name__)
+
+PROVISIONER = "mfhelm.io/hostpath"
+FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+
+
+class _WatchThread(threading.Thread):
+    """Runs ``handle`` for every event of a list/watch until stopped."""
+
+    def __init__(self, name: str, api: client.ApiClient) -> None:
+        super().__init__(name=name, daemon=True)
+        self.api = api
+        self._stop_event = threading.Event()
+        self.errors: list[str] = []
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def list_func(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def handle(self, event_type: str, obj: Any) -> None:
+        raise NotImplementedError
+
+    def _events(self) -> Iterator[tuple[str, Any]]:
+        w = watch.Watch()
+        # Short server-side timeouts let the thread notice stop() promptly.
+        for event in w.stream(self.list_func(), timeout_seconds=5):
+            yield event["type"], event["object"]
+            if self._stop_event.is_set():
+                w.stop()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                for event_type, obj in self._events():
+                    try:
+                        self.handle(event_type, obj)
+                    except ApiException as exc:
+                        if exc.status not in (404, 409):
+                            self._record(f"{self.name}: {exc.status} {exc.reason}")
+            except Exception as exc:  # keep serving: the next watch starts fresh
+                if not self._stop_event.is_set():
+                    self._record(f"{self.name}: {exc!r}")
+                    self._stop_event.wait(0.5)
+
+    def _record(self, message: str) -> None:
+        log.warning(message)
+        self.errors.append(message)
+        del self.errors[:-20]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+class VolumeProvisioner(_WatchThread):
+    """Binds each pending claim of `storage_class` to a new hostPath volume."""
+
+    def __init__(self, api: client.ApiClient, root: Path, storage_class: str) -> None:
+        super().__init__("volume-provisioner", api)
+        self.root = root
+        self.storage_class = storage_class
+        self.core = client.CoreV1Api(api)
+
+    def list_func(self) -> Callable[..., Any]:
+        return self.core.list_persistent_volume_claim_for_all_namespaces
+
+    def handle(self, event_type: str, claim: client.V1PersistentVolumeClaim) -> None:
+        if event_type == "DELETED":
+            self._reclaim(claim)
+            return
+        if claim.spec.storage_class_name != self.storage_class:
+            return
+        if claim.spec.volume_name or (claim.status and claim.status.phase != "Pending"):
+            return
+        ns, name = claim.metadata.namespace, claim.metadata.name
+        path = self.root / _safe(ns) / _safe(name)
+        path.mkdir(parents=True, exist_ok=True)
+        size = (claim.spec.resources.requests or {}).get("storage", "1Gi")
+        volume = client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(
+                name=f"pvc-{claim.metadata.uid}",
+                annotations={"pv.kubernetes.io/provisioned-by": PROVISIONER},
+                labels={"mfhelm.io/claim-namespace": ns[:63]},
+            ),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": size},
+                access_modes=claim.spec.access_modes or ["ReadWriteOnce"],
+                volume_mode=claim.spec.volume_mode or "Filesystem",
+                storage_class_name=self.storage_class,
+                # Retain: the controller-manager cannot delete hostPath volumes;
+                # _reclaim does it when the claim goes.
+                persistent_volume_reclaim_policy="Retain",
+                host_path=client.V1HostPathVolumeSource(path=str(path), type="Directory"),
+                claim_ref=client.V1ObjectReference(
+                    api_version="v1", kind="PersistentVolumeClaim", namespace=ns, name=name,
+                    uid=claim.metadata.uid,
+                ),
+            ),
+        )
+        self.core.create_persistent_volume(volume)
+
+    def _reclaim(self, claim: client.V1PersistentVolumeClaim) -> None:
+        try:
+            self.core.delete_persistent_volume(f"pvc-{claim.metadata.uid}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        shutil.rmtree(
+            self.root / _safe(claim.metadata.namespace) / _safe(claim.metadata.name),
+            ignore_errors=True,
+        )
+
+
+class ExecDirectories(_WatchThread):
+    """One host directory and one KWOK `Exec` per pod on a fake node."""
+
+    def __init__(self, api: client.ApiClient, root: Path, fake_nodes: set[str]) -> None:
+        super().__init__("exec-directories", api)
+        self.root = root
+        self.fake_nodes = fake_nodes
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self._done: dict[tuple[str, str], str] = {}  # (namespace, pod) -> uid served
+
+    def list_func(self) -> Callable[..., Any]:
+        return self.core.list_pod_for_all_namespaces
+
+    def handle(self, event_type: str, pod: client.V1Pod) -> None:
+        ns, name, uid = pod.metadata.namespace, pod.metadata.name, pod.metadata.uid
+        workdir = self.root / ns / name
+        if event_type == "DELETED":
+            # The Exec goes with the pod (owner reference); the directory is ours.
+            if self._done.pop((ns, name), None) == uid:
+                shutil.rmtree(workdir, ignore_errors=True)
+            return
+        if self._done.get((ns, name)) == uid:
+            return
+        # Registered as soon as the pod exists (before it is scheduled), so
+        # the Exec is in place by the time KWOK reports the pod Running.
+        if pod.spec.node_name and pod.spec.node_name not in self.fake_nodes:
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        body = {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Exec",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": name,
+                                     "uid": uid}],
+            },
+            "spec": {"execs": [{"local": {
+                "workDir": str(workdir),
+                "envs": [{"name": "HOME", "value": str(workdir)},
+                         {"name": "POD_NAME", "value": name},
+                         {"name": "POD_NAMESPACE", "value": ns}],
+            }}]},
+        }
+        try:
+            self.custom.create_namespaced_custom_object(
+                "kwok.x-k8s.io", "v1alpha1", ns, "execs", body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # A pod re-created under the same name (a StatefulSet's) finds the
+            # previous pod's Exec still waiting for garbage collection: take it over.
+            old = self.custom.get_namespaced_custom_object(
+                "kwok.x-k8s.io", "v1alpha1", ns, "execs", name)
+            body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            self.custom.replace_namespaced_custom_object(
+                "kwok.x-k8s.io", "v1alpha1", ns, "execs", name, body)
+        self._done[(ns, name)] = uid

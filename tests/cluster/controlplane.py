@@ -1,0 +1,382 @@
+"""A real Kubernetes control plane on 127.0.0.1, with KWOK playing the nodes.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the
+upstream binaries built from the versions pinned in tools.toml (see
+tests/tools/install.py); KWOK registers no kubelets but keeps fake nodes
+Ready, moves pods through their lifecycle (tests/cluster/kwok/stages.yaml)
+and serves the kubelet's exec API by running commands on this host.
+
+`start_controlplane(workdir)` returns a `Cluster` and a `stop` callable;
+everything runs in its own process group so `stop` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from .agents import FAKE_NODE_ANNOTATION, PROVISIONER, ExecDirectories, VolumeProvisioner
+from .handle import (
+    POOL_LABEL,
+    STORAGE_CLASS,
+    SYSTEM_TAINT,
+    TASKWORKERS_TAINT,
+    Cluster,
+    wait_for,
+    write_kubeconfig,
+)
+from .pki import CertificateAuthority, service_account_keys
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
+POD_CIDR = "10.244.0.0/16"
+TOOLS = ("kubernetes", "etcd", "kwok")
+
+# pool -> (node name, labels, taints); shaped like the AKS pools.
+NODES: dict[str, tuple[str, dict[str, str], list[dict[str, str]]]] = {
+    "system": ("system-0", {"kubernetes.azure.com/mode": "system"}, [SYSTEM_TAINT]),
+    "services": ("services-0", {POOL_LABEL: "services"}, []),
+    "taskworkers": ("taskworkers-0", {POOL_LABEL: "taskworkers"}, [TASKWORKERS_TAINT]),
+}
+
+
+class ToolchainMissing(Exception):
+    """The binaries are not cached and cannot be built here (no Go)."""
+
+
+def _installer() -> ModuleType:
+    path = ROOT / "tests" / "tools" / "install.py"
+    spec = importlib.util.spec_from_file_location("mfhelm_tools_install", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def kubernetes_version() -> str:
+    """tools.toml [kubernetes] version with a leading v, e.g. "v1.34.4"."""
+    return "v" + _installer().load_manifest()["kubernetes"]["version"].lstrip("v")
+
+
+def ensure_binaries() -> dict[str, Path]:
+    """binary name -> path, building missing tools with Go (slow once, cached after).
+
+    Raises ToolchainMissing when a tool is not cached and `go` is absent; a
+    failed build raises RuntimeError: that is a bug to see, not a skip.
+    """
+    inst = _installer()
+    entries = inst.tool_entries(inst.load_manifest())
+    paths: dict[str, Path] = {}
+    for name in TOOLS:
+        kind, entry = entries[name]
+        home = inst.tool_home(name, entry)
+        if not inst.is_complete(home, entry):
+            if shutil.which("go") is None:
+                raise ToolchainMissing(
+                    f"the Go toolchain (`go`) is needed to build {name} {entry['version']} "
+                    "for the local control plane; install Go or run `make tools` where it exists"
+                )
+            try:
+                home = inst.install(name, kind, entry)
+            except subprocess.CalledProcessError as exc:
+                raise RuntimeError(f"building {name} {entry['version']} failed: {exc}") from exc
+        for binary in entry["binaries"]:
+            paths[binary] = home / "bin" / binary
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Processes:
+    """Child processes, each the leader of its own process group."""
+
+    logdir: Path
+    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = (self.logdir / f"{name}.log").open("ab")
+        self.running[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )
+        log.close()
+
+    def check(self) -> None:
+        """Fail with the log tail of any component that has exited."""
+        for name, proc in self.running.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{name} exited with {proc.returncode}:\n{self.tail(name)}"
+                )
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.logdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        # Reverse start order (node agent first, etcd last), each given a moment
+        # to exit cleanly; the data is throwaway, so then no more patience.
+        for proc in reversed(list(self.running.values())):
+            _kill_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.running.clear()
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def _wait_ready(url: str, ca: Path, cert: Path, key: Path, procs: Processes,
+                timeout: float) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+
+    def ready() -> bool:
+        procs.check()
+        with urllib.request.urlopen(f"{url}/readyz", context=ctx, timeout=5) as resp:
+            return bool(resp.status == 200)
+
+    wait_for(ready, timeout, f"{url}/readyz")
+
+
+def start_controlplane(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
+    """Start the control plane in ``workdir``; returns (cluster, stop)."""
+    binaries = ensure_binaries()
+    version = kubernetes_version()
+    pki_dir = workdir / "pki"
+    logdir = workdir / "logs"
+    for d in (pki_dir, logdir):
+        d.mkdir(parents=True, exist_ok=True)
+    procs = Processes(logdir)
+    agents: list[Any] = []
+
+    def stop() -> None:
+        for agent in agents:
+            agent.stop()
+        procs.stop()
+
+    # Backstop for an interpreter that exits without running fixture finalizers.
+    atexit.register(stop)
+    try:
+        cluster = _boot(workdir, pki_dir, binaries, version, procs, agents)
+    except BaseException:
+        stop()
+        raise
+    return cluster, stop
+
+
+def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
+          procs: Processes, agents: list[Any]) -> Cluster:
+    ca = CertificateAuthority(pki_dir)
+    serving = ca.issue(
+        "apiserver", "kube-apiserver",
+        server_names=("localhost", "kubernetes", "kubernetes.default",
+                      "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+        server_ips=("127.0.0.1", SERVICE_IP), client=False,
+    )
+    admin = ca.issue("admin", "mfhelm-admin", orgs=("system:masters",))
+    kcm = ca.issue("controller-manager", "system:kube-controller-manager")
+    scheduler = ca.issue("scheduler", "system:kube-scheduler")
+    kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                              orgs=("kubeadm:cluster-admins",))
+    sa = service_account_keys(pki_dir)
+
+    etcd_port, etcd_peer, api_port, kwok_port = (free_port() for _ in range(4))
+    server = f"https://127.0.0.1:{api_port}"
+    admin_kc = write_kubeconfig(workdir / "kubeconfig", server, ca.pair.cert, admin.cert,
+                                admin.key)
+    kcm_kc = write_kubeconfig(pki_dir / "controller-manager.kubeconfig", server,
+                              ca.pair.cert, kcm.cert, kcm.key, user="controller-manager")
+    sched_kc = write_kubeconfig(pki_dir / "scheduler.kubeconfig", server, ca.pair.cert,
+                                scheduler.cert, scheduler.key, user="scheduler")
+
+    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    peer_url = f"http://127.0.0.1:{etcd_peer}"
+    procs.start("etcd", [
+        str(binaries["etcd"]), "--name=mfhelm", f"--data-dir={workdir / 'etcd'}",
+        f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+        f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+        f"--initial-cluster=mfhelm={peer_url}",
+        # Test data is disposable: skipping fsync makes every write much cheaper.
+        "--unsafe-no-fsync", "--log-level=warn",
+    ])
+
+    procs.start("kube-apiserver", [
+        str(binaries["kube-apiserver"]),
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        f"--secure-port={api_port}",
+        f"--etcd-servers={etcd_url}",
+        f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+        f"--client-ca-file={ca.pair.cert}",
+        "--authorization-mode=Node,RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={sa.cert}",
+        f"--service-account-signing-key-file={sa.key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        # exec/logs go to KWOK's kubelet port on the node's InternalIP (127.0.0.1).
+        # KWOK serves a self-signed certificate, so no --kubelet-certificate-authority.
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={kubelet_client.cert}",
+        f"--kubelet-client-key={kubelet_client.key}",
+        "--profiling=false",
+    ])
+    _wait_ready(server, ca.pair.cert, admin.cert, admin.key, procs, timeout=90)
+
+    from kubernetes import config as kconfig
+
+    api = kconfig.new_client_from_config(config_file=str(admin_kc))
+    _apply_yaml(api, HERE / "kwok" / "exec-crd.yaml")
+    _create_storage_class(api)
+    _register_nodes(api)
+
+    procs.start("kube-controller-manager", [
+        str(binaries["kube-controller-manager"]),
+        f"--kubeconfig={kcm_kc}", f"--authentication-kubeconfig={kcm_kc}",
+        f"--authorization-kubeconfig={kcm_kc}",
+        "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+        "--leader-elect=false", "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={sa.key}", f"--root-ca-file={ca.pair.cert}",
+        f"--cluster-signing-cert-file={ca.pair.cert}", f"--cluster-signing-key-file={ca.pair.key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--profiling=false",
+    ])
+    procs.start("kube-scheduler", [
+        str(binaries["kube-scheduler"]),
+        f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
+        f"--authorization-kubeconfig={sched_kc}",
+        "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+        "--leader-elect=false", "--profiling=false",
+    ])
+    annotation = "=".join(FAKE_NODE_ANNOTATION)
+    procs.start("kwok", [
+        str(binaries["kwok"]),
+        f"--kubeconfig={admin_kc}",
+        f"--config={HERE / 'kwok' / 'stages.yaml'}",
+        "--manage-all-nodes=false",
+        f"--manage-nodes-with-annotation-selector={annotation}",
+        "--node-ip=127.0.0.1", f"--node-port={kwok_port}",
+        f"--server-address=127.0.0.1:{kwok_port}",
+        f"--cidr={POD_CIDR}",
+        "--enable-crds=Exec",
+    ], env=dict(os.environ, HOME=str(workdir)))
+
+    core = _core(api)
+
+    def nodes_ready() -> bool:
+        procs.check()
+        nodes = core.list_node().items
+        # Ready is not enough: the scheduler also waits for the controller-manager
+        # to lift the node.kubernetes.io/not-ready taint it put on at registration.
+        return len(nodes) == len(NODES) and all(
+            any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+            and not [t for t in n.spec.taints or [] if t.key.startswith("node.kubernetes.io/")]
+            for n in nodes
+        )
+
+    wait_for(nodes_ready, 60, "the KWOK nodes to be Ready and untainted")
+
+    pod_root = workdir / "pods"
+    provisioner = VolumeProvisioner(api, workdir / "volumes", STORAGE_CLASS)
+    execs = ExecDirectories(api, pod_root, {name for name, _l, _t in NODES.values()})
+    for agent in (provisioner, execs):
+        agent.start()
+        agents.append(agent)
+
+    cluster = Cluster(
+        kubeconfig=admin_kc, server=server, backend="controlplane",
+        nodes={pool: name for pool, (name, _l, _t) in NODES.items()},
+        workdir=workdir, version=version, _pod_root=pod_root,
+    )
+    cluster.create_namespace("default")
+    return cluster
+
+
+def _core(api: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api)
+
+
+def _apply_yaml(api: Any, path: Path) -> None:
+    from kubernetes import client, utils
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc:
+            utils.create_from_dict(api, doc)
+    if "CustomResourceDefinition" in path.read_text():
+        ext = client.ApiextensionsV1Api(api)
+
+        def established() -> bool:
+            crd = ext.read_custom_resource_definition("execs.kwok.x-k8s.io")
+            return any(c.type == "Established" and c.status == "True"
+                       for c in crd.status.conditions or [])
+
+        wait_for(established, 30, "the KWOK Exec CRD")
+
+
+def _create_storage_class(api: Any) -> None:
+    from kubernetes import client
+
+    client.StorageV1Api(api).create_storage_class(client.V1StorageClass(
+        metadata=client.V1ObjectMeta(
+            name=STORAGE_CLASS,
+            annotations={"storageclass.kubernetes.io/is-default-class": "true"},
+        ),
+        provisioner=PROVISIONER,
+        reclaim_policy="Delete",
+        volume_binding_mode="Immediate",
+    ))
+
+
+def _register_nodes(api: Any) -> None:
+    from kubernetes import client
+
+    core = _core(api)
+    for pool, (name, labels, taints) in NODES.items():
+        core.create_node(client.V1Node(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                annotations={FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1],
+                             "node.alpha.kubernetes.io/ttl": "0"},
+                labels={
+                    "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "type": "kwok",
+                    "kubernetes.azure.com/agentpool": pool, **labels,
+                },
+            ),
+            spec=client.V1NodeSpec(taints=[client.V1Taint(**t) for t in taints]),
+            status=client.V1NodeStatus(
+                capacity={"cpu": "8", "memory": "32Gi", "pods": "110"},
+                allocatable={"cpu": "8", "memory": "32Gi", "pods": "110"},
+            ),
+        ))

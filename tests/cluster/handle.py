@@ -1,0 +1,243 @@
+"""The handle the cluster tests get: where the cluster is and small helpers.
+
+Both backends (the local control plane with KWOK nodes, and kind) produce
+the same `Cluster`, so a test does not care which one it runs on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import yaml
+
+if TYPE_CHECKING:
+    from kubernetes import client as k8s
+
+T = TypeVar("T")
+
+# Node pools the fixture registers, mirroring the AKS pools (see
+# ARCHITECTURE.md): taints/labels a flow pod and a service pod must match.
+POOL_LABEL = "mfhelm.io/pool"
+TASKWORKERS_TAINT = {"key": POOL_LABEL, "value": "taskworkers", "effect": "NoSchedule"}
+SYSTEM_TAINT = {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoSchedule"}
+STORAGE_CLASS = "standard"
+
+
+def write_kubeconfig(
+    path: Path, server: str, ca: Path, cert: Path, key: Path, user: str = "admin"
+) -> Path:
+    """A kubeconfig with one context, certificates referenced by path."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "mfhelm-test",
+                      "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user,
+                   "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": "mfhelm-test",
+                      "context": {"cluster": "mfhelm-test", "user": user}}],
+        "current-context": "mfhelm-test",
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str,
+             interval: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the API may be briefly unavailable; keep the last cause
+            last_error = exc
+        if time.monotonic() > deadline:
+            cause = f" (last error: {last_error})" if last_error else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{cause}")
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    """A running cluster for the tests.
+
+    kubeconfig  admin kubeconfig (cluster-admin via O=system:masters, or kind's)
+    server      apiserver URL, e.g. https://127.0.0.1:41234
+    backend     "controlplane" (local binaries + KWOK) or "kind"
+    nodes       pool name -> node name, for "system", "services", "taskworkers"
+    workdir     scratch directory of this cluster (certs, logs, volumes)
+    version     the Kubernetes version the cluster runs, e.g. "v1.34.4"
+    """
+
+    kubeconfig: Path
+    server: str
+    backend: str
+    nodes: dict[str, str]
+    workdir: Path
+    version: str
+    _pod_root: Path | None = None
+    _api: Any = field(default=None, repr=False)
+
+    # --- clients -------------------------------------------------------
+    def api_client(self) -> k8s.ApiClient:
+        """A kubernetes ApiClient for this cluster, shared across calls."""
+        if self._api is None:
+            from kubernetes import config
+
+            self._api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        return self._api
+
+    def core(self) -> k8s.CoreV1Api:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api_client())
+
+    def apps(self) -> k8s.AppsV1Api:
+        from kubernetes import client
+
+        return client.AppsV1Api(self.api_client())
+
+    def batch(self) -> k8s.BatchV1Api:
+        from kubernetes import client
+
+        return client.BatchV1Api(self.api_client())
+
+    def rbac(self) -> k8s.RbacAuthorizationV1Api:
+        from kubernetes import client
+
+        return client.RbacAuthorizationV1Api(self.api_client())
+
+    def env(self) -> dict[str, str]:
+        """os.environ with KUBECONFIG pointing here, for helm/mfhelm subprocesses."""
+        return dict(os.environ, KUBECONFIG=str(self.kubeconfig))
+
+    # --- helpers -------------------------------------------------------
+    def create_namespace(self, name: str) -> str:
+        from kubernetes import client
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core().create_namespace(client.V1Namespace(metadata={"name": name}))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        # Pods are refused until the namespace's default service account exists.
+        wait_for(lambda: self.core().read_namespaced_service_account("default", name),
+                 60, f"service account default in namespace {name}")
+        return name
+
+    def pod_dir(self, namespace: str, pod: str) -> Path | None:
+        """Host directory where `exec` into the pod runs (None on kind: real containers)."""
+        if self._pod_root is None:
+            return None
+        return self._pod_root / namespace / pod
+
+    def can_i(self, user: str, verb: str, resource: str, *, namespace: str | None = None,
+              group: str = "", subresource: str = "", name: str = "",
+              groups: list[str] | None = None) -> bool:
+        """Ask the apiserver's authorizer (SubjectAccessReview) whether user may do verb."""
+        from kubernetes import client
+
+        attrs = client.V1ResourceAttributes(
+            verb=verb, resource=resource, group=group, namespace=namespace,
+            subresource=subresource or None, name=name or None,
+        )
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user, groups=groups, resource_attributes=attrs
+            )
+        )
+        result = client.AuthorizationV1Api(self.api_client()).create_subject_access_review(review)
+        return bool(result.status.allowed)
+
+    def service_account_can(self, account_namespace: str, account: str, verb: str,
+                            resource: str, **kw: Any) -> bool:
+        """`can_i` for a service account, with the groups the apiserver gives its tokens.
+
+        ``namespace=`` (in ``kw``) is where the action happens, which may differ
+        from the account's own namespace.
+        """
+        return self.can_i(
+            f"system:serviceaccount:{account_namespace}:{account}", verb, resource,
+            groups=["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}",
+                    "system:authenticated"],
+            **kw,
+        )
+
+    def wait_for(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
+        return wait_for(check, timeout, what)
+
+    def wait_pod_ready(self, namespace: str, name: str, timeout: float = 60) -> Any:
+        def ready() -> Any:
+            pod = self.core().read_namespaced_pod(name, namespace)
+            conditions = pod.status.conditions or []
+            if any(c.type == "Ready" and c.status == "True" for c in conditions):
+                return pod
+            return None
+
+        return wait_for(ready, timeout, f"pod {namespace}/{name} to be Ready")
+
+    def exec(self, namespace: str, pod: str, command: list[str], *,
+             stdin: bytes | None = None, container: str | None = None,
+             timeout: float = 60) -> tuple[int, str, str]:
+        """Run command in the pod through the exec API; (exit code, stdout, stderr)."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        resp = stream(
+            client.CoreV1Api(self.api_client()).connect_get_namespaced_pod_exec,
+            pod, namespace, command=command, container=container,
+            stdin=stdin is not None, stdout=True, stderr=True, tty=False,
+            _preload_content=False,
+        )
+        out: list[str] = []
+        err: list[str] = []
+        try:
+            if stdin is not None:
+                resp.write_channel(0, stdin)
+                # Without closing stdin (v5 streaming protocol) `tar x` never sees EOF.
+                resp.close_channel(0)
+            deadline = time.monotonic() + timeout
+            while resp.is_open():
+                resp.update(timeout=1)
+                if resp.peek_stdout():
+                    out.append(resp.read_stdout())
+                if resp.peek_stderr():
+                    err.append(resp.read_stderr())
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"exec {command!r} in {namespace}/{pod} timed out")
+            status = resp.read_channel(3)  # the error channel: a metav1.Status
+        finally:
+            resp.close()
+        return exit_code(status), "".join(out), "".join(err)
+
+
+def exit_code(status_text: str) -> int:
+    """The command's exit code from the Status an exec stream ends with.
+
+    A kubelet reports a non-zero exit as reason NonZeroExitCode with the code
+    in causes[ExitCode]; KWOK's exec server wraps it in a generic error whose
+    message ends in "exit status N". Both are read here; anything else (the
+    command could not start, the pod is gone) is an error, not an exit code.
+    """
+    status = yaml.safe_load(status_text) if status_text else None
+    if not status or status.get("status") == "Success":
+        return 0
+    for cause in (status.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause["message"])
+    found = re.search(r"exit status (\d+)", status.get("message", ""))
+    if found:
+        return int(found.group(1))
+    raise RuntimeError(f"exec failed: {status.get('message', status_text)}")
+
