@@ -312,8 +312,9 @@ def existing_password(settings: Settings) -> str | None:
 # --- commands ---------------------------------------------------------------------------
 
 
-def load_preflight(err: TextIO = sys.stderr) -> Preflight | None:
+def load_preflight(err: TextIO | None = None) -> Preflight | None:
     """`mfhelm.doctor.run_preflight`, or None (with a note) when it is not available."""
+    err = err or sys.stderr
     try:
         doctor = importlib.import_module("mfhelm.doctor")
     except ImportError:
@@ -365,10 +366,11 @@ def deploy(
     sleep: Sleep = time.sleep,
     attempts: int = POSTGRES_RETRY_ATTEMPTS,
     retry_wait: float = POSTGRES_RETRY_WAIT_SECONDS,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> dict[str, Any]:
     """Deploy main.bicep; returns the deployment outputs. Raises MfhelmError on failure."""
+    out, err = out or sys.stdout, err or sys.stderr
     require_az()
     run_preflight(settings, preflight, err)
     parameters = prepare(settings, err)
@@ -416,7 +418,8 @@ def _report_success(stdout: str, settings: Settings, out: TextIO) -> dict[str, A
     return {k: v.get("value") for k, v in outputs.items() if isinstance(v, dict)}
 
 
-def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO = sys.stderr) -> None:
+def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO | None = None) -> None:
+    err = err or sys.stderr
     require_az()
     parameters = prepare(settings, err)
     proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters,
@@ -440,7 +443,7 @@ def _check_template(template: Path) -> None:
 def main(
     argv: Sequence[str] | None = None,
     *,
-    preflight_loader: Callable[[TextIO], Preflight | None] = load_preflight,
+    preflight_loader: Callable[[TextIO | None], Preflight | None] = load_preflight,
     sleep: Sleep = time.sleep,
 ) -> int:
     parser = argparse.ArgumentParser(prog="python -m mfhelm.bicep_deploy")
@@ -459,7 +462,7 @@ def main(
         if args.command == "whatif":
             whatif(settings)
         else:
-            preflight = None if args.skip_preflight else preflight_loader(sys.stderr)
+            preflight = None if args.skip_preflight else preflight_loader(None)
             deploy(settings, preflight=preflight, sleep=sleep)
     except MfhelmError as exc:
         print(f"mfhelm: error: {exc}", file=sys.stderr)
