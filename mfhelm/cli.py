@@ -7,6 +7,8 @@ Azure and Kubernetes SDKs are imported inside the functions that need them.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -40,6 +42,305 @@ def _root(
 ) -> None:
     """Stand up and operate a production Metaflow stack on Azure."""
     _state["debug"] = debug
+
+
+# ---------------------------------------------------------------- helpers
+
+def _echo_err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _progress() -> Any:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def step(msg: str) -> None:
+        console.print(f"[bold]>[/bold] {msg}", highlight=False)
+
+    return step
+
+
+def _outputs(outputs_file: Path | None, settings: Any, subscription: str | None) -> dict[str, Any]:
+    from mfhelm.azure import outputs as az_outputs
+
+    if outputs_file is not None:
+        return az_outputs.load_outputs_file(outputs_file)
+    from mfhelm.azure.credentials import get_credential, resolve_subscription_id
+
+    return az_outputs.deployment_outputs(
+        resolve_subscription_id(subscription), settings.deployment, credential=get_credential()
+    )
+
+
+SettingsOpt = typer.Option(None, "--settings", help="Settings file (default ./mfhelm.toml).")
+OutputsOpt = typer.Option(None, "--outputs",
+                          help="Saved deployment outputs (JSON) instead of Azure.")
+SubOpt = typer.Option(None, "--subscription", help="Azure subscription id (default: az's).")
+KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG).")
+ContextOpt = typer.Option(None, "--context", help="Kube context (default: the current one).")
+
+
+def _target(settings_file: Path | None, kubeconfig: str | None, context: str | None,
+            release: str | None, namespace: str | None, local: bool) -> Any:
+    from mfhelm import settings as settings_mod
+    from mfhelm.stack import Target
+
+    if local and not settings_mod.settings_path(settings_file).exists():
+        return Target(release or "metaflow", namespace or "metaflow", kubeconfig, context)
+    s = settings_mod.load(settings_file)
+    return Target(release or s.helm.release, namespace or s.helm.namespace, kubeconfig, context)
+
+
+# --------------------------------------------------------------- commands
+
+@app.command()
+def init(
+    org_prefix: str = typer.Option(..., "--org-prefix", help="2-8 lowercase letters/digits."),
+    location: str = typer.Option("westeurope", "--location", help="Azure region."),
+    argo: bool = typer.Option(True, "--argo/--no-argo", help="Deploy Argo Workflows."),
+    airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="Deploy Airflow."),
+    settings_file: Path = typer.Option(Path("mfhelm.toml"), "--settings", help="File to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing settings file."),
+) -> None:
+    """Write the settings file that make bicep-deploy and mfhelm read."""
+    from mfhelm import settings as settings_mod
+
+    if settings_file.exists() and not force:
+        raise MfhelmError(f"{settings_file} exists; edit it, or pass --force to replace it")
+    fields = {"org_prefix": org_prefix, "location": location,
+              "deploy_argo": argo, "deploy_airflow": airflow}
+    s = settings_mod.parse(fields, "mfhelm init")
+    path = settings_mod.save(s, settings_file)
+    typer.echo(f"wrote {path}; next: make bicep-deploy")
+
+
+@app.command()
+def render(
+    output: Path | None = typer.Option(None, "-o", "--output",
+                                       help="Write here (default: stdout)."),
+    settings_file: Path | None = SettingsOpt,
+    outputs_file: Path | None = OutputsOpt,
+    subscription: str | None = SubOpt,
+) -> None:
+    """Write the azure-profile Helm values from the deployment outputs (no secrets)."""
+    import yaml
+
+    from mfhelm import settings as settings_mod
+    from mfhelm.values import render_values
+
+    s = settings_mod.load(settings_file)
+    text = yaml.safe_dump(render_values(_outputs(outputs_file, s, subscription), s),
+                          sort_keys=False)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        _echo_err(f"wrote {output}")
+
+
+@app.command()
+def install(
+    local: bool = typer.Option(False, "--local", help="Local profile into the current context."),
+    argo: bool = typer.Option(True, "--argo/--no-argo", help="With --local: Argo Workflows."),
+    airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="With --local: Airflow."),
+    settings_file: Path | None = SettingsOpt,
+    outputs_file: Path | None = OutputsOpt,
+    subscription: str | None = SubOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release", help="Release name."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
+    chart: Path | None = typer.Option(None, "--chart", help="Chart directory to install."),
+    values_file: Path | None = typer.Option(None, "-f", "--values", help="Extra values (YAML)."),
+    timeout: str = typer.Option("10m", "--timeout", help="How long helm waits."),
+) -> None:
+    """Install or upgrade the stack; a failed upgrade rolls back."""
+    from mfhelm import stack
+
+    extra = _load_values_file(values_file)
+    target = _target(settings_file, kubeconfig, context, release, namespace, local)
+    step = _progress()
+    if local:
+        info = stack.install_local(target, argo=argo, airflow=airflow, chart=chart,
+                                   timeout=timeout, extra_values=extra, progress=step)
+    else:
+        from mfhelm import settings as settings_mod
+        from mfhelm.azure.credentials import get_credential, resolve_subscription_id
+
+        if extra:
+            raise MfhelmError("-f/--values is for --local; on azure the values come from Bicep")
+        s = settings_mod.load(settings_file)
+        sub = resolve_subscription_id(subscription)
+        outs = _outputs(outputs_file, s, sub)
+        info = stack.install_azure(target, s, outs, credential=get_credential(),
+                                   subscription_id=sub, chart=chart, timeout=timeout,
+                                   progress=step)
+    typer.echo(f"release {info.name} revision {info.revision}: {info.status} "
+               f"(chart {info.chart_version}, app {info.app_version})")
+    typer.echo("next: mfhelm status; mfhelm port-forward; mfhelm config")
+
+
+def _load_values_file(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise MfhelmError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        raise MfhelmError(f"{path}: not valid YAML ({exc})") from None
+    if data is not None and not isinstance(data, dict):
+        raise MfhelmError(f"{path}: expected a mapping of values")
+    return data or None
+
+
+@app.command()
+def status(
+    settings_file: Path | None = SettingsOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Release, revision, versions and the readiness of each component."""
+    from mfhelm import stack
+
+    target = _target(settings_file, kubeconfig, context, release, namespace, True)
+    st = stack.status(target)
+    if st.release is None:
+        raise MfhelmError(f"no release {target.release!r} in namespace {target.namespace!r}; "
+                          "run mfhelm install")
+    r = st.release
+    typer.echo(f"release {r.name} in {r.namespace}: revision {r.revision}, {r.status}, "
+               f"chart {r.chart_version}, app {r.app_version}")
+    for c in st.components:
+        mark = "ready" if c.ok else "NOT READY"
+        typer.echo(f"  {c.kind:<12} {c.name:<40} {c.ready}/{c.desired} {mark}")
+    if not all(c.ok for c in st.components):
+        raise typer.Exit(1)
+
+
+@app.command()
+def uninstall(
+    purge: bool = typer.Option(False, "--purge", help="Also delete PVCs and mfhelm's Secrets."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask before --purge."),
+    settings_file: Path | None = SettingsOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Remove the release; data (PVCs, Blob, PostgreSQL) stays unless --purge."""
+    from mfhelm import stack
+
+    target = _target(settings_file, kubeconfig, context, release, namespace, True)
+    if purge and not yes:
+        typer.confirm(f"Delete the data volumes of {target.release!r} in {target.namespace!r}?",
+                      abort=True)
+    deleted = stack.uninstall(target, purge=purge)
+    typer.echo(f"uninstalled {target.release}")
+    for item in deleted:
+        typer.echo(f"  deleted {item}")
+    if not purge:
+        typer.echo("data kept (PVCs, Secrets); `mfhelm uninstall --purge` removes it")
+
+
+@app.command()
+def config(
+    profile: str | None = typer.Option(None, "--profile", help="Write config_NAME.json."),
+    print_only: bool = typer.Option(False, "--print", help="Print instead of writing."),
+    service_url: str = typer.Option("http://localhost:8080", "--service-url",
+                                    help="Metadata service URL as laptops reach it."),
+    settings_file: Path | None = SettingsOpt,
+    outputs_file: Path | None = OutputsOpt,
+    subscription: str | None = SubOpt,
+) -> None:
+    """Write the end-user Metaflow config (~/.metaflowconfig)."""
+    from mfhelm import metaflow_config
+    from mfhelm import settings as settings_mod
+
+    s = settings_mod.load(settings_file)
+    cfg = metaflow_config.build_config(_outputs(outputs_file, s, subscription), s,
+                                       service_url=service_url)
+    if print_only:
+        typer.echo(metaflow_config.config_json(cfg), nl=False)
+        return
+    path = metaflow_config.write_config(cfg, profile)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("port-forward")
+def port_forward(
+    settings_file: Path | None = SettingsOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Forward the metadata service, UI, Argo and Airflow to localhost."""
+    from mfhelm import kube, portforward
+
+    target = _target(settings_file, kubeconfig, context, release, namespace, True)
+    api = kube.api_client(target.kubeconfig, target.context)
+    forwards = portforward.plan(target.release, portforward.services(api, target.namespace))
+    raise typer.Exit(portforward.run(forwards, target.namespace, kubeconfig=target.kubeconfig,
+                                     context=target.context, echo=typer.echo))
+
+
+@app.command("dag-push")
+def dag_push(
+    dag_file: Path | None = typer.Argument(None, help="The DAG file to push."),
+    name: str | None = typer.Option(None, "--name", help="File name in the DAG folder."),
+    list_: bool = typer.Option(False, "--list", help="List the DAGs in the folder."),
+    remove: str | None = typer.Option(None, "--remove", help="Remove this DAG file."),
+    settings_file: Path | None = SettingsOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Copy an Airflow DAG into the persistent DAG folder (checked, atomic, verified)."""
+    from mfhelm import dags, kube
+
+    if sum(bool(x) for x in (dag_file, list_, remove)) != 1:
+        raise MfhelmError("give a DAG file, or --list, or --remove NAME")
+    if dag_file is not None:
+        dags.validate_dag_file(dag_file)  # before any cluster call
+    target = _target(settings_file, kubeconfig, context, release, namespace, True)
+    api = kube.api_client(target.kubeconfig, target.context)
+    if list_:
+        where, names = dags.list_dags(api, target.namespace, target.release)
+        for n in names:
+            typer.echo(n)
+        _echo_err(f"{len(names)} DAG file(s) in {where.pod}:{where.folder}")
+    elif remove:
+        where = dags.remove_dag(api, target.namespace, target.release, remove)
+        typer.echo(f"removed {remove} from {where.pod}:{where.folder}")
+    else:
+        assert dag_file is not None
+        where, final = dags.push(api, target.namespace, target.release, dag_file, name)
+        typer.echo(f"pushed {final} to {where.pod}:{where.folder} (verified)")
+
+
+@app.command()
+def doctor(
+    settings_file: Path | None = SettingsOpt,
+    subscription: str | None = SubOpt,
+) -> None:
+    """Preflight before a deploy: helm, login, providers, VM sizes, quota, PostgreSQL."""
+    from rich.console import Console
+
+    from mfhelm import doctor as doctor_mod
+    from mfhelm import settings as settings_mod
+
+    s = settings_mod.load(settings_file)
+    checks = doctor_mod.run_preflight(s, subscription_id=subscription)
+    Console().print(doctor_mod.render_table(checks))
+    if not doctor_mod.preflight_ok(checks):
+        raise MfhelmError("preflight failed: fix the rows marked FAIL, then re-run mfhelm doctor")
 
 
 def main() -> None:

@@ -197,7 +197,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Settings:
         with p.open("rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
-        raise MfhelmError(f"{p}: not found; create it with `mfhelm init --org-prefix ...`") from None
+        raise MfhelmError(f"{p}: not found; create it with `mfhelm init`") from None
     except tomllib.TOMLDecodeError as exc:
         raise MfhelmError(f"{p}: not valid TOML ({exc})") from None
     return parse(data, str(p))

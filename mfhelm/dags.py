@@ -1,0 +1,205 @@
+"""`mfhelm dag-push`: validate a DAG file and copy it into Airflow's DAG folder.
+
+The copy goes through the Kubernetes exec API as a tar stream (no `kubectl
+cp`): the file lands under a temporary name in the persistent DAG volume,
+is renamed into place (atomic on one filesystem), and its checksum is read
+back and compared.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import re
+import shlex
+import tarfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mfhelm.errors import MfhelmError
+
+DAG_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.py$")
+SCHEDULER_SELECTOR = "component=scheduler,release={release}"
+DEFAULT_DAG_CLAIM = "metaflow-airflow-dags"
+
+
+def validate_dag_file(path: str | Path) -> bytes:
+    """The file's bytes, if it is a Python file that compiles and defines a DAG."""
+    p = Path(path)
+    if not p.exists():
+        raise MfhelmError(f"{p}: no such file")
+    if not p.is_file():
+        raise MfhelmError(f"{p}: not a regular file")
+    if p.suffix != ".py":
+        raise MfhelmError(f"{p}: not a Python file (Airflow loads *.py from its DAG folder)")
+    data = p.read_bytes()
+    try:
+        tree = ast.parse(data, filename=str(p))
+        compile(tree, str(p), "exec")
+    except SyntaxError as exc:
+        raise MfhelmError(f"{p}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except ValueError as exc:  # null bytes and the like
+        raise MfhelmError(f"{p}: not valid Python source ({exc})") from None
+    if not defines_dag(tree):
+        raise MfhelmError(
+            f"{p}: defines no Airflow DAG (no DAG imported from airflow); make one with "
+            "`python flow.py airflow create my-dag.py`"
+        )
+    return data
+
+
+def defines_dag(tree: ast.AST) -> bool:
+    """True if the module imports DAG (or the @dag decorator) from airflow and uses it,
+    the shape of every DAG file, Metaflow's generated ones included."""
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "airflow":
+            for alias in node.names:
+                if alias.name in ("DAG", "dag"):
+                    imported.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "airflow":
+                    imported.add(alias.asname or alias.name.split(".")[0])
+    if not imported:
+        return False
+    for node in ast.walk(tree):
+        target = node.func if isinstance(node, ast.Call) else node
+        if isinstance(target, ast.Name) and target.id in imported:
+            return True
+        if isinstance(target, ast.Attribute) and target.attr in ("DAG", "dag"):
+            return True
+    return False
+
+
+def dag_name(path: str | Path, name: str | None) -> str:
+    chosen = name or Path(path).name
+    if not chosen.endswith(".py"):
+        chosen += ".py"
+    if not DAG_NAME_RE.match(chosen):
+        raise MfhelmError(
+            f"{chosen!r}: a DAG file name is letters, digits, '_', '-', '.' and ends in .py"
+        )
+    return chosen
+
+
+def pack(name: str, data: bytes) -> bytes:
+    """A tar archive holding one file, mode 0644, owned by nobody in particular."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def copy_script(folder: str, name: str, size: int) -> list[str]:
+    """The remote command: read exactly `size` bytes of tar, unpack under a
+    temporary name, rename into place, print the checksum of the result."""
+    tmp = f".{name}.mfhelm-{uuid.uuid4().hex[:8]}"
+    q = shlex.quote
+    script = (
+        f"set -e; cd {q(folder)}; "
+        f"mkdir -p {q(tmp)}; "
+        f"head -c {size} | tar -xf - -C {q(tmp)} --no-same-owner; "
+        f"mv -f {q(tmp + '/' + name)} {q(name)}; rmdir {q(tmp)}; "
+        f"sha256sum {q(name)}"
+    )
+    return ["sh", "-c", script]
+
+
+@dataclass(frozen=True)
+class DagTarget:
+    pod: str
+    container: str
+    folder: str
+
+
+def find_dag_target(api: Any, namespace: str, release: str,
+                    claim: str = DEFAULT_DAG_CLAIM) -> DagTarget:
+    """The ready Airflow pod that mounts the DAG volume, and where."""
+    from mfhelm import kube
+
+    pods = kube.list_pods(api, namespace, SCHEDULER_SELECTOR.format(release=release))
+    if not pods:
+        raise MfhelmError(
+            f"Airflow is not deployed: no scheduler pod for release {release!r} in namespace "
+            f"{namespace!r}; set deploy_airflow = true in mfhelm.toml and re-run mfhelm install"
+        )
+    ready = [p for p in pods if kube.pod_ready(p)]
+    if not ready:
+        states = ", ".join(f"{p.metadata.name} {p.status.phase if p.status else 'Unknown'}"
+                           for p in pods)
+        raise MfhelmError(
+            f"the Airflow scheduler pod is not ready ({states}); check `mfhelm status`"
+        )
+    pod = sorted(ready, key=lambda p: p.metadata.name)[0]
+    volumes = {v.name for v in (pod.spec.volumes or [])
+               if v.persistent_volume_claim and v.persistent_volume_claim.claim_name == claim}
+    if not volumes:
+        raise MfhelmError(f"pod {pod.metadata.name} does not mount the DAG volume {claim!r}")
+    for container in pod.spec.containers:
+        for mount in container.volume_mounts or []:
+            if mount.name in volumes and not mount.read_only:
+                return DagTarget(pod.metadata.name, container.name, mount.mount_path)
+    raise MfhelmError(f"no container of {pod.metadata.name} mounts {claim!r} writable")
+
+
+def push(api: Any, namespace: str, release: str, path: str | Path, name: str | None = None,
+         claim: str = DEFAULT_DAG_CLAIM) -> tuple[DagTarget, str]:
+    """Validate, copy and verify; returns the target and the DAG's file name."""
+    from mfhelm import kube
+
+    data = validate_dag_file(path)
+    final = dag_name(path, name)
+    target = find_dag_target(api, namespace, release, claim)
+    archive = pack(final, data)
+    result = kube.exec_in_pod(api, namespace, target.pod, target.container,
+                              copy_script(target.folder, final, len(archive)), stdin=archive)
+    if result.returncode != 0:
+        detail = result.stderr.decode(errors="replace").strip().splitlines()
+        raise MfhelmError(
+            f"copying {final} into {target.pod}:{target.folder} failed: "
+            + (detail[-1] if detail else f"exit {result.returncode}")
+        )
+    remote = result.stdout.decode(errors="replace").split()
+    expected = hashlib.sha256(data).hexdigest()
+    if not remote or remote[0] != expected:
+        raise MfhelmError(f"{final} in {target.pod} does not match the local file after copying")
+    return target, final
+
+
+def list_dags(api: Any, namespace: str, release: str,
+              claim: str = DEFAULT_DAG_CLAIM) -> tuple[DagTarget, list[str]]:
+    from mfhelm import kube
+
+    target = find_dag_target(api, namespace, release, claim)
+    result = kube.exec_in_pod(api, namespace, target.pod, target.container,
+                              ["sh", "-c", f"cd {shlex.quote(target.folder)} && ls -1A"])
+    if result.returncode != 0:
+        raise MfhelmError(f"listing {target.folder} in {target.pod} failed: "
+                          + result.stderr.decode(errors="replace").strip())
+    names = [n for n in result.stdout.decode().splitlines() if n.endswith(".py")
+             and not n.startswith(".")]
+    return target, sorted(names)
+
+
+def remove_dag(api: Any, namespace: str, release: str, name: str,
+               claim: str = DEFAULT_DAG_CLAIM) -> DagTarget:
+    from mfhelm import kube
+
+    final = dag_name(name, None)
+    target = find_dag_target(api, namespace, release, claim)
+    q = shlex.quote
+    script = (f"cd {q(target.folder)} && if [ -e {q(final)} ]; then rm -f -- {q(final)}; "
+              f"else echo 'absent' >&2; exit 3; fi")
+    result = kube.exec_in_pod(api, namespace, target.pod, target.container, ["sh", "-c", script])
+    if result.returncode == 3:
+        raise MfhelmError(f"{final} is not in the DAG folder (see `mfhelm dag-push --list`)")
+    if result.returncode != 0:
+        raise MfhelmError(f"removing {final} failed: " + result.stderr.decode(errors="replace"))
+    return target

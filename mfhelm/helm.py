@@ -1,0 +1,209 @@
+"""Helm through pyhelm3: chart preparation, install/upgrade with rollback,
+status and uninstall.
+
+Values reach helm on stdin (pyhelm3 passes `-f -`), never in argv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mfhelm.errors import MfhelmError
+
+MIN_HELM = (3, 14, 0)
+HELM_ENV = "MFHELM_HELM"  # the same variable doctor reads
+
+
+def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The umbrella chart: an explicit path, the packaged copy, or the repo's."""
+    here = Path(__file__).resolve().parent
+    if explicit:
+        candidates = [Path(explicit)]
+    else:
+        candidates = [here / "chart", here.parent / "charts" / "metaflow"]
+    for path in candidates:
+        if (path / "Chart.yaml").is_file():
+            return path
+    raise MfhelmError(f"chart not found at {candidates[0]}; pass --chart PATH")
+
+
+def helm_binary() -> str:
+    """The helm executable: $MFHELM_HELM, else `helm` on PATH."""
+    explicit = os.environ.get(HELM_ENV)
+    if explicit:
+        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
+            raise MfhelmError(f"{HELM_ENV}={explicit} is not an executable file")
+        return explicit
+    found = shutil.which("helm")
+    if not found:
+        raise MfhelmError("helm not found on PATH; install Helm 3.14+ or run `make dev`")
+    return found
+
+
+def _enabled(values: dict[str, Any], defaults: dict[str, Any], condition: str) -> bool:
+    def lookup(tree: dict[str, Any]) -> Any:
+        node: Any = tree
+        for part in condition.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    value = lookup(values)
+    return bool(lookup(defaults) if value is None else value)
+
+
+def _archive_present(chart: Path, dep: dict[str, Any]) -> bool:
+    charts = chart / "charts"
+    return (charts / f"{dep['name']}-{dep['version']}.tgz").exists() or (
+        charts / dep["name"] / "Chart.yaml"
+    ).exists()
+
+
+def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = None) -> Path:
+    """A chart directory helm can install with these values.
+
+    Enabled dependencies must be present: if their archives are missing,
+    `helm dependency build` fetches them (this needs the chart repositories).
+    Disabled dependencies whose archives are missing are dropped from a
+    temporary copy of the chart, since Helm refuses to render a chart with
+    missing dependencies even when their condition is false.
+    """
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
+    deps = meta.get("dependencies") or []
+    enabled_missing = [d for d in deps if _enabled(values, defaults, d.get("condition", ""))
+                       and not _archive_present(chart, d)]
+    if enabled_missing:
+        binary = helm or helm_binary()
+        proc = subprocess.run([binary, "dependency", "build", str(chart)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            names = ", ".join(f"{d['name']} {d['version']}" for d in enabled_missing)
+            reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+            raise MfhelmError(
+                f"could not fetch chart dependencies ({names}): {reason}. Run `helm dependency "
+                f"build {chart}` where the chart repositories are reachable, or disable them"
+            )
+    missing = [d["name"] for d in deps if not _archive_present(chart, d)]
+    if not missing:
+        return chart
+    copy = Path(tempfile.mkdtemp(prefix="mfhelm-chart-")) / chart.name
+    shutil.copytree(chart, copy)
+    meta["dependencies"] = [d for d in deps if d["name"] not in missing]
+    if not meta["dependencies"]:
+        del meta["dependencies"]
+    (copy / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    return copy
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    name: str
+    namespace: str
+    revision: int
+    status: str
+    chart_version: str
+    app_version: str
+
+
+class Helm:
+    """A thin, synchronous face over pyhelm3 for one kube context."""
+
+    def __init__(self, *, kubeconfig: str | None = None, context: str | None = None,
+                 timeout: str = "10m", executable: str | None = None) -> None:
+        from pyhelm3 import Client
+
+        self.executable = executable or helm_binary()
+        self.timeout = timeout
+        kw: dict[str, Any] = {"executable": self.executable, "default_timeout": timeout}
+        if kubeconfig:
+            kw["kubeconfig"] = Path(kubeconfig)
+        if context:
+            kw["kubecontext"] = context
+        try:
+            self._client = Client(**kw)
+        except Exception as exc:  # pyhelm3 parses `helm version`
+            raise MfhelmError(f"cannot use {self.executable}: {exc}") from None
+        version = tuple(self._client.version.to_tuple()[:3])
+        if version < MIN_HELM:
+            need = ".".join(map(str, MIN_HELM))
+            raise MfhelmError(f"helm {self._client.version} is too old; mfhelm needs {need}+")
+
+    @property
+    def version(self) -> str:
+        return str(self._client.version)
+
+    def _run(self, coro: Any) -> Any:
+        from pyhelm3 import errors
+
+        try:
+            return asyncio.run(coro)
+        except errors.Error as exc:
+            raise MfhelmError(_helm_message(exc)) from None
+
+    def install_or_upgrade(self, release: str, chart: Path, values: dict[str, Any], *,
+                           namespace: str, wait: bool = True) -> ReleaseInfo:
+        """`helm upgrade --install --rollback-on-failure --wait`: a failed upgrade
+        rolls back, so the previous revision keeps running."""
+
+        async def go() -> Any:
+            loaded = await self._client.get_chart(chart)
+            rev = await self._client.install_or_upgrade_release(
+                release, loaded, values, namespace=namespace, create_namespace=True,
+                rollback_on_failure=True, wait=wait, timeout=self.timeout,
+            )
+            return _info(rev, await rev.chart_metadata())
+
+        info: ReleaseInfo = self._run(go())
+        return info
+
+    def status(self, release: str, *, namespace: str) -> ReleaseInfo | None:
+        from pyhelm3 import errors
+
+        async def go() -> ReleaseInfo:
+            rev = await self._client.get_current_revision(release, namespace=namespace)
+            return _info(rev, await rev.chart_metadata())
+
+        try:
+            return asyncio.run(go())
+        except errors.ReleaseNotFoundError:
+            return None
+        except errors.Error as exc:
+            raise MfhelmError(_helm_message(exc)) from None
+
+    def uninstall(self, release: str, *, namespace: str) -> None:
+        self._run(self._client.uninstall_release(release, namespace=namespace, wait=True,
+                                                 timeout=self.timeout))
+
+
+def _info(rev: Any, meta: Any) -> ReleaseInfo:
+    return ReleaseInfo(
+        name=rev.release.name,
+        namespace=rev.release.namespace,
+        revision=rev.revision,
+        status=str(getattr(rev.status, "value", rev.status)),
+        chart_version=str(meta.version),
+        app_version=str(meta.app_version or ""),
+    )
+
+
+def _helm_message(exc: Exception) -> str:
+    stderr = getattr(exc, "stderr", b"")
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return f"helm failed: {exc}"
+    # Schema failures list each offending key on its own line; keep them.
+    if "schema" in text:
+        return "helm refused the values: " + " ".join(lines)
+    return "helm: " + lines[-1].removeprefix("Error: ")

@@ -1,0 +1,224 @@
+"""Kubernetes API helpers: clients, namespaces, Secrets, pods, readiness, exec.
+
+The kubernetes package is imported inside functions: `mfhelm --help` must
+not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mfhelm.errors import MfhelmError
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        return config.new_client_from_config(config_file=kubeconfig, context=context)
+    except (ConfigException, FileNotFoundError, TypeError) as exc:
+        where = kubeconfig or "the default kubeconfig"
+        raise MfhelmError(f"cannot load kube context from {where}: {exc}") from None
+
+
+def _api_error(exc: Exception, what: str) -> MfhelmError:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", "") or str(exc)
+    if status == 403:
+        return MfhelmError(f"{what}: forbidden; your kube credentials lack the right ({reason})")
+    return MfhelmError(f"{what}: {status or ''} {reason}".strip())
+
+
+def _core(api: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api)
+
+
+def ensure_namespace(api: Any, name: str) -> None:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = _core(api)
+    try:
+        core.read_namespace(name)
+        return
+    except ApiException as exc:
+        if exc.status != 404:
+            raise _api_error(exc, f"reading namespace {name}") from None
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise _api_error(exc, f"creating namespace {name}") from None
+
+
+def read_secret_value(api: Any, namespace: str, name: str, key: str) -> str | None:
+    """A Secret's decoded value, or None when the Secret or key is absent."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        secret = _core(api).read_namespaced_secret(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise _api_error(exc, f"reading secret {namespace}/{name}") from None
+    raw = (secret.data or {}).get(key)
+    return base64.b64decode(raw).decode() if raw is not None else None
+
+
+def apply_secret(api: Any, namespace: str, name: str, data: dict[str, str],
+                 labels: dict[str, str] | None = None) -> None:
+    """Create or replace an Opaque Secret. Values never leave this process
+    except in the API request body."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    body = client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name, namespace=namespace,
+                                     labels={"app.kubernetes.io/managed-by": "mfhelm",
+                                             **(labels or {})}),
+        type="Opaque",
+        string_data=data,
+    )
+    core = _core(api)
+    try:
+        core.create_namespaced_secret(namespace, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise _api_error(exc, f"creating secret {namespace}/{name}") from None
+        try:
+            core.replace_namespaced_secret(name, namespace, body)
+        except ApiException as exc2:
+            raise _api_error(exc2, f"updating secret {namespace}/{name}") from None
+
+
+def delete_pvcs(api: Any, namespace: str, selector: str) -> list[str]:
+    from kubernetes.client.exceptions import ApiException
+
+    core = _core(api)
+    names = [p.metadata.name for p in
+             core.list_namespaced_persistent_volume_claim(namespace, label_selector=selector).items]
+    for name in names:
+        try:
+            core.delete_namespaced_persistent_volume_claim(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _api_error(exc, f"deleting PVC {namespace}/{name}") from None
+    return names
+
+
+def list_pods(api: Any, namespace: str, selector: str) -> list[Any]:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return list(_core(api).list_namespaced_pod(namespace, label_selector=selector).items)
+    except ApiException as exc:
+        raise _api_error(exc, f"listing pods in {namespace}") from None
+
+
+def pod_ready(pod: Any) -> bool:
+    if not pod.status or pod.status.phase != "Running" or pod.metadata.deletion_timestamp:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+
+@dataclass(frozen=True)
+class Readiness:
+    kind: str
+    name: str
+    ready: int
+    desired: int
+
+    @property
+    def ok(self) -> bool:
+        return self.ready >= self.desired
+
+
+def workload_readiness(api: Any, namespace: str, selector: str) -> list[Readiness]:
+    """Ready/desired replicas of every Deployment and StatefulSet matching selector."""
+    from kubernetes import client
+
+    apps: Any = client.AppsV1Api(api)
+    out = []
+    for d in apps.list_namespaced_deployment(namespace, label_selector=selector).items:
+        out.append(Readiness("Deployment", d.metadata.name, d.status.ready_replicas or 0,
+                             d.spec.replicas if d.spec.replicas is not None else 1))
+    for s in apps.list_namespaced_stateful_set(namespace, label_selector=selector).items:
+        out.append(Readiness("StatefulSet", s.metadata.name, s.status.ready_replicas or 0,
+                             s.spec.replicas if s.spec.replicas is not None else 1))
+    return sorted(out, key=lambda r: (r.kind, r.name))
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+
+def exec_in_pod(api: Any, namespace: str, pod: str, container: str, command: list[str],
+                stdin: bytes | None = None, timeout: float = 120) -> ExecResult:
+    """Run a command in a container through the exec API, streaming stdin.
+
+    The exec protocol cannot signal end-of-input on every server version, so
+    a command fed on stdin must know how many bytes to read (`head -c N`).
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.stream import stream
+    from kubernetes.stream.ws_client import ERROR_CHANNEL
+
+    core = client.CoreV1Api(api)
+    try:
+        resp = stream(core.connect_get_namespaced_pod_exec, pod, namespace, container=container,
+                      command=command, stdin=stdin is not None, stdout=True, stderr=True,
+                      tty=False, binary=True, _preload_content=False)
+    except ApiException as exc:
+        raise _api_error(exc, f"exec into {namespace}/{pod}") from None
+    out, err = bytearray(), bytearray()
+    try:
+        if stdin is not None:
+            for i in range(0, len(stdin), 64 * 1024):
+                resp.write_stdin(stdin[i:i + 64 * 1024])
+
+        deadline = time.monotonic() + timeout
+        while resp.is_open():
+            if time.monotonic() > deadline:
+                raise MfhelmError(f"exec into {namespace}/{pod} timed out after {timeout:.0f}s")
+            resp.update(timeout=1)
+            if resp.peek_stdout():
+                out += _bytes(resp.read_stdout())
+            if resp.peek_stderr():
+                err += _bytes(resp.read_stderr())
+        status = resp.read_channel(ERROR_CHANNEL)
+    finally:
+        resp.close()
+    return ExecResult(_returncode(status), bytes(out), bytes(err))
+
+
+def _bytes(data: Any) -> bytes:
+    return data if isinstance(data, bytes) else str(data).encode()
+
+
+def _returncode(status: Any) -> int:
+    import json
+
+    if not status:
+        return 0
+    if isinstance(status, bytes):
+        status = status.decode()
+    try:
+        doc = json.loads(status)
+    except ValueError:
+        return 1
+    if doc.get("status") == "Success":
+        return 0
+    for cause in (doc.get("details") or {}).get("causes") or []:
+        if cause.get("reason") == "ExitCode":
+            return int(cause.get("message", 1))
+    return 1

@@ -1,0 +1,90 @@
+"""`mfhelm port-forward`: the stack's web endpoints on localhost.
+
+One `kubectl port-forward` per Service that exists; Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mfhelm.errors import MfhelmError
+
+
+@dataclass(frozen=True)
+class Forward:
+    label: str
+    service: str
+    local: int
+    remote: int
+    url: str
+
+
+def plan(release: str, present: set[str]) -> list[Forward]:
+    """Forwards for the Services present, in a fixed order. The local ports
+    are the ones the UI and the Metaflow config expect."""
+    wanted = [
+        Forward("metadata service", f"{release}-metadata", 8080, 8080, "http://localhost:8080"),
+        Forward("UI backend", f"{release}-ui-backend", 8083, 8083, "http://localhost:8083/api"),
+        Forward("Metaflow UI", f"{release}-ui", 3000, 3000, "http://localhost:3000"),
+        Forward("Argo Workflows", f"{release}-argo-workflows-server", 2746, 2746,
+                "https://localhost:2746"),
+        Forward("Airflow", f"{release}-webserver", 8081, 8080, "http://localhost:8081"),
+    ]
+    return [f for f in wanted if f.service in present]
+
+
+def services(api: Any, namespace: str) -> set[str]:
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(api)
+    return {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+
+
+def run(forwards: list[Forward], namespace: str, *, kubeconfig: str | None,
+        context: str | None, echo: Any = print) -> int:
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        raise MfhelmError("kubectl not found on PATH; it carries the port-forward connections")
+    if not forwards:
+        raise MfhelmError(f"no mfhelm Services found in namespace {namespace!r}; is it installed?")
+    base = [kubectl]
+    if kubeconfig:
+        base += ["--kubeconfig", kubeconfig]
+    if context:
+        base += ["--context", context]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for f in forwards:
+            procs.append(subprocess.Popen(
+                [*base, "-n", namespace, "port-forward", f"svc/{f.service}",
+                 f"{f.local}:{f.remote}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            ))
+            echo(f"{f.label:<18} {f.url}")
+        echo("forwarding; Ctrl-C stops")
+        while True:
+            for proc, f in zip(procs, forwards, strict=True):
+                if proc.poll() is not None:
+                    err = (proc.stderr.read() if proc.stderr else b"").decode().strip()
+                    why = err.splitlines()[-1] if err else f"exit {proc.returncode}"
+                    raise MfhelmError(f"port-forward to {f.service} stopped: {why}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        echo("stopped")
+        return 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        sys.stdout.flush()

@@ -1,0 +1,215 @@
+"""Install, status and uninstall of the whole stack: the steps behind the CLI.
+
+Order matters for "never half-applied": the values are rendered and checked
+against the chart (schema included) before anything touches the cluster;
+then the Secrets; then `helm upgrade --install` with rollback on failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from mfhelm import helm as helm_mod
+from mfhelm import values as values_mod
+from mfhelm.errors import MfhelmError
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the release goes."""
+
+    release: str
+    namespace: str
+    kubeconfig: str | None = None
+    context: str | None = None
+
+
+def check_values(chart: Path, values: dict[str, Any], target: Target, helm_bin: str) -> None:
+    """Render the chart client-side: schema and template errors stop us here,
+    before any Secret or object is written."""
+    proc = subprocess.run(
+        [helm_bin, "template", target.release, str(chart), "--namespace", target.namespace,
+         "-f", "-"],
+        input=yaml.safe_dump(values), capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        msg = " ".join(lines) if "schema" in proc.stderr else (lines[-1] if lines else "failed")
+        raise MfhelmError("the chart refused these values: " + msg.removeprefix("Error: "))
+
+
+def airflow_connection(user: str, password: str, host: str, port: int, database: str,
+                       sslmode: str) -> str:
+    return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+            f"{database}?sslmode={sslmode}")
+
+
+def _write_secrets(api: Any, target: Target, password: str, airflow_conn: str | None) -> None:
+    from mfhelm import kube
+
+    kube.ensure_namespace(api, target.namespace)
+    kube.apply_secret(api, target.namespace, values_mod.DB_SECRET,
+                      {values_mod.DB_SECRET_KEY: password})
+    if airflow_conn is not None:
+        kube.apply_secret(api, target.namespace, values_mod.AIRFLOW_DB_SECRET,
+                          {"connection": airflow_conn})
+
+
+def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
+                  timeout: str = "10m", extra_values: dict[str, Any] | None = None,
+                  progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
+    """The local profile into the current kube context: in-cluster PostgreSQL
+    and Azurite. The password is generated once and kept across upgrades."""
+    from mfhelm import kube
+
+    values = values_mod.local_values(argo=argo, airflow=airflow)
+    if extra_values:
+        values = _merge(values, extra_values)
+    helm_bin = helm_mod.helm_binary()
+    progress("preparing the chart")
+    prepared = helm_mod.prepare_chart(helm_mod.find_chart(chart), values, helm=helm_bin)
+    check_values(prepared, values, target, helm_bin)
+    client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
+                           timeout=timeout, executable=helm_bin)
+    api = kube.api_client(target.kubeconfig, target.context)
+    progress("writing the database Secret")
+    password = (kube.read_secret_value(api, target.namespace, values_mod.DB_SECRET,
+                                       values_mod.DB_SECRET_KEY)
+                if _namespace_exists(api, target.namespace) else None)
+    password = password or secrets.token_urlsafe(24)
+    conn = (airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
+                               "airflow", "disable") if airflow else None)
+    _write_secrets(api, target, password, conn)
+    progress("helm upgrade --install (waiting for the pods)")
+    return client.install_or_upgrade(target.release, prepared, values, namespace=target.namespace)
+
+
+def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, credential: Any,
+                  subscription_id: str, chart: Path | None = None, timeout: str = "15m",
+                  progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
+    """The azure profile: AKS credentials and the DB password come from Azure
+    and go only to a temporary kubeconfig (0600, removed) and a Secret."""
+    from mfhelm import kube
+    from mfhelm.azure.aks import aks_user_kubeconfig
+    from mfhelm.azure.keyvault import keyvault_secret
+
+    values = values_mod.render_values(outputs, settings)
+    helm_bin = helm_mod.helm_binary()
+    progress("preparing the chart")
+    prepared = helm_mod.prepare_chart(helm_mod.find_chart(chart), values, helm=helm_bin)
+    check_values(prepared, values, target, helm_bin)
+    progress("fetching AKS user credentials")
+    kubeconfig = aks_user_kubeconfig(subscription_id, outputs["resourceGroupName"],
+                                     outputs["aksClusterName"], credential=credential)
+    progress("reading the PostgreSQL password from Key Vault")
+    password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresPasswordSecretName"],
+                               credential=credential)
+    with _temp_kubeconfig(kubeconfig) as path:
+        local = Target(target.release, target.namespace, kubeconfig=str(path))
+        client = helm_mod.Helm(kubeconfig=str(path), timeout=timeout, executable=helm_bin)
+        api = kube.api_client(str(path))
+        conn = None
+        if outputs["deployAirflow"]:
+            conn = airflow_connection(outputs["postgresAdminLogin"], password,
+                                      outputs["postgresFqdn"], 5432, "airflow", "require")
+        progress("writing the database Secret")
+        _write_secrets(api, local, password, conn)
+        progress("helm upgrade --install (waiting for the pods)")
+        return client.install_or_upgrade(target.release, prepared, values,
+                                         namespace=target.namespace)
+
+
+@contextmanager
+def _temp_kubeconfig(content: bytes) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mfhelm-") as tmp:
+        path = Path(tmp) / "kubeconfig"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        yield path
+
+
+def _namespace_exists(api: Any, name: str) -> bool:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.CoreV1Api(api).read_namespace(name)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise MfhelmError(f"reading namespace {name}: {exc.status} {exc.reason}") from None
+
+
+@dataclass(frozen=True)
+class Status:
+    release: helm_mod.ReleaseInfo | None
+    components: list[Any]
+
+
+def status(target: Target) -> Status:
+    from mfhelm import kube
+
+    client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context)
+    info = client.status(target.release, namespace=target.namespace)
+    if info is None:
+        return Status(None, [])
+    api = kube.api_client(target.kubeconfig, target.context)
+    selector = f"app.kubernetes.io/instance={target.release}"
+    return Status(info, kube.workload_readiness(api, target.namespace, selector))
+
+
+def uninstall(target: Target, *, purge: bool) -> list[str]:
+    """Remove the release. Data (PVCs, Secrets from mfhelm) stays unless purge;
+    returns what purge deleted."""
+    from mfhelm import kube
+
+    client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context)
+    if client.status(target.release, namespace=target.namespace) is None:
+        raise MfhelmError(f"no release {target.release!r} in namespace {target.namespace!r}")
+    client.uninstall(target.release, namespace=target.namespace)
+    if not purge:
+        return []
+    api = kube.api_client(target.kubeconfig, target.context)
+    deleted = [f"pvc/{n}" for n in kube.delete_pvcs(
+        api, target.namespace, f"app.kubernetes.io/instance={target.release}")]
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    core = k8s.CoreV1Api(api)
+    for name in (values_mod.DB_SECRET, values_mod.AIRFLOW_DB_SECRET):
+        try:
+            core.delete_namespaced_secret(name, target.namespace)
+            deleted.append(f"secret/{name}")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise MfhelmError(f"deleting secret {name}: {exc.status} {exc.reason}") from None
+    return deleted
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out

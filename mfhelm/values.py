@@ -1,0 +1,109 @@
+"""Deployment outputs + settings -> Helm values for the chart. Pure functions.
+
+Every Azure name comes from the Bicep outputs; nothing here re-derives one.
+The values never hold a secret: the database password reaches the cluster
+as a Kubernetes Secret that `mfhelm install` creates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mfhelm.azure.outputs import validate_outputs
+from mfhelm.errors import MfhelmError
+from mfhelm.settings import Settings
+
+# Secrets `mfhelm install` writes from Key Vault; the values only name them.
+DB_SECRET = "metaflow-db"
+DB_SECRET_KEY = "password"
+AIRFLOW_DB_SECRET = "metaflow-airflow-db"
+SERVICES_POOL = "services"
+
+
+def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The azure-profile values for `charts/metaflow`."""
+    outputs = validate_outputs(outputs, "deployment outputs")
+    if outputs["serviceNamespace"] != settings.helm.namespace:
+        raise MfhelmError(
+            f"the deployment federated namespace {outputs['serviceNamespace']!r} but mfhelm.toml "
+            f"installs into {settings.helm.namespace!r}; make them equal and re-deploy"
+        )
+    label_key, label_value = outputs["taskworkersLabelKey"], outputs["taskworkersLabelValue"]
+    flow_ns = outputs["flowNamespace"]
+    airflow = outputs["deployAirflow"]
+    values: dict[str, Any] = {
+        "profile": "azure",
+        "identity": {"clientId": outputs["identityClientId"], "tenantId": outputs["tenantId"]},
+        "serviceAccounts": {
+            "service": {"name": outputs["serviceAccountService"]},
+            "flows": {"name": outputs["serviceAccountFlows"]},
+            "airflow": {"name": outputs["serviceAccountAirflow"]},
+        },
+        "flows": {
+            "namespace": "" if flow_ns == outputs["serviceNamespace"] else flow_ns,
+            "nodeSelector": {label_key: label_value},
+            "tolerations": [
+                {"key": label_key, "operator": "Equal", "value": label_value,
+                 "effect": "NoSchedule"},
+            ],
+        },
+        "serviceNodeSelector": {label_key: SERVICES_POOL},
+        "database": {
+            "host": outputs["postgresFqdn"],
+            "name": outputs["postgresDatabaseName"],
+            "user": outputs["postgresAdminLogin"],
+            "sslMode": "require",
+            "existingSecret": DB_SECRET,
+            "existingSecretPasswordKey": DB_SECRET_KEY,
+        },
+        "storage": {
+            "accountName": outputs["storageAccountName"],
+            "blobEndpoint": _with_slash(outputs["storageBlobEndpoint"]),
+            "container": outputs["metaflowContainerName"],
+        },
+        "argo-workflows": {"enabled": outputs["deployArgo"]},
+        "airflow": {"enabled": airflow},
+    }
+    if airflow:
+        if not outputs["airflowLogsContainerName"]:
+            raise MfhelmError("deployAirflow is true but the deployment has no logs container")
+        values["storage"]["airflowLogsContainer"] = outputs["airflowLogsContainerName"]
+        sa = outputs["serviceAccountAirflow"]
+        pool = {label_key: SERVICES_POOL}
+        values["airflow"].update({
+            "scheduler": {"serviceAccount": {"create": False, "name": sa}, "nodeSelector": pool},
+            "webserver": {"serviceAccount": {"create": False, "name": sa}, "nodeSelector": pool},
+            "migrateDatabaseJob": {"serviceAccount": {"create": False, "name": sa}},
+            "createUserJob": {"serviceAccount": {"create": False, "name": sa}},
+        })
+    return values
+
+
+def local_values(settings: Settings | None = None, *, argo: bool = True,
+                 airflow: bool = False) -> dict[str, Any]:
+    """Values for the local profile (in-cluster PostgreSQL and Azurite).
+
+    The database password is not here: `mfhelm install --local` generates it
+    into the Secret the values name, as on azure.
+    """
+    return {
+        "profile": "local",
+        "database": {"existingSecret": DB_SECRET, "existingSecretPasswordKey": DB_SECRET_KEY},
+        "serviceNodeSelector": {},
+        "flows": {"nodeSelector": {}, "tolerations": []},
+        "airflowGlue": {"dags": {"accessMode": "ReadWriteOnce", "storageClassName": ""}},
+        "argo-workflows": {
+            "enabled": argo,
+            "controller": {"nodeSelector": {}},
+            "server": {"nodeSelector": {}},
+        },
+        "airflow": {
+            "enabled": airflow,
+            "scheduler": {"nodeSelector": {}},
+            "webserver": {"nodeSelector": {}},
+        },
+    }
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
