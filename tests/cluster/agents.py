@@ -6,7 +6,8 @@
   claim, as a cloud disk driver would; released volumes are removed.
 - `ExecDirectories` gives every pod on a fake node its own host directory
   and tells KWOK (an `Exec` object named after the pod) to run `exec`
-  requests for that pod there.
+  requests for that pod there, and (a `Logs` object) to serve the pod's
+  logs from the file `<directory>.log` beside it.
 
 Both follow the API with watches and reconnect on any error, so a restart
 of the apiserver or an expired watch costs only a moment.
@@ -161,6 +162,7 @@ class ExecDirectories(_WatchThread):
             # The Exec goes with the pod (owner reference); the directory is ours.
             if self._done.pop((ns, name), None) == uid:
                 shutil.rmtree(workdir, ignore_errors=True)
+                workdir.with_name(name + ".log").unlink(missing_ok=True)
             return
         if self._done.get((ns, name)) == uid:
             return
@@ -169,33 +171,40 @@ class ExecDirectories(_WatchThread):
         if pod.spec.node_name and pod.spec.node_name not in self.fake_nodes:
             return
         workdir.mkdir(parents=True, exist_ok=True)
-        body = {
+        logfile = workdir.with_name(name + ".log")
+        logfile.touch()
+        owner = [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
+        self._put(ns, "execs", {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Exec",
-            "metadata": {
-                "name": name,
-                "namespace": ns,
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": name,
-                                     "uid": uid}],
-            },
+            "metadata": {"name": name, "namespace": ns, "ownerReferences": owner},
             "spec": {"execs": [{"local": {
                 "workDir": str(workdir),
                 "envs": [{"name": "HOME", "value": str(workdir)},
                          {"name": "POD_NAME", "value": name},
                          {"name": "POD_NAMESPACE", "value": ns}],
             }}]},
-        }
+        })
+        self._put(ns, "logs", {
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Logs",
+            "metadata": {"name": name, "namespace": ns, "ownerReferences": owner},
+            "spec": {"logs": [{"logsFile": str(logfile), "follow": True}]},
+        })
+        self._done[(ns, name)] = uid
+
+    def _put(self, ns: str, plural: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
         try:
             self.custom.create_namespaced_custom_object(
-                "kwok.x-k8s.io", "v1alpha1", ns, "execs", body)
+                "kwok.x-k8s.io", "v1alpha1", ns, plural, body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
             # A pod re-created under the same name (a StatefulSet's) finds the
-            # previous pod's Exec still waiting for garbage collection: take it over.
+            # previous pod's object still waiting for garbage collection: take it over.
             old = self.custom.get_namespaced_custom_object(
-                "kwok.x-k8s.io", "v1alpha1", ns, "execs", name)
+                "kwok.x-k8s.io", "v1alpha1", ns, plural, name)
             body["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             self.custom.replace_namespaced_custom_object(
-                "kwok.x-k8s.io", "v1alpha1", ns, "execs", name, body)
-        self._done[(ns, name)] = uid
+                "kwok.x-k8s.io", "v1alpha1", ns, plural, name, body)

@@ -255,7 +255,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
     from kubernetes import config as kconfig
 
     api = kconfig.new_client_from_config(config_file=str(admin_kc))
-    _apply_yaml(api, HERE / "kwok" / "exec-crd.yaml")
+    _apply_crds(api, HERE / "kwok" / "crds.yaml")
     _create_storage_class(api)
     _register_nodes(api)
 
@@ -287,7 +287,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         "--node-ip=127.0.0.1", f"--node-port={kwok_port}",
         f"--server-address=127.0.0.1:{kwok_port}",
         f"--cidr={POD_CIDR}",
-        "--enable-crds=Exec",
+        "--enable-crds=Exec,Logs",
     ], env=dict(os.environ, HOME=str(workdir)))
 
     core = _core(api)
@@ -327,21 +327,24 @@ def _core(api: Any) -> Any:
     return client.CoreV1Api(api)
 
 
-def _apply_yaml(api: Any, path: Path) -> None:
-    from kubernetes import client, utils
+def _apply_crds(api: Any, path: Path) -> None:
+    from kubernetes import client
 
-    for doc in yaml.safe_load_all(path.read_text()):
-        if doc:
-            utils.create_from_dict(api, doc)
-    if "CustomResourceDefinition" in path.read_text():
-        ext = client.ApiextensionsV1Api(api)
+    ext = client.ApiextensionsV1Api(api)
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for doc in docs:
+        ext.create_custom_resource_definition(doc)
 
-        def established() -> bool:
-            crd = ext.read_custom_resource_definition("execs.kwok.x-k8s.io")
-            return any(c.type == "Established" and c.status == "True"
-                       for c in crd.status.conditions or [])
+    def established() -> bool:
+        return all(
+            any(c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(
+                    d["metadata"]["name"]).status.conditions or [])
+            for d in docs
+        )
 
-        wait_for(established, 30, "the KWOK Exec CRD")
+    # KWOK lists these at start-up and gives up if the API does not serve them yet.
+    wait_for(established, 30, f"the CRDs in {path.name}")
 
 
 def _create_storage_class(api: Any) -> None:

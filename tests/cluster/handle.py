@@ -6,6 +6,7 @@ the same `Cluster`, so a test does not care which one it runs on.
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import time
@@ -141,6 +142,21 @@ class Cluster:
         if self._pod_root is None:
             return None
         return self._pod_root / namespace / pod
+
+    def append_pod_log(self, namespace: str, pod: str, text: str) -> bool:
+        """Stand in for a container's output on KWOK nodes (which run nothing).
+
+        Appends ``text`` to the file KWOK serves as the pod's log, in the CRI
+        log format kubelets write. Returns False on kind, where only the real
+        container writes its log.
+        """
+        if self._pod_root is None:
+            return False
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        with (self._pod_root / namespace / f"{pod}.log").open("a") as fh:
+            for line in text.splitlines():
+                fh.write(f"{stamp} stdout F {line}\n")
+        return True
 
     def can_i(self, user: str, verb: str, resource: str, *, namespace: str | None = None,
               group: str = "", subresource: str = "", name: str = "",

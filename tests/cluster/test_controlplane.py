@@ -238,3 +238,16 @@ def test_rbac_is_enforced_as_subject_access_review_reports(
     with pytest.raises(ApiException) as missing:
         as_reader.read_namespaced_pod("absent", namespace)
     assert missing.value.status == 404  # allowed to get: the pod is simply not there
+
+
+def test_pod_logs_are_served(cluster: Cluster, namespace: str) -> None:
+    pod = _pod("talker")
+    pod.spec.containers[0].command = ["sh", "-c", "echo started; sleep 3600"]
+    cluster.core().create_namespaced_pod(namespace, pod)
+    cluster.wait_pod_ready(namespace, "talker", timeout=90)
+    cluster.append_pod_log(namespace, "talker", "started\n")  # a no-op on kind
+
+    def logged() -> str:
+        return cluster.core().read_namespaced_pod_log("talker", namespace, container="main")
+
+    assert cluster.wait_for(logged, 30, "the pod's log") == "started\n"
