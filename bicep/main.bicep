@@ -104,7 +104,7 @@ param postgresAdminLogin string = 'metaflowadmin'
 @secure()
 param postgresAdminPassword string
 
-@description('Object ID of the principal running the deployment; it gets read access to the password secret and to the artifacts container.')
+@description('Object ID of the principal running the deployment; it gets AKS RBAC Cluster Admin, read access to the password secret and Blob data access to the artifacts container.')
 param deployerPrincipalId string
 
 @description('Type of the deployer principal.')
@@ -171,6 +171,8 @@ module aks 'modules/aks.bicep' = {
     taskVmSize: taskVmSize
     taskMinCount: taskMinCount
     taskMaxCount: taskMaxCount
+    deployerPrincipalId: deployerPrincipalId
+    deployerPrincipalType: deployerPrincipalType
     tags: tags
   }
 }

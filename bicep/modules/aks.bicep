@@ -64,9 +64,23 @@ param taskMinCount int
 @minValue(1)
 param taskMaxCount int
 
+@description('Object ID of the deployer, who runs `mfhelm install` against the cluster.')
+param deployerPrincipalId string
+
+@description('Type of the deployer principal.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param deployerPrincipalType string = 'User'
+
 @description('Tags applied to every resource.')
 param tags object = {}
 
+// With local accounts off, the deployer reaches the API server only through
+// Azure RBAC; cluster admin is what installing the chart (CRDs, RBAC) needs.
+var aksRbacClusterAdminRoleId = 'b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b'
 var networkContributorRoleId = '4d97b98b-1d4f-4787-a291-c67834d212e7'
 var maxPodsPerNode = 110
 
@@ -199,6 +213,16 @@ resource aksSubnetRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
     principalId: aks.identity.principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', networkContributorRoleId)
+  }
+}
+
+resource deployerClusterAdmin 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(aks.id, deployerPrincipalId, aksRbacClusterAdminRoleId)
+  scope: aks
+  properties: {
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', aksRbacClusterAdminRoleId)
   }
 }
 
