@@ -40,7 +40,8 @@ def validate_dag_file(path: str | Path) -> bytes:
         tree = ast.parse(data, filename=str(p))
         compile(tree, str(p), "exec")
     except SyntaxError as exc:
-        raise MfhelmError(f"{p}:{exc.lineno}: syntax error: {exc.msg}") from None
+        where = f"{p}:{exc.lineno}" if exc.lineno else str(p)
+        raise MfhelmError(f"{where}: not valid Python: {exc.msg}") from None
     except ValueError as exc:  # null bytes and the like
         raise MfhelmError(f"{p}: not valid Python source ({exc})") from None
     if not defines_dag(tree):

@@ -1,0 +1,52 @@
+"""values.render_values: deployment outputs + settings -> chart values."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "azure"))
+import fake_arm  # noqa: E402
+
+from mfhelm import settings, values  # noqa: E402
+from mfhelm.errors import MfhelmError  # noqa: E402
+
+S = settings.parse({"org_prefix": "acme", "location": "westeurope"})
+
+
+def test_every_value_comes_from_an_output():
+    out = fake_arm.sample_outputs()
+    v = values.render_values(out, S)
+    assert v["database"]["host"] == out["postgresFqdn"]
+    assert v["database"]["user"] == out["postgresAdminLogin"]
+    assert v["database"]["sslMode"] == "require"
+    assert v["identity"] == {"clientId": out["identityClientId"], "tenantId": out["tenantId"]}
+    assert v["storage"]["accountName"] == out["storageAccountName"]
+    assert v["flows"]["nodeSelector"] == {"mfhelm.io/pool": "taskworkers"}
+    assert v["flows"]["namespace"] == ""
+    assert v["argo-workflows"] == {"enabled": True}
+    assert v["airflow"] == {"enabled": False}
+
+
+def test_airflow_on_uses_the_logs_container_and_airflow_account():
+    out = fake_arm.sample_outputs() | {"deployAirflow": True,
+                                       "airflowLogsContainerName": "airflow-logs"}
+    v = values.render_values(out, S)
+    assert v["storage"]["airflowLogsContainer"] == "airflow-logs"
+    assert v["airflow"]["scheduler"]["serviceAccount"]["name"] == "metaflow-airflow"
+
+
+def test_separate_flow_namespace():
+    out = fake_arm.sample_outputs() | {"flowNamespace": "jobs"}
+    assert values.render_values(out, S)["flows"]["namespace"] == "jobs"
+
+
+def test_airflow_on_without_logs_container_is_refused():
+    out = fake_arm.sample_outputs() | {"deployAirflow": True}
+    with pytest.raises(MfhelmError, match="logs container"):
+        values.render_values(out, S)
+
+
+def test_string_booleans_from_saved_outputs():
+    out = fake_arm.sample_outputs() | {"deployArgo": "False"}
+    assert values.render_values(out, S)["argo-workflows"] == {"enabled": False}
