@@ -46,6 +46,9 @@ lint: $(STAMP) ## ruff over the tree, mypy over mfhelm/
 	@$(BIN)/ruff check mfhelm tests
 	@$(BIN)/mypy mfhelm
 
+bench: $(STAMP) ## time `mfhelm --help` and `mfhelm render` (median of several runs)
+	@$(PY) tests/bench/bench_cli.py $(BENCH_ARGS)
+
 clean: ## remove the venv (the tool cache in ~/.cache/mfhelm stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 

@@ -1,8 +1,5 @@
 """mfhelm: a production Metaflow stack on Azure, from Bicep and one Helm chart."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("mfhelm")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+unknown"
+# The one place the version is set (pyproject reads it through hatch), kept
+# static so that `mfhelm --help` does not pay for importlib.metadata.
+__version__ = "0.1.0"

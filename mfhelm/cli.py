@@ -21,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rendering it through rich costs more than the whole
+    # 0.3 s budget for `mfhelm --help`.
+    rich_markup_mode=None,
 )
 
 _state = {"debug": False}
