@@ -241,6 +241,7 @@ module postgres 'modules/postgres.bicep' = {
     delegatedSubnetId: network.outputs.postgresSubnetId
     privateDnsZoneId: network.outputs.postgresDnsZoneId
     databaseName: postgresDatabaseName
+    deployAirflow: deployAirflow
     tags: tags
   }
 }

@@ -53,6 +53,12 @@ param privateDnsZoneId string
 @description('Name of the database the metadata service uses.')
 param databaseName string
 
+@description('Create the database Airflow keeps its own metadata in.')
+param deployAirflow bool = false
+
+@description('Name of the Airflow metadata database (used only with deployAirflow).')
+param airflowDatabaseName string = 'airflow'
+
 @description('Tags applied to every resource.')
 param tags object = {}
 
@@ -110,6 +116,20 @@ resource database 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2025-08-0
   }
   dependsOn: [
     requireTls
+  ]
+}
+
+// Written after the Metaflow database: Flexible Server answers "server busy"
+// to concurrent child writes.
+resource airflowDatabase 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2025-08-01' = if (deployAirflow) {
+  parent: server
+  name: airflowDatabaseName
+  properties: {
+    charset: 'UTF8'
+    collation: 'en_US.utf8'
+  }
+  dependsOn: [
+    database
   ]
 }
 

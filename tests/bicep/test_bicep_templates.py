@@ -99,8 +99,18 @@ def test_postgres_sets_tls_on_and_orders_child_writes(parsed):
     pg = parsed[R.BICEP_DIR / "modules/postgres.bicep"]
     (name, conf), = R.resources(pg, "flexibleServers/configurations")
     assert R.body(conf)["properties"]["value"] == "ON"
-    (_, db), = R.resources(pg, "flexibleServers/databases")
-    assert name in R.body(db)["dependsOn"]
+    dbs = dict(R.resources(pg, "flexibleServers/databases"))
+    assert set(dbs) == {"database", "airflowDatabase"}
+    # One child write at a time: TLS setting, then metaflow, then airflow.
+    assert name in R.body(dbs["database"])["dependsOn"]
+    assert "database" in R.body(dbs["airflowDatabase"])["dependsOn"]
+
+
+def test_airflow_database_only_with_airflow(parsed):
+    pg = parsed[R.BICEP_DIR / "modules/postgres.bicep"]
+    dbs = dict(R.resources(pg, "flexibleServers/databases"))
+    assert "deployAirflow" in set(R.strings(R.condition(dbs["airflowDatabase"])))
+    assert R.condition(dbs["database"]) is None
 
 
 def test_postgres_dns_zone_is_privatelink_and_linked(parsed):
