@@ -6,8 +6,9 @@
   claim, as a cloud disk driver would; released volumes are removed.
 - `ExecDirectories` gives every pod on a fake node its own host directory
   and tells KWOK (an `Exec` object named after the pod) to run `exec`
-  requests for that pod there, and (a `Logs` object) to serve the pod's
-  logs from the file `<directory>.log` beside it.
+  requests for that pod there (with the pod's volumes mounted where the
+  host allows it, see kwok/shim/sh), and (a `Logs` object) to serve the
+  pod's logs from the file `<directory>.log` beside it.
 
 Both follow the API with watches and reconnect on any error, so a restart
 of the apiserver or an expired watch costs only a moment.
@@ -142,12 +143,19 @@ class VolumeProvisioner(_WatchThread):
 
 
 class ExecDirectories(_WatchThread):
-    """One host directory and one KWOK `Exec` per pod on a fake node."""
+    """One host directory and one KWOK `Exec` per pod on a fake node.
 
-    def __init__(self, api: client.ApiClient, root: Path, fake_nodes: set[str]) -> None:
+    With ``mounts`` (the host can make mount namespaces), each container's
+    Exec also carries MFHELM_POD_MOUNTS for tests/cluster/kwok/shim/sh: its
+    claim, hostPath and emptyDir volumes as "<host dir><TAB><mount path>".
+    """
+
+    def __init__(self, api: client.ApiClient, root: Path, fake_nodes: set[str],
+                 mounts: bool) -> None:
         super().__init__("exec-directories", api)
         self.root = root
         self.fake_nodes = fake_nodes
+        self.mounts = mounts
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self._done: dict[tuple[str, str], str] = {}  # (namespace, pod) -> uid served
@@ -162,28 +170,43 @@ class ExecDirectories(_WatchThread):
             # The Exec goes with the pod (owner reference); the directory is ours.
             if self._done.pop((ns, name), None) == uid:
                 shutil.rmtree(workdir, ignore_errors=True)
+                shutil.rmtree(workdir.with_name(f".{name}.volumes"), ignore_errors=True)
                 workdir.with_name(name + ".log").unlink(missing_ok=True)
             return
         if self._done.get((ns, name)) == uid:
             return
-        # Registered as soon as the pod exists (before it is scheduled), so
-        # the Exec is in place by the time KWOK reports the pod Running.
         if pod.spec.node_name and pod.spec.node_name not in self.fake_nodes:
             return
+        claims = [v for v in pod.spec.volumes or [] if v.persistent_volume_claim]
+        if self.mounts and claims and not pod.spec.node_name:
+            return  # claims are bound by the time the pod is scheduled: come back then
+        # Otherwise registered as soon as the pod exists, so the Exec is in
+        # place by the time KWOK reports the pod Running.
         workdir.mkdir(parents=True, exist_ok=True)
         logfile = workdir.with_name(name + ".log")
-        logfile.touch()
         owner = [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
+        base_env = [{"name": "HOME", "value": str(workdir)},
+                    {"name": "POD_NAME", "value": name},
+                    {"name": "POD_NAMESPACE", "value": ns}]
+        sources = self._volume_sources(pod, workdir) if self.mounts else {}
+        targets = []
+        for container in [*(pod.spec.init_containers or []), *pod.spec.containers]:
+            env = list(base_env)
+            lines = []
+            for m in sorted(container.volume_mounts or [], key=lambda m: m.mount_path):
+                if m.name in sources:
+                    src = sources[m.name] / (m.sub_path or "")
+                    src.mkdir(parents=True, exist_ok=True)  # a kubelet creates subPaths too
+                    lines.append(f"{src}\t{m.mount_path}")
+            if lines:
+                env.append({"name": "MFHELM_POD_MOUNTS", "value": "\n".join(lines)})
+            targets.append({"containers": [container.name],
+                            "local": {"workDir": str(workdir), "envs": env}})
         self._put(ns, "execs", {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Exec",
             "metadata": {"name": name, "namespace": ns, "ownerReferences": owner},
-            "spec": {"execs": [{"local": {
-                "workDir": str(workdir),
-                "envs": [{"name": "HOME", "value": str(workdir)},
-                         {"name": "POD_NAME", "value": name},
-                         {"name": "POD_NAMESPACE", "value": ns}],
-            }}]},
+            "spec": {"execs": targets},
         })
         self._put(ns, "logs", {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
@@ -191,7 +214,29 @@ class ExecDirectories(_WatchThread):
             "metadata": {"name": name, "namespace": ns, "ownerReferences": owner},
             "spec": {"logs": [{"logsFile": str(logfile), "follow": True}]},
         })
+        # Created last: its presence tells Cluster.wait_pod_ready the pod is wired up.
+        logfile.touch()
         self._done[(ns, name)] = uid
+
+    def _volume_sources(self, pod: client.V1Pod, workdir: Path) -> dict[str, Path]:
+        """volume name -> host directory standing in for it."""
+        sources: dict[str, Path] = {}
+        for volume in pod.spec.volumes or []:
+            if volume.persistent_volume_claim:
+                claim = self.core.read_namespaced_persistent_volume_claim(
+                    volume.persistent_volume_claim.claim_name, pod.metadata.namespace)
+                if not claim.spec.volume_name:
+                    continue
+                pv = self.core.read_persistent_volume(claim.spec.volume_name)
+                if pv.spec.host_path:
+                    sources[volume.name] = Path(pv.spec.host_path.path)
+            elif volume.host_path:
+                sources[volume.name] = Path(volume.host_path.path)
+            elif volume.empty_dir is not None:
+                path = workdir.with_name(f".{workdir.name}.volumes") / volume.name
+                path.mkdir(parents=True, exist_ok=True)
+                sources[volume.name] = path
+        return sources
 
     def _put(self, ns: str, plural: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]

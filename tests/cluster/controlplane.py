@@ -278,6 +278,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         "--leader-elect=false", "--profiling=false",
     ])
     annotation = "=".join(FAKE_NODE_ANNOTATION)
+    mounts = can_mount()
     procs.start("kwok", [
         str(binaries["kwok"]),
         f"--kubeconfig={admin_kc}",
@@ -288,7 +289,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         f"--server-address=127.0.0.1:{kwok_port}",
         f"--cidr={POD_CIDR}",
         "--enable-crds=Exec,Logs",
-    ], env=dict(os.environ, HOME=str(workdir)))
+    ], env=_kwok_env(workdir, mounts))
 
     core = _core(api)
 
@@ -307,7 +308,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
 
     pod_root = workdir / "pods"
     provisioner = VolumeProvisioner(api, workdir / "volumes", STORAGE_CLASS)
-    execs = ExecDirectories(api, pod_root, {name for name, _l, _t in NODES.values()})
+    execs = ExecDirectories(api, pod_root, {name for name, _l, _t in NODES.values()}, mounts)
     for agent in (provisioner, execs):
         agent.start()
         agents.append(agent)
@@ -315,10 +316,30 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
     cluster = Cluster(
         kubeconfig=admin_kc, server=server, backend="controlplane",
         nodes={pool: name for pool, (name, _l, _t) in NODES.items()},
-        workdir=workdir, version=version, _pod_root=pod_root,
+        workdir=workdir, version=version, exec_mounts=mounts, _pod_root=pod_root,
     )
     cluster.create_namespace("default")
     return cluster
+
+
+def can_mount() -> bool:
+    """Whether exec commands can get the pod's volumes in a private mount namespace."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         "mount -t tmpfs none /mnt"],
+        capture_output=True, timeout=10,
+    )
+    return probe.returncode == 0
+
+
+def _kwok_env(workdir: Path, mounts: bool) -> dict[str, str]:
+    env = dict(os.environ, HOME=str(workdir))
+    if mounts:
+        # KWOK looks commands up on its own PATH: `sh` becomes the mounting shim.
+        env["PATH"] = f"{HERE / 'kwok' / 'shim'}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def _core(api: Any) -> Any:

@@ -78,6 +78,8 @@ class Cluster:
     nodes       pool name -> node name, for "system", "services", "taskworkers"
     workdir     scratch directory of this cluster (certs, logs, volumes)
     version     the Kubernetes version the cluster runs, e.g. "v1.34.4"
+    exec_mounts whether a `sh` exec sees the pod's volumes at their mount paths
+                (always on kind; on KWOK where the host allows mount namespaces)
     """
 
     kubeconfig: Path
@@ -86,6 +88,7 @@ class Cluster:
     nodes: dict[str, str]
     workdir: Path
     version: str
+    exec_mounts: bool = True
     _pod_root: Path | None = None
     _api: Any = field(default=None, repr=False)
 
@@ -197,9 +200,13 @@ class Cluster:
         def ready() -> Any:
             pod = self.core().read_namespaced_pod(name, namespace)
             conditions = pod.status.conditions or []
-            if any(c.type == "Ready" and c.status == "True" for c in conditions):
-                return pod
-            return None
+            if not any(c.type == "Ready" and c.status == "True" for c in conditions):
+                return None
+            if self._pod_root is not None and not (
+                self._pod_root / namespace / f"{name}.log"
+            ).exists():
+                return None  # KWOK not yet told where to run this pod's exec and logs
+            return pod
 
         return wait_for(ready, timeout, f"pod {namespace}/{name} to be Ready")
 

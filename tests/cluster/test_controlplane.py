@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,6 +190,53 @@ def test_exec_streams_output_and_stdin(cluster: Cluster, namespace: str) -> None
     pod_dir = cluster.pod_dir(namespace, "shell")
     if pod_dir is not None:  # KWOK runs exec on this host, in the pod's own directory
         assert (pod_dir / "unpacked" / "dags" / "flow_dag.py").read_bytes() == payload
+
+
+def _claim(cluster: Cluster, namespace: str, name: str) -> None:
+    cluster.core().create_namespaced_persistent_volume_claim(
+        namespace, client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name=name),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ))
+
+
+def _pod_with_claim(name: str, claim: str, mount_path: str) -> client.V1Pod:
+    pod = _pod(name, volumes=[client.V1Volume(
+        name="vol",
+        persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name=claim),
+    )])
+    pod.spec.containers[0].volume_mounts = [client.V1VolumeMount(name="vol",
+                                                                 mount_path=mount_path)]
+    return pod
+
+
+def test_exec_reaches_the_claim_at_its_mount_path(cluster: Cluster, namespace: str) -> None:
+    if not cluster.exec_mounts:
+        pytest.skip("KWOK exec mounts need mount namespaces (`unshare --mount`) on this host")
+    _claim(cluster, namespace, "shared")
+    core = cluster.core()
+    # Mount points are created (empty) on the host if missing: keep them in /tmp.
+    where_a, where_b = "/tmp/mfhelm-mount-a", "/tmp/mfhelm-mount-b"
+    core.create_namespaced_pod(namespace, _pod_with_claim("writer", "shared", where_a))
+    core.create_namespaced_pod(namespace, _pod_with_claim("reader", "shared", where_b))
+    cluster.wait_pod_ready(namespace, "writer", timeout=120)
+    cluster.wait_pod_ready(namespace, "reader", timeout=120)
+
+    code, out, err = cluster.exec(namespace, "writer",
+                                  ["sh", "-c", f"cd {where_a} && echo payload > note && ls"])
+    assert (code, out.split()) == (0, ["note"]), err
+    code, out, err = cluster.exec(namespace, "reader", ["sh", "-c", f"cat {where_b}/note"])
+    assert (code, out) == (0, "payload\n"), err
+
+    if cluster.backend == "controlplane":
+        claim = core.read_namespaced_persistent_volume_claim("shared", namespace)
+        volume = core.read_persistent_volume(claim.spec.volume_name)
+        assert (Path(volume.spec.host_path.path) / "note").read_text() == "payload\n"
+        # Mounted for the exec only: the host's own directory stays untouched.
+        assert not (Path(where_a) / "note").exists()
 
 
 def test_rbac_is_enforced_as_subject_access_review_reports(

@@ -19,6 +19,7 @@ Only the standard library is used: this runs before the venv exists.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import shutil
 import subprocess
@@ -156,6 +157,17 @@ def install(name: str, kind: str, entry: dict) -> Path:
     home = tool_home(name, entry)
     if is_complete(home, entry):
         return home
+    # One builder per tool at a time: `make test` and a pytest session (the
+    # cluster fixture builds on demand) may both ask for the same missing tool.
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with open(home.parent / f".{home.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_complete(home, entry):  # the other builder finished it meanwhile
+            return home
+        return _build(name, kind, entry, home)
+
+
+def _build(name: str, kind: str, entry: dict, home: Path) -> Path:
     print(f"mfhelm tools: building {name} {entry['version']} (cached afterwards)",
           file=sys.stderr, flush=True)
     # Built in place: virtualenvs and npm prefixes hold absolute paths.

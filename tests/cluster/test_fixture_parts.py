@@ -1,0 +1,112 @@
+"""Parts of the cluster fixture that can be checked without a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .controlplane import Processes
+from .handle import exit_code
+from .kindcluster import kind_config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: only its parent has not collected it yet.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+def test_stop_ends_children_of_components_too(tmp_path: Path) -> None:
+    procs = Processes(tmp_path)
+    pidfile = tmp_path / "grandchild.pid"
+    # A component that ignores SIGTERM and has a child of its own, like a
+    # wedged server: stop() must still leave nothing behind.
+    script = (
+        "import signal, subprocess, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "p = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    procs.start("stubborn", [sys.executable, "-c", script])
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline, procs.tail("stubborn")
+        time.sleep(0.05)
+    leader, grandchild = procs.running["stubborn"].pid, int(pidfile.read_text())
+
+    procs.stop()
+
+    assert not _alive(leader)
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    assert procs.running == {}
+
+
+def test_check_reports_a_dead_component_with_its_log(tmp_path: Path) -> None:
+    procs = Processes(tmp_path)
+    procs.start("broken", [sys.executable, "-c", "print('bad flag --foo'); raise SystemExit(2)"])
+    procs.running["broken"].wait(timeout=10)
+    with pytest.raises(RuntimeError, match=r"broken exited with 2:\n.*bad flag --foo"):
+        procs.check()
+    procs.stop()
+
+
+def test_kind_workers_carry_the_pool_labels_and_taints() -> None:
+    nodes = kind_config()["nodes"]
+    assert isinstance(nodes, list)
+    workers = {n.get("labels", {}).get("mfhelm.io/pool") or "system": n
+               for n in nodes if n["role"] == "worker"}
+    assert set(workers) == {"system", "services", "taskworkers"}
+
+    def taints(node: dict) -> list[dict]:
+        patches = [yaml.safe_load(p) for p in node.get("kubeadmConfigPatches", [])]
+        return [t for p in patches if p["kind"] == "JoinConfiguration"
+                for t in p["nodeRegistration"]["taints"]]
+
+    assert taints(workers["taskworkers"]) == [
+        {"key": "mfhelm.io/pool", "value": "taskworkers", "effect": "NoSchedule"}]
+    assert taints(workers["system"]) == [
+        {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoSchedule"}]
+    assert taints(workers["services"]) == []
+
+
+def test_exit_code_reads_kubelet_and_kwok_statuses() -> None:
+    kubelet = {"status": "Failure", "reason": "NonZeroExitCode",
+               "details": {"causes": [{"reason": "ExitCode", "message": "3"}]}}
+    kwok = {"status": "Failure", "reason": "InternalError",
+            "message": "Internal error occurred: error executing command in container: "
+                       "cmd wait: sh -c exit 3: exit status 3"}
+    assert exit_code(json.dumps({"status": "Success"})) == 0
+    assert exit_code(json.dumps(kubelet)) == 3
+    assert exit_code(json.dumps(kwok)) == 3
+    with pytest.raises(RuntimeError, match="not found"):
+        exit_code(json.dumps({"status": "Failure", "message": 'exec: "nope": not found'}))
+
+
+def test_the_mount_shim_binds_volumes_only_for_its_command(tmp_path: Path) -> None:
+    shim = Path(__file__).parent / "kwok" / "shim" / "sh"
+    volume, mount_point = tmp_path / "volume", tmp_path / "mnt" / "deep"
+    volume.mkdir()
+    env = dict(os.environ, MFHELM_POD_MOUNTS=f"{volume}\t{mount_point}")
+    probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("unshare --mount is not permitted here (the shim needs it)")
+    done = subprocess.run([str(shim), "-c", f"echo hi > {mount_point}/f; cat; exit 4"],
+                          input=b"stdin\n", capture_output=True, env=env, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (4, b"stdin\n"), done.stderr
+    assert (volume / "f").read_text() == "hi\n"
+    assert not (mount_point / "f").exists()
