@@ -140,17 +140,24 @@ class Readiness:
 
 
 def workload_readiness(api: Any, namespace: str, selector: str) -> list[Readiness]:
-    """Ready/desired replicas of every Deployment and StatefulSet matching selector."""
+    """Ready replicas of the current spec vs desired, for every Deployment and
+    StatefulSet matching selector. A rollout in progress counts only the pods
+    of the new revision, so old ready pods do not hide a stuck update."""
     from kubernetes import client
 
     apps: Any = client.AppsV1Api(api)
     out = []
-    for d in apps.list_namespaced_deployment(namespace, label_selector=selector).items:
-        out.append(Readiness("Deployment", d.metadata.name, d.status.ready_replicas or 0,
-                             d.spec.replicas if d.spec.replicas is not None else 1))
-    for s in apps.list_namespaced_stateful_set(namespace, label_selector=selector).items:
-        out.append(Readiness("StatefulSet", s.metadata.name, s.status.ready_replicas or 0,
-                             s.spec.replicas if s.spec.replicas is not None else 1))
+    for kind, items in (
+        ("Deployment", apps.list_namespaced_deployment(namespace, label_selector=selector).items),
+        ("StatefulSet",
+         apps.list_namespaced_stateful_set(namespace, label_selector=selector).items),
+    ):
+        for w in items:
+            desired = w.spec.replicas if w.spec.replicas is not None else 1
+            st = w.status
+            current = (st.observed_generation or 0) >= (w.metadata.generation or 0)
+            ready = min(st.ready_replicas or 0, st.updated_replicas or 0) if current else 0
+            out.append(Readiness(kind, w.metadata.name, ready, desired))
     return sorted(out, key=lambda r: (r.kind, r.name))
 
 
@@ -206,7 +213,10 @@ def _bytes(data: Any) -> bytes:
 
 
 def _returncode(status: Any) -> int:
+    """The exit code from the Status an exec stream ends with: kubelets put it
+    in causes[ExitCode]; some exec servers only say "exit status N"."""
     import json
+    import re
 
     if not status:
         return 0
@@ -221,4 +231,5 @@ def _returncode(status: Any) -> int:
     for cause in (doc.get("details") or {}).get("causes") or []:
         if cause.get("reason") == "ExitCode":
             return int(cause.get("message", 1))
-    return 1
+    found = re.search(r"exit status (\d+)", doc.get("message", ""))
+    return int(found.group(1)) if found else 1

@@ -120,3 +120,17 @@ def test_copy_script_quotes_hostile_folder(tmp_path):
                           capture_output=True)
     assert proc.returncode == 0, proc.stderr
     assert (folder / "d.py").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(("status", "code"), [
+    (None, 0),
+    ('{"metadata":{},"status":"Success"}', 0),
+    ('{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}', 3),
+    (b'{"status":"Failure","message":"command terminated: exit status 7"}', 7),
+    ('{"status":"Failure","message":"container not found"}', 1),
+    ("not json", 1),
+])
+def test_exec_status_to_exit_code(status, code):
+    from mfhelm.kube import _returncode
+
+    assert _returncode(status) == code
