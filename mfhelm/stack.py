@@ -103,9 +103,14 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
 
 def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, credential: Any,
                   subscription_id: str, chart: Path | None = None, timeout: str = "15m",
-                  progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
+                  progress: Progress = _quiet, arm_base_url: str | None = None,
+                  verify_challenge_resource: bool = True) -> helm_mod.ReleaseInfo:
     """The azure profile: AKS credentials and the DB password come from Azure
-    and go only to a temporary kubeconfig (0600, removed) and a Secret."""
+    and go only to a temporary kubeconfig (0600, removed) and a Secret.
+
+    `arm_base_url` and `verify_challenge_resource` exist for sovereign clouds
+    and for tests that serve the Azure APIs locally.
+    """
     from mfhelm import kube
     from mfhelm.azure.aks import aks_user_kubeconfig
     from mfhelm.azure.keyvault import keyvault_secret
@@ -117,10 +122,12 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
     check_values(prepared, values, target, helm_bin)
     progress("fetching AKS user credentials")
     kubeconfig = aks_user_kubeconfig(subscription_id, outputs["resourceGroupName"],
-                                     outputs["aksClusterName"], credential=credential)
+                                     outputs["aksClusterName"], credential=credential,
+                                     base_url=arm_base_url)
     progress("reading the PostgreSQL password from Key Vault")
     password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresPasswordSecretName"],
-                               credential=credential)
+                               credential=credential,
+                               verify_challenge_resource=verify_challenge_resource)
     with _temp_kubeconfig(kubeconfig) as path:
         local = Target(target.release, target.namespace, kubeconfig=str(path))
         client = helm_mod.Helm(kubeconfig=str(path), timeout=timeout, executable=helm_bin)
