@@ -42,6 +42,12 @@ test-chart: $(STAMP) ## render, lint, schema-validate and scan the chart
 test-bicep: $(STAMP) ## parse and scan the Bicep templates
 	@$(PY) -m pytest tests/bicep $(PYTEST_ARGS)
 
+test-cluster: $(STAMP) ## end-to-end tests on the local control plane (KWOK nodes)
+	@$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
+
+test-kind: $(STAMP) ## the same cluster tests on a kind cluster (needs Docker)
+	@MFHELM_TEST_KIND=1 $(PY) -m pytest tests/cluster $(PYTEST_ARGS)
+
 lint: $(STAMP) ## ruff over the tree, mypy over mfhelm/
 	@$(BIN)/ruff check mfhelm tests
 	@$(BIN)/mypy mfhelm
