@@ -337,9 +337,25 @@ def can_mount() -> bool:
 def _kwok_env(workdir: Path, mounts: bool) -> dict[str, str]:
     env = dict(os.environ, HOME=str(workdir))
     if mounts:
-        # KWOK looks commands up on its own PATH: `sh` becomes the mounting shim.
-        env["PATH"] = f"{HERE / 'kwok' / 'shim'}{os.pathsep}{env.get('PATH', '')}"
+        # KWOK looks a pod's command up on its own PATH: point every name there
+        # at the shim that mounts the pod's volumes before running the real one.
+        host_path = env.get("PATH", os.defpath)
+        env["MFHELM_HOST_PATH"] = host_path
+        env["PATH"] = str(_shim_links(workdir / "exec-path", host_path))
     return env
+
+
+def _shim_links(links: Path, host_path: str) -> Path:
+    shim = HERE / "kwok" / "shim" / "run-in-pod"
+    links.mkdir(parents=True, exist_ok=True)
+    for directory in host_path.split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for entry in os.scandir(directory):
+            link = links / entry.name
+            if not link.is_symlink() and entry.is_file() and os.access(entry.path, os.X_OK):
+                link.symlink_to(shim)
+    return links
 
 
 def _core(api: Any) -> Any:

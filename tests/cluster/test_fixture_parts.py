@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .controlplane import Processes
+from .controlplane import Processes, _shim_links
 from .handle import exit_code
 from .kindcluster import kind_config
 
@@ -97,16 +97,32 @@ def test_exit_code_reads_kubelet_and_kwok_statuses() -> None:
         exit_code(json.dumps({"status": "Failure", "message": 'exec: "nope": not found'}))
 
 
-def test_the_mount_shim_binds_volumes_only_for_its_command(tmp_path: Path) -> None:
-    shim = Path(__file__).parent / "kwok" / "shim" / "sh"
-    volume, mount_point = tmp_path / "volume", tmp_path / "mnt" / "deep"
-    volume.mkdir()
-    env = dict(os.environ, MFHELM_POD_MOUNTS=f"{volume}\t{mount_point}")
+def test_the_shim_runs_any_command_with_the_pods_volumes_mounted(tmp_path: Path) -> None:
     probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip("unshare --mount is not permitted here (the shim needs it)")
-    done = subprocess.run([str(shim), "-c", f"echo hi > {mount_point}/f; cat; exit 4"],
-                          input=b"stdin\n", capture_output=True, env=env, cwd=tmp_path)
+    links = tmp_path / "links"
+    host_path = os.environ["PATH"]
+    _shim_links(links, host_path)
+    volume, mount_point = tmp_path / "volume", tmp_path / "mnt" / "deep"
+    volume.mkdir()
+    (volume / "seed").write_text("from the volume\n")
+    env = dict(os.environ, PATH=str(links), MFHELM_HOST_PATH=host_path,
+               MFHELM_POD_MOUNTS=f"{volume}\t{mount_point}")
+
+    def run(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        # Resolved the way KWOK resolves a pod's command: on its PATH.
+        return subprocess.run([str(links / argv[0]), *argv[1:]], input=stdin,
+                              capture_output=True, env=env, cwd=tmp_path)
+
+    done = run("sh", "-c", f"echo hi > {mount_point}/f; cat; exit 4", stdin=b"stdin\n")
     assert (done.returncode, done.stdout) == (4, b"stdin\n"), done.stderr
     assert (volume / "f").read_text() == "hi\n"
-    assert not (mount_point / "f").exists()
+    assert not (mount_point / "f").exists()  # the host's directory was never written
+
+    done = run("cat", str(mount_point / "seed"))
+    assert (done.returncode, done.stdout) == (0, b"from the volume\n"), done.stderr
+    # A command that left the host's PATH after the links were made.
+    (links / "vanished-command").symlink_to(links / "cat")
+    done = run("vanished-command")
+    assert (done.returncode, done.stderr) == (127, b"vanished-command: command not found\n")
