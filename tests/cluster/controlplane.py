@@ -206,8 +206,8 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
     admin = ca.issue("admin", "mfhelm-admin", orgs=("system:masters",))
     kcm = ca.issue("controller-manager", "system:kube-controller-manager")
     scheduler = ca.issue("scheduler", "system:kube-scheduler")
-    kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
-                              orgs=("kubeadm:cluster-admins",))
+    # KWOK authorizes no one; a kubelet would check this identity.
+    kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client")
     sa = service_account_keys(pki_dir)
 
     etcd_port, etcd_peer, api_port, kwok_port = (free_port() for _ in range(4))
@@ -239,8 +239,8 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         f"--client-ca-file={ca.pair.cert}",
         "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-account-key-file={sa.cert}",
-        f"--service-account-signing-key-file={sa.key}",
+        f"--service-account-key-file={sa.public}",
+        f"--service-account-signing-key-file={sa.private}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
         # exec/logs go to KWOK's kubelet port on the node's InternalIP (127.0.0.1).
@@ -265,7 +265,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         f"--authorization-kubeconfig={kcm_kc}",
         "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
         "--leader-elect=false", "--use-service-account-credentials=true",
-        f"--service-account-private-key-file={sa.key}", f"--root-ca-file={ca.pair.cert}",
+        f"--service-account-private-key-file={sa.private}", f"--root-ca-file={ca.pair.cert}",
         f"--cluster-signing-cert-file={ca.pair.cert}", f"--cluster-signing-key-file={ca.pair.key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--profiling=false",

@@ -131,7 +131,8 @@ class Cluster:
         from kubernetes.client.rest import ApiException
 
         try:
-            self.core().create_namespace(client.V1Namespace(metadata={"name": name}))
+            self.core().create_namespace(
+                client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         except ApiException as exc:
             if exc.status != 409:
                 raise

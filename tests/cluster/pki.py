@@ -114,14 +114,20 @@ class CertificateAuthority:
         return pair
 
 
-def service_account_keys(directory: Path) -> KeyPair:
+@dataclass(frozen=True)
+class SigningKeys:
+    public: Path
+    private: Path
+
+
+def service_account_keys(directory: Path) -> SigningKeys:
     """RSA key pair that signs (private) and verifies (public) SA tokens."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pair = KeyPair(directory / "sa.pub", directory / "sa.key")
-    pair.cert.write_bytes(
+    keys = SigningKeys(directory / "sa.pub", directory / "sa.key")
+    keys.public.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    _write_key(key, pair.key)
-    return pair
+    _write_key(key, keys.private)
+    return keys
