@@ -265,6 +265,9 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         f"--authorization-kubeconfig={kcm_kc}",
         "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
         "--leader-elect=false", "--use-service-account-credentials=true",
+        # KWOK renews node leases from this same, busy 2-core machine; a late
+        # renewal must not flip every pod to NotReady mid-test.
+        "--node-monitor-grace-period=5m",
         f"--service-account-private-key-file={sa.private}", f"--root-ca-file={ca.pair.cert}",
         f"--cluster-signing-cert-file={ca.pair.cert}", f"--cluster-signing-key-file={ca.pair.key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
