@@ -60,10 +60,10 @@ def test_validator_rejects_a_broken_object():
 def test_umbrella_renders_subcharts_when_archives_present():
     missing = missing_dependencies()
     if missing:
-        pytest.skip(
-            f"upstream chart archives absent from {CHART / 'charts'} ({', '.join(missing)}): "
+        pytest.skip(reason=(
+            f"upstream chart archives not present in {CHART / 'charts'} ({', '.join(missing)}): "
             "run `helm dependency build charts/metaflow` where a chart repository is reachable"
-        )
+        ))
     objs = render([SCENARIOS["azure-airflow"]])
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
     assert any(k == "Deployment" and "workflow-controller" in n for k, n in kinds)

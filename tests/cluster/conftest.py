@@ -32,7 +32,7 @@ def cluster(request: pytest.FixtureRequest,
         else:
             handle, stop = start_controlplane(workdir)
     except (ToolchainMissing, KindUnavailable) as exc:
-        pytest.skip(str(exc))
+        pytest.skip(reason=str(exc))
     request.addfinalizer(stop)
     yield handle
 

@@ -215,7 +215,7 @@ def _pod_with_claim(name: str, claim: str, mount_path: str) -> client.V1Pod:
 
 def test_exec_reaches_the_claim_at_its_mount_path(cluster: Cluster, namespace: str) -> None:
     if not cluster.exec_mounts:
-        pytest.skip("KWOK exec mounts need mount namespaces (`unshare --mount`) on this host")
+        pytest.skip("exec onto volumes requires mount namespaces (`unshare --mount`) on this host")
     _claim(cluster, namespace, "shared")
     core = cluster.core()
     # Mount points are created (empty) on the host if missing: keep them in /tmp.

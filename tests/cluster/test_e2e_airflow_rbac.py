@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chartlib import renderable_chart
 from kubernetes import client
 
 from .handle import Cluster
 from .test_e2e_stack import DAG, mfhelm, one_error_line
 
 pytestmark = pytest.mark.cluster
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "chart"))
-from chartlib import renderable_chart  # noqa: E402
 
 DAG_FOLDER = "/opt/airflow/dags"
 
@@ -80,7 +77,7 @@ def airflow_release(cluster: Cluster) -> tuple[str, str]:
 def scheduler(cluster: Cluster, airflow_release) -> tuple[str, str]:
     ns, rel = airflow_release
     if not cluster.exec_mounts:
-        pytest.skip("KWOK exec mounts need mount namespaces (`unshare --mount`) on this host")
+        pytest.skip("exec onto volumes requires mount namespaces (`unshare --mount`) on this host")
     cluster.core().create_namespaced_pod(ns, _scheduler_pod(rel))
     cluster.wait_pod_ready(ns, f"{rel}-scheduler-0", timeout=120)
     return ns, rel

@@ -7,19 +7,16 @@ the real test cluster whose kubeconfig that "AKS" hands out.
 from __future__ import annotations
 
 import base64
-import sys
 import tempfile
 from pathlib import Path
 
+import fake_arm
 import pytest
 
 from .handle import Cluster
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "unit" / "azure"))
-import fake_arm  # noqa: E402
 
 PASSWORD = "kv-Only-Pw-9c1f"
 NAMESPACE = "metaflow"  # the namespace the (fake) deployment federated

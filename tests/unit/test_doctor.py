@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
@@ -10,20 +9,12 @@ import stat
 import sys
 from pathlib import Path
 
+import fake_arm
 import pytest
 from rich.console import Console
 
 from mfhelm import doctor
 from mfhelm.settings import parse
-
-_spec = importlib.util.spec_from_file_location(
-    "fake_arm", Path(__file__).parent / "azure" / "fake_arm.py"
-)
-assert _spec and _spec.loader
-fake_arm = sys.modules.get("fake_arm") or importlib.util.module_from_spec(_spec)
-if "fake_arm" not in sys.modules:
-    sys.modules["fake_arm"] = fake_arm
-    _spec.loader.exec_module(fake_arm)
 
 SUB = fake_arm.SUB
 LOC = "westeurope"

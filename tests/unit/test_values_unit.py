@@ -1,15 +1,10 @@
 """values.render_values: deployment outputs + settings -> chart values."""
 
-import sys
-from pathlib import Path
-
+import fake_arm
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "azure"))
-import fake_arm  # noqa: E402
-
-from mfhelm import settings, values  # noqa: E402
-from mfhelm.errors import MfhelmError  # noqa: E402
+from mfhelm import settings, values
+from mfhelm.errors import MfhelmError
 
 S = settings.parse({"org_prefix": "acme", "location": "westeurope"})
 

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import fake_arm
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import fake_arm  # noqa: E402
 
 
 @pytest.fixture

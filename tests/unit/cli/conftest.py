@@ -4,12 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import fake_arm
 import pytest
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "azure"))
-sys.path.insert(0, str(HERE.parents[1] / "chart"))
-import fake_arm  # noqa: E402
 
 
 class Result:
