@@ -195,12 +195,12 @@ def test_airflow_can_launch_pods_in_the_flow_namespace():
 
 def test_airflow_logging_points_at_airflow_logs_container():
     objs = render([AZURE_AIRFLOW], release="mf")
-    env = get(objs, "ConfigMap", "mf-airflow-env")["data"]
+    env = get(objs, "ConfigMap", "metaflow-airflow-env")["data"]
     assert env["AIRFLOW__LOGGING__REMOTE_LOGGING"] == "True"
     assert env["AIRFLOW__AZURE_REMOTE_LOGGING__REMOTE_WASB_LOG_CONTAINER"] == "airflow-logs"
     assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"].startswith("wasb")
     conn_id = env["AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID"]
-    conn = json.loads(get(objs, "Secret", "mf-airflow-conn")["stringData"][f"AIRFLOW_CONN_{conn_id.upper()}"])
+    conn = json.loads(get(objs, "Secret", "metaflow-airflow-conn")["stringData"][f"AIRFLOW_CONN_{conn_id.upper()}"])
     assert conn["conn_type"] == "wasb"
     assert conn["login"] == "acmemfabc123"
     assert conn["extra"]["managed_identity_client_id"] == CLIENT_ID
@@ -208,7 +208,7 @@ def test_airflow_logging_points_at_airflow_logs_container():
 
 def test_local_airflow_logs_go_to_azurite():
     objs = render([LOCAL_AIRFLOW], release="mf")
-    conn = json.loads(get(objs, "Secret", "mf-airflow-conn")["stringData"]["AIRFLOW_CONN_WASB_LOGS"])
+    conn = json.loads(get(objs, "Secret", "metaflow-airflow-conn")["stringData"]["AIRFLOW_CONN_WASB_LOGS"])
     assert "BlobEndpoint=http://mf-azurite:10000/devstoreaccount1;" in conn["extra"]["connection_string"]
     job = get(objs, "Job", "mf-azurite-init")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
@@ -216,18 +216,19 @@ def test_local_airflow_logs_go_to_azurite():
 
 
 def test_airflow_subchart_values_name_the_objects_we_render():
-    """extraEnvFrom / volumes in values.yaml are templated by the Airflow chart
-    with the parent release name; they must name objects this chart renders."""
+    """extraEnvFrom / volumes in values.yaml go to the Airflow chart verbatim;
+    they must name objects this chart renders, whatever the release name."""
     import yaml
     from chartlib import CHART
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())["airflow"]
     objs = render([AZURE_AIRFLOW], release="mf")
     rendered = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    refs = yaml.safe_load(values["extraEnvFrom"].replace("{{ .Release.Name }}", "mf"))
+    assert "{{" not in values["extraEnvFrom"] + str(values["volumes"])
+    refs = yaml.safe_load(values["extraEnvFrom"])
     assert ("ConfigMap", refs[0]["configMapRef"]["name"]) in rendered
     assert ("Secret", refs[1]["secretRef"]["name"]) in rendered
-    vol = values["volumes"][0]["configMap"]["name"].replace("{{ .Release.Name }}", "mf")
+    vol = values["volumes"][0]["configMap"]["name"]
     assert ("ConfigMap", vol) in rendered
     assert values["dags"]["persistence"]["existingClaim"] == "metaflow-airflow-dags"
     assert ("PersistentVolumeClaim", "metaflow-airflow-dags") in rendered
