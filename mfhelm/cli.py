@@ -53,15 +53,33 @@ def _echo_err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _progress() -> Any:
-    from rich.console import Console
+class _Steps:
+    """Progress for commands that wait: a spinner on the current step in a
+    terminal (finished steps ticked off), one `> step` line per step in logs."""
 
-    console = Console(stderr=True)
+    def __init__(self) -> None:
+        from rich.console import Console
 
-    def step(msg: str) -> None:
-        console.print(f"[bold]>[/bold] {msg}", highlight=False)
+        self.console = Console(stderr=True, highlight=False)
+        self.status: Any = None
+        self.current = ""
 
-    return step
+    def __call__(self, msg: str) -> None:
+        if not self.console.is_terminal:
+            self.console.print(f"> {msg}")
+            return
+        if self.status is None:
+            self.status = self.console.status(msg)
+            self.status.start()
+        else:
+            self.console.print(f"[green]done[/green] {self.current}")
+            self.status.update(msg)
+        self.current = msg
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
 
 
 def _outputs(outputs_file: Path | None, settings: Any, subscription: str | None) -> dict[str, Any]:
@@ -163,22 +181,25 @@ def install(
 
     extra = _load_values_file(values_file)
     target = _target(settings_file, kubeconfig, context, release, namespace, local)
-    step = _progress()
-    if local:
-        info = stack.install_local(target, argo=argo, airflow=airflow, chart=chart,
-                                   timeout=timeout, extra_values=extra, progress=step)
-    else:
-        from mfhelm import settings as settings_mod
-        from mfhelm.azure.credentials import get_credential, resolve_subscription_id
+    step = _Steps()
+    try:
+        if local:
+            info = stack.install_local(target, argo=argo, airflow=airflow, chart=chart,
+                                       timeout=timeout, extra_values=extra, progress=step)
+        else:
+            from mfhelm import settings as settings_mod
+            from mfhelm.azure.credentials import get_credential, resolve_subscription_id
 
-        if extra:
-            raise MfhelmError("-f/--values is for --local; on azure the values come from Bicep")
-        s = settings_mod.load(settings_file)
-        sub = resolve_subscription_id(subscription)
-        outs = _outputs(outputs_file, s, sub)
-        info = stack.install_azure(target, s, outs, credential=get_credential(),
-                                   subscription_id=sub, chart=chart, timeout=timeout,
-                                   progress=step)
+            if extra:
+                raise MfhelmError("-f/--values is for --local; on azure the values come from Bicep")
+            s = settings_mod.load(settings_file)
+            sub = resolve_subscription_id(subscription)
+            outs = _outputs(outputs_file, s, sub)
+            info = stack.install_azure(target, s, outs, credential=get_credential(),
+                                       subscription_id=sub, chart=chart, timeout=timeout,
+                                       progress=step)
+    finally:
+        step.close()
     typer.echo(f"release {info.name} revision {info.revision}: {info.status} "
                f"(chart {info.chart_version}, app {info.app_version})")
     typer.echo("next: mfhelm status; mfhelm port-forward; mfhelm config")
