@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from mfhelm.errors import MfhelmError
+from mfhelm.helm import HELM_ENV, MIN_HELM, find_helm
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from mfhelm.azure.preflight import PostgresCapabilities, Usage, VmSku
     from mfhelm.settings import Settings
 
-HELM_ENV = "MFHELM_HELM"
-# The oldest Helm mfhelm supports; CI renders the chart with the Helm 4 in tools.toml.
-MIN_HELM = (3, 14)
 _HELM_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -45,14 +42,6 @@ def preflight_ok(checks: list[Check]) -> bool:
 
 
 # --- helm -------------------------------------------------------------------------------
-
-def find_helm() -> str | None:
-    """The helm binary: $MFHELM_HELM if set, else the first `helm` on PATH."""
-    configured = os.environ.get(HELM_ENV)
-    if configured:
-        return configured if os.access(configured, os.X_OK) else None
-    return shutil.which("helm")
-
 
 def parse_helm_version(output: str) -> tuple[int, int, int] | None:
     """`helm version --short` prints e.g. `v3.14.2+gc309b6f` or `v4.3.1`."""

@@ -19,8 +19,9 @@ import yaml
 
 from mfhelm.errors import MfhelmError
 
-MIN_HELM = (3, 14, 0)
-HELM_ENV = "MFHELM_HELM"  # the same variable doctor reads
+# The oldest Helm mfhelm supports (major, minor); CI uses the Helm 4 in tools.toml.
+MIN_HELM = (3, 14)
+HELM_ENV = "MFHELM_HELM"
 
 
 def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -36,17 +37,22 @@ def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
     raise MfhelmError(f"chart not found at {candidates[0]}; pass --chart PATH")
 
 
+def find_helm() -> str | None:
+    """The helm binary: $MFHELM_HELM if set, else the first `helm` on PATH."""
+    configured = os.environ.get(HELM_ENV)
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    return shutil.which("helm")
+
+
 def helm_binary() -> str:
-    """The helm executable: $MFHELM_HELM, else `helm` on PATH."""
-    explicit = os.environ.get(HELM_ENV)
-    if explicit:
-        if not (Path(explicit).is_file() and os.access(explicit, os.X_OK)):
-            raise MfhelmError(f"{HELM_ENV}={explicit} is not an executable file")
-        return explicit
-    found = shutil.which("helm")
-    if not found:
-        raise MfhelmError("helm not found on PATH; install Helm 3.14+ or run `make dev`")
-    return found
+    """find_helm(), or one clear error saying what is missing."""
+    found = find_helm()
+    if found:
+        return found
+    if os.environ.get(HELM_ENV):
+        raise MfhelmError(f"{HELM_ENV}={os.environ[HELM_ENV]} is not an executable file")
+    raise MfhelmError("helm not found on PATH; install Helm 3.14+ or run `make dev`")
 
 
 def _enabled(values: dict[str, Any], defaults: dict[str, Any], condition: str) -> bool:
@@ -94,12 +100,25 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
                 f"could not fetch chart dependencies ({names}): {reason}. Run `helm dependency "
                 f"build {chart}` where the chart repositories are reachable, or disable them"
             )
-    missing = [d["name"] for d in deps if not _archive_present(chart, d)]
+    return drop_missing_dependencies(chart)
+
+
+def missing_dependencies(chart: Path) -> list[str]:
+    """Declared dependencies whose archive is not in the chart's charts/."""
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    return [d["name"] for d in meta.get("dependencies") or [] if not _archive_present(chart, d)]
+
+
+def drop_missing_dependencies(chart: Path) -> Path:
+    """The chart itself when complete, else a temporary copy whose Chart.yaml
+    lists only the dependencies present (Helm refuses to render otherwise)."""
+    missing = missing_dependencies(chart)
     if not missing:
         return chart
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     copy = Path(tempfile.mkdtemp(prefix="mfhelm-chart-")) / chart.name
     shutil.copytree(chart, copy)
-    meta["dependencies"] = [d for d in deps if d["name"] not in missing]
+    meta["dependencies"] = [d for d in meta["dependencies"] if d["name"] not in missing]
     if not meta["dependencies"]:
         del meta["dependencies"]
     (copy / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
@@ -134,7 +153,7 @@ class Helm:
             self._client = Client(**kw)
         except Exception as exc:  # pyhelm3 parses `helm version`
             raise MfhelmError(f"cannot use {self.executable}: {exc}") from None
-        version = tuple(self._client.version.to_tuple()[:3])
+        version = tuple(self._client.version.to_tuple()[:2])
         if version < MIN_HELM:
             need = ".".join(map(str, MIN_HELM))
             raise MfhelmError(f"helm {self._client.version} is too old; mfhelm needs {need}+")

@@ -90,10 +90,8 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
                            timeout=timeout, executable=helm_bin)
     api = kube.api_client(target.kubeconfig, target.context)
     progress("writing the database Secret")
-    password = (kube.read_secret_value(api, target.namespace, values_mod.DB_SECRET,
-                                       values_mod.DB_SECRET_KEY)
-                if _namespace_exists(api, target.namespace) else None)
-    password = password or secrets.token_urlsafe(24)
+    password = kube.read_secret_value(api, target.namespace, values_mod.DB_SECRET,
+                                      values_mod.DB_SECRET_KEY) or secrets.token_urlsafe(24)
     conn = (airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
                                "airflow", "disable") if airflow else None)
     _write_secrets(api, target, password, conn)
@@ -151,19 +149,6 @@ def _temp_kubeconfig(content: bytes) -> Iterator[Path]:
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
         yield path
-
-
-def _namespace_exists(api: Any, name: str) -> bool:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        client.CoreV1Api(api).read_namespace(name)
-        return True
-    except ApiException as exc:
-        if exc.status == 404:
-            return False
-        raise MfhelmError(f"reading namespace {name}: {exc.status} {exc.reason}") from None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from mfhelm import helm as helm_mod
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "metaflow"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -33,31 +35,15 @@ def dependencies() -> list[dict[str, Any]]:
     return yaml.safe_load((CHART / "Chart.yaml").read_text()).get("dependencies", [])
 
 
-def archive_present(dep: dict[str, Any]) -> bool:
-    charts = CHART / "charts"
-    return (charts / f"{dep['name']}-{dep['version']}.tgz").exists() or (
-        charts / dep["name"] / "Chart.yaml"
-    ).exists()
-
-
 def missing_dependencies() -> list[str]:
-    return [d["name"] for d in dependencies() if not archive_present(d)]
+    return helm_mod.missing_dependencies(CHART)
 
 
 @cache
 def renderable_chart() -> Path:
-    """The chart itself when complete, else a copy without the absent deps."""
-    missing = missing_dependencies()
-    if not missing:
-        return CHART
-    dest = Path(tempfile.mkdtemp(prefix="mfhelm-chart-")) / "metaflow"
-    shutil.copytree(CHART, dest)
-    meta = yaml.safe_load((dest / "Chart.yaml").read_text())
-    meta["dependencies"] = [d for d in meta["dependencies"] if d["name"] not in missing]
-    if not meta["dependencies"]:
-        del meta["dependencies"]
-    (dest / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
-    return dest
+    """The chart itself when complete, else a copy without the absent deps
+    (the same copy `mfhelm install` makes)."""
+    return helm_mod.drop_missing_dependencies(CHART)
 
 
 class HelmError(Exception):
