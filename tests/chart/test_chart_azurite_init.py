@@ -6,13 +6,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from chartlib import CHART
+from chartlib import CHART, CI_VALUES, get, render
 
 AZURITE = shutil.which("azurite-blob")
 pytestmark = pytest.mark.skipif(not AZURITE, reason="azurite not installed (run `make dev`)")
 SCRIPT = CHART / "files" / "azurite_init.py"
+LOCAL = next(p for p in CI_VALUES if p.name == "local-values.yaml")
 KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"
        "K1SZFPTOtr/KBHBeksoGMGw==")
 
@@ -23,13 +25,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def chart_azurite_command(port: int, data: Path) -> list[str]:
+    """The Azurite command the local profile's Deployment runs, moved to a
+    loopback port and a temporary data directory."""
+    objs = render([LOCAL])
+    command = list(get(objs, "Deployment", "metaflow-azurite")["spec"]["template"]["spec"]
+                   ["containers"][0]["command"])
+    assert command[0] == "azurite-blob"
+    for flag, value in (("--blobHost", "127.0.0.1"), ("--blobPort", str(port)),
+                        ("--location", str(data))):
+        command[command.index(flag) + 1] = value
+    return [AZURITE, *command[1:]]
+
+
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory):
     port = _free_port()
     data = tmp_path_factory.mktemp("azurite")
+    debug_log = data / "debug.log"
     proc = subprocess.Popen(
-        [AZURITE, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(data),
-         "--skipApiVersionCheck", "--disableProductStyleUrl", "--silent"],
+        [*chart_azurite_command(port, data), "--debug", str(debug_log)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
@@ -42,10 +57,22 @@ def azurite(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("azurite did not start")
+    AZURITE_DEBUG_LOG[0] = debug_log
     yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
     proc.terminate()
     proc.wait(10)
+
+
+AZURITE_DEBUG_LOG: list[Path] = [Path()]
+
+
+def test_chart_azurite_runs_without_telemetry(azurite):
+    # Azurite 3.35 sends start/stop events and request samples to Application
+    # Insights unless --disableTelemetry; its debug log says which it chose.
+    log = AZURITE_DEBUG_LOG[0].read_text()
+    assert "enableTelemetry: false" in log, log[-2000:]
+    assert "Telemetry initialize successfully" not in log
 
 
 def _run(conn: str, *containers: str) -> subprocess.CompletedProcess:
