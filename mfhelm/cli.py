@@ -243,6 +243,8 @@ def status(
     for c in st.components:
         mark = "ready" if c.ok else "NOT READY"
         typer.echo(f"  {c.kind:<12} {c.name:<40} {c.ready}/{c.desired} {mark}")
+    if st.profile == "local":
+        typer.echo(stack.LOCAL_PROFILE_LIMITS)
     if not all(c.ok for c in st.components):
         raise typer.Exit(1)
 

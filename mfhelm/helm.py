@@ -200,6 +200,16 @@ class Helm:
         except errors.Error as exc:
             raise MfhelmError(_helm_message(exc)) from None
 
+    def user_values(self, release: str, *, namespace: str) -> dict[str, Any]:
+        """The values the current revision was installed with (`helm get values`)."""
+
+        async def go() -> dict[str, Any]:
+            rev = await self._client.get_current_revision(release, namespace=namespace)
+            return dict(await rev.values() or {})
+
+        result: dict[str, Any] = self._run(go())
+        return result
+
     def uninstall(self, release: str, *, namespace: str) -> None:
         self._run(self._client.uninstall_release(release, namespace=namespace, wait=True,
                                                  timeout=self.timeout))

@@ -39,22 +39,35 @@ def _core(api: Any) -> Any:
     return client.CoreV1Api(api)
 
 
-def ensure_namespace(api: Any, name: str) -> None:
+def namespace_labels(api: Any, name: str) -> dict[str, str] | None:
+    """The namespace's labels, or None when it does not exist."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        ns = _core(api).read_namespace(name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise _api_error(exc, f"reading namespace {name}") from None
+    return dict(ns.metadata.labels or {})
+
+
+def ensure_namespace(api: Any, name: str, labels: dict[str, str] | None = None) -> bool:
+    """Create the namespace (with labels) unless it exists; True if created.
+    An existing namespace's labels are left as its owner set them."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    core = _core(api)
+    if namespace_labels(api, name) is not None:
+        return False
+    meta = client.V1ObjectMeta(name=name, labels=labels or None)
     try:
-        core.read_namespace(name)
-        return
-    except ApiException as exc:
-        if exc.status != 404:
-            raise _api_error(exc, f"reading namespace {name}") from None
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        _core(api).create_namespace(client.V1Namespace(metadata=meta))
     except ApiException as exc:
         if exc.status != 409:
             raise _api_error(exc, f"creating namespace {name}") from None
+        return False
+    return True
 
 
 def read_secret_value(api: Any, namespace: str, name: str, key: str) -> str | None:

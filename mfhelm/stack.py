@@ -7,6 +7,7 @@ then the Secrets; then `helm upgrade --install` with rollback on failure.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import subprocess
@@ -61,15 +62,75 @@ def airflow_connection(user: str, password: str, host: str, port: int, database:
             f"{database}?sslmode={sslmode}")
 
 
-def _write_secrets(api: Any, target: Target, password: str, airflow_conn: str | None) -> None:
+# Every pod of the stack is admitted at Pod Security "baseline", not
+# "restricted": the metadata image keeps run_goose.py and the migrations
+# under /root (0700), so its migration container runs as uid 0 (every
+# capability dropped). Namespaces mfhelm creates enforce that level.
+POD_SECURITY_LEVEL = "baseline"
+POD_SECURITY_LABELS = {
+    "pod-security.kubernetes.io/enforce": POD_SECURITY_LEVEL,
+    "pod-security.kubernetes.io/warn": POD_SECURITY_LEVEL,
+}
+
+
+def flow_namespace(values: dict[str, Any], target: Target) -> str:
+    return (values.get("flows") or {}).get("namespace") or target.namespace
+
+
+def _check_namespaces(api: Any, namespaces: list[str]) -> None:
+    """Refuse, before any write, a namespace whose Pod Security would reject
+    the stack's pods."""
     from mfhelm import kube
 
-    kube.ensure_namespace(api, target.namespace)
-    kube.apply_secret(api, target.namespace, values_mod.DB_SECRET,
-                      {values_mod.DB_SECRET_KEY: password})
-    if airflow_conn is not None:
-        kube.apply_secret(api, target.namespace, values_mod.AIRFLOW_DB_SECRET,
-                          {"connection": airflow_conn})
+    for ns in namespaces:
+        labels = kube.namespace_labels(api, ns) or {}
+        if labels.get("pod-security.kubernetes.io/enforce") == "restricted":
+            raise MfhelmError(
+                f"namespace {ns} enforces Pod Security 'restricted'; the stack meets "
+                f"'{POD_SECURITY_LEVEL}' (the DB migration container runs as uid 0): "
+                "use another namespace or lower its enforce label")
+
+
+def _kept(api: Any, namespace: str, name: str, key: str, make: Callable[[], str]) -> str:
+    """A generated value that is made once and then kept in its Secret."""
+    from mfhelm import kube
+
+    return kube.read_secret_value(api, namespace, name, key) or make()
+
+
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def _airflow_secrets(api: Any, namespace: str, conn: str) -> dict[str, dict[str, str]]:
+    """Airflow's Secrets: its DB URL, and keys generated once and kept across
+    upgrades and reinstalls (the chart would otherwise regenerate the
+    webserver key on every upgrade and ship admin/admin)."""
+    v = values_mod
+    return {
+        v.AIRFLOW_DB_SECRET: {"connection": conn},
+        v.AIRFLOW_WEBSERVER_SECRET: {v.AIRFLOW_WEBSERVER_SECRET_KEY: _kept(
+            api, namespace, v.AIRFLOW_WEBSERVER_SECRET, v.AIRFLOW_WEBSERVER_SECRET_KEY,
+            lambda: secrets.token_hex(32))},
+        v.AIRFLOW_FERNET_SECRET: {v.AIRFLOW_FERNET_SECRET_KEY: _kept(
+            api, namespace, v.AIRFLOW_FERNET_SECRET, v.AIRFLOW_FERNET_SECRET_KEY, _fernet_key)},
+        v.AIRFLOW_ADMIN_SECRET: {
+            "username": v.AIRFLOW_ADMIN_USER,
+            "password": _kept(api, namespace, v.AIRFLOW_ADMIN_SECRET, "password",
+                              lambda: secrets.token_urlsafe(24)),
+        },
+    }
+
+
+def _write(api: Any, target: Target, flow_ns: str,
+           secret_data: dict[str, dict[str, str]]) -> None:
+    """Namespaces (created with the stack's Pod Security level), then Secrets."""
+    from mfhelm import kube
+
+    for ns in dict.fromkeys([target.namespace, flow_ns]):
+        kube.ensure_namespace(api, ns, POD_SECURITY_LABELS)
+    for name, data in secret_data.items():
+        kube.apply_secret(api, target.namespace, name, data)
 
 
 def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
@@ -89,12 +150,17 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
     client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
                            timeout=timeout, executable=helm_bin)
     api = kube.api_client(target.kubeconfig, target.context)
-    progress("writing the database Secret")
-    password = kube.read_secret_value(api, target.namespace, values_mod.DB_SECRET,
-                                      values_mod.DB_SECRET_KEY) or secrets.token_urlsafe(24)
-    conn = (airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
-                               "airflow", "disable") if airflow else None)
-    _write_secrets(api, target, password, conn)
+    flow_ns = flow_namespace(values, target)
+    _check_namespaces(api, [target.namespace, flow_ns])
+    progress("writing the namespaces and Secrets")
+    password = _kept(api, target.namespace, values_mod.DB_SECRET, values_mod.DB_SECRET_KEY,
+                     lambda: secrets.token_urlsafe(24))
+    data = {values_mod.DB_SECRET: {values_mod.DB_SECRET_KEY: password}}
+    if airflow:
+        conn = airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
+                                  "airflow", "disable")
+        data.update(_airflow_secrets(api, target.namespace, conn))
+    _write(api, target, flow_ns, data)
     progress("helm upgrade --install (waiting for the pods)")
     return client.install_or_upgrade(target.release, prepared, values, namespace=target.namespace)
 
@@ -130,12 +196,15 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         local = Target(target.release, target.namespace, kubeconfig=str(path))
         client = helm_mod.Helm(kubeconfig=str(path), timeout=timeout, executable=helm_bin)
         api = kube.api_client(str(path))
-        conn = None
+        flow_ns = flow_namespace(values, target)
+        _check_namespaces(api, [target.namespace, flow_ns])
+        data = {values_mod.DB_SECRET: {values_mod.DB_SECRET_KEY: password}}
         if outputs["deployAirflow"]:
             conn = airflow_connection(outputs["postgresAdminLogin"], password,
                                       outputs["postgresFqdn"], 5432, "airflow", "require")
-        progress("writing the database Secret")
-        _write_secrets(api, local, password, conn)
+            data.update(_airflow_secrets(api, target.namespace, conn))
+        progress("writing the namespaces and Secrets")
+        _write(api, local, flow_ns, data)
         progress("helm upgrade --install (waiting for the pods)")
         return client.install_or_upgrade(target.release, prepared, values,
                                          namespace=target.namespace)
@@ -151,10 +220,18 @@ def _temp_kubeconfig(content: bytes) -> Iterator[Path]:
         yield path
 
 
+# What the local profile cannot show, said by `mfhelm status` and the README.
+LOCAL_PROFILE_LIMITS = (
+    "local profile: the UI lists flows and runs but cannot show artifacts, logs or "
+    "cards (Metaflow reads Blob only with an Entra ID token over HTTPS; the local "
+    "Azurite serves plain HTTP with its development key)")
+
+
 @dataclass(frozen=True)
 class Status:
     release: helm_mod.ReleaseInfo | None
     components: list[Any]
+    profile: str = "azure"
 
 
 def status(target: Target) -> Status:
@@ -164,9 +241,11 @@ def status(target: Target) -> Status:
     info = client.status(target.release, namespace=target.namespace)
     if info is None:
         return Status(None, [])
+    profile = str(client.user_values(target.release, namespace=target.namespace)
+                  .get("profile", "azure"))
     api = kube.api_client(target.kubeconfig, target.context)
     selector = f"app.kubernetes.io/instance={target.release}"
-    return Status(info, kube.workload_readiness(api, target.namespace, selector))
+    return Status(info, kube.workload_readiness(api, target.namespace, selector), profile)
 
 
 def uninstall(target: Target, *, purge: bool) -> list[str]:
@@ -187,7 +266,7 @@ def uninstall(target: Target, *, purge: bool) -> list[str]:
     from kubernetes.client.exceptions import ApiException
 
     core = k8s.CoreV1Api(api)
-    for name in (values_mod.DB_SECRET, values_mod.AIRFLOW_DB_SECRET):
+    for name in values_mod.MFHELM_SECRETS:
         try:
             core.delete_namespaced_secret(name, target.namespace)
             deleted.append(f"secret/{name}")

@@ -17,6 +17,18 @@ from mfhelm.settings import Settings
 DB_SECRET = "metaflow-db"
 DB_SECRET_KEY = "password"
 AIRFLOW_DB_SECRET = "metaflow-airflow-db"
+# Generated once by mfhelm install and kept; the Airflow chart reads the
+# first two by name (webserverSecretKeySecretName, fernetKeySecretName, with
+# these keys), our admin-user hook the third.
+AIRFLOW_WEBSERVER_SECRET = "metaflow-airflow-webserver-key"
+AIRFLOW_WEBSERVER_SECRET_KEY = "webserver-secret-key"
+AIRFLOW_FERNET_SECRET = "metaflow-airflow-fernet-key"
+AIRFLOW_FERNET_SECRET_KEY = "fernet-key"
+AIRFLOW_ADMIN_SECRET = "metaflow-airflow-admin"
+AIRFLOW_ADMIN_USER = "admin"
+# What `mfhelm uninstall --purge` deletes.
+MFHELM_SECRETS = (DB_SECRET, AIRFLOW_DB_SECRET, AIRFLOW_WEBSERVER_SECRET, AIRFLOW_FERNET_SECRET,
+                  AIRFLOW_ADMIN_SECRET)
 SERVICES_POOL = "services"
 
 

@@ -204,6 +204,17 @@ tolerations:
 {{- if and .Values.airflow.enabled (ne (.Values.airflow.data.metadataSecretName | toString) .Values.airflowGlue.metadataSecretName) -}}
 {{- fail "airflow.data.metadataSecretName must equal airflowGlue.metadataSecretName" -}}
 {{- end -}}
+{{- if .Values.airflow.enabled -}}
+{{- if dig "webserver" "defaultUser" "enabled" false .Values.airflow -}}
+{{- fail "airflow.webserver.defaultUser.enabled must stay false: it creates admin/admin with the password in argv and values; the admin comes from airflowGlue.adminSecretName" -}}
+{{- end -}}
+{{- if not (and .Values.airflow.webserverSecretKeySecretName .Values.airflow.fernetKeySecretName) -}}
+{{- fail "airflow.webserverSecretKeySecretName and airflow.fernetKeySecretName must name Secrets (mfhelm install creates them); unset, the keys change on every upgrade" -}}
+{{- end -}}
+{{- if dig "migrateDatabaseJob" "useHelmHooks" true .Values.airflow -}}
+{{- fail "airflow.migrateDatabaseJob.useHelmHooks must be false: under helm --wait a post-install migration hook never runs" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* checkov findings accepted on purpose, each with its reason. */}}
@@ -214,4 +225,9 @@ checkov.io/skip2: CKV_K8S_43=Images are pinned by tag in values.yaml; registries
 
 {{- define "metaflow.checkovSkipsSecretEnv" -}}
 checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgres image read the DB password only from an environment variable.
+{{- end -}}
+
+{{/* The UI backend's working directory: an emptyDir (see ui.yaml). */}}
+{{- define "metaflow.uiWorkDir" -}}
+/var/lib/metaflow-ui
 {{- end -}}

@@ -1,0 +1,198 @@
+"""What the real upstream parts need from our templates and from the values we
+hand the Airflow chart. Each fact was read in the upstream source at the
+pinned version (cited per test); the by-hand runs are written on issue 8.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from chartlib import (
+    CHART,
+    CI_VALUES,
+    HelmError,
+    all_containers,
+    by_kind,
+    env_of,
+    get,
+    pod_specs,
+    render,
+)
+
+from mfhelm import values as values_mod
+
+SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
+AZURE = SCENARIOS["azure"]
+AZURE_AIRFLOW = SCENARIOS["azure-airflow"]
+LOCAL = SCENARIOS["local"]
+LOCAL_AIRFLOW = SCENARIOS["local-airflow"]
+AIRFLOW_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())["airflow"]
+
+
+def _container(objs, kind, name, container):
+    spec = get(objs, kind, name)["spec"]["template"]["spec"]
+    return spec, next(c for c in all_containers(spec) if c["name"] == container)
+
+
+# -- 1. UI backend: the image's WORKDIR is /root (0700); caches go under
+#       cache_data/ relative to the working directory (metaflow-service v2.5.0).
+
+def test_ui_backend_works_in_a_writable_mounted_directory():
+    spec, c = _container(render([AZURE], release="mf"), "Deployment", "mf-ui-backend",
+                         "ui-backend")
+    workdir = c["workingDir"]
+    assert not workdir.startswith("/root")
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == workdir)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume
+    assert not mount.get("readOnly")
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+# -- 2. Service links: Kubernetes injects <SERVICE>_PORT=tcp://IP:PORT; the
+#       metadata service reads MF_METADATA_PORT, the UI backend
+#       MF_UI_METADATA_PORT, so Services `mf-metadata` / `mf-ui-metadata`
+#       would break them.
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_no_pod_of_ours_gets_service_link_variables(scenario):
+    for obj, spec in pod_specs(render([SCENARIOS[scenario]], release="mf")):
+        assert spec.get("enableServiceLinks") is False, obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize(("workload", "container", "variable"), [
+    ("mf-metadata", "metadata", "MF_METADATA_PORT"),
+    ("mf-ui-backend", "ui-backend", "MF_UI_METADATA_PORT"),
+])
+def test_listen_ports_are_explicit_and_match_the_container_port(workload, container, variable):
+    _spec, c = _container(render([AZURE], release="mf"), "Deployment", workload, container)
+    port = env_of(c)[variable]["value"]
+    assert port == str(c["ports"][0]["containerPort"])
+
+
+def _service_link_names(service: str, ports: list[dict]) -> set[str]:
+    """The variables the kubelet writes for one Service (pkg/kubelet/envvars)."""
+    base = service.upper().replace("-", "_")
+    names = {f"{base}_SERVICE_HOST", f"{base}_SERVICE_PORT", f"{base}_PORT"}
+    for p in ports:
+        proto = p.get("protocol", "TCP")
+        if p.get("name"):
+            names.add(f"{base}_SERVICE_PORT_{p['name'].upper().replace('-', '_')}")
+        prefix = f"{base}_PORT_{p['port']}_{proto}"
+        names |= {prefix, f"{prefix}_PROTO", f"{prefix}_PORT", f"{prefix}_ADDR"}
+    return names
+
+
+def _metaflow_settings() -> set[str]:
+    """Every METAFLOW_* variable the installed Metaflow reads (from_conf)."""
+    import metaflow.metaflow_config as cfg
+
+    source = Path(cfg.__file__).read_text()
+    names = {f"METAFLOW_{n}" for n in re.findall(r'from_conf\(\s*"([A-Z0-9_]+)"', source)}
+    assert "METAFLOW_SERVICE_URL" in names and len(names) > 100
+    return names
+
+
+@pytest.mark.parametrize("release", ["metaflow", "mf"])
+def test_flow_pods_settings_are_not_shadowed_by_our_services(release):
+    # Flow pods are written by Metaflow, not by us: they keep service links.
+    # None of our Services may produce a variable Metaflow reads.
+    objs = render([LOCAL_AIRFLOW], release=release)
+    injected = set()
+    for svc in by_kind(objs, "Service"):
+        injected |= _service_link_names(svc["metadata"]["name"], svc["spec"]["ports"])
+    assert f"{release.upper()}_METADATA_PORT" in injected  # the computation is live
+    assert not injected & _metaflow_settings()
+
+
+# -- 3-6. The values we hand the Airflow chart.
+
+def test_airflow_migrations_are_a_plain_job_not_a_hook():
+    # chart 1.15/1.16 templates/jobs/migrate-database-job.yaml: hook annotations
+    # only when migrateDatabaseJob.useHelmHooks; scheduler and webserver wait
+    # for the migrations in an init container.
+    assert AIRFLOW_VALUES["migrateDatabaseJob"]["useHelmHooks"] is False
+    with pytest.raises(HelmError, match="useHelmHooks must be false"):
+        render([AZURE_AIRFLOW], {"airflow": {"migrateDatabaseJob": {"useHelmHooks": True}}})
+
+
+def test_airflow_scheduler_claims_no_log_volume():
+    # LocalExecutor + workers.persistence.enabled makes the scheduler a
+    # StatefulSet with a `logs` volumeClaimTemplate (templates/scheduler).
+    assert AIRFLOW_VALUES["workers"]["persistence"]["enabled"] is False
+    assert AIRFLOW_VALUES["logs"]["persistence"]["enabled"] is False
+    assert AIRFLOW_VALUES["scheduler"]["logGroomerSidecar"]["enabled"] is False
+
+
+def test_airflow_keys_come_from_secrets_mfhelm_keeps():
+    assert AIRFLOW_VALUES["webserverSecretKeySecretName"] == values_mod.AIRFLOW_WEBSERVER_SECRET
+    assert AIRFLOW_VALUES["fernetKeySecretName"] == values_mod.AIRFLOW_FERNET_SECRET
+    with pytest.raises(HelmError, match="webserverSecretKeySecretName"):
+        render([AZURE_AIRFLOW], {"airflow": {"webserverSecretKeySecretName": ""}})
+
+
+def test_no_default_airflow_admin():
+    assert AIRFLOW_VALUES["webserver"]["defaultUser"]["enabled"] is False
+    with pytest.raises(HelmError, match="defaultUser.enabled must stay false"):
+        render([AZURE_AIRFLOW], {"airflow": {"webserver": {"defaultUser": {"enabled": True}}}})
+
+
+@pytest.mark.parametrize("scenario", ["azure-airflow", "local-airflow"])
+def test_admin_hook_takes_its_password_only_from_the_secret(scenario):
+    objs = render([SCENARIOS[scenario]], release="mf")
+    job = get(objs, "Job", "mf-airflow-admin")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    spec = job["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert c["image"] == f"apache/airflow:{AIRFLOW_VALUES['defaultAirflowTag']}"
+    assert c["args"] == ["python", "/scripts/airflow_admin.py"]
+    env = env_of(c)
+    for name in ("MFHELM_AIRFLOW_ADMIN_USER", "MFHELM_AIRFLOW_ADMIN_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == values_mod.AIRFLOW_ADMIN_SECRET
+    assert "password" not in json.dumps(c.get("command", []) + c["args"]).lower()
+    script = get(objs, "ConfigMap", "mf-airflow-admin")["data"]["airflow_admin.py"]
+    assert script == (CHART / "files" / "airflow_admin.py").read_text()
+
+
+# -- 7. Local profile: Airflow's pods carry tier/component/release labels.
+
+def _admits(policy: dict, labels: dict) -> bool:
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule.get("from", []):
+            sel = peer.get("podSelector", {}).get("matchLabels")
+            if sel and all(labels.get(k) == v for k, v in sel.items()):
+                return True
+    return False
+
+
+def test_local_postgres_admits_airflow_pods_and_not_strangers():
+    objs = render([LOCAL_AIRFLOW], release="mf")
+    policy = get(objs, "NetworkPolicy", "mf-postgres")
+    # The labels the Airflow chart's scheduler and migration Job carry.
+    for component in ("scheduler", "webserver", "run-airflow-migrations"):
+        assert _admits(policy, {"tier": "airflow", "component": component, "release": "mf"})
+    assert not _admits(policy, {"tier": "airflow", "component": "scheduler", "release": "other"})
+    assert not _admits(policy, {"app": "stranger"})
+
+
+# -- 9. Remote log folder: wasb-<folder>, used verbatim as the blob prefix.
+
+def test_airflow_remote_log_folder_uses_the_documented_form():
+    env = get(render([AZURE_AIRFLOW]), "ConfigMap", "metaflow-airflow-env")["data"]
+    assert env["AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER"] == "wasb-logs"
+    with pytest.raises(HelmError, match="logFolder"):
+        render([AZURE_AIRFLOW], {"airflowGlue": {"logFolder": "wasb://logs"}})
+
+
+# -- 13. The static UI renders its nginx config into /etc/nginx/conf.d.
+
+def test_static_ui_has_a_writable_conf_d():
+    spec, c = _container(render([AZURE], release="mf"), "Deployment", "mf-ui-static",
+                         "ui-static")
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for path in ("/etc/nginx/conf.d", "/var/cache/nginx", "/var/run"):
+        assert "emptyDir" in volumes[mounts[path]], path
+    assert c["ports"][0]["containerPort"] == 3000
