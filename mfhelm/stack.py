@@ -122,15 +122,28 @@ def _airflow_secrets(api: Any, namespace: str, conn: str) -> dict[str, dict[str,
     }
 
 
+def airflow_migration_job(release: str) -> str:
+    """The Airflow chart's migration Job (`<release>-run-airflow-migrations`;
+    its fullname is the release name)."""
+    return f"{release}-run-airflow-migrations"
+
+
 def _write(api: Any, target: Target, flow_ns: str,
-           secret_data: dict[str, dict[str, str]]) -> None:
-    """Namespaces (created with the stack's Pod Security level), then Secrets."""
+           secret_data: dict[str, dict[str, str]], *, airflow: bool) -> None:
+    """Namespaces (created with the stack's Pod Security level), then Secrets.
+
+    With Airflow, a finished migration Job from the last run is removed: it is
+    a plain release object (not a hook, see values.yaml), a Job's pod template
+    is immutable, and Helm recreates a missing one, so every upgrade migrates.
+    """
     from mfhelm import kube
 
     for ns in dict.fromkeys([target.namespace, flow_ns]):
         kube.ensure_namespace(api, ns, POD_SECURITY_LABELS)
     for name, data in secret_data.items():
         kube.apply_secret(api, target.namespace, name, data)
+    if airflow:
+        kube.delete_finished_job(api, target.namespace, airflow_migration_job(target.release))
 
 
 def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
@@ -143,6 +156,7 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
     values = values_mod.local_values(argo=argo, airflow=airflow)
     if extra_values:
         values = _merge(values, extra_values)
+    values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
     progress("preparing the chart")
     prepared = helm_mod.prepare_chart(helm_mod.find_chart(chart), values, helm=helm_bin)
@@ -160,7 +174,7 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
         conn = airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
                                   "airflow", "disable")
         data.update(_airflow_secrets(api, target.namespace, conn))
-    _write(api, target, flow_ns, data)
+    _write(api, target, flow_ns, data, airflow=airflow)
     progress("helm upgrade --install (waiting for the pods)")
     return client.install_or_upgrade(target.release, prepared, values, namespace=target.namespace)
 
@@ -189,7 +203,7 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
                                      outputs["aksClusterName"], credential=credential,
                                      base_url=arm_base_url)
     progress("reading the PostgreSQL password from Key Vault")
-    password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresPasswordSecretName"],
+    password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresAdminSecretName"],
                                credential=credential,
                                verify_challenge_resource=verify_challenge_resource)
     with _temp_kubeconfig(kubeconfig) as path:
@@ -204,7 +218,7 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
                                       outputs["postgresFqdn"], 5432, "airflow", "require")
             data.update(_airflow_secrets(api, target.namespace, conn))
         progress("writing the namespaces and Secrets")
-        _write(api, local, flow_ns, data)
+        _write(api, local, flow_ns, data, airflow=outputs["deployAirflow"])
         progress("helm upgrade --install (waiting for the pods)")
         return client.install_or_upgrade(target.release, prepared, values,
                                          namespace=target.namespace)

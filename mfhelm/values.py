@@ -88,7 +88,7 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
             "migrateDatabaseJob": {"serviceAccount": {"create": False, "name": sa}},
             "createUserJob": {"serviceAccount": {"create": False, "name": sa}},
         })
-    return values
+    return argo_watches_flow_namespace(values, outputs["serviceNamespace"])
 
 
 def local_values(settings: Settings | None = None, *, argo: bool = True,
@@ -115,6 +115,26 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
             "webserver": {"nodeSelector": {}},
         },
     }
+
+
+def argo_watches_flow_namespace(values: dict[str, Any], release_namespace: str) -> dict[str, Any]:
+    """With flow pods outside the release namespace, Argo's namespaced
+    controller and server must be told to watch that namespace (argo-helm
+    passes extraArgs verbatim; the chart refuses the values without them)."""
+    flow_ns = (values.get("flows") or {}).get("namespace") or release_namespace
+    argo = values.get("argo-workflows") or {}
+    if flow_ns == release_namespace or argo.get("enabled") is False:
+        return values
+    flag = f"--managed-namespace={flow_ns}"
+    argo = dict(argo)
+    for part in ("controller", "server"):
+        section = dict(argo.get(part) or {})
+        args = list(section.get("extraArgs") or [])
+        if flag not in args:
+            args.append(flag)
+        section["extraArgs"] = args
+        argo[part] = section
+    return {**values, "argo-workflows": argo}
 
 
 def _with_slash(url: str) -> str:

@@ -36,10 +36,12 @@ param systemVmSize string
 
 @description('Minimum node count of the system pool.')
 @minValue(1)
+@maxValue(1000)
 param systemMinCount int
 
 @description('Maximum node count of the system pool.')
 @minValue(1)
+@maxValue(1000)
 param systemMaxCount int
 
 @description('VM size of the services pool.')
@@ -47,10 +49,12 @@ param servicesVmSize string
 
 @description('Minimum node count of the services pool.')
 @minValue(1)
+@maxValue(1000)
 param servicesMinCount int
 
 @description('Maximum node count of the services pool.')
 @minValue(1)
+@maxValue(1000)
 param servicesMaxCount int
 
 @description('VM size of the taskworkers pool.')
@@ -58,11 +62,16 @@ param taskVmSize string
 
 @description('Minimum node count of the taskworkers pool (0 lets it scale to zero).')
 @minValue(0)
+@maxValue(1000)
 param taskMinCount int
 
 @description('Maximum node count of the taskworkers pool.')
 @minValue(1)
+@maxValue(1000)
 param taskMaxCount int
+
+@description('Current node count of each pool that already exists, keyed by pool name; empty on the first deploy.')
+param existingPoolCounts object = {}
 
 @description('Object ID of the deployer, who runs `mfhelm install` against the cluster.')
 param deployerPrincipalId string
@@ -84,18 +93,25 @@ var aksRbacClusterAdminRoleId = 'b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b'
 var networkContributorRoleId = '4d97b98b-1d4f-4787-a291-c67834d212e7'
 var maxPodsPerNode = 110
 
-resource vnet 'Microsoft.Network/virtualNetworks@2024-07-01' existing = {
+// Every pool sets `count`: without it AKS assumes 1, and refuses a pool whose
+// minCount is 2 or more (it requires minCount <= count <= maxCount). A new
+// pool starts at its minimum; a pool that already exists is sent the size it
+// has now (mfhelm reads it before deploying), so a re-deploy never scales away
+// what the autoscaler chose. Clamping keeps the value valid when the bounds
+// changed, which is then the scale the new bounds ask for.
+var systemCount = min(max(contains(existingPoolCounts, 'system') ? int(existingPoolCounts.system) : systemMinCount, systemMinCount), systemMaxCount)
+var servicesCount = min(max(contains(existingPoolCounts, 'services') ? int(existingPoolCounts.services) : servicesMinCount, servicesMinCount), servicesMaxCount)
+var taskCount = min(max(contains(existingPoolCounts, 'taskworkers') ? int(existingPoolCounts.taskworkers) : taskMinCount, taskMinCount), taskMaxCount)
+
+resource vnet 'Microsoft.Network/virtualNetworks@2025-09-01' existing = {
   name: vnetName
 }
 
-resource nodeSubnet 'Microsoft.Network/virtualNetworks/subnets@2024-07-01' existing = {
+resource nodeSubnet 'Microsoft.Network/virtualNetworks/subnets@2025-09-01' existing = {
   parent: vnet
   name: nodeSubnetName
 }
 
-// No pool sets `count`: with enableAutoScaling AKS picks the initial size from
-// minCount, and a template count would reset the autoscaler's choice on every
-// re-deploy.
 resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
   // checkov:skip=CKV_AZURE_6:the API server stays reachable from the operator laptop for mfhelm install (no private cluster, no IP allow-list); access needs Entra ID + Azure RBAC and local accounts are off
   // checkov:skip=CKV_AZURE_4:Container Insights needs a Log Analytics workspace the operator chooses; not created by this stack
@@ -161,6 +177,7 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
         vnetSubnetID: nodeSubnet.id
         maxPods: maxPodsPerNode
         enableAutoScaling: true
+        count: systemCount
         minCount: systemMinCount
         maxCount: systemMaxCount
         nodeTaints: [
@@ -176,6 +193,7 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
         vnetSubnetID: nodeSubnet.id
         maxPods: maxPodsPerNode
         enableAutoScaling: true
+        count: servicesCount
         minCount: servicesMinCount
         maxCount: servicesMaxCount
         nodeLabels: {
@@ -191,6 +209,7 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
         vnetSubnetID: nodeSubnet.id
         maxPods: maxPodsPerNode
         enableAutoScaling: true
+        count: taskCount
         minCount: taskMinCount
         maxCount: taskMaxCount
         nodeLabels: {

@@ -25,7 +25,7 @@ var vnetName = '${orgPrefix}-metaflow-vnet'
 var aksSubnetName = 'aks-nodes'
 var postgresSubnetName = 'postgres'
 
-resource aksNsg 'Microsoft.Network/networkSecurityGroups@2024-07-01' = {
+resource aksNsg 'Microsoft.Network/networkSecurityGroups@2025-09-01' = {
   name: '${orgPrefix}-aks-nodes-nsg'
   location: location
   tags: tags
@@ -34,7 +34,7 @@ resource aksNsg 'Microsoft.Network/networkSecurityGroups@2024-07-01' = {
   }
 }
 
-resource postgresNsg 'Microsoft.Network/networkSecurityGroups@2024-07-01' = {
+resource postgresNsg 'Microsoft.Network/networkSecurityGroups@2025-09-01' = {
   name: '${orgPrefix}-postgres-nsg'
   location: location
   tags: tags
@@ -59,7 +59,7 @@ resource postgresNsg 'Microsoft.Network/networkSecurityGroups@2024-07-01' = {
 
 // Subnets stay inline: declared as separate child resources they would be
 // deleted and re-created around the parent on every re-deploy.
-resource vnet 'Microsoft.Network/virtualNetworks@2024-07-01' = {
+resource vnet 'Microsoft.Network/virtualNetworks@2025-09-01' = {
   name: vnetName
   location: location
   tags: tags

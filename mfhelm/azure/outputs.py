@@ -44,7 +44,7 @@ STRING_OUTPUTS: tuple[str, ...] = (
     "postgresAdminLogin",
     "keyVaultName",
     "keyVaultUri",
-    "postgresPasswordSecretName",
+    "postgresAdminSecretName",
     "serviceNamespace",
     "flowNamespace",
     "serviceAccountService",

@@ -69,6 +69,7 @@ def test_main_parameter_defaults(parsed):
     assert params["flowNamespace"]["default"] == "metaflow"
     assert params["resourceGroupName"]["default"] == "${orgPrefix}-metaflow-rg"
     assert params["postgresAdminPassword"]["default"] is None
+    assert params["existingPoolCounts"]["default"] == {}
 
 
 def test_main_outputs_are_exactly_the_contract(parsed):
@@ -189,6 +190,27 @@ FIC_TYPE = (
     "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2024-11-30"
 )
 
+NESTED_DEPLOYMENT = """
+@secure()
+param password string
+
+resource nested 'Microsoft.Resources/deployments@2025-04-01' = {
+  name: 'nested'
+  properties: {
+    mode: 'Incremental'
+    template: {
+      resources: []
+      outputs: {
+        p: {
+          type: 'string'
+          value: password
+        }
+      }
+    }
+  }
+}
+"""
+
 BAD = {
     "tls_not_disabled": """
 resource tls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2025-08-01' = {
@@ -226,6 +248,7 @@ output leaked string = password
 output conn string = 'postgres://admin:${password}@host'
 output key string = sa.listKeys().keys[0].value
 output key2 string = listKeys(sa.id, '2025-01-01').keys[0].value
+output adminPasswordSecretName string = 'only the name, still flagged'
 """,
     "airflow_logs_only_with_airflow": """
 param deployAirflow bool = false
@@ -261,6 +284,225 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
   }
 }
 """,
+    "secrets_in_params_are_secure": """
+param adminPassword string
+param storageAccountKey string
+param keyVaultSecretName string
+param poolSize int
+
+@secure()
+param token string
+
+param copied string = token
+""",
+    "pool_counts_valid": """
+@minValue(1)
+@maxValue(1000)
+param minNodes int
+
+@minValue(1)
+@maxValue(1000)
+param maxNodes int
+
+resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
+  name: 'x'
+  location: location
+  properties: {
+    agentPoolProfiles: [
+      {
+        name: 'system'
+        mode: 'System'
+        enableAutoScaling: true
+        minCount: minNodes
+        maxCount: maxNodes
+      }
+      {
+        name: 'services'
+        mode: 'User'
+        enableAutoScaling: true
+        count: 1
+        minCount: minNodes
+        maxCount: maxNodes
+      }
+      {
+        name: 'taskworkers'
+        mode: 'User'
+        enableAutoScaling: true
+        count: minNodes
+        minCount: minNodes
+        maxCount: maxNodes
+      }
+    ]
+  }
+}
+""",
+    "no_location_expr_outside_params": """
+param location string = resourceGroup().location
+
+var here = deployment().location
+
+resource vnet 'Microsoft.Network/virtualNetworks@2025-09-01' = {
+  name: 'v'
+  location: resourceGroup().location
+}
+
+output where string = 'in ${resourceGroup().location}'
+""",
+    "no_deployments_resources": NESTED_DEPLOYMENT,
+    "secure_params_in_nested_deploy": NESTED_DEPLOYMENT,
+    "secure_inputs_get_secure_values": """
+param adminPassword string = 'not-secure'
+
+resource pg 'Microsoft.DBforPostgreSQL/flexibleServers@2025-08-01' = {
+  name: 'pg'
+  location: location
+  properties: {
+    administratorLoginPassword: adminPassword
+  }
+}
+
+resource pg2 'Microsoft.DBforPostgreSQL/flexibleServers@2025-08-01' = {
+  name: 'pg2'
+  location: location
+  properties: {
+    administratorLoginPassword: 'Literal-Password-1'
+  }
+}
+
+resource web 'Microsoft.Web/sites@2024-04-01' = {
+  name: 'w'
+  location: location
+}
+""",
+    "admin_username_not_literal": """
+var admin = 'azureuser'
+
+resource vm 'Microsoft.Compute/virtualMachines@2024-07-01' = {
+  name: 'vm'
+  location: location
+  properties: {
+    osProfile: {
+      adminUsername: 'azureuser'
+    }
+  }
+}
+
+resource vm2 'Microsoft.Compute/virtualMachines@2024-07-01' = {
+  name: 'vm2'
+  location: location
+  properties: {
+    osProfile: {
+      adminUsername: admin
+    }
+  }
+}
+""",
+    "protect_command_to_execute": """
+@secure()
+param password string
+
+resource ext 'Microsoft.Compute/virtualMachines/extensions@2024-07-01' = {
+  parent: vm
+  name: 'script'
+  location: location
+  properties: {
+    publisher: 'Microsoft.Azure.Extensions'
+    type: 'CustomScript'
+    typeHandlerVersion: '2.1'
+    settings: {
+      commandToExecute: 'setup.sh ${password}'
+    }
+  }
+}
+""",
+    "stable_resource_identifiers": """
+param suffix string = newGuid()
+
+resource sa 'Microsoft.Storage/storageAccounts@2025-01-01' = {
+  name: 'sa${suffix}'
+  location: location
+}
+""",
+    "resource_ids_from_functions": """
+param subnetName string
+
+var subnetId = '/subscriptions/${subscription().subscriptionId}/resourceGroups/rg/providers/Microsoft.Network/virtualNetworks/v/subnets/${subnetName}'
+
+resource nic 'Microsoft.Network/networkInterfaces@2025-09-01' = {
+  name: 'nic'
+  location: location
+  properties: {
+    ipConfigurations: [
+      {
+        name: 'ip'
+        properties: {
+          subnet: {
+            id: subnetId
+          }
+        }
+      }
+    ]
+    networkSecurityGroup: {
+      id: '/subscriptions/x/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/n'
+    }
+  }
+}
+""",
+    "parent_property_for_children": """
+resource vnet 'Microsoft.Network/virtualNetworks@2025-09-01' existing = {
+  name: 'v'
+}
+
+resource sub 'Microsoft.Network/virtualNetworks/subnets@2025-09-01' = {
+  name: 'v/s'
+  properties: {
+    addressPrefix: '10.0.0.0/24'
+  }
+}
+""",
+    "resource_symbol_references": """
+resource sa 'Microsoft.Storage/storageAccounts@2025-01-01' existing = {
+  name: 'x'
+}
+
+var endpoint = reference(sa.id, '2025-01-01').primaryEndpoints.blob
+var keys = listKeys(sa.id, '2025-01-01')
+var fine = sa.listKeys()
+""",
+    "no_unused_params": """
+param used string
+param unused string
+
+output o string = used
+""",
+    "no_unused_vars": """
+var a = 'x'
+var b = '${a}-y'
+
+output o string = 'z'
+""",
+    "no_unused_existing_resources": """
+resource kv 'Microsoft.KeyVault/vaults@2026-02-01' existing = {
+  name: 'kv'
+}
+
+resource sa 'Microsoft.Storage/storageAccounts@2025-01-01' existing = {
+  name: 'sa'
+}
+
+output o string = sa.id
+""",
+    "no_hardcoded_env_urls": """
+var blob = 'https://acct.blob.core.windows.net/'
+var schema = 'https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#'
+var lookalike = 'https://example.com/notcore.windows.netx'
+
+@description('Key Vault URI, like https://x.vault.azure.net/')
+output vaultUri string = 'x'
+""",
+    "template_limits": "\n".join(
+        [f"param p{i} string" for i in range(257)]
+        + [f"output o{i} string = 'x'" for i in range(65)]),
     "deterministic_names": """
 var suffix = newGuid()
 var stamp = '${utcNow()}'
@@ -268,9 +510,21 @@ var stamp = '${utcNow()}'
     "no_hardcoded_location": """
 param location string = 'westus'
 
-resource vnet 'Microsoft.Network/virtualNetworks@2024-07-01' = {
+var region = 'eastus'
+
+resource vnet 'Microsoft.Network/virtualNetworks@2025-09-01' = {
   name: 'v'
   location: 'westus'
+}
+
+resource zone 'Microsoft.Network/privateDnsZones@2024-06-01' = {
+  name: 'privatelink.postgres.database.azure.com'
+  location: 'global'
+}
+
+resource nsg 'Microsoft.Network/networkSecurityGroups@2025-09-01' = {
+  name: 'n'
+  location: region
 }
 """,
     "descriptions_everywhere": """
@@ -314,6 +568,7 @@ EXPECTED = {
         "output conn: references a @secure() parameter",
         "output key: calls ['listkeys']",
         "output key2: calls ['listkeys']",
+        "output adminPasswordSecretName: the name contains 'password'",
     ],
     "airflow_logs_only_with_airflow": [
         "logs: Airflow container without an `if (deployAirflow)` condition"],
@@ -323,8 +578,60 @@ EXPECTED = {
     ],
     "no_hardcoded_location": [
         "vnet: hard-coded location 'westus'",
+        "nsg: hard-coded location 'eastus'",
         "param location: hard-coded default 'westus'",
     ],
+    "secrets_in_params_are_secure": [
+        "param adminPassword: the name suggests a secret but it is not @secure()",
+        "param storageAccountKey: the name suggests a secret but it is not @secure()",
+        "param copied: its default reads a @secure() parameter",
+    ],
+    "pool_counts_valid": [
+        "pool system: no count (AKS then assumes 1, and refuses a minCount above 1)",
+        "pool services: count does not read the pool's current size, so a re-deploy resets "
+        "what the autoscaler chose",
+        "pool services: count 1 outside [2, 2] (maxNodes=2, minNodes=2, new pool)",
+        "pool taskworkers: count does not read the pool's current size, so a re-deploy "
+        "resets what the autoscaler chose",
+    ],
+    "no_location_expr_outside_params": [
+        "variable here: resourceGroup()/deployment().location outside a parameter default",
+        "resource vnet: resourceGroup()/deployment().location outside a parameter default",
+        "output where: resourceGroup()/deployment().location outside a parameter default",
+    ],
+    "no_deployments_resources": [
+        "nested: a Microsoft.Resources/deployments resource; use a module"],
+    "secure_params_in_nested_deploy": [
+        "nested: outer-scoped nested deployment reads a @secure() parameter"],
+    "secure_inputs_get_secure_values": [
+        "pg: properties.administratorLoginPassword is not a @secure() parameter",
+        "pg2: properties.administratorLoginPassword is not a @secure() parameter",
+        "web: secure properties of Microsoft.Web/sites not reviewed (add it to SECURE_INPUTS)",
+    ],
+    "admin_username_not_literal": ["vm: adminUsername is the literal 'azureuser'",
+                                   "vm2: adminUsername is the literal 'azureuser'"],
+    "protect_command_to_execute": [
+        "ext: settings.commandToExecute carries a secret; use protectedSettings"],
+    "stable_resource_identifiers": ["sa: name depends on new_guid"],
+    "resource_ids_from_functions": [
+        "nic: properties.ipConfigurations[0].properties.subnet.id is not built with a "
+        "resource symbol or a resourceId() function",
+        "nic: properties.networkSecurityGroup.id is not built with a resource symbol or a "
+        "resourceId() function",
+    ],
+    "parent_property_for_children": [
+        "sub: child named 'v/s'; use parent: and the child's own name"],
+    "resource_symbol_references": [
+        "variable endpoint: calls reference(); use the resource symbol",
+        "variable keys: calls listKeys(); use the resource symbol",
+    ],
+    "no_unused_params": ["param unused: never used"],
+    "no_unused_vars": ["var b: never used"],
+    "no_unused_existing_resources": ["existing resource kv: never used"],
+    "no_hardcoded_env_urls": ["output vaultUri: hard-coded host vault.azure.net",
+                              "variable blob: hard-coded host core.windows.net"],
+    "template_limits": ["65 outputs, more than ARM's 64",
+                        "257 parameters, more than ARM's 256"],
     "descriptions_everywhere": ["parameter orgPrefix: no @description",
                                 "output name: no @description"],
     "role_assignments_well_formed": ["ra: name is not guid(...)", "ra: principalType not set"],
@@ -351,7 +658,6 @@ def test_node_pool_rule_names_each_problem(tmp_path):
     path.write_text(BAD["node_pools_follow_contract"])
     problems = R.node_pools_follow_contract(R.parse_file(path))
     assert "no services pool" in problems
-    assert "pool system: sets count, which fights the autoscaler on re-deploy" in problems
     assert "pool taskworkers: enableAutoScaling is not true" in problems
     assert "pool taskworkers: minCount/maxCount not set" in problems
     assert f"pool system: missing taint {R.SYSTEM_TAINT}" in problems
@@ -390,3 +696,166 @@ output postgresPassword string = 'nope'
     assert "missing output aksClusterName" in problems
     assert "output postgresPassword is not in the contract" in problems
     assert "output deployArgo has type string, contract says bool" in problems
+
+
+# --- every linter rule at level error has an offline check ----------------------------------
+
+
+def test_every_error_level_linter_rule_has_an_offline_check():
+    """`bicep build` writes nothing when an error-level rule fires; no compiler runs here,
+    so a rule raised to error without a check below would let a broken template pass."""
+    errors = R.error_level_rules()
+    assert errors, "bicepconfig.json raises no rule to error: the parse found nothing"
+    assert set(errors) - set(R.LINTER_CHECKS) == set()
+    for code, checks in R.LINTER_CHECKS.items():
+        assert checks, code
+        assert all(c in R.RULES or c in R.MODULE_RULES for c in checks), code
+
+
+@pytest.mark.parametrize("rule", R.MODULE_RULES, ids=lambda r: r.__name__)
+def test_module_rule_holds_on_main(rule, parsed):
+    assert rule(parsed[MAIN], R.BICEP_DIR) == []
+
+
+MODULE = """
+param location string = resourceGroup().location
+param region string = 'westeurope'
+
+@secure()
+param secret string
+
+resource sa 'Microsoft.Storage/storageAccounts@2025-01-01' = {
+  name: 'x'
+  location: region
+}
+"""
+
+CALLER = """
+param plain string
+
+module m1 'm.bicep' = {
+  name: 'm1'
+  params: {
+    secret: plain
+  }
+}
+
+module m2 'm.bicep' = {
+  name: 'm2'
+  params: {
+    location: 'westus'
+    region: 'global'
+    secret: ''
+  }
+}
+"""
+
+
+def test_module_rules_flag_bad_module_calls(tmp_path: Path):
+    (tmp_path / "m.bicep").write_text(MODULE)
+    caller = R.parse_text(CALLER)
+    assert R.module_location_params(caller, tmp_path) == [
+        "module m1: no explicit value for location parameter location",
+        "module m1: no explicit value for location parameter region",
+        "module m2: location parameter location is the literal 'westus'",
+    ]
+    assert R.module_secure_params(caller, tmp_path) == [
+        "module m1: @secure() parameter secret gets an insecure value"]
+
+
+def test_bicepconfig_stays_plain_json_with_known_levels():
+    import json
+
+    rules = json.loads((R.BICEP_DIR / "bicepconfig.json").read_text())["analyzers"]["core"]
+    levels = {cfg["level"] for cfg in rules["rules"].values()}
+    assert levels <= {"error", "warning", "info", "off"}
+
+
+# --- AKS pool counts (issue 8, item 15) ------------------------------------------------------
+
+AKS = R.BICEP_DIR / "modules/aks.bicep"
+
+
+def _pool_env(aks: dict, **values) -> dict:
+    params = aks["parameters"]
+    env = {name: values.get(name, p.get("default")) for name, p in params.items()
+           if p.get("type") in ("int", "object")}
+    return env
+
+
+def _counts(aks: dict, env: dict) -> dict[str, int]:
+    pools = R._pools(aks)
+    return {name: R.evaluate(pool["count"], aks, env) for name, pool in pools.items()}
+
+
+def test_first_deploy_starts_every_pool_at_its_minimum(parsed):
+    aks = parsed[AKS]
+    env = _pool_env(aks, systemMinCount=3, systemMaxCount=5, servicesMinCount=2,
+                    servicesMaxCount=4, taskMinCount=0, taskMaxCount=9, existingPoolCounts={})
+    assert _counts(aks, env) == {"system": 3, "services": 2, "taskworkers": 0}
+
+
+def test_redeploy_keeps_the_autoscalers_choice_and_clamps_to_new_bounds(parsed):
+    aks = parsed[AKS]
+    env = _pool_env(aks, systemMinCount=2, systemMaxCount=5, servicesMinCount=1,
+                    servicesMaxCount=3, taskMinCount=0, taskMaxCount=4,
+                    existingPoolCounts={"system": 4, "services": 7, "taskworkers": 0})
+    assert _counts(aks, env) == {"system": 4, "services": 3, "taskworkers": 0}
+    env["existingPoolCounts"] = {"system": 1}
+    assert _counts(aks, env)["system"] == 2
+
+
+def test_pool_count_rule_on_the_template_before_the_fix():
+    """The pools as they were (no count): AKS assumes 1 and refuses minCount >= 2."""
+    before = R.parse_text(AKS.read_text().replace("        count: systemCount\n", ""))
+    assert R.pool_counts_valid(before) == [
+        "pool system: no count (AKS then assumes 1, and refuses a minCount above 1)"]
+
+
+def test_pool_count_rule_flags_a_count_that_is_not_clamped():
+    text = AKS.read_text().replace(
+        "var systemCount = min(max(contains(existingPoolCounts, 'system') ? "
+        "int(existingPoolCounts.system) : systemMinCount, systemMinCount), systemMaxCount)",
+        "var systemCount = contains(existingPoolCounts, 'system') ? "
+        "int(existingPoolCounts.system) : systemMinCount")
+    assert text != AKS.read_text()
+    (problem,) = R.pool_counts_valid(R.parse_text(text))
+    assert problem.startswith("pool system: count 0 outside [1, 1]")
+
+
+def test_pool_count_rule_flags_count_fixed_to_the_minimum():
+    """`count: minCount` makes the first create valid but resets the pool on re-deploy."""
+    text = AKS.read_text().replace("count: servicesCount", "count: servicesMinCount")
+    assert R.pool_counts_valid(R.parse_text(text)) == [
+        "pool services: count does not read the pool's current size, so a re-deploy "
+        "resets what the autoscaler chose"]
+
+
+def test_every_pool_size_mfhelm_accepts_is_a_size_the_templates_accept(parsed):
+    """The bounds main.bicep and aks.bicep declare cover mfhelm's settings, so the pool
+    rule's sweep over the template bounds covers every value mfhelm lets through."""
+    from mfhelm.settings import AksSettings
+
+    main, aks = parsed[MAIN]["parameters"], parsed[AKS]["parameters"]
+    fields = {"system_min_count": "systemMinCount", "system_max_count": "systemMaxCount",
+              "services_min_count": "servicesMinCount", "services_max_count": "servicesMaxCount",
+              "task_min_count": "taskMinCount", "task_max_count": "taskMaxCount"}
+    for field, param in fields.items():
+        meta = AksSettings.model_fields[field].metadata
+        low = next(m.ge for m in meta if hasattr(m, "ge"))
+        high = next(m.le for m in meta if hasattr(m, "le"))
+        for declared in (main[param], aks[param]):
+            d_low, d_high = R._int_bounds(declared)
+            assert d_low <= low and high <= d_high, (param, (low, high), (d_low, d_high))
+    assert parsed[MAIN]["modules"]["aks"]["config"]["params"]["existingPoolCounts"] == (
+        "existingPoolCounts")
+
+
+def test_refs_reads_identifiers_not_property_or_function_names():
+    tpl = R.parse_text("""
+var a = network.outputs.vnetName
+var b = '${take(nameSuffix, 6)}-${vnet.properties.addressSpace}-x'
+var c = items[index].name
+""")
+    found = {name: set(R.refs(v["value"])) for name, v in tpl["variables"].items()}
+    assert found == {"a": {"network"}, "b": {"nameSuffix", "vnet"}, "c": {"items", "index"}}

@@ -10,7 +10,8 @@ AZURE_AIRFLOW = next(p for p in CI_VALUES if p.name == "azure-airflow-values.yam
 
 @pytest.fixture(scope="module")
 def hook():
-    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}}, release="mf")
+    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False}},
+                  release="mf")
     source = get(objs, "ConfigMap", "metaflow-airflow-local-settings")["data"]["airflow_local_settings.py"]
     namespace: dict = {}
     exec(compile(source, "airflow_local_settings.py", "exec"), namespace)  # noqa: S102

@@ -181,7 +181,8 @@ def test_nothing_cluster_wide(scenario):
 
 
 def test_airflow_can_launch_pods_in_the_flow_namespace():
-    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}}, release="mf")
+    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False}},
+                  release="mf")
     role = get(objs, "Role", "mf-airflow-pod-launcher")
     assert role["metadata"]["namespace"] == "jobs"
     verbs = {v for r in role["rules"] if "pods" in r["resources"] for v in r["verbs"]}

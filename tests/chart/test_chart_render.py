@@ -16,9 +16,11 @@ def test_ci_scenarios_cover_the_required_profiles():
 
 def test_dependencies_are_pinned_with_conditions():
     deps = {d["name"]: d for d in dependencies()}
-    assert deps["argo-workflows"]["version"].startswith("0.45.")
+    # 0.45.20: the last argo-helm chart on Argo 3.6 (v3.6.10).
+    assert deps["argo-workflows"]["version"] == "0.45.20"
     assert deps["argo-workflows"]["condition"] == "argo-workflows.enabled"
-    assert deps["airflow"]["version"].startswith("1.15.")
+    # 1.16.0: the newest Airflow chart whose default Airflow is 2.10.x.
+    assert deps["airflow"]["version"] == "1.16.0"
     assert deps["airflow"]["condition"] == "airflow.enabled"
     for dep in deps.values():
         assert all(ch not in dep["version"] for ch in "^~*x><"), dep

@@ -196,3 +196,58 @@ def test_static_ui_has_a_writable_conf_d():
     for path in ("/etc/nginx/conf.d", "/var/cache/nginx", "/var/run"):
         assert "emptyDir" in volumes[mounts[path]], path
     assert c["ports"][0]["containerPort"] == 3000
+
+
+# -- 8. A separate flow namespace: argo-helm 0.45.20 runs the controller and
+#       server with --namespaced only (their Roles in the release namespace);
+#       v3.6.10 watches another namespace with --managed-namespace.
+
+MANAGED = {"argo-workflows": {"controller": {"extraArgs": ["--managed-namespace=jobs"]},
+                              "server": {"extraArgs": ["--managed-namespace=jobs"]}}}
+
+
+def test_flow_namespace_without_managed_namespace_is_refused():
+    with pytest.raises(HelmError, match="flows.namespace jobs is not the release namespace"):
+        render([AZURE], {"flows": {"namespace": "jobs"}}, release="mf")
+    # Argo off: nothing to watch, nothing to refuse.
+    render([SCENARIOS["argo-off"]], {"flows": {"namespace": "jobs"}}, release="mf")
+
+
+@pytest.mark.parametrize(("release", "argo_fullname"), [
+    ("mf", "mf-argo-workflows"), ("argo-workflows-prod", "argo-workflows-prod")])
+def test_argo_gets_its_rules_in_the_flow_namespace(release, argo_fullname):
+    objs = render([AZURE], {"flows": {"namespace": "jobs"}, **MANAGED}, release=release)
+    for part, must in (("workflow-controller", {("pods", "create"), ("workflows", "watch"),
+                                                ("workflowtemplates", "get"),
+                                                ("workflowtaskresults", "watch")}),
+                       ("server", {("workflows", "create"), ("pods/log", "get")})):
+        role = get(objs, "Role", f"{release}-argo-{part}")
+        assert role["metadata"]["namespace"] == "jobs"
+        grants = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+        assert must <= grants, part
+        assert not any(r == "secrets" for r, _ in grants)
+        binding = get(objs, "RoleBinding", f"{release}-argo-{part}")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{argo_fullname}-{part}",
+                                        "namespace": "metaflow"}]
+
+
+def test_no_argo_roles_when_flows_share_the_release_namespace():
+    names = {o["metadata"]["name"] for o in by_kind(render([AZURE], release="mf"), "Role")}
+    assert "mf-argo-workflow-controller" not in names
+
+
+def test_values_we_hand_argo_render_nothing_cluster_wide():
+    # argo-helm 0.45.20: createAggregateRoles renders three ClusterRoles, and
+    # clusterWorkflowTemplates a ClusterRoleBinding even under singleNamespace.
+    argo = yaml.safe_load((CHART / "values.yaml").read_text())["argo-workflows"]
+    assert argo["singleNamespace"] is True
+    assert argo["createAggregateRoles"] is False
+    assert argo["controller"]["clusterWorkflowTemplates"]["enabled"] is False
+    assert argo["server"]["clusterWorkflowTemplates"]["enabled"] is False
+
+
+def test_airflow_local_settings_default_is_emptied_not_nulled():
+    # A null from the parent may not remove the Airflow chart's default
+    # airflowLocalSettings, which would mount a second file at our path.
+    assert AIRFLOW_VALUES["airflowLocalSettings"] == ""
+    assert AIRFLOW_VALUES["volumeMounts"][0]["mountPath"] == "/opt/airflow/config/airflow_local_settings.py"

@@ -34,10 +34,11 @@ def _install_with_airflow_glue(cluster: Cluster, ns: str, release: str) -> None:
     vals = values.local_values(argo=False, airflow=True)
     api = kube.api_client(str(cluster.kubeconfig))
     target = stack.Target(release, ns, kubeconfig=str(cluster.kubeconfig))
-    stack._write_secrets(api, target, "glue-test-password",
-                         stack.airflow_connection("metaflow", "glue-test-password",
-                                                  f"{release}-postgres", 5432, "airflow",
-                                                  "disable"))
+    conn = stack.airflow_connection("metaflow", "glue-test-password", f"{release}-postgres",
+                                    5432, "airflow", "disable")
+    data = {values.DB_SECRET: {values.DB_SECRET_KEY: "glue-test-password"},
+            **stack._airflow_secrets(api, ns, conn)}
+    stack._write(api, target, ns, data, airflow=True)
     helm = helm_mod.Helm(kubeconfig=str(cluster.kubeconfig), timeout="4m",
                          executable=str(Path(sys.executable).with_name("helm")))
     info = helm.install_or_upgrade(release, renderable_chart(), vals, namespace=ns)
@@ -232,3 +233,34 @@ def test_identity_objects_exist_as_rendered(cluster: Cluster, airflow_release):
     pvc: Any = core.read_namespaced_persistent_volume_claim("metaflow-airflow-dags", ns)
     assert pvc.status.phase == "Bound"
     assert pvc.metadata.annotations["helm.sh/resource-policy"] == "keep"
+
+
+def test_airflow_keys_are_generated_once_and_kept(cluster: Cluster, airflow_release):
+    """The webserver key, fernet key and admin password mfhelm keeps in
+    Secrets survive the next install unchanged; the admin hook ran."""
+    import base64
+
+    from mfhelm import kube, stack, values
+
+    ns, rel = airflow_release
+    core = cluster.core()
+
+    def read(name: str) -> dict[str, str]:
+        data = core.read_namespaced_secret(name, ns).data
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    first = {name: read(name) for name in (values.AIRFLOW_WEBSERVER_SECRET,
+                                           values.AIRFLOW_FERNET_SECRET,
+                                           values.AIRFLOW_ADMIN_SECRET)}
+    fernet = first[values.AIRFLOW_FERNET_SECRET][values.AIRFLOW_FERNET_SECRET_KEY]
+    assert len(base64.urlsafe_b64decode(fernet)) == 32
+    assert len(first[values.AIRFLOW_WEBSERVER_SECRET]["webserver-secret-key"]) == 64
+    assert first[values.AIRFLOW_ADMIN_SECRET]["username"] == "admin"
+    assert len(first[values.AIRFLOW_ADMIN_SECRET]["password"]) >= 24
+    api = kube.api_client(str(cluster.kubeconfig))
+    again = stack._airflow_secrets(api, ns, "postgresql://x")
+    for name, data in first.items():
+        assert again[name] == data, name
+    # The admin hook (post-install) ran to completion and was cleaned up.
+    assert f"{rel}-airflow-admin" not in {j.metadata.name for j in
+                                          cluster.batch().list_namespaced_job(ns).items}

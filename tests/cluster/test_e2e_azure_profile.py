@@ -33,7 +33,7 @@ def azure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: Cluster):
              f"/providers/Microsoft.ContainerService/managedClusters/{outputs['aksClusterName']}"
              "/listClusterUserCredential")
     fake.route("POST", creds, 200, fake_arm.kubeconfig_body(cluster.kubeconfig.read_bytes()))
-    name = outputs["postgresPasswordSecretName"]
+    name = outputs["postgresAdminSecretName"]
     fake.route("GET", f"/secrets/{name}", 200, fake_arm.secret_body(fake.base_url, name, PASSWORD))
     yield fake, outputs
     gen.close()

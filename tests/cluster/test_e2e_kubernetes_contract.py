@@ -6,6 +6,7 @@ selectors matched against the labels real pods carry.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 
@@ -36,18 +37,32 @@ def _admission(cluster: Cluster, namespace: str, scenario: Path) -> dict[str, st
     api = cluster.api_client()
     core = client.CoreV1Api(api)
     out = {}
-    for obj, _spec in pod_specs(render([scenario], release="mf", namespace=namespace)):
+    workloads = pod_specs(render([scenario], release="mf", namespace=namespace))
+    for account in {spec.get("serviceAccountName") for _, spec in workloads} - {None}:
+        try:  # the ServiceAccount admission plugin wants them to exist
+            core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+        except client.ApiException as exc:
+            assert exc.status == 409, exc.body
+    for obj, _spec in workloads:
         template = obj["spec"]["template"]
+        spec = dict(template["spec"])
+        # A StatefulSet's pods get a PVC volume per claim template.
+        claims = obj["spec"].get("volumeClaimTemplates", [])
+        spec["volumes"] = list(spec.get("volumes", [])) + [
+            {"name": c["metadata"]["name"], "persistentVolumeClaim": {
+                "claimName": f"{c['metadata']['name']}-{obj['metadata']['name']}-0"}}
+            for c in claims]
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"dry-{obj['metadata']['name']}",
                              "labels": template["metadata"].get("labels", {})},
-                "spec": template["spec"]}
+                "spec": spec}
         try:
             core.create_namespaced_pod(namespace, body, dry_run="All")
             out[obj["metadata"]["name"]] = ""
         except client.ApiException as exc:
-            assert exc.status == 403, exc.body
-            out[obj["metadata"]["name"]] = exc.body
+            message = json.loads(exc.body)["message"]
+            assert exc.status == 403 and "violates PodSecurity" in message, message
+            out[obj["metadata"]["name"]] = message
     return out
 
 
@@ -134,3 +149,70 @@ def test_local_postgres_policy_selects_airflow_pods_by_their_real_labels(cluster
             admitted |= {p.metadata.name for p in
                          core.list_namespaced_pod(namespace, label_selector=selector).items}
     assert admitted == {"af-scheduler", "af-webserver", "af-migrations", "ours"}
+
+
+def test_argo_accounts_can_run_workflows_in_a_separate_flow_namespace(cluster: Cluster):
+    """The Roles the chart renders for Argo's namespaced controller and server
+    in the flow namespace, applied and judged by SubjectAccessReviews."""
+    home = cluster.create_namespace(f"svc-{uuid.uuid4().hex[:6]}")
+    flows = cluster.create_namespace(f"flw-{uuid.uuid4().hex[:6]}")
+    flag = f"--managed-namespace={flows}"
+    objs = render([SCENARIOS["azure"]], {
+        "flows": {"namespace": flows},
+        "argo-workflows": {"controller": {"extraArgs": [flag]}, "server": {"extraArgs": [flag]}},
+    }, release="mf", namespace=home)
+    rbac = cluster.rbac()
+    argo = [o for o in objs if o["kind"] in ("Role", "RoleBinding")
+            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "argo"]
+    assert len(argo) == 4
+    for o in argo:
+        assert o["metadata"]["namespace"] == flows
+        create = (rbac.create_namespaced_role if o["kind"] == "Role"
+                  else rbac.create_namespaced_role_binding)
+        create(flows, o)
+    controller, server = "mf-argo-workflows-workflow-controller", "mf-argo-workflows-server"
+    can = cluster.service_account_can
+    for verb, resource, group in (("create", "pods", ""), ("watch", "pods", ""),
+                                  ("watch", "workflows", "argoproj.io"),
+                                  ("update", "workflows", "argoproj.io"),
+                                  ("list", "workflowtemplates", "argoproj.io"),
+                                  ("deletecollection", "workflowtaskresults", "argoproj.io"),
+                                  ("create", "events", "")):
+        assert can(home, controller, verb, resource, group=group, namespace=flows), (verb, resource)
+        assert not can(home, controller, verb, resource, group=group, namespace="default")
+    assert can(home, server, "create", "workflows", group="argoproj.io", namespace=flows)
+    assert can(home, server, "get", "pods", subresource="log", namespace=flows)
+    for account in (controller, server):
+        assert not can(home, account, "get", "secrets", namespace=flows)
+
+
+def test_install_removes_only_a_finished_migration_job(cluster: Cluster, namespace: str):
+    """The Airflow chart's migration Job is a plain release object; a finished
+    one is deleted before an upgrade so Helm creates it anew (a Job's pod
+    template is immutable), a running one is left alone."""
+    from mfhelm import kube
+    from mfhelm.stack import airflow_migration_job
+
+    batch = cluster.batch()
+    name = airflow_migration_job("mf")
+    assert name == "mf-run-airflow-migrations"
+
+    def job(job_name: str, selector: dict[str, str]) -> dict:
+        return {"metadata": {"name": job_name}, "spec": {"backoffLimit": 0, "template": {
+            "spec": {"restartPolicy": "Never", "nodeSelector": selector,
+                     "containers": [{"name": "m", "image": "apache/airflow:2.10.5"}]}}}}
+
+    batch.create_namespaced_job(namespace, job(name, {}))
+    cluster.wait_for(lambda: any(c.type == "Complete" and c.status == "True" for c in
+                                 (batch.read_namespaced_job(name, namespace).status.conditions
+                                  or [])), 90, "the KWOK-run Job to complete")
+    running = "still-migrating"
+    batch.create_namespaced_job(namespace, job(running, {"mfhelm.io/pool": "nowhere"}))
+    api = kube.api_client(str(cluster.kubeconfig))
+    assert kube.delete_finished_job(api, namespace, name) is True
+    assert kube.delete_finished_job(api, namespace, running) is False
+    assert kube.delete_finished_job(api, namespace, "never-existed") is False
+    cluster.wait_for(lambda: name not in {j.metadata.name for j in
+                                          batch.list_namespaced_job(namespace).items},
+                     60, "the finished Job to go")
+    assert batch.read_namespaced_job(running, namespace)

@@ -61,10 +61,19 @@ elif head == ["deployment", "sub", "show"]:
         fail("ERROR: (DeploymentNotFound) Deployment 'acme-metaflow' could not be found.", 3)
     print(json.dumps(scenario["previous_outputs"]))
 elif head == ["deployment", "group", "show"]:
-    if scenario.get("module_outputs") is None:
+    name = argv[argv.index("--name") + 1]
+    by_name = scenario.get("modules")
+    outputs = by_name.get(name) if by_name is not None else scenario.get("module_outputs")
+    if outputs is None:
         fail("ERROR: (ResourceGroupNotFound) Resource group 'acme-metaflow-rg' could not be "
              "found.", 3)
-    print(json.dumps(scenario["module_outputs"]))
+    print(json.dumps(outputs))
+elif head == ["aks", "nodepool", "list"]:
+    if scenario.get("pools") is None:
+        fail(scenario.get("pools_error") or "ERROR: (ResourceNotFound) The Resource "
+             "'Microsoft.ContainerService/managedClusters/acme-aks' under resource group "
+             "'acme-metaflow-rg' was not found.", 3)
+    print(json.dumps(scenario["pools"]))
 elif head == ["keyvault", "secret", "show"]:
     if scenario.get("secret") is None:
         fail(scenario["secret_error"])
@@ -162,7 +171,7 @@ SUCCESS_OUTPUTS = {
                      "value": "acme-pg-4kq2n7x3vbmze.postgres.database.azure.com"},
     "storageAccountName": {"type": "String", "value": "acmemf4kq2n7x3vbmze"},
     "keyVaultName": {"type": "String", "value": "acme-kv-4kq2n7x3vb"},
-    "postgresPasswordSecretName": {"type": "String", "value": "postgres-admin-password"},
+    "postgresAdminSecretName": {"type": "String", "value": "postgres-admin-password"},
     "deployAirflow": {"type": "Bool", "value": False},
 }
 SUCCESS = {
@@ -286,7 +295,11 @@ def test_build_parameters_shape_and_values():
     assert values["flowNamespace"] == "flows"
     assert values["deployerPrincipalId"] == PRINCIPAL
     assert values["deployerPrincipalType"] == "User"
+    assert values[bd.POOL_COUNTS_PARAMETER] == {}
     assert bd.PASSWORD_PARAMETER not in values
+    counted = bd.build_parameters(s, PRINCIPAL, pool_counts={"system": 2, "taskworkers": 0})
+    assert counted["parameters"][bd.POOL_COUNTS_PARAMETER] == {
+        "value": {"system": 2, "taskworkers": 0}}
 
 
 def test_parameters_match_main_bicep():
@@ -440,6 +453,8 @@ def test_first_deploy_generates_a_password_that_reaches_only_the_pipe(fake: Fake
     assert "generated a new PostgreSQL administrator password" in captured.err
     assert "acme-aks" in captured.out and "mfhelm install" in captured.out
     assert not any(c["argv"][:3] == ["keyvault", "secret", "show"] for c in fake.calls())
+    assert not any(c["argv"][:3] == ["aks", "nodepool", "list"] for c in fake.calls())
+    assert params["parameters"][bd.POOL_COUNTS_PARAMETER] == {"value": {}}
     _assert_secret_kept(password, fake, captured)
 
 
@@ -462,13 +477,62 @@ def test_after_a_failed_first_run_the_keyvault_module_outputs_locate_the_secret(
     existing = "From_Module_Outputs_9876qwe"
     fake.scenario(previous_outputs=None, secret=existing, module_outputs={
         "vaultName": {"type": "String", "value": "acme-kv-4kq2n7x3vb"},
-        "postgresPasswordSecretName": {"type": "String", "value": "postgres-admin-password"}})
+        "postgresAdminSecretName": {"type": "String", "value": "postgres-admin-password"}})
     assert _run(fake, "deploy") == 0
     (call,) = fake.deploy_calls()
     assert fake.params(call)["parameters"][bd.PASSWORD_PARAMETER] == {"value": existing}
-    (group,) = [c for c in fake.calls() if c["argv"][:3] == ["deployment", "group", "show"]]
-    assert group["argv"][group["argv"].index("--name") + 1] == bd.KEYVAULT_MODULE_DEPLOYMENT
+    groups = [c["argv"] for c in fake.calls() if c["argv"][:3] == ["deployment", "group", "show"]]
+    assert [g[g.index("--name") + 1] for g in groups] == [
+        bd.AKS_MODULE_DEPLOYMENT, bd.KEYVAULT_MODULE_DEPLOYMENT]
     _assert_secret_kept(existing, fake, capfd.readouterr())
+
+
+POOLS = [{"name": "system", "count": 2}, {"name": "services", "count": 3},
+         {"name": "taskworkers", "count": 0}]
+
+
+def test_redeploy_sends_the_current_pool_sizes(fake: Fake, capfd):
+    fake.scenario(previous_outputs=SUCCESS_OUTPUTS, secret="Kept_In_Vault_4711xyzABC",
+                  pools=POOLS)
+    assert _run(fake, "deploy") == 0
+    (listed,) = [c["argv"] for c in fake.calls() if c["argv"][:3] == ["aks", "nodepool", "list"]]
+    assert listed[listed.index("--resource-group") + 1] == "acme-metaflow-rg"
+    assert listed[listed.index("--cluster-name") + 1] == "acme-aks"
+    (call,) = fake.deploy_calls()
+    assert fake.params(call)["parameters"][bd.POOL_COUNTS_PARAMETER] == {
+        "value": {"system": 2, "services": 3, "taskworkers": 0}}
+    assert "keeping the current AKS pool sizes (services 3, system 2, taskworkers 0)" in (
+        capfd.readouterr().err)
+
+
+def test_after_a_failed_first_run_the_aks_module_outputs_locate_the_cluster(fake: Fake):
+    fake.scenario(previous_outputs=None, pools=POOLS[:1], modules={
+        bd.AKS_MODULE_DEPLOYMENT: {"clusterName": {"type": "String", "value": "acme-aks"}}})
+    assert _run(fake, "deploy") == 0
+    (listed,) = [c["argv"] for c in fake.calls() if c["argv"][:3] == ["aks", "nodepool", "list"]]
+    assert listed[listed.index("--resource-group") + 1] == "acme-metaflow-rg"
+    assert listed[listed.index("--cluster-name") + 1] == "acme-aks"
+    (call,) = fake.deploy_calls()
+    assert fake.params(call)["parameters"][bd.POOL_COUNTS_PARAMETER] == {"value": {"system": 2}}
+
+
+def test_a_cluster_that_is_gone_is_deployed_as_new(fake: Fake):
+    fake.scenario(previous_outputs=SUCCESS_OUTPUTS, secret="Kept_In_Vault_4711xyzABC",
+                  pools=None)
+    assert _run(fake, "deploy") == 0
+    (call,) = fake.deploy_calls()
+    assert fake.params(call)["parameters"][bd.POOL_COUNTS_PARAMETER] == {"value": {}}
+
+
+def test_unreadable_pool_sizes_stop_instead_of_resetting_the_autoscaler(fake: Fake, capfd):
+    fake.scenario(previous_outputs=SUCCESS_OUTPUTS, secret="Kept_In_Vault_4711xyzABC",
+                  pools=None, pools_error="ERROR: (AuthorizationFailed) The client does not "
+                  "have authorization to perform action "
+                  "'Microsoft.ContainerService/managedClusters/agentPools/read'")
+    assert _run(fake, "deploy") == 1
+    err = capfd.readouterr().err
+    assert "AuthorizationFailed" in err and "autoscaler" in err
+    assert fake.deploy_calls() == []
 
 
 def test_unreadable_secret_stops_instead_of_resetting_the_password(fake: Fake, capfd):

@@ -45,3 +45,20 @@ def test_airflow_on_without_logs_container_is_refused():
 def test_string_booleans_from_saved_outputs():
     out = fake_arm.sample_outputs() | {"deployArgo": "False"}
     assert values.render_values(out, S)["argo-workflows"] == {"enabled": False}
+
+
+def test_argo_is_told_to_watch_a_separate_flow_namespace():
+    from mfhelm.values import argo_watches_flow_namespace
+
+    same = {"flows": {"namespace": ""}, "argo-workflows": {"enabled": True}}
+    assert argo_watches_flow_namespace(same, "metaflow") == same
+    off = {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False}}
+    assert argo_watches_flow_namespace(off, "metaflow") == off
+    mine = {"flows": {"namespace": "jobs"},
+            "argo-workflows": {"enabled": True, "controller": {"extraArgs": ["--loglevel=debug"]}}}
+    out = argo_watches_flow_namespace(mine, "metaflow")
+    assert out["argo-workflows"]["controller"]["extraArgs"] == ["--loglevel=debug",
+                                                                "--managed-namespace=jobs"]
+    assert out["argo-workflows"]["server"]["extraArgs"] == ["--managed-namespace=jobs"]
+    assert argo_watches_flow_namespace(out, "metaflow") == out
+    assert mine["argo-workflows"]["controller"]["extraArgs"] == ["--loglevel=debug"]

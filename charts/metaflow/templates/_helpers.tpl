@@ -204,6 +204,13 @@ tolerations:
 {{- if and .Values.airflow.enabled (ne (.Values.airflow.data.metadataSecretName | toString) .Values.airflowGlue.metadataSecretName) -}}
 {{- fail "airflow.data.metadataSecretName must equal airflowGlue.metadataSecretName" -}}
 {{- end -}}
+{{- if include "metaflow.argoElsewhere" . -}}
+{{- $flag := printf "--managed-namespace=%s" (include "metaflow.flowNamespace" .) -}}
+{{- $argo := index .Values "argo-workflows" -}}
+{{- if not (and (has $flag (dig "controller" "extraArgs" list $argo)) (has $flag (dig "server" "extraArgs" list $argo))) -}}
+{{- fail (printf "flows.namespace %s is not the release namespace: Argo must watch it; set argo-workflows.controller.extraArgs and argo-workflows.server.extraArgs to [%s] (mfhelm install does)" (include "metaflow.flowNamespace" .) $flag) -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.airflow.enabled -}}
 {{- if dig "webserver" "defaultUser" "enabled" false .Values.airflow -}}
 {{- fail "airflow.webserver.defaultUser.enabled must stay false: it creates admin/admin with the password in argv and values; the admin comes from airflowGlue.adminSecretName" -}}
@@ -230,4 +237,23 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{/* The UI backend's working directory: an emptyDir (see ui.yaml). */}}
 {{- define "metaflow.uiWorkDir" -}}
 /var/lib/metaflow-ui
+{{- end -}}
+
+{{/* argo-helm's fullname (its _helpers.tpl at 0.45.20): fullnameOverride, else
+     the release name when it already contains the chart name, else
+     <release>-argo-workflows. Its service accounts derive from it. */}}
+{{- define "metaflow.argoFullname" -}}
+{{- $argo := index .Values "argo-workflows" -}}
+{{- if $argo.fullnameOverride -}}
+{{- $argo.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains "argo-workflows" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-argo-workflows" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* True when Argo runs and flow pods live outside the release namespace. */}}
+{{- define "metaflow.argoElsewhere" -}}
+{{- if and (index .Values "argo-workflows" "enabled") (ne (include "metaflow.flowNamespace" .) .Release.Namespace) }}true{{ end -}}
 {{- end -}}

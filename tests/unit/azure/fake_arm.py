@@ -242,7 +242,7 @@ def sample_outputs(prefix: str = "acme") -> dict[str, Any]:
         "postgresAdminLogin": "mfadmin",
         "keyVaultName": f"{prefix}-mf-kv",
         "keyVaultUri": f"https://{prefix}-mf-kv.vault.azure.net/",
-        "postgresPasswordSecretName": "postgres-admin-password",
+        "postgresAdminSecretName": "postgres-admin-password",
         "serviceNamespace": "metaflow",
         "flowNamespace": "metaflow",
         "serviceAccountService": "metaflow-service",
