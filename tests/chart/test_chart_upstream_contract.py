@@ -251,3 +251,60 @@ def test_airflow_local_settings_default_is_emptied_not_nulled():
     # airflowLocalSettings, which would mount a second file at our path.
     assert AIRFLOW_VALUES["airflowLocalSettings"] == ""
     assert AIRFLOW_VALUES["volumeMounts"][0]["mountPath"] == "/opt/airflow/config/airflow_local_settings.py"
+
+
+# -- Issue 9, items 2-3: who reaches Argo's server and Airflow's webserver,
+#    and which pods get the workload identity.
+
+ARGO_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())["argo-workflows"]
+
+
+def test_argo_server_acts_with_the_callers_own_token():
+    # argo-helm 0.45.20 turns each authModes entry into --auth-mode=<m>;
+    # v3.6.10 `client` uses the caller's bearer token for every API call.
+    assert ARGO_VALUES["server"]["authModes"] == ["client"]
+
+
+def _policy(objs, name):
+    policy = get(objs, "NetworkPolicy", name)
+    return policy["spec"]["podSelector"]["matchLabels"], policy["spec"]["ingress"]
+
+
+def test_argo_and_airflow_front_doors_admit_only_the_ingress_namespace():
+    objs = render([LOCAL_AIRFLOW], {"argo-workflows": {"enabled": True}}, release="mf")
+    only_ingress = [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "app-routing-system"}}}]
+    selector, ingress = _policy(objs, "mf-argo-server")
+    # argo-helm 0.45.20 _helpers.tpl: the server pod's name/instance labels.
+    assert selector == {"app.kubernetes.io/name": "argo-workflows-server",
+                        "app.kubernetes.io/instance": "mf"}
+    assert ingress == [{"ports": [{"port": 2746}], "from": only_ingress}]
+    selector, ingress = _policy(objs, "mf-argo-controller")
+    assert selector["app.kubernetes.io/name"] == "argo-workflows-workflow-controller"
+    assert ingress == []
+    selector, ingress = _policy(objs, "mf-airflow-webserver")
+    assert selector == {"tier": "airflow", "component": "webserver", "release": "mf"}
+    assert ingress == [{"ports": [{"port": 8080}], "from": only_ingress}]
+    selector, ingress = _policy(objs, "mf-airflow-scheduler")
+    assert ingress == [{"ports": [{"port": 8793}], "from": [{"podSelector": {"matchLabels": {
+        "tier": "airflow", "component": "webserver", "release": "mf"}}}]}]
+    # Without an ingress namespace they answer port-forward only.
+    objs = render([LOCAL_AIRFLOW], {"argo-workflows": {"enabled": True},
+                                    "networkPolicy": {"allowedNamespaces": []}}, release="mf")
+    assert _policy(objs, "mf-argo-server")[1] == []
+    assert _policy(objs, "mf-airflow-webserver")[1] == []
+
+
+def test_workload_identity_only_where_blob_is_read_or_written():
+    # Airflow chart 1.16.0 merges <component>.labels over the chart-wide labels.
+    wi = {"azure.workload.identity/use": "true"}
+    assert AIRFLOW_VALUES["labels"] == {}
+    assert AIRFLOW_VALUES["scheduler"]["labels"] == wi   # ships task logs
+    assert AIRFLOW_VALUES["webserver"]["labels"] == wi   # reads them back
+    assert "labels" not in AIRFLOW_VALUES["migrateDatabaseJob"]
+    for part in ("controller", "server"):
+        assert "podLabels" not in ARGO_VALUES[part]
+    objs = render([AZURE_AIRFLOW], release="mf")
+    labelled = {o["metadata"]["name"] for o, _ in pod_specs(objs)
+                if o["spec"]["template"]["metadata"]["labels"].get("azure.workload.identity/use")}
+    assert labelled == {"mf-ui-backend"}  # of ours: the UI backend reads artifacts

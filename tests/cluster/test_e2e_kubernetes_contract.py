@@ -216,3 +216,39 @@ def test_install_removes_only_a_finished_migration_job(cluster: Cluster, namespa
                                           batch.list_namespaced_job(namespace).items},
                      60, "the finished Job to go")
     assert batch.read_namespaced_job(running, namespace)
+
+
+def test_every_policy_selects_the_pod_it_guards(cluster: Cluster, namespace: str):
+    """Each rendered NetworkPolicy's podSelector, run as a label selector by
+    the API server against pods labelled as they really are: ours from our
+    templates, Argo's and Airflow's as argo-helm 0.45.20 and the Airflow chart
+    1.16.0 label them."""
+    objs = render([SCENARIOS["local-airflow"]], {"argo-workflows": {"enabled": True}},
+                  release="mf", namespace=namespace)
+    pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
+            for o, _ in pod_specs(objs)}
+    upstream = {
+        "mf-argo-workflows-server": {"app.kubernetes.io/name": "argo-workflows-server",
+                                     "app.kubernetes.io/instance": "mf", "app": "server"},
+        "mf-argo-workflows-workflow-controller": {
+            "app.kubernetes.io/name": "argo-workflows-workflow-controller",
+            "app.kubernetes.io/instance": "mf", "app": "workflow-controller"},
+        "mf-webserver": {"tier": "airflow", "component": "webserver", "release": "mf"},
+        "mf-scheduler": {"tier": "airflow", "component": "scheduler", "release": "mf"},
+    }
+    pods.update(upstream)
+    core = cluster.core()
+    for name, labels in pods.items():
+        core.create_namespaced_pod(namespace, {
+            "metadata": {"name": f"p-{name}", "labels": labels},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    expected = {"mf-argo-server": "mf-argo-workflows-server",
+                "mf-argo-controller": "mf-argo-workflows-workflow-controller",
+                "mf-airflow-webserver": "mf-webserver", "mf-airflow-scheduler": "mf-scheduler"}
+    for policy in (o for o in objs if o["kind"] == "NetworkPolicy"):
+        name = policy["metadata"]["name"]
+        match = policy["spec"]["podSelector"]["matchLabels"]
+        selector = ",".join(f"{k}={v}" for k, v in match.items())
+        hits = {p.metadata.name for p in core.list_namespaced_pod(
+            namespace, label_selector=selector).items}
+        assert hits == {f"p-{expected.get(name, name)}"}, (name, hits)
