@@ -32,8 +32,10 @@ def plan(release: str, present: set[str]) -> list[Forward]:
         Forward("metadata service", f"{release}-metadata", 8080, 8080, "http://localhost:8080"),
         Forward("UI backend", f"{release}-ui-backend", 8083, 8083, "http://localhost:8083/api"),
         Forward("Metaflow UI", f"{release}-ui", 3000, 3000, "http://localhost:3000"),
+        # argo-helm runs the server with --secure=false and --auth-mode=client:
+        # its login page takes "Bearer <your Kubernetes token>".
         Forward("Argo Workflows", f"{release}-argo-workflows-server", 2746, 2746,
-                "https://localhost:2746"),
+                "http://localhost:2746 (log in with: Bearer <your Kubernetes token>)"),
         Forward("Airflow", f"{release}-webserver", 8081, 8080, "http://localhost:8081"),
     ]
     return [f for f in wanted if f.service in present]

@@ -14,4 +14,5 @@ def test_plan_forwards_only_present_services_in_order():
 
 def test_plan_with_argo():
     plan = portforward.plan("metaflow", {"metaflow-argo-workflows-server"})
-    assert [(f.label, f.url) for f in plan] == [("Argo Workflows", "https://localhost:2746")]
+    assert [(f.label, f.url) for f in plan] == [
+        ("Argo Workflows", "http://localhost:2746 (log in with: Bearer <your Kubernetes token>)")]
