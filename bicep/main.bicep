@@ -122,7 +122,7 @@ param deployerPrincipalType string = 'User'
 param serviceNamespace string = 'metaflow'
 
 @description('Kubernetes namespace where flow pods run.')
-param flowNamespace string = 'metaflow'
+param flowNamespace string = 'metaflow-flows'
 
 @description('Tags applied to every resource.')
 param tags object = {}

@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import yaml
 
+from mfhelm import dbroles
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import MfhelmError
@@ -153,7 +154,9 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
     and Azurite. The password is generated once and kept across upgrades."""
     from mfhelm import kube
 
-    values = values_mod.local_values(argo=argo, airflow=airflow)
+    values = values_mod.local_values(
+        argo=argo, airflow=airflow,
+        flow_namespace=values_mod.flows_namespace_for(target.namespace))
     if extra_values:
         values = _merge(values, extra_values)
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
@@ -202,26 +205,54 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
     kubeconfig = aks_user_kubeconfig(subscription_id, outputs["resourceGroupName"],
                                      outputs["aksClusterName"], credential=credential,
                                      base_url=arm_base_url)
-    progress("reading the PostgreSQL password from Key Vault")
-    password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresAdminSecretName"],
-                               credential=credential,
-                               verify_challenge_resource=verify_challenge_resource)
+    progress("reading the PostgreSQL admin password from Key Vault")
+    admin_password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresAdminSecretName"],
+                                     credential=credential,
+                                     verify_challenge_resource=verify_challenge_resource)
+    airflow = bool(outputs["deployAirflow"])
     with _temp_kubeconfig(kubeconfig) as path:
         local = Target(target.release, target.namespace, kubeconfig=str(path))
         client = helm_mod.Helm(kubeconfig=str(path), timeout=timeout, executable=helm_bin)
         api = kube.api_client(str(path))
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
-        data = {values_mod.DB_SECRET: {values_mod.DB_SECRET_KEY: password}}
-        if outputs["deployAirflow"]:
-            conn = airflow_connection(outputs["postgresAdminLogin"], password,
-                                      outputs["postgresFqdn"], 5432, "airflow", "require")
+        passwords = _role_passwords(api, target.namespace, admin_password, airflow=airflow)
+        configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
+                                        helm_bin)
+        progress("writing the namespaces")
+        _write(api, local, flow_ns, {}, airflow=airflow)
+        dbroles.run(api, target.namespace, configmap, job,
+                    {"admin-password": admin_password,
+                     **{f"{app}-password": pw for app, pw in passwords.items()}},
+                    progress=progress)
+        # The roles exist with these passwords: only now do the apps get them.
+        data = {values_mod.DB_SECRET: {values_mod.DB_SECRET_KEY: passwords["metaflow"]}}
+        if airflow:
+            conn = airflow_connection(values_mod.AIRFLOW_DB_ROLE, passwords["airflow"],
+                                      outputs["postgresFqdn"], 5432, values_mod.AIRFLOW_DB_NAME,
+                                      "require")
             data.update(_airflow_secrets(api, target.namespace, conn))
-        progress("writing the namespaces and Secrets")
-        _write(api, local, flow_ns, data, airflow=outputs["deployAirflow"])
+            data[values_mod.AIRFLOW_DB_SECRET]["password"] = passwords["airflow"]
+        progress("writing the Secrets")
+        _write(api, local, flow_ns, data, airflow=airflow)
         progress("helm upgrade --install (waiting for the pods)")
         return client.install_or_upgrade(target.release, prepared, values,
                                          namespace=target.namespace)
+
+
+def _role_passwords(api: Any, namespace: str, admin_password: str, *,
+                    airflow: bool) -> dict[str, str]:
+    """The application roles' passwords: generated once and kept in the apps'
+    Secrets. A Secret still holding the admin's password (installs before the
+    roles existed) gets a new one."""
+    def kept(name: str, key: str) -> str:
+        value = _kept(api, namespace, name, key, lambda: secrets.token_urlsafe(24))
+        return secrets.token_urlsafe(24) if value == admin_password else value
+
+    out = {"metaflow": kept(values_mod.DB_SECRET, values_mod.DB_SECRET_KEY)}
+    if airflow:
+        out["airflow"] = kept(values_mod.AIRFLOW_DB_SECRET, "password")
+    return out
 
 
 @contextmanager

@@ -17,6 +17,11 @@ from mfhelm.settings import Settings
 DB_SECRET = "metaflow-db"
 DB_SECRET_KEY = "password"
 AIRFLOW_DB_SECRET = "metaflow-airflow-db"
+# The applications' own login roles on the Flexible Server (azure profile),
+# made by the db-bootstrap Job; the admin login is only the Job's.
+METAFLOW_DB_ROLE = "metaflow"
+AIRFLOW_DB_ROLE = "airflow"
+AIRFLOW_DB_NAME = "airflow"  # the database Bicep creates for Airflow
 # Generated once by mfhelm install and kept; the Airflow chart reads the
 # first two by name (webserverSecretKeySecretName, fernetKeySecretName, with
 # these keys), our admin-user hook the third.
@@ -40,6 +45,10 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
             f"the deployment federated namespace {outputs['serviceNamespace']!r} but mfhelm.toml "
             f"installs into {settings.helm.namespace!r}; make them equal and re-deploy"
         )
+    if outputs["postgresAdminLogin"] in (METAFLOW_DB_ROLE, AIRFLOW_DB_ROLE):
+        raise MfhelmError(
+            f"the PostgreSQL admin login {outputs['postgresAdminLogin']!r} is the name of an "
+            "application role mfhelm creates; deploy with another postgresAdminLogin")
     label_key, label_value = outputs["taskworkersLabelKey"], outputs["taskworkersLabelValue"]
     flow_ns = outputs["flowNamespace"]
     airflow = outputs["deployAirflow"]
@@ -63,7 +72,8 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
         "database": {
             "host": outputs["postgresFqdn"],
             "name": outputs["postgresDatabaseName"],
-            "user": outputs["postgresAdminLogin"],
+            "user": METAFLOW_DB_ROLE,
+            "adminUser": outputs["postgresAdminLogin"],
             "sslMode": "require",
             "existingSecret": DB_SECRET,
             "existingSecretPasswordKey": DB_SECRET_KEY,
@@ -80,6 +90,7 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
         if not outputs["airflowLogsContainerName"]:
             raise MfhelmError("deployAirflow is true but the deployment has no logs container")
         values["storage"]["airflowLogsContainer"] = outputs["airflowLogsContainerName"]
+        values["airflowGlue"] = {"databaseUser": AIRFLOW_DB_ROLE, "databaseName": AIRFLOW_DB_NAME}
         sa = outputs["serviceAccountAirflow"]
         pool = {label_key: SERVICES_POOL}
         values["airflow"].update({
@@ -91,8 +102,18 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
     return argo_watches_flow_namespace(values, outputs["serviceNamespace"])
 
 
+def flows_namespace_for(namespace: str) -> str:
+    """The default flow namespace beside a release namespace: flow pods (and
+    the DAG code that launches them) stay apart from the services' Secrets."""
+    name = f"{namespace}-flows"
+    if len(name) > 63:
+        raise MfhelmError(f"namespace {namespace!r} is too long to derive its flow namespace "
+                          f"{name!r} (63 characters at most); choose a shorter one")
+    return name
+
+
 def local_values(settings: Settings | None = None, *, argo: bool = True,
-                 airflow: bool = False) -> dict[str, Any]:
+                 airflow: bool = False, flow_namespace: str = "") -> dict[str, Any]:
     """Values for the local profile (in-cluster PostgreSQL and Azurite).
 
     The database password is not here: `mfhelm install --local` generates it
@@ -102,7 +123,7 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
         "profile": "local",
         "database": {"existingSecret": DB_SECRET, "existingSecretPasswordKey": DB_SECRET_KEY},
         "serviceNodeSelector": {},
-        "flows": {"nodeSelector": {}, "tolerations": []},
+        "flows": {"namespace": flow_namespace, "nodeSelector": {}, "tolerations": []},
         "airflowGlue": {"dags": {"accessMode": "ReadWriteOnce", "storageClassName": ""}},
         "argo-workflows": {
             "enabled": argo,

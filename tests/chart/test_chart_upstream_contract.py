@@ -308,3 +308,33 @@ def test_workload_identity_only_where_blob_is_read_or_written():
     labelled = {o["metadata"]["name"] for o, _ in pod_specs(objs)
                 if o["spec"]["template"]["metadata"]["labels"].get("azure.workload.identity/use")}
     assert labelled == {"mf-ui-backend"}  # of ours: the UI backend reads artifacts
+
+
+# -- Issue 9, item 1: the db-bootstrap Job (never in a release).
+
+def test_db_bootstrap_is_rendered_only_on_request():
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in render([AZURE_AIRFLOW], release="mf")}
+    assert ("Job", "mf-db-bootstrap") not in kinds
+    objs = render([AZURE_AIRFLOW], {"database": {"bootstrap": {"render": True}}}, release="mf")
+    spec = get(objs, "Job", "mf-db-bootstrap")["spec"]["template"]["spec"]
+    env = env_of(spec["containers"][0])
+    assert env["PGUSER"]["value"] == "mfadmin"
+    assert env["PGSSLMODE"]["value"] == "require"
+    for name in ("PGPASSWORD", "MFHELM_METAFLOW_PASSWORD", "MFHELM_AIRFLOW_PASSWORD"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "mf-db-bootstrap"
+    assert env["MFHELM_METAFLOW_ROLE"]["value"] == "metaflow"
+    assert env["MFHELM_AIRFLOW_ROLE"]["value"] == "airflow"
+    assert spec["automountServiceAccountToken"] is False
+    data = get(objs, "ConfigMap", "mf-db-bootstrap")["data"]
+    assert set(data) == {"db_roles.sql", "db_role.sql"}
+
+
+def test_applications_never_log_in_as_the_admin():
+    with pytest.raises(HelmError, match="database.user must not be database.adminUser"):
+        render([AZURE], {"database": {"user": "mfadmin"}})
+    objs = render([AZURE_AIRFLOW], release="mf")
+    for obj, spec in pod_specs(objs):
+        for c in all_containers(spec):
+            env = env_of(c)
+            assert env.get("MF_METADATA_DB_USER", {}).get("value") != "mfadmin", obj["metadata"]["name"]
+            assert "PGPASSWORD" not in env

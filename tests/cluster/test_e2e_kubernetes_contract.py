@@ -106,8 +106,19 @@ def test_install_creates_namespaces_at_the_stacks_level(cluster: Cluster):
             assert pod.spec.enable_service_links is False, pod.metadata.name
         status = mfhelm(cluster, "status", "-n", ns, "--release", "mf")
         assert "local profile: the UI lists flows and runs but cannot show artifacts" in status.stdout
+        # Flow pods run apart from the services' Secrets, by default.
+        flows = f"{ns}-flows"
+        assert cluster.core().read_namespace(flows).metadata.labels[PSA] == POD_SECURITY_LEVEL
+        cluster.core().read_namespaced_service_account("metaflow-flows", flows)
+        assert cluster.service_account_can(flows, "metaflow-flows", "create",
+                                           "workflowtaskresults", group="argoproj.io",
+                                           namespace=flows)
+        for where in (ns, flows):
+            assert not cluster.service_account_can(flows, "metaflow-flows", "get", "secrets",
+                                                   namespace=where)
     finally:
         cluster.core().delete_namespace(ns)
+        cluster.core().delete_namespace(f"{ns}-flows")
 
 
 def test_a_restricted_namespace_is_refused_before_anything_is_written(cluster: Cluster,

@@ -13,7 +13,9 @@ def test_every_value_comes_from_an_output():
     out = fake_arm.sample_outputs()
     v = values.render_values(out, S)
     assert v["database"]["host"] == out["postgresFqdn"]
-    assert v["database"]["user"] == out["postgresAdminLogin"]
+    # The apps log in with their own role; the admin is only the bootstrap Job's.
+    assert v["database"]["user"] == values.METAFLOW_DB_ROLE != out["postgresAdminLogin"]
+    assert v["database"]["adminUser"] == out["postgresAdminLogin"]
     assert v["database"]["sslMode"] == "require"
     assert v["identity"] == {"clientId": out["identityClientId"], "tenantId": out["tenantId"]}
     assert v["storage"]["accountName"] == out["storageAccountName"]
@@ -62,3 +64,9 @@ def test_argo_is_told_to_watch_a_separate_flow_namespace():
     assert out["argo-workflows"]["server"]["extraArgs"] == ["--managed-namespace=jobs"]
     assert argo_watches_flow_namespace(out, "metaflow") == out
     assert mine["argo-workflows"]["controller"]["extraArgs"] == ["--loglevel=debug"]
+
+
+def test_admin_login_may_not_be_an_application_role():
+    out = fake_arm.sample_outputs() | {"postgresAdminLogin": "airflow"}
+    with pytest.raises(MfhelmError, match="application role"):
+        values.render_values(out, S)

@@ -204,6 +204,9 @@ tolerations:
 {{- if and .Values.airflow.enabled (ne (.Values.airflow.data.metadataSecretName | toString) .Values.airflowGlue.metadataSecretName) -}}
 {{- fail "airflow.data.metadataSecretName must equal airflowGlue.metadataSecretName" -}}
 {{- end -}}
+{{- if and .Values.database.adminUser (eq .Values.database.adminUser .Values.database.user) -}}
+{{- fail "database.user must not be database.adminUser: the applications get their own role" -}}
+{{- end -}}
 {{- if include "metaflow.argoElsewhere" . -}}
 {{- $flag := printf "--managed-namespace=%s" (include "metaflow.flowNamespace" .) -}}
 {{- $argo := index .Values "argo-workflows" -}}
