@@ -170,3 +170,47 @@ def test_script_refuses_to_make_the_admin_an_application_role(databases: Server,
     assert proc.returncode == 3
     assert "may not be the admin" in proc.stderr
     assert _can_connect(databases, ADMIN, ADMIN_PASSWORD, "postgres")
+
+
+def test_script_stops_before_any_change_when_the_admin_cannot_do_it_all(databases: Server, job):
+    # A database the admin does not own (on Azure: one created by the
+    # platform for another owner): revoking PUBLIC's access would silently do
+    # nothing, so the script refuses, before creating any role.
+    databases.psql(ADMIN, ADMIN_PASSWORD, "postgres", "CREATE ROLE someone_else")
+    databases.psql(ADMIN, ADMIN_PASSWORD, "postgres", "GRANT someone_else TO mfadmin")
+    databases.psql(ADMIN, ADMIN_PASSWORD, "postgres", "CREATE DATABASE foreign_db OWNER someone_else")
+    databases.psql(ADMIN, ADMIN_PASSWORD, "postgres", "REVOKE someone_else FROM mfadmin")
+    container, sql = job
+    env = {e["name"]: e for e in container["env"]}
+    for db, password, why in (("foreign_db", "x" * 20, "not owned by mfadmin"),
+                              ("no_such_db", "x" * 20, "database no_such_db is missing"),
+                              ("metaflow", "short", "missing or shorter than 16")):
+        forged = dict(container, env=[
+            {"name": "MFHELM_METAFLOW_DB", "value": db} if n == "MFHELM_METAFLOW_DB"
+            else {"name": "MFHELM_METAFLOW_ROLE", "value": "newcomer"}
+            if n == "MFHELM_METAFLOW_ROLE" else e for n, e in env.items()])
+        proc = _bootstrap(databases, (forged, sql), {**PASSWORDS, "metaflow-password": password})
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert why in proc.stderr
+        roles = databases.psql(ADMIN, ADMIN_PASSWORD, "postgres",
+                               "SELECT count(*) FROM pg_roles WHERE rolname = 'newcomer'").stdout
+        assert roles.strip() == "0"
+
+
+def test_partitions_types_and_aggregates_are_handed_over(databases: Server, job):
+    databases.psql(ADMIN, ADMIN_PASSWORD, "metaflow", """
+        CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);
+        CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        CREATE TYPE pair AS (a int, b int);
+        CREATE TYPE level AS ENUM ('low', 'high');
+        CREATE AGGREGATE total (int) (sfunc = int4pl, stype = int);
+    """)
+    assert _bootstrap(databases, job, PASSWORDS).returncode == 0
+    left = databases.psql(ADMIN, ADMIN_PASSWORD, "metaflow", """
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE nspname = 'public' AND relowner = 'mfadmin'::regrole
+        UNION ALL SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE nspname = 'public' AND proowner = 'mfadmin'::regrole
+        UNION ALL SELECT typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+         WHERE nspname = 'public' AND typowner = 'mfadmin'::regrole""").stdout.split()
+    assert left == []
