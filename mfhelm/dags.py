@@ -19,9 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mfhelm import userfiles
 from mfhelm.errors import MfhelmError
 
-DAG_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.py$")
+# A plain file name in the DAG folder: never a path (no '/', no '..'), never
+# hidden or option-like, always *.py (the only files Airflow loads).
+DAG_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.py")
+DAG_NAME_RULE = ("a DAG file name is letters, digits, '_', '-' and '.', starts with a letter, "
+                 "digit or '_', has no '..' and ends in .py")
+# Airflow parses every DAG file in its scheduler loop; Metaflow's generated
+# ones are tens of KiB. The bound is checked before a byte is read.
+MAX_DAG_BYTES = 1024 * 1024  # the dag-push help in cli.py says "1 MiB"
 SCHEDULER_SELECTOR = "component=scheduler,release={release}"
 DEFAULT_DAG_CLAIM = "metaflow-airflow-dags"
 
@@ -29,13 +37,9 @@ DEFAULT_DAG_CLAIM = "metaflow-airflow-dags"
 def validate_dag_file(path: str | Path) -> bytes:
     """The file's bytes, if it is a Python file that compiles and defines a DAG."""
     p = Path(path)
-    if not p.exists():
-        raise MfhelmError(f"{p}: no such file")
-    if not p.is_file():
-        raise MfhelmError(f"{p}: not a regular file")
+    data = userfiles.read_bytes(p, limit=MAX_DAG_BYTES)
     if p.suffix != ".py":
         raise MfhelmError(f"{p}: not a Python file (Airflow loads *.py from its DAG folder)")
-    data = p.read_bytes()
     try:
         tree = ast.parse(data, filename=str(p))
         compile(tree, str(p), "exec")
@@ -44,6 +48,8 @@ def validate_dag_file(path: str | Path) -> bytes:
         raise MfhelmError(f"{where}: not valid Python: {exc.msg}") from None
     except ValueError as exc:  # null bytes and the like
         raise MfhelmError(f"{p}: not valid Python source ({exc})") from None
+    except (RecursionError, MemoryError):
+        raise MfhelmError(f"{p}: nested too deeply to compile") from None
     if not defines_dag(tree):
         raise MfhelmError(
             f"{p}: defines no Airflow DAG (no DAG imported from airflow); make one with "
@@ -76,15 +82,23 @@ def defines_dag(tree: ast.AST) -> bool:
     return False
 
 
+def check_dag_name(name: str, option: str) -> str:
+    """A DAG file name given on the command line, as it is: never reduced to
+    a base name, so `../x` or `/etc/passwd.py` cannot name another file."""
+    if not DAG_NAME_RE.fullmatch(name) or ".." in name:
+        raise MfhelmError(f"{option} {name!r}: not a plain DAG file name; {DAG_NAME_RULE}")
+    return name
+
+
 def dag_name(path: str | Path, name: str | None) -> str:
-    chosen = name or Path(path).name
-    if not chosen.endswith(".py"):
-        chosen += ".py"
-    if not DAG_NAME_RE.match(chosen):
-        raise MfhelmError(
-            f"{chosen!r}: a DAG file name is letters, digits, '_', '-', '.' and ends in .py"
-        )
-    return chosen
+    """The name the DAG gets in the folder: `name` if given, else the file's own."""
+    if name is not None:
+        return check_dag_name(name, "--name")
+    base = Path(path).name
+    if not DAG_NAME_RE.fullmatch(base) or ".." in base:
+        raise MfhelmError(f"{base!r} is not usable as a DAG file name ({DAG_NAME_RULE}); "
+                          "choose one with --name NAME.py")
+    return base
 
 
 def pack(name: str, data: bytes) -> bytes:
@@ -193,7 +207,7 @@ def remove_dag(api: Any, namespace: str, release: str, name: str,
                claim: str = DEFAULT_DAG_CLAIM) -> DagTarget:
     from mfhelm import kube
 
-    final = dag_name(name, None)
+    final = check_dag_name(name, "--remove")
     target = find_dag_target(api, namespace, release, claim)
     q = shlex.quote
     script = (f"cd {q(target.folder)} && if [ -e {q(final)} ]; then rm -f -- {q(final)}; "

@@ -7,6 +7,7 @@ not pay for it.
 from __future__ import annotations
 
 import base64
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,22 +16,42 @@ from mfhelm.errors import MfhelmError
 
 
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """A client for the kube context, checked to answer: an unreachable server,
+    a broken kubeconfig or refused credentials end here in one line, before a
+    command reads or writes anything."""
+    import yaml
     from kubernetes import config
     from kubernetes.config.config_exception import ConfigException
 
+    env = os.environ.get("KUBECONFIG")
+    where = kubeconfig or (f"$KUBECONFIG ({env})" if env else "~/.kube/config")
     try:
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
-    except (ConfigException, FileNotFoundError, TypeError) as exc:
-        where = kubeconfig or "the default kubeconfig"
-        raise MfhelmError(f"cannot load kube context from {where}: {exc}") from None
+        if context is not None:
+            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+            names = sorted(str(c.get("name")) for c in contexts or [])
+            if context not in names:
+                raise MfhelmError(f"context {context!r} is not in {where} (it has: "
+                                  f"{', '.join(names) or 'none'})")
+        api = config.new_client_from_config(config_file=kubeconfig, context=context)
+    except ConfigException as exc:
+        raise MfhelmError(f"cannot load kube context from {where}: {_one_line(exc)}") from None
+    except (OSError, TypeError, ValueError, KeyError, AttributeError, yaml.YAMLError,
+            RecursionError) as exc:
+        raise MfhelmError(f"cannot load kube context from {where}: not a valid kubeconfig "
+                          f"({_one_line(exc)})") from None
+    _check_reachable(api, where)
+    return api
 
 
 def _api_error(exc: Exception, what: str) -> MfhelmError:
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", "") or str(exc)
+    if status == 401:
+        return MfhelmError(f"{what}: the API server refused the kube credentials (401 "
+                           "Unauthorized); refresh them (e.g. `az aks get-credentials`)")
     if status == 403:
         return MfhelmError(f"{what}: forbidden; your kube credentials lack the right ({reason})")
-    return MfhelmError(f"{what}: {status or ''} {reason}".strip())
+    return MfhelmError(_one_line(f"{what}: {status or ''} {reason}"))
 
 
 def _core(api: Any) -> Any:
@@ -271,3 +292,100 @@ def _returncode(status: Any) -> int:
             return int(cause.get("message", 1))
     found = re.search(r"exit status (\d+)", doc.get("message", ""))
     return int(found.group(1)) if found else 1
+
+
+# ------------------------------------------------- clean failure helpers
+
+# Connect and read timeouts of the reachability probe, in seconds.
+PROBE_TIMEOUT = (5, 15)
+
+
+def _one_line(exc: object) -> str:
+    return " ".join(str(exc).split())
+
+
+def _check_reachable(api: Any, where: str) -> None:
+    """GET /version: any server answers it, even to anonymous callers."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        client.VersionApi(api).get_code(_request_timeout=PROBE_TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 401:
+            raise _api_error(exc, f"Kubernetes API server {_host(api)} ({where})") from None
+        # Anything else means the server answered; the real call will tell.
+    except Exception as exc:
+        err = connection_error(exc, api, where)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _host(api: Any) -> str:
+    return str(getattr(getattr(api, "configuration", None), "host", "") or "?")
+
+
+def _transport_reason(exc: BaseException) -> str:
+    from urllib3 import exceptions as u3
+
+    cause: BaseException = exc
+    if isinstance(exc, u3.MaxRetryError) and exc.reason is not None:
+        cause = exc.reason
+    # NameResolutionError < NewConnectionError < ConnectTimeoutError: most specific first.
+    if isinstance(cause, u3.NameResolutionError):
+        return "its host name does not resolve"
+    if isinstance(cause, u3.NewConnectionError):
+        if "refused" in str(cause).lower():
+            return "connection refused"
+        return "cannot connect (" + _one_line(cause).split(": ", 1)[-1] + ")"
+    if isinstance(cause, u3.ConnectTimeoutError):
+        return "connection timed out"
+    if isinstance(cause, u3.SSLError):
+        return f"TLS failed ({_one_line(cause)})"
+    if isinstance(cause, u3.ReadTimeoutError | TimeoutError):
+        return "it did not answer in time"
+    return _one_line(cause) or type(cause).__name__
+
+
+def connection_error(exc: BaseException, api: Any = None, where: str = "") -> MfhelmError | None:
+    """The one-line error for a failure to talk to the API server (refused,
+    unresolvable, timed out, TLS), or None when `exc` is something else."""
+    from urllib3 import exceptions as u3
+
+    if not isinstance(exc, u3.HTTPError | ConnectionError):
+        return None
+    host = _host(api) if api is not None else "the Kubernetes API server"
+    context = f" (kube context from {where})" if where else ""
+    return MfhelmError(
+        f"cannot reach {host}{context}: {_transport_reason(exc)}; check that the cluster is "
+        "running and the kube context points at it"
+    )
+
+
+def user_error(exc: BaseException) -> MfhelmError | None:
+    """A Kubernetes client failure the user can act on, met anywhere in a
+    command (the connection dropped, a call refused), as one line; None for
+    anything else."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        return _api_error(exc, "Kubernetes API")
+    return connection_error(exc)
+
+
+def check_kubeconfig(path: str) -> None:
+    """The kubeconfig the user named is a readable YAML mapping, checked
+    before helm or the client opens it (helm would block on a FIFO)."""
+    from mfhelm import userfiles
+
+    data = userfiles.load_yaml(path, "kubeconfig")
+    if not isinstance(data, dict):
+        raise MfhelmError(f"kubeconfig {path}: not a kubeconfig (expected a YAML mapping "
+                          "with clusters, users and contexts)")
+
+
+def api_error(exc: Exception, what: str) -> MfhelmError:
+    """The one-line error for a refused Kubernetes API call, for callers
+    outside this module."""
+    return _api_error(exc, what)

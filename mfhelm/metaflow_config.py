@@ -12,11 +12,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mfhelm import userfiles
 from mfhelm.errors import MfhelmError
 
 if TYPE_CHECKING:
@@ -45,18 +45,10 @@ def build_config(
             f"service URL {service_url!r} must look like http://host[:port] "
             f"(default {DEFAULT_SERVICE_URL} for a port-forward)"
         )
+    from mfhelm.azure.outputs import check_settings
+
     helm = settings.helm
-    # Workload identity trusts service accounts in the namespaces Bicep federated;
-    # installing elsewhere would give pods no Azure access.
-    for key, setting, name in (
-        ("serviceNamespace", helm.namespace, "namespace"),
-        ("flowNamespace", helm.flow_namespace, "flow_namespace"),
-    ):
-        if outputs[key] != setting:
-            raise MfhelmError(
-                f"mfhelm.toml [helm] {name} = {setting!r} but the deployment federated "
-                f"{outputs[key]!r}; set {name} = {outputs[key]!r} or re-run `make bicep-deploy`"
-            )
+    check_settings(outputs, settings)
     container = str(outputs["metaflowContainerName"]).strip("/")
     label_key, label_value = outputs["taskworkersLabelKey"], outputs["taskworkersLabelValue"]
     toleration = {
@@ -103,12 +95,9 @@ def config_json(config: dict[str, Any]) -> str:
 
 
 def _read_existing(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return {}
-    except (OSError, ValueError) as exc:
-        raise MfhelmError(f"{path}: not valid JSON ({exc}); fix or move it, then retry") from None
+    data = userfiles.load_json(path, invalid="fix or move it, then retry")
     if not isinstance(data, dict):
         raise MfhelmError(f"{path}: not a JSON object; fix or move it, then retry")
     return data
@@ -121,8 +110,11 @@ def _backup(path: Path) -> Path:
     while backup.exists():
         backup = path.with_name(f"{path.name}.bak-{stamp}-{n}")
         n += 1
-    shutil.copy2(path, backup)
-    os.chmod(backup, 0o600)
+    try:
+        shutil.copy2(path, backup)
+        os.chmod(backup, 0o600)
+    except OSError as exc:
+        raise userfiles.os_error(backup, exc, "backup") from None
     return backup
 
 
@@ -146,20 +138,13 @@ def write_config(
     existing = _read_existing(path)
     merged = existing | config
     if path.exists() and merged == existing:
-        os.chmod(path, 0o600)
+        try:
+            os.chmod(path, 0o600)
+        except OSError as exc:
+            raise userfiles.os_error(path, exc) from None
         return path
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    userfiles.ensure_dir(path.parent)
     if path.exists():
         _backup(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(config_json(merged))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    userfiles.write_text(path, config_json(merged), private=True)
     return path

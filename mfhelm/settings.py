@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mfhelm import userfiles
 from mfhelm.errors import MfhelmError
 
 SETTINGS_FILE = "mfhelm.toml"
@@ -27,6 +27,18 @@ LOCATION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
 VM_SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
 K8S_VERSION_RE = re.compile(r"^1\.\d{2}(\.\d+)?$")
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Microsoft.Resources naming rules (the REST API's pattern `^[-\w._()]+$`,
+# where \w includes Unicode letters and digits): resource groups 1-90
+# characters, not ending in a period; deployments 1-64 characters.
+AZURE_RESOURCES_NAME_RE = re.compile(r"^[-\w.()]+$")
+RESOURCE_GROUP_MAX = 90
+DEPLOYMENT_NAME_MAX = 64
+# A Go duration as `helm --timeout` parses it (time.ParseDuration), unsigned.
+GO_DURATION_PART_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
+                    "m": 60.0, "h": 3600.0}
+# Go's Duration is an int64 of nanoseconds: about 292 years.
+GO_DURATION_MAX_SECONDS = (2**63 - 1) / 1e9
 SUPPORTED_POSTGRES = ("14", "15", "16", "17")
 POSTGRES_TIERS = ("Burstable", "GeneralPurpose", "MemoryOptimized")
 
@@ -34,7 +46,9 @@ PoolCount = Annotated[int, Field(ge=0, le=1000)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real booleans and integers; "yes" or "5" is a mistake
+    # to report, not a value to guess at.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class AksSettings(_Strict):
@@ -118,13 +132,15 @@ class HelmSettings(_Strict):
     release: str = "metaflow"
     namespace: str = "metaflow"
     # Flow pods run here; the default keeps them beside the services.
-    flow_namespace: str = "metaflow"
+    # Apart from the services' Secrets: DAG code that launches pods there
+    # cannot mount them.
+    flow_namespace: str = "metaflow-flows"
 
     @field_validator("release", "namespace", "flow_namespace")
     @classmethod
     def _dns(cls, v: str) -> str:
-        if not DNS_LABEL_RE.match(v) or len(v) > 53:
-            raise ValueError("must be a lowercase DNS label (a-z, 0-9, '-'), at most 53 chars")
+        if not is_helm_name(v):
+            raise ValueError(HELM_NAME_RULE)
         return v
 
 
@@ -158,6 +174,25 @@ class Settings(_Strict):
             raise ValueError("must be an Azure region name such as westeurope or eastus2")
         return v
 
+    @field_validator("resource_group")
+    @classmethod
+    def _resource_group(cls, v: str) -> str:
+        if v and (len(v) > RESOURCE_GROUP_MAX or not AZURE_RESOURCES_NAME_RE.match(v)
+                  or v.endswith(".")):
+            raise ValueError(
+                f"must be an Azure resource group name: 1-{RESOURCE_GROUP_MAX} letters, digits, "
+                "'_', '-', '.', '(' or ')', not ending in '.' (or empty for the default)")
+        return v
+
+    @field_validator("deployment_name")
+    @classmethod
+    def _deployment_name(cls, v: str) -> str:
+        if v and (len(v) > DEPLOYMENT_NAME_MAX or not AZURE_RESOURCES_NAME_RE.match(v)):
+            raise ValueError(
+                f"must be an Azure deployment name: 1-{DEPLOYMENT_NAME_MAX} letters, digits, "
+                "'_', '-', '.', '(' or ')' (or empty for the default)")
+        return v
+
     @property
     def resource_group_name(self) -> str:
         return self.resource_group or f"{self.org_prefix}-metaflow-rg"
@@ -168,6 +203,50 @@ class Settings(_Strict):
         return self.deployment_name or f"{self.org_prefix}-metaflow"
 
 
+HELM_NAME_RULE = "must be a lowercase DNS label (a-z, 0-9, '-'), at most 53 chars"
+
+
+def is_helm_name(value: str) -> bool:
+    """A release or namespace name: a DNS-1123 label, short enough for the
+    names the chart derives from it."""
+    return bool(DNS_LABEL_RE.match(value)) and len(value) <= 53
+
+
+def check_helm_name(value: str, option: str) -> str:
+    """A --release or --namespace argument, refused before any cluster call."""
+    if not is_helm_name(value):
+        raise MfhelmError(f"{option} {value!r}: {HELM_NAME_RULE}")
+    return value
+
+
+def duration_seconds(value: str, option: str = "--timeout") -> float:
+    """A Go duration as helm parses it (10m, 1h30m, 90s, 1.5h), in seconds."""
+    parts = GO_DURATION_PART_RE.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise MfhelmError(f"{option} {value!r}: not a duration; write it as helm does, "
+                          "e.g. 10m, 1h30m or 90s (units h, m, s, ms)")
+    return sum(float(n) * _GO_UNIT_SECONDS[u] for n, u in parts)
+
+
+def check_timeout(value: str, option: str = "--timeout") -> str:
+    """A positive Go duration as helm parses it, refused here rather than by
+    helm after mfhelm has written to the cluster."""
+    seconds = duration_seconds(value, option)
+    if seconds <= 0:
+        raise MfhelmError(f"{option} {value!r}: must be longer than zero")
+    if seconds > GO_DURATION_MAX_SECONDS:
+        raise MfhelmError(f"{option} {value!r}: longer than helm can wait (about 292 years)")
+    return value
+
+
+_TYPE_MESSAGES = {
+    "bool_type": "must be true or false (a TOML boolean, without quotes)",
+    "int_type": "must be a whole number (a TOML integer, without quotes)",
+    "string_type": "must be a quoted string",
+    "model_type": "must be a table",
+}
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "settings"
@@ -176,6 +255,9 @@ def _first_error(exc: ValidationError) -> str:
         msg = "unknown key (check the spelling)"
     elif err["type"] == "missing":
         msg = "is required"
+    elif err["type"] in _TYPE_MESSAGES:
+        got = repr(err["input"])
+        msg = f"{_TYPE_MESSAGES[err['type']]}, got {got if len(got) <= 40 else got[:37] + '...'}"
     return f"{where}: {msg}"
 
 
@@ -193,13 +275,7 @@ def settings_path(path: str | os.PathLike[str] | None = None) -> Path:
 
 def load(path: str | os.PathLike[str] | None = None) -> Settings:
     p = settings_path(path)
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise MfhelmError(f"{p}: not found; create it with `mfhelm init`") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise MfhelmError(f"{p}: not valid TOML ({exc})") from None
+    data = userfiles.load_toml(p, missing="create it with `mfhelm init`")
     return parse(data, str(p))
 
 
@@ -211,7 +287,5 @@ def dump(settings: Settings) -> str:
 
 def save(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
     p = settings_path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dump(settings))
-    tmp.replace(p)
+    userfiles.write_text(p, dump(settings))
     return p

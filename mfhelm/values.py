@@ -39,12 +39,7 @@ SERVICES_POOL = "services"
 
 def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The azure-profile values for `charts/metaflow`."""
-    outputs = validate_outputs(outputs, "deployment outputs")
-    if outputs["serviceNamespace"] != settings.helm.namespace:
-        raise MfhelmError(
-            f"the deployment federated namespace {outputs['serviceNamespace']!r} but mfhelm.toml "
-            f"installs into {settings.helm.namespace!r}; make them equal and re-deploy"
-        )
+    outputs = validate_outputs(outputs, "deployment outputs", settings)
     if outputs["postgresAdminLogin"] in (METAFLOW_DB_ROLE, AIRFLOW_DB_ROLE):
         raise MfhelmError(
             f"the PostgreSQL admin login {outputs['postgresAdminLogin']!r} is the name of an "

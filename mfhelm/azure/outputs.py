@@ -8,10 +8,12 @@ and never re-derives a name itself.
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+from mfhelm import userfiles
 from mfhelm.azure.credentials import (
     auth_error,
     error_code,
@@ -20,9 +22,16 @@ from mfhelm.azure.credentials import (
     text,
 )
 from mfhelm.errors import MfhelmError
+from mfhelm.settings import (
+    AZURE_RESOURCES_NAME_RE,
+    LOCATION_RE,
+    RESOURCE_GROUP_MAX,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
+
+    from mfhelm.settings import Settings
 
 # The contract between bicep/main.bicep and mfhelm (shared/design CONTRACT).
 STRING_OUTPUTS: tuple[str, ...] = (
@@ -76,8 +85,130 @@ def flatten_outputs(raw: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def validate_outputs(outputs: dict[str, Any], source: str) -> dict[str, Any]:
-    """Check every contract output is present and well-typed; return a normalized copy."""
+# ------------------------------------------------------------ value rules
+#
+# The outputs come from a file or an API mfhelm did not write, and each one
+# lands somewhere with a syntax of its own: a host name inside Airflow's
+# database URL, a label in a node selector (where a comma adds a selector),
+# a namespace, a URL Metaflow calls. Each is checked against the rule of
+# the place it goes (Azure's naming rules, Kubernetes' name rules).
+
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*$")
+_IPV4_RE = re.compile(r"^(\d{1,3}\.){3}\d{1,3}$")
+_K8S_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_K8S_SUBDOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+                               r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_URL_PATH_RE = re.compile(r"^[A-Za-z0-9/._~%-]*$")
+_CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+_STORAGE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_KEY_VAULT_RE = re.compile(r"^(?=.{3,24}$)[A-Za-z](-?[A-Za-z0-9])*$")
+_KV_SECRET_RE = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+_PG_SERVER_RE = re.compile(r"^[a-z0-9][-a-z0-9]{1,61}[a-z0-9]$")
+_PG_DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
+_PG_LOGIN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_PG_RESERVED_LOGINS = frozenset({"azure_superuser", "azure_pg_admin", "admin", "administrator",
+                                 "root", "guest", "public"})
+_AKS_NAME_RE = re.compile(r"^[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
+_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][-_A-Za-z0-9]{2,127}$")
+
+
+def is_host(value: str) -> bool:
+    """A DNS host name (RFC 1123) or an IPv4 address."""
+    if _IPV4_RE.match(value):
+        return all(int(part) <= 255 for part in value.split("."))
+    return bool(_HOSTNAME_RE.match(value))
+
+
+def is_https_url(value: str) -> bool:
+    """https://host[:port][/path]: no credentials, query, fragment or spaces."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and not parts.username and not parts.password
+            and is_host(parts.hostname or "") and not parts.query and not parts.fragment
+            and "?" not in value and "#" not in value and bool(_URL_PATH_RE.match(parts.path)))
+
+
+def is_label_key(value: str) -> bool:
+    """A Kubernetes label key: [DNS subdomain prefix/]name."""
+    prefix, _, name = value.rpartition("/")
+    if "/" in value and not prefix:
+        return False
+    return (not prefix or bool(_K8S_SUBDOMAIN_RE.match(prefix))) and bool(
+        _LABEL_NAME_RE.match(name))
+
+
+def _resource_group(value: str) -> bool:
+    return (len(value) <= RESOURCE_GROUP_MAX and bool(AZURE_RESOURCES_NAME_RE.match(value))
+            and not value.endswith("."))
+
+
+def _pg_login(value: str) -> bool:
+    return (bool(_PG_LOGIN_RE.match(value)) and not value.lower().startswith("pg_")
+            and value.lower() not in _PG_RESERVED_LOGINS)
+
+
+_GUID = (lambda v: bool(_GUID_RE.match(v)), "a GUID")
+_HTTPS = (is_https_url, "an https URL (https://host[:port][/path], no query)")
+_K8S_NAME = (lambda v: bool(_K8S_LABEL_RE.match(v)),
+             "a Kubernetes name: a lowercase DNS label (a-z, 0-9, '-'), at most 63 chars")
+_CONTAINER = (lambda v: bool(_CONTAINER_RE.match(v)),
+              "an Azure container name: 3-63 lowercase letters, digits and single hyphens, "
+              "starting and ending with a letter or digit")
+_RULES: dict[str, tuple[Any, str]] = {
+    "resourceGroupName": (_resource_group, "an Azure resource group name"),
+    "location": (lambda v: bool(LOCATION_RE.match(v)), "an Azure region name such as westeurope"),
+    "tenantId": _GUID,
+    "subscriptionId": _GUID,
+    "aksClusterName": (lambda v: bool(_AKS_NAME_RE.match(v)), "an AKS cluster name"),
+    "aksOidcIssuerUrl": _HTTPS,
+    "identityName": (lambda v: bool(_IDENTITY_RE.match(v)), "a managed identity name"),
+    "identityClientId": _GUID,
+    "storageAccountName": (lambda v: bool(_STORAGE_ACCOUNT_RE.match(v)),
+                           "a storage account name: 3-24 lowercase letters and digits"),
+    "storageBlobEndpoint": _HTTPS,
+    "metaflowContainerName": _CONTAINER,
+    "airflowLogsContainerName": _CONTAINER,
+    "postgresServerName": (lambda v: bool(_PG_SERVER_RE.match(v)),
+                           "a Flexible Server name: 3-63 lowercase letters, digits and '-'"),
+    "postgresFqdn": (is_host, "a DNS host name (letters, digits, '-' and '.')"),
+    "postgresDatabaseName": (lambda v: bool(_PG_DATABASE_RE.match(v)),
+                             "a database name: letters, digits, '_' and '-', at most 63"),
+    "postgresAdminLogin": (_pg_login, "a PostgreSQL login: letters, digits and '_', not "
+                                      "starting with pg_ and not a reserved name"),
+    "keyVaultName": (lambda v: bool(_KEY_VAULT_RE.match(v)),
+                     "a Key Vault name: 3-24 letters, digits and single hyphens"),
+    "keyVaultUri": _HTTPS,
+    "postgresAdminSecretName": (lambda v: bool(_KV_SECRET_RE.match(v)),
+                                "a Key Vault secret name: 1-127 letters, digits and '-'"),
+    "serviceNamespace": _K8S_NAME,
+    "flowNamespace": _K8S_NAME,
+    "serviceAccountService": _K8S_NAME,
+    "serviceAccountFlows": _K8S_NAME,
+    "serviceAccountAirflow": _K8S_NAME,
+    "taskworkersLabelKey": (is_label_key, "a Kubernetes label key ([prefix/]name, name at most "
+                                          "63 letters, digits, '-', '_', '.')"),
+    "taskworkersLabelValue": (lambda v: bool(_LABEL_NAME_RE.match(v)),
+                              "a Kubernetes label value: at most 63 letters, digits, '-', '_', "
+                              "'.', starting and ending with a letter or digit"),
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validate_outputs(outputs: dict[str, Any], source: str,
+                     settings: Settings | None = None) -> dict[str, Any]:
+    """Check every contract output is present, well-typed and valid where it
+    goes; with `settings`, also that the namespaces the deployment federated
+    are the ones mfhelm installs into. Returns a normalized copy."""
     missing = [n for n in REQUIRED_OUTPUTS if n not in outputs]
     if missing:
         raise MfhelmError(
@@ -88,7 +219,11 @@ def validate_outputs(outputs: dict[str, Any], source: str) -> dict[str, Any]:
     for name in STRING_OUTPUTS:
         value = outputs[name]
         if not isinstance(value, str) or (not value and name not in MAY_BE_EMPTY):
-            raise MfhelmError(f"{source}: output {name} must be a non-empty string, got {value!r}")
+            raise MfhelmError(
+                f"{source}: output {name} must be a non-empty string, got {_shown(value)}")
+        check, rule = _RULES[name]
+        if value and not check(value):
+            raise MfhelmError(f"{source}: output {name} must be {rule}, got {_shown(value)}")
     for name in BOOL_OUTPUTS:
         value = outputs[name]
         if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -96,21 +231,31 @@ def validate_outputs(outputs: dict[str, Any], source: str) -> dict[str, Any]:
         if not isinstance(value, bool):
             raise MfhelmError(f"{source}: output {name} must be true or false, got {value!r}")
         result[name] = value
+    if settings is not None:
+        check_settings(result, settings)
     return result
+
+
+def check_settings(outputs: dict[str, Any], settings: Settings) -> None:
+    """The namespaces the deployment federated for workload identity are the
+    ones the settings install into: anywhere else, pods get no Azure access."""
+    helm = settings.helm
+    for key, setting, name in (
+        ("serviceNamespace", helm.namespace, "namespace"),
+        ("flowNamespace", helm.flow_namespace, "flow_namespace"),
+    ):
+        if outputs[key] != setting:
+            raise MfhelmError(
+                f"mfhelm.toml [helm] {name} = {setting!r} but the deployment federated "
+                f"{outputs[key]!r}; set {name} = {outputs[key]!r} or re-run `make bicep-deploy`"
+            )
 
 
 def load_outputs_file(path: str | Path) -> dict[str, Any]:
     """Outputs saved to a JSON file, in ARM's shape or flat; validated."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise MfhelmError(
-            f"{p}: not found; save it with `az deployment sub show -n <name> "
-            "--query properties.outputs > outputs.json`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise MfhelmError(f"{p}: not valid JSON ({exc})") from None
+    data = userfiles.load_json(p, missing="save it with `az deployment sub show -n <name> "
+                               "--query properties.outputs > outputs.json`")
     if isinstance(data, dict) and isinstance(data.get("properties"), dict):
         # The whole `az deployment sub show` document rather than its outputs.
         data = data["properties"].get("outputs") or {}

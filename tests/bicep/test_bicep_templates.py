@@ -66,7 +66,10 @@ def test_main_parameter_defaults(parsed):
     assert params["postgresTier"]["default"] == "Burstable"
     assert params["kubernetesVersion"]["default"] == ""
     assert params["serviceNamespace"]["default"] == "metaflow"
-    assert params["flowNamespace"]["default"] == "metaflow"
+    # Flow pods apart from the services' Secrets; the same default as mfhelm.toml's.
+    from mfhelm.settings import HelmSettings
+
+    assert params["flowNamespace"]["default"] == HelmSettings().flow_namespace == "metaflow-flows"
     assert params["resourceGroupName"]["default"] == "${orgPrefix}-metaflow-rg"
     assert params["postgresAdminPassword"]["default"] is None
     assert params["existingPoolCounts"]["default"] == {}

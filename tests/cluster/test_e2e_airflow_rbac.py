@@ -109,7 +109,7 @@ def test_dag_push_copies_lists_and_removes(cluster: Cluster, scheduler, tmp_path
         volume = cluster.core().read_persistent_volume(claim.spec.volume_name)
         assert (Path(volume.spec.host_path.path) / "my_flow.py").read_text() == DAG
 
-    proc = mfhelm(cluster, "dag-push", str(dag), "--name", "renamed", "-n", ns, "--release", rel)
+    proc = mfhelm(cluster, "dag-push", str(dag), "--name", "renamed.py", "-n", ns, "--release", rel)
     assert proc.returncode == 0, proc.stderr
     listed = mfhelm(cluster, "dag-push", "--list", "-n", ns, "--release", rel)
     assert listed.returncode == 0, listed.stderr

@@ -73,11 +73,25 @@ def test_directory_and_suffix(tmp_path):
 
 @pytest.mark.parametrize(("path", "name", "expected"), [
     ("a/b/my-dag.py", None, "my-dag.py"),
-    ("x.py", "renamed", "renamed.py"),
+    ("x.py", "renamed.py", "renamed.py"),
     ("x.py", "v1.2_dag.py", "v1.2_dag.py"),
 ])
 def test_dag_name(path, name, expected):
     assert dags.dag_name(path, name) == expected
+
+
+@pytest.mark.parametrize("name", ["renamed", "../x.py", "a/b.py", "..py", "a..b.py", "x.py\n"])
+def test_dag_name_given_must_be_a_plain_dag_file_name(name):
+    with pytest.raises(MfhelmError, match="not a plain DAG file name"):
+        dags.dag_name("x.py", name)
+
+
+def test_dag_file_over_the_size_limit_is_not_read(tmp_path):
+    f = tmp_path / "big.py"
+    with f.open("wb") as fh:
+        fh.truncate(dags.MAX_DAG_BYTES + 1)
+    with pytest.raises(MfhelmError, match=r"larger than 1 MiB"):
+        dags.validate_dag_file(f)
 
 
 @pytest.mark.parametrize("bad", ["../evil.py", "a/b.py", ".hidden.py", "sp ace.py", "x;rm.py"])

@@ -31,7 +31,7 @@ def test_config_keys_for_this_stack():
         "METAFLOW_SERVICE_URL": "http://localhost:8080",
         "METAFLOW_SERVICE_INTERNAL_URL":
             "http://metaflow-metadata.metaflow.svc.cluster.local:8080",
-        "METAFLOW_KUBERNETES_NAMESPACE": "metaflow",
+        "METAFLOW_KUBERNETES_NAMESPACE": "metaflow-flows",
         "METAFLOW_KUBERNETES_SERVICE_ACCOUNT": "metaflow-flows",
         "METAFLOW_KUBERNETES_LABELS": "azure.workload.identity/use=true",
         "METAFLOW_KUBERNETES_NODE_SELECTOR": "mfhelm.io/pool=taskworkers",
@@ -116,7 +116,7 @@ def test_written_config_loads_in_real_metaflow(tmp_path, profile):
     assert seen["DEFAULT_METADATA"] == "service"
     assert seen["SERVICE_URL"] == "http://localhost:8080"
     assert seen["SERVICE_INTERNAL_URL"] == "http://metaflow-metadata.metaflow.svc.cluster.local:8080"
-    assert seen["KUBERNETES_NAMESPACE"] == "metaflow"
+    assert seen["KUBERNETES_NAMESPACE"] == "metaflow-flows"
     assert seen["KUBERNETES_SERVICE_ACCOUNT"] == "metaflow-flows"
     assert seen["KUBERNETES_LABELS"] == "azure.workload.identity/use=true"
     assert seen["KUBERNETES_NODE_SELECTOR"] == "mfhelm.io/pool=taskworkers"
@@ -125,7 +125,7 @@ def test_written_config_loads_in_real_metaflow(tmp_path, profile):
          "effect": "NoSchedule"}
     ]
     assert seen["deco"] == {
-        "namespace": "metaflow",
+        "namespace": "metaflow-flows",
         "service_account": "metaflow-flows",
         "node_selector": {"mfhelm.io/pool": "taskworkers"},
         "tolerations": [{"key": "mfhelm.io/pool", "operator": "Equal", "value": "taskworkers",

@@ -20,8 +20,11 @@ def test_every_value_comes_from_an_output():
     assert v["identity"] == {"clientId": out["identityClientId"], "tenantId": out["tenantId"]}
     assert v["storage"]["accountName"] == out["storageAccountName"]
     assert v["flows"]["nodeSelector"] == {"mfhelm.io/pool": "taskworkers"}
-    assert v["flows"]["namespace"] == ""
-    assert v["argo-workflows"] == {"enabled": True}
+    # Flow pods apart from the services by default; Argo is told to watch there.
+    assert v["flows"]["namespace"] == "metaflow-flows"
+    assert v["argo-workflows"] == {"enabled": True, **{
+        part: {"extraArgs": ["--managed-namespace=metaflow-flows"]}
+        for part in ("controller", "server")}}
     assert v["airflow"] == {"enabled": False}
 
 
@@ -35,7 +38,9 @@ def test_airflow_on_uses_the_logs_container_and_airflow_account():
 
 def test_separate_flow_namespace():
     out = fake_arm.sample_outputs() | {"flowNamespace": "jobs"}
-    assert values.render_values(out, S)["flows"]["namespace"] == "jobs"
+    s = settings.parse({"org_prefix": "acme", "location": "westeurope",
+                        "helm": {"flow_namespace": "jobs"}})
+    assert values.render_values(out, s)["flows"]["namespace"] == "jobs"
 
 
 def test_airflow_on_without_logs_container_is_refused():

@@ -244,7 +244,7 @@ def sample_outputs(prefix: str = "acme") -> dict[str, Any]:
         "keyVaultUri": f"https://{prefix}-mf-kv.vault.azure.net/",
         "postgresAdminSecretName": "postgres-admin-password",
         "serviceNamespace": "metaflow",
-        "flowNamespace": "metaflow",
+        "flowNamespace": "metaflow-flows",
         "serviceAccountService": "metaflow-service",
         "serviceAccountFlows": "metaflow-flows",
         "serviceAccountAirflow": "metaflow-airflow",

@@ -139,7 +139,7 @@ def test_outputs_file_bool_strings_become_bools(tmp_path: Path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "not found; save it with `az deployment sub show"),
+        (None, "no such file or directory; save it with `az deployment sub show"),
         ("{not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({"location": {"type": "String", "value": "x"}}), "lacks output"),

@@ -172,10 +172,12 @@ def test_dag_push_needs_exactly_one_action(cli, workdir):
     assert_one_line_error(cli("dag-push"), "--remove")
 
 
-def test_dag_push_without_kube_context(cli, workdir):
+def test_dag_push_without_kube_context(cli, workdir, monkeypatch):
     (workdir / "d.py").write_text(DAG)
     r = cli("dag-push", "d.py", "--kubeconfig", str(workdir / "no-kubeconfig"))
-    assert_one_line_error(r, "kube context")
+    assert_one_line_error(r, "kubeconfig", "no such file")
+    monkeypatch.setenv("KUBECONFIG", str(workdir / "no-kubeconfig"))
+    assert_one_line_error(cli("dag-push", "d.py"), "kube context")
 
 
 # ------------------------------------------------------ cluster commands
