@@ -6,6 +6,8 @@ Azure and Kubernetes SDKs are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import typer
 
 from mfhelm import __version__
-from mfhelm.errors import MfhelmError
+from mfhelm.errors import Interrupted, MfhelmError
 
 app = typer.Typer(
     name="mfhelm",
@@ -86,16 +88,22 @@ def _outputs(outputs_file: Path | None, settings: Any, subscription: str | None)
     from mfhelm.azure import outputs as az_outputs
 
     if outputs_file is not None:
-        return az_outputs.load_outputs_file(outputs_file)
-    from mfhelm.azure.credentials import get_credential, resolve_subscription_id
+        outputs = az_outputs.load_outputs_file(outputs_file)
+    else:
+        from mfhelm.azure.credentials import get_credential, resolve_subscription_id
 
-    return az_outputs.deployment_outputs(
-        resolve_subscription_id(subscription), settings.deployment, credential=get_credential()
-    )
+        outputs = az_outputs.deployment_outputs(
+            resolve_subscription_id(subscription), settings.deployment,
+            credential=get_credential())
+    az_outputs.check_settings(outputs, settings)
+    return outputs
 
 
-SettingsOpt = typer.Option(None, "--settings", help="Settings file (default ./mfhelm.toml).")
-OutputsOpt = typer.Option(None, "--outputs",
+# readable=False: mfhelm reads these files itself (mfhelm.userfiles), so that an
+# unreadable one is the same single line as a directory or a FIFO.
+SettingsOpt = typer.Option(None, "--settings", readable=False,
+                           help="Settings file (default ./mfhelm.toml).")
+OutputsOpt = typer.Option(None, "--outputs", readable=False,
                           help="Saved deployment outputs (JSON) instead of Azure.")
 SubOpt = typer.Option(None, "--subscription", help="Azure subscription id (default: az's).")
 KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG).")
@@ -104,10 +112,19 @@ ContextOpt = typer.Option(None, "--context", help="Kube context (default: the cu
 
 def _target(settings_file: Path | None, kubeconfig: str | None, context: str | None,
             release: str | None, namespace: str | None, local: bool) -> Any:
+    """Where a cluster command goes; every part checked before the first call."""
     from mfhelm import settings as settings_mod
     from mfhelm.stack import Target
 
-    if local and not settings_mod.settings_path(settings_file).exists():
+    if release is not None:
+        settings_mod.check_helm_name(release, "--release")
+    if namespace is not None:
+        settings_mod.check_helm_name(namespace, "--namespace")
+    if kubeconfig is not None:
+        from mfhelm import kube
+
+        kube.check_kubeconfig(kubeconfig)
+    if local and not os.path.lexists(settings_mod.settings_path(settings_file)):
         return Target(release or "metaflow", namespace or "metaflow", kubeconfig, context)
     s = settings_mod.load(settings_file)
     return Target(release or s.helm.release, namespace or s.helm.namespace, kubeconfig, context)
@@ -121,7 +138,8 @@ def init(
     location: str = typer.Option("westeurope", "--location", help="Azure region."),
     argo: bool = typer.Option(True, "--argo/--no-argo", help="Deploy Argo Workflows."),
     airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="Deploy Airflow."),
-    settings_file: Path = typer.Option(Path("mfhelm.toml"), "--settings", help="File to write."),
+    settings_file: Path = typer.Option(Path("mfhelm.toml"), "--settings", readable=False,
+                                       help="File to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing settings file."),
 ) -> None:
     """Write the settings file that make bicep-deploy and mfhelm read."""
@@ -138,7 +156,7 @@ def init(
 
 @app.command()
 def render(
-    output: Path | None = typer.Option(None, "-o", "--output",
+    output: Path | None = typer.Option(None, "-o", "--output", readable=False,
                                        help="Write here (default: stdout)."),
     settings_file: Path | None = SettingsOpt,
     outputs_file: Path | None = OutputsOpt,
@@ -156,7 +174,9 @@ def render(
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text)
+        from mfhelm import userfiles
+
+        userfiles.write_text(output, text, stream_ok=True)
         _echo_err(f"wrote {output}")
 
 
@@ -172,13 +192,17 @@ def install(
     context: str | None = ContextOpt,
     release: str | None = typer.Option(None, "--release", help="Release name."),
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
-    chart: Path | None = typer.Option(None, "--chart", help="Chart directory to install."),
-    values_file: Path | None = typer.Option(None, "-f", "--values", help="Extra values (YAML)."),
+    chart: Path | None = typer.Option(None, "--chart", readable=False,
+                                      help="Chart directory to install."),
+    values_file: Path | None = typer.Option(None, "-f", "--values", readable=False,
+                                            help="Extra values (YAML)."),
     timeout: str = typer.Option("10m", "--timeout", help="How long helm waits."),
 ) -> None:
     """Install or upgrade the stack; a failed upgrade rolls back."""
+    from mfhelm import settings as settings_mod
     from mfhelm import stack
 
+    settings_mod.check_timeout(timeout)
     extra = _load_values_file(values_file)
     target = _target(settings_file, kubeconfig, context, release, namespace, local)
     step = _Steps()
@@ -187,7 +211,6 @@ def install(
             info = stack.install_local(target, argo=argo, airflow=airflow, chart=chart,
                                        timeout=timeout, extra_values=extra, progress=step)
         else:
-            from mfhelm import settings as settings_mod
             from mfhelm.azure.credentials import get_credential, resolve_subscription_id
 
             if extra:
@@ -208,14 +231,9 @@ def install(
 def _load_values_file(path: Path | None) -> dict[str, Any] | None:
     if path is None:
         return None
-    import yaml
+    from mfhelm import userfiles
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise MfhelmError(f"{path}: no such file") from None
-    except yaml.YAMLError as exc:
-        raise MfhelmError(f"{path}: not valid YAML ({exc})") from None
+    data = userfiles.load_yaml(path)
     if data is not None and not isinstance(data, dict):
         raise MfhelmError(f"{path}: expected a mapping of values")
     return data or None
@@ -318,7 +336,8 @@ def port_forward(
 
 @app.command("dag-push")
 def dag_push(
-    dag_file: Path | None = typer.Argument(None, help="The DAG file to push."),
+    dag_file: Path | None = typer.Argument(
+        None, readable=False, help="The DAG file to push (a .py file of at most 1 MiB)."),
     name: str | None = typer.Option(None, "--name", help="File name in the DAG folder."),
     list_: bool = typer.Option(False, "--list", help="List the DAGs in the folder."),
     remove: str | None = typer.Option(None, "--remove", help="Remove this DAG file."),
@@ -331,10 +350,14 @@ def dag_push(
     """Copy an Airflow DAG into the persistent DAG folder (checked, atomic, verified)."""
     from mfhelm import dags, kube
 
-    if sum(bool(x) for x in (dag_file, list_, remove)) != 1:
+    if (dag_file is not None) + list_ + (remove is not None) != 1:
         raise MfhelmError("give a DAG file, or --list, or --remove NAME")
+    # Everything local is checked before any cluster call.
     if dag_file is not None:
-        dags.validate_dag_file(dag_file)  # before any cluster call
+        dags.validate_dag_file(dag_file)
+        dags.dag_name(dag_file, name)
+    if remove is not None:
+        dags.check_dag_name(remove, "--remove")
     target = _target(settings_file, kubeconfig, context, release, namespace, True)
     api = kube.api_client(target.kubeconfig, target.context)
     if list_:
@@ -342,7 +365,7 @@ def dag_push(
         for n in names:
             typer.echo(n)
         _echo_err(f"{len(names)} DAG file(s) in {where.pod}:{where.folder}")
-    elif remove:
+    elif remove is not None:
         where = dags.remove_dag(api, target.namespace, target.release, remove)
         typer.echo(f"removed {remove} from {where.pod}:{where.folder}")
     else:
@@ -375,10 +398,42 @@ def main() -> None:
     Typer's standalone mode already turns usage errors into a short message
     and exit 2; what remains is our own MfhelmError.
     """
+    # Ctrl-C and SIGTERM unwind: temporary files go, and helm's process
+    # group is stopped (helm.Helm.install_or_upgrade) before mfhelm exits.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
-    except MfhelmError as exc:
+    except Interrupted:
         if _state["debug"]:
             raise
-        print(f"mfhelm: error: {exc}", file=sys.stderr)
+        print("mfhelm: error: interrupted; what mfhelm started was stopped and cleaned up: "
+              "run the command again", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        err = _user_error(exc)
+        if err is None or _state["debug"]:
+            raise
+        print(f"mfhelm: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(1)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted
+
+
+def _user_error(exc: Exception) -> MfhelmError | None:
+    """Our own errors, and a Kubernetes client's failure met mid-command (the
+    API server went away, a call was refused): both are one line, not a
+    traceback. Anything else is a bug and keeps its traceback."""
+    if isinstance(exc, MfhelmError):
+        return exc
+    if "kubernetes" in sys.modules:
+        from mfhelm import kube
+
+        return kube.user_error(exc)
+    return None
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -7,10 +7,15 @@ Values reach helm on stdin (pyhelm3 passes `-f -`), never in argv.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,11 @@ from mfhelm.errors import MfhelmError
 # The oldest Helm mfhelm supports (major, minor); CI uses the Helm 4 in tools.toml.
 MIN_HELM = (3, 14)
 HELM_ENV = "MFHELM_HELM"
+
+# pyhelm3 logs "command failed: <argv>" at WARNING before it raises; with no
+# logging configured, Python prints that to stderr ahead of mfhelm's own
+# line. The failure is reported once, by _helm_message.
+logging.getLogger("pyhelm3").addHandler(logging.NullHandler())
 
 
 def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -103,6 +113,18 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
     return drop_missing_dependencies(chart)
 
 
+@contextmanager
+def prepared_chart(chart: Path, values: dict[str, Any], *,
+                   helm: str | None = None) -> Iterator[Path]:
+    """prepare_chart(), and the temporary copy it may make removed afterwards."""
+    path = prepare_chart(chart, values, helm=helm)
+    try:
+        yield path
+    finally:
+        if path != chart:
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def missing_dependencies(chart: Path) -> list[str]:
     """Declared dependencies whose archive is not in the chart's charts/."""
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
@@ -144,6 +166,8 @@ class Helm:
 
         self.executable = executable or helm_binary()
         self.timeout = timeout
+        self.kubeconfig = str(kubeconfig) if kubeconfig else None
+        self.context = context
         kw: dict[str, Any] = {"executable": self.executable, "default_timeout": timeout}
         if kubeconfig:
             kw["kubeconfig"] = Path(kubeconfig)
@@ -173,18 +197,39 @@ class Helm:
     def install_or_upgrade(self, release: str, chart: Path, values: dict[str, Any], *,
                            namespace: str, wait: bool = True) -> ReleaseInfo:
         """`helm upgrade --install --rollback-on-failure --wait`: a failed upgrade
-        rolls back, so the previous revision keeps running."""
+        rolls back, so the previous revision keeps running.
 
-        async def go() -> Any:
-            loaded = await self._client.get_chart(chart)
-            rev = await self._client.install_or_upgrade_release(
-                release, loaded, values, namespace=namespace, create_namespace=True,
-                rollback_on_failure=True, wait=wait, timeout=self.timeout,
-            )
-            return _info(rev, await rev.chart_metadata())
-
-        info: ReleaseInfo = self._run(go())
-        return info
+        helm runs in its own process group (so a terminal's Ctrl-C reaches
+        only mfhelm), values on stdin. If mfhelm is interrupted (Ctrl-C or
+        SIGTERM, raised by the CLI as errors.Interrupted), the whole group is
+        stopped before the interrupt goes on: no helm works on unseen.
+        """
+        major = self._client.version.to_tuple()[0]
+        cmd = [self.executable, "upgrade", release, str(chart), "--install",
+               "--namespace", namespace, "--create-namespace", "--history-max", "10",
+               "--output", "json", "--timeout", self.timeout, "--values", "-",
+               "--rollback-on-failure" if major >= 4 else "--atomic"]
+        if wait:
+            cmd += ["--wait", "--wait-for-jobs"]
+        if self.kubeconfig:
+            cmd += ["--kubeconfig", self.kubeconfig]
+        if self.context:
+            cmd += ["--kube-context", self.context]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = proc.communicate(json.dumps(values).encode())
+        except BaseException:
+            stop_process_group(proc)
+            raise
+        if proc.returncode != 0:
+            raise MfhelmError(_helm_message(_HelmFailed(err)))
+        doc = json.loads(out[out.index(b"{"):])
+        meta = doc["chart"]["metadata"]
+        return ReleaseInfo(name=doc["name"], namespace=doc["namespace"],
+                           revision=int(doc["version"]), status=str(doc["info"]["status"]),
+                           chart_version=str(meta["version"]),
+                           app_version=str(meta.get("appVersion") or ""))
 
     def status(self, release: str, *, namespace: str) -> ReleaseInfo | None:
         from pyhelm3 import errors
@@ -213,6 +258,30 @@ class Helm:
     def uninstall(self, release: str, *, namespace: str) -> None:
         self._run(self._client.uninstall_release(release, namespace=namespace, wait=True,
                                                  timeout=self.timeout))
+
+
+class _HelmFailed(Exception):
+    """A failed helm run, shaped like pyhelm3's errors for _helm_message."""
+
+    def __init__(self, stderr: bytes) -> None:
+        super().__init__("helm failed")
+        self.stderr = stderr
+
+
+def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    """SIGTERM to the child's whole process group, SIGKILL after `grace`."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _info(rev: Any, meta: Any) -> ReleaseInfo:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mfhelm.errors import MfhelmError
+from mfhelm.errors import Interrupted, MfhelmError
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,15 @@ def plan(release: str, present: set[str]) -> list[Forward]:
 
 def services(api: Any, namespace: str) -> set[str]:
     from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from mfhelm import kube
 
     core: Any = client.CoreV1Api(api)
-    return {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+    try:
+        return {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+    except ApiException as exc:
+        raise kube.api_error(exc, f"listing Services in {namespace}") from None
 
 
 def run(forwards: list[Forward], namespace: str, *, kubeconfig: str | None,
@@ -63,21 +69,25 @@ def run(forwards: list[Forward], namespace: str, *, kubeconfig: str | None,
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for f in forwards:
-            procs.append(subprocess.Popen(
-                [*base, "-n", namespace, "port-forward", f"svc/{f.service}",
-                 f"{f.local}:{f.remote}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            ))
+            try:
+                procs.append(subprocess.Popen(
+                    [*base, "-n", namespace, "port-forward", f"svc/{f.service}",
+                     f"{f.local}:{f.remote}"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                ))
+            except OSError as exc:
+                raise MfhelmError(f"cannot run {kubectl}: {exc.strerror or exc}") from None
             echo(f"{f.label:<18} {f.url}")
         echo("forwarding; Ctrl-C stops")
         while True:
             for proc, f in zip(procs, forwards, strict=True):
                 if proc.poll() is not None:
-                    err = (proc.stderr.read() if proc.stderr else b"").decode().strip()
+                    err = (proc.stderr.read() if proc.stderr else b"").decode(
+                        errors="replace").strip()
                     why = err.splitlines()[-1] if err else f"exit {proc.returncode}"
                     raise MfhelmError(f"port-forward to {f.service} stopped: {why}")
             time.sleep(0.5)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         echo("stopped")
         return 0
     finally:

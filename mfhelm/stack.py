@@ -13,7 +13,7 @@ import secrets
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import yaml
 from mfhelm import dbroles
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
-from mfhelm.errors import MfhelmError
+from mfhelm.errors import Interrupted, MfhelmError
 
 Progress = Callable[[str], None]
 
@@ -162,24 +162,24 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
     progress("preparing the chart")
-    prepared = helm_mod.prepare_chart(helm_mod.find_chart(chart), values, helm=helm_bin)
-    check_values(prepared, values, target, helm_bin)
-    client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
-                           timeout=timeout, executable=helm_bin)
-    api = kube.api_client(target.kubeconfig, target.context)
-    flow_ns = flow_namespace(values, target)
-    _check_namespaces(api, [target.namespace, flow_ns])
-    progress("writing the namespaces and Secrets")
-    password = _kept(api, target.namespace, values_mod.DB_SECRET, values_mod.DB_SECRET_KEY,
-                     lambda: secrets.token_urlsafe(24))
-    data = {values_mod.DB_SECRET: {values_mod.DB_SECRET_KEY: password}}
-    if airflow:
-        conn = airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
-                                  "airflow", "disable")
-        data.update(_airflow_secrets(api, target.namespace, conn))
-    _write(api, target, flow_ns, data, airflow=airflow)
-    progress("helm upgrade --install (waiting for the pods)")
-    return client.install_or_upgrade(target.release, prepared, values, namespace=target.namespace)
+    with helm_mod.prepared_chart(helm_mod.find_chart(chart), values, helm=helm_bin) as prepared:
+        check_values(prepared, values, target, helm_bin)
+        client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
+                               timeout=timeout, executable=helm_bin)
+        api = kube.api_client(target.kubeconfig, target.context)
+        flow_ns = flow_namespace(values, target)
+        _check_namespaces(api, [target.namespace, flow_ns])
+        _check_pending(api, target, timeout)
+        progress("writing the namespaces and Secrets")
+        password = _kept(api, target.namespace, values_mod.DB_SECRET, values_mod.DB_SECRET_KEY,
+                         lambda: secrets.token_urlsafe(24))
+        data = {values_mod.DB_SECRET: {values_mod.DB_SECRET_KEY: password}}
+        if airflow:
+            conn = airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
+                                      "airflow", "disable")
+            data.update(_airflow_secrets(api, target.namespace, conn))
+        _write(api, target, flow_ns, data, airflow=airflow)
+        return _upgrade(client, api, target, prepared, values, progress)
 
 
 def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, credential: Any,
@@ -199,26 +199,29 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
     values = values_mod.render_values(outputs, settings)
     helm_bin = helm_mod.helm_binary()
     progress("preparing the chart")
-    prepared = helm_mod.prepare_chart(helm_mod.find_chart(chart), values, helm=helm_bin)
-    check_values(prepared, values, target, helm_bin)
-    progress("fetching AKS user credentials")
-    kubeconfig = aks_user_kubeconfig(subscription_id, outputs["resourceGroupName"],
-                                     outputs["aksClusterName"], credential=credential,
-                                     base_url=arm_base_url)
-    progress("reading the PostgreSQL admin password from Key Vault")
-    admin_password = keyvault_secret(outputs["keyVaultUri"], outputs["postgresAdminSecretName"],
-                                     credential=credential,
-                                     verify_challenge_resource=verify_challenge_resource)
-    airflow = bool(outputs["deployAirflow"])
-    with _temp_kubeconfig(kubeconfig) as path:
+    with ExitStack() as cleanup:
+        prepared = cleanup.enter_context(
+            helm_mod.prepared_chart(helm_mod.find_chart(chart), values, helm=helm_bin))
+        check_values(prepared, values, target, helm_bin)
+        configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
+                                        helm_bin)
+        progress("fetching AKS user credentials")
+        kubeconfig = aks_user_kubeconfig(subscription_id, outputs["resourceGroupName"],
+                                         outputs["aksClusterName"], credential=credential,
+                                         base_url=arm_base_url)
+        progress("reading the PostgreSQL admin password from Key Vault")
+        admin_password = keyvault_secret(
+            outputs["keyVaultUri"], outputs["postgresAdminSecretName"], credential=credential,
+            verify_challenge_resource=verify_challenge_resource)
+        airflow = bool(outputs["deployAirflow"])
+        path = cleanup.enter_context(_temp_kubeconfig(kubeconfig))
         local = Target(target.release, target.namespace, kubeconfig=str(path))
         client = helm_mod.Helm(kubeconfig=str(path), timeout=timeout, executable=helm_bin)
         api = kube.api_client(str(path))
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
+        _check_pending(api, target, timeout)
         passwords = _role_passwords(api, target.namespace, admin_password, airflow=airflow)
-        configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
-                                        helm_bin)
         progress("writing the namespaces")
         _write(api, local, flow_ns, {}, airflow=airflow)
         dbroles.run(api, target.namespace, configmap, job,
@@ -235,9 +238,61 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
             data[values_mod.AIRFLOW_DB_SECRET]["password"] = passwords["airflow"]
         progress("writing the Secrets")
         _write(api, local, flow_ns, data, airflow=airflow)
-        progress("helm upgrade --install (waiting for the pods)")
-        return client.install_or_upgrade(target.release, prepared, values,
+        return _upgrade(client, api, target, prepared, values, progress)
+
+
+def _upgrade(client: helm_mod.Helm, api: Any, target: Target, chart: Path,
+             values: dict[str, Any], progress: Progress) -> helm_mod.ReleaseInfo:
+    progress("helm upgrade --install (waiting for the pods)")
+    try:
+        return client.install_or_upgrade(target.release, chart, values,
                                          namespace=target.namespace)
+    except (KeyboardInterrupt, Interrupted):
+        # helm is stopped (its process group); the revision it left pending
+        # is ours, so clear it now rather than block the next install.
+        _clear_pending(api, target)
+        raise
+
+
+def _pending(api: Any, target: Target) -> list[Any]:
+    """Helm's release records (Secrets) of this release left pending-*."""
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(api)
+    found = core.list_namespaced_secret(
+        target.namespace, label_selector=f"owner=helm,name={target.release}").items
+    return [s for s in found if (s.metadata.labels or {}).get("status", "").startswith("pending-")]
+
+
+def _clear_pending(api: Any, target: Target) -> None:
+    """Delete pending revisions: the last finished revision becomes current
+    again (none after an interrupted first install, whose objects the next
+    install adopts: they carry the release's ownership annotations)."""
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(api)
+    for s in _pending(api, target):
+        core.delete_namespaced_secret(s.metadata.name, target.namespace)
+
+
+def _check_pending(api: Any, target: Target, timeout: str) -> None:
+    """A revision left pending by an interrupted or killed install blocks
+    every later one ("another operation is in progress"). One older than this
+    install's --timeout cannot belong to a live install: clear it. A younger
+    one may: refuse with one line."""
+    import datetime
+
+    from mfhelm.settings import duration_seconds
+
+    now = datetime.datetime.now(datetime.UTC)
+    for s in _pending(api, target):
+        age = (now - s.metadata.creation_timestamp).total_seconds()
+        if age <= duration_seconds(timeout):
+            raise MfhelmError(
+                f"release {target.release} is {s.metadata.labels.get('status')} "
+                f"(revision {s.metadata.labels.get('version')}, started {age:.0f}s ago): another "
+                f"install may be running; wait for it, or re-run after --timeout {timeout}")
+    _clear_pending(api, target)
 
 
 def _role_passwords(api: Any, namespace: str, admin_password: str, *,
