@@ -24,6 +24,7 @@ from mfhelm.azure.credentials import (
 from mfhelm.errors import MfhelmError
 from mfhelm.settings import (
     AZURE_RESOURCES_NAME_RE,
+    DNS_LABEL_RE,
     LOCATION_RE,
     RESOURCE_GROUP_MAX,
 )
@@ -97,7 +98,6 @@ _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*$")
 _IPV4_RE = re.compile(r"^(\d{1,3}\.){3}\d{1,3}$")
-_K8S_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _K8S_SUBDOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?"
                                r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
@@ -155,7 +155,7 @@ def _pg_login(value: str) -> bool:
 
 _GUID = (lambda v: bool(_GUID_RE.match(v)), "a GUID")
 _HTTPS = (is_https_url, "an https URL (https://host[:port][/path], no query)")
-_K8S_NAME = (lambda v: bool(_K8S_LABEL_RE.match(v)),
+_K8S_NAME = (lambda v: bool(DNS_LABEL_RE.match(v)),
              "a Kubernetes name: a lowercase DNS label (a-z, 0-9, '-'), at most 63 chars")
 _CONTAINER = (lambda v: bool(_CONTAINER_RE.match(v)),
               "an Azure container name: 3-63 lowercase letters, digits and single hyphens, "
