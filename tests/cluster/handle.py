@@ -126,6 +126,20 @@ class Cluster:
         return dict(os.environ, KUBECONFIG=str(self.kubeconfig))
 
     # --- helpers -------------------------------------------------------
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for a person (client certificate: CN=user, O=groups),
+        signed by the test control plane's CA: RBAC judges them as it would
+        a real user. Local control plane only (kind keeps its CA inside)."""
+        from .pki import CertificateAuthority
+
+        pki = self.workdir / "pki"
+        if self.backend != "controlplane" or not (pki / "ca.key").exists():
+            raise RuntimeError("user certificates need the local control plane's CA")
+        ca = CertificateAuthority.load(pki)
+        pair = ca.issue(f"user-{user}", user, orgs=groups)
+        return write_kubeconfig(self.workdir / f"kubeconfig-{user}", self.server, pki / "ca.crt",
+                                pair.cert, pair.key, user=user)
+
     def create_namespace(self, name: str) -> str:
         from kubernetes import client
         from kubernetes.client.rest import ApiException

@@ -263,3 +263,53 @@ def test_every_policy_selects_the_pod_it_guards(cluster: Cluster, namespace: str
         hits = {p.metadata.name for p in core.list_namespaced_pod(
             namespace, label_selector=selector).items}
         assert hits == {f"p-{expected.get(name, name)}"}, (name, hits)
+
+
+def test_data_scientists_may_create_and_trigger_flows_and_nothing_more(cluster: Cluster):
+    """The chart's data-scientist Role, granted to a group, judged for a real
+    user of that group (client certificate) by the API server's authorizer."""
+    home = cluster.create_namespace(f"ds-{uuid.uuid4().hex[:6]}")
+    flows = cluster.create_namespace(f"dsf-{uuid.uuid4().hex[:6]}")
+    flag = f"--managed-namespace={flows}"
+    objs = render([SCENARIOS["azure"]], {
+        "flows": {"namespace": flows}, "dataScientists": {"groups": ["ml-team"]},
+        "argo-workflows": {"controller": {"extraArgs": [flag]}, "server": {"extraArgs": [flag]}},
+    }, release="mf", namespace=home)
+    rbac = cluster.rbac()
+    role = get(objs, "Role", "mf-data-scientists")
+    binding = get(objs, "RoleBinding", "mf-data-scientists")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == flows
+    rbac.create_namespaced_role(flows, role)
+    rbac.create_namespaced_role_binding(flows, binding)
+
+    def can(verb: str, resource: str, namespace: str = flows, group: str = "argoproj.io",
+            **kw) -> bool:
+        return cluster.can_i("alice", verb, resource, namespace=namespace, group=group,
+                             groups=["ml-team", "system:authenticated"], **kw)
+
+    for verb, resource in (("create", "workflowtemplates"), ("update", "workflowtemplates"),
+                           ("get", "workflowtemplates"), ("create", "workflows"),
+                           ("patch", "workflows"), ("create", "cronworkflows"),
+                           ("delete", "sensors")):
+        assert can(verb, resource), (verb, resource)
+    assert not can("create", "workflowtemplates", namespace=home)
+    assert not can("create", "pods", group="")
+    assert not can("get", "secrets", group="")
+    assert not can("create", "workflowtaskresults")
+    # Outside the group, nothing.
+    assert not cluster.can_i("bob", "create", "workflows", namespace=flows, group="argoproj.io",
+                             groups=["system:authenticated"])
+
+
+def test_a_user_kubeconfig_is_who_it_says(cluster: Cluster):
+    from kubernetes import config
+
+    api = config.new_client_from_config(
+        config_file=str(cluster.user_kubeconfig("alice", ("ml-team",))))
+    review = client.AuthenticationV1Api(api).create_self_subject_review(
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+    assert review.status.user_info.username == "alice"
+    assert "ml-team" in review.status.user_info.groups
+    with pytest.raises(client.ApiException) as denied:
+        client.CoreV1Api(api).list_namespaced_secret("default")
+    assert denied.value.status == 403
