@@ -268,14 +268,14 @@ def mfhelm_unprivileged(cwd: Path, *args: str) -> subprocess.CompletedProcess[st
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
-            pytest.skip("running as root without setpriv: permission bits would not apply")
+            pytest.skip("needs setpriv (util-linux) to drop root: permission bits would not apply")
         prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(cwd / "home"),
            "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([*prefix, sys.executable, "-m", "mfhelm", *args], capture_output=True,
                           text=True, cwd=cwd, env=env, timeout=120)
     if "setpriv:" in proc.stderr:  # no CAP_SETUID in this sandbox
-        pytest.skip(f"cannot run as an unprivileged user: {proc.stderr.strip()}")
+        pytest.skip(f"needs to run as an unprivileged user (setpriv): {proc.stderr.strip()}")
     return proc
 
 
@@ -355,7 +355,7 @@ def _in_read_only_mount(directory: Path, cwd: Path, *args: str) -> subprocess.Co
         capture_output=True, text=True, cwd=cwd, timeout=120,
         env={**os.environ, "HOME": str(cwd / "home")})
     if "mount:" in proc.stderr or "unshare:" in proc.stderr:
-        pytest.skip(f"no private read-only mount here: {proc.stderr.strip()}")
+        pytest.skip(f"needs a private read-only mount (unshare --mount): {proc.stderr.strip()}")
     return proc
 
 
