@@ -25,6 +25,8 @@ from mfhelm import helm as helm_mod
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "metaflow"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+# Scenario name (the file name without -values.yaml) -> values file.
+SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 
 
 def helm() -> str | None:

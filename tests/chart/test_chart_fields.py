@@ -5,7 +5,7 @@ import json
 import jmespath
 import pytest
 from chartlib import (
-    CI_VALUES,
+    SCENARIOS,
     HelmError,
     all_containers,
     by_kind,
@@ -15,7 +15,6 @@ from chartlib import (
     render,
 )
 
-SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 AZURE = SCENARIOS["azure"]
 AZURE_AIRFLOW = SCENARIOS["azure-airflow"]
 LOCAL = SCENARIOS["local"]

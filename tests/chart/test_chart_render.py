@@ -4,10 +4,17 @@ import tomllib
 
 import kubernetes_validate
 import pytest
-from chartlib import CHART, CI_VALUES, ROOT, dependencies, lint, missing_dependencies, render
+from chartlib import (
+    CHART,
+    ROOT,
+    SCENARIOS,
+    dependencies,
+    lint,
+    missing_dependencies,
+    render,
+)
 
 K8S_VERSION = tomllib.loads((ROOT / "tools.toml").read_text())["kubernetes"]["version"]
-SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 
 
 def test_ci_scenarios_cover_the_required_profiles():

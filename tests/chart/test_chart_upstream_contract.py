@@ -11,7 +11,7 @@ import pytest
 import yaml
 from chartlib import (
     CHART,
-    CI_VALUES,
+    SCENARIOS,
     HelmError,
     all_containers,
     by_kind,
@@ -23,7 +23,6 @@ from chartlib import (
 
 from mfhelm import values as values_mod
 
-SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 AZURE = SCENARIOS["azure"]
 AZURE_AIRFLOW = SCENARIOS["azure-airflow"]
 LOCAL = SCENARIOS["local"]

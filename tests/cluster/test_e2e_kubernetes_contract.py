@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from chartlib import CI_VALUES, get, pod_specs, render
+from chartlib import SCENARIOS, get, pod_specs, render
 from kubernetes import client
 
 from mfhelm.stack import POD_SECURITY_LEVEL
@@ -21,7 +21,6 @@ from .test_e2e_stack import install_local, mfhelm, one_error_line
 
 pytestmark = pytest.mark.cluster
 
-SCENARIOS = {p.name.removesuffix("-values.yaml"): p for p in CI_VALUES}
 PSA = "pod-security.kubernetes.io/enforce"
 
 
