@@ -80,7 +80,8 @@ def _ldflags(entry: dict) -> str:
     version = entry["version"]
     parts = version.lstrip("v").split(".")
     major, minor = (parts + ["", ""])[:2]
-    return entry.get("ldflags", "").format(version=version, major=major, minor=minor)
+    return entry.get("ldflags", "").format(version=version, major=major, minor=minor,
+                                           commit=entry.get("commit", ""))
 
 
 def build_go(name: str, entry: dict, dest: Path) -> None:
@@ -119,6 +120,33 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
             if ldflags:
                 cmd += ["-ldflags", ldflags]
             _run([*cmd, pkg], env=env, cwd=work)
+        _copy_module_files(entry, dest, env, work)
+
+
+def _copy_module_files(entry: dict, dest: Path, env: dict[str, str], work: str) -> None:
+    """Copy files out of the built module version into the tool's home.
+
+    ``files`` maps a directory under ``dest`` to a glob inside ``module``'s
+    source, e.g. Argo's CRDs: they must come from the same release as the
+    controller. The module is in the module cache once the build is done.
+    """
+    if not entry.get("files"):
+        return
+    found = subprocess.run(
+        ["go", "list", "-m", "-f", "{{.Dir}}", entry["module"]],
+        env=env, cwd=work, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    if not found:
+        raise RuntimeError(f"{entry['module']} is not in the module cache after the build")
+    for target, pattern in entry["files"].items():
+        matches = sorted(Path(found).glob(pattern))
+        if not matches:
+            raise RuntimeError(f"no {pattern} in {entry['module']} {entry['version']}")
+        (dest / target).mkdir(parents=True)
+        for src in matches:
+            # copyfile, not copy2: module-cache files are read-only, and a
+            # later rebuild must be able to remove the copies.
+            shutil.copyfile(src, dest / target / src.name)
 
 
 def build_python(name: str, entry: dict, dest: Path) -> None:

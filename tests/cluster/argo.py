@@ -1,0 +1,433 @@
+"""Argo Workflows' workflow controller against the test cluster, set up the
+way argo-helm sets it up for our values.
+
+The controller is the upstream binary at the version tools.toml pins
+([gobuild.argo], the appVersion of the argo-helm chart charts/metaflow pins),
+and the CRDs are the `minimal` ones from the same module version, the kind
+argo-helm installs. The controller runs on this host, not in a pod, but as
+the ServiceAccount argo-helm creates for it: its kubeconfig carries a token
+of that account (TokenRequest API), so every call it makes is authorized by
+the Role argo-helm 0.45.20 renders with `singleNamespace: true` (written out
+in `controller_rules`) and, for a flow namespace other than the release
+namespace, by the Roles our chart renders there (taken from a real render).
+
+What differs from the pod argo-helm runs, and why:
+- it reaches the API server through a kubeconfig (`--kubeconfig`) instead
+  of the in-cluster config. The controller takes its own namespace from its
+  client config (in a pod: the service account's namespace file), not from
+  ARGO_NAMESPACE, which argo-helm sets but v3.6.10's viper binding never
+  maps onto the persistent --namespace flag: without a namespace in the
+  kubeconfig context it used "default" and was refused its ConfigMap there.
+  So the context names the release namespace (ARGO_NAMESPACE is set too,
+  as argo-helm sets it);
+- the metrics server listens on a free port (`metricsConfig.port` added to
+  the rendered config) instead of 9090, which a host may already use and
+  which two controllers cannot share; its health endpoint stays on :6060,
+  hard-coded upstream (a second controller only logs that it cannot bind).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .controlplane import ROOT, Processes, ToolchainMissing, _installer, free_port
+from .handle import Cluster, wait_for
+
+TOOL = "argo"
+EXECUTOR_IMAGE = "quay.io/argoproj/argoexec"
+FIELD_MANAGER = "mfhelm-tests"
+APPLY = "application/apply-patch+yaml"
+TOKEN_SECONDS = 6 * 3600
+CI_LOCAL_VALUES = ROOT / "charts" / "metaflow" / "ci" / "local-values.yaml"
+
+# argo-helm's labels on the controller's objects (_helpers.tpl), less the
+# Helm-only ones: these are not made by Helm.
+PART_OF = "argo-workflows"
+
+
+@dataclass(frozen=True)
+class ArgoBuild:
+    """The cached build: the controller binary and the CRDs of the same release."""
+
+    binary: Path
+    crds: Path
+    version: str
+
+    @property
+    def executor_image(self) -> str:
+        # argo-helm: executor.image registry/repository, tag = the chart's appVersion.
+        return f"{EXECUTOR_IMAGE}:{self.version}"
+
+    def crd_files(self) -> list[Path]:
+        return sorted(self.crds.glob("argoproj.io_*.yaml"))
+
+
+def ensure_argo() -> ArgoBuild:
+    """The pinned controller and CRDs, built with Go if not cached yet.
+
+    Raises ToolchainMissing when they are not cached and `go` is absent; a
+    failed build raises RuntimeError.
+    """
+    inst = _installer()
+    kind, entry = inst.tool_entries(inst.load_manifest())[TOOL]
+    home = inst.tool_home(TOOL, entry)
+    if not inst.is_complete(home, entry):
+        if shutil.which("go") is None:
+            raise ToolchainMissing(
+                f"the Go toolchain (`go`) is needed to build Argo Workflows {entry['version']} "
+                "(workflow-controller and its CRDs) for the Argo cluster tests; install Go or "
+                "run `python3 tests/tools/install.py --only argo` where it exists"
+            )
+        try:
+            home = inst.install(TOOL, kind, entry)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"building argo {entry['version']} failed: {exc}") from exc
+    build = ArgoBuild(home / "bin" / "workflow-controller", home / "crds", entry["version"])
+    if not build.crd_files():
+        raise RuntimeError(f"{home} has no CRDs; remove it so that it is built again")
+    return build
+
+
+# --- names and objects as argo-helm 0.45.20 renders them ---------------------
+
+def fullname(release: str) -> str:
+    """argo-helm's `argo-workflows.fullname` (no name or fullname override)."""
+    name = release if "argo-workflows" in release else f"{release}-argo-workflows"
+    return name[:63].rstrip("-")
+
+
+def controller_name(release: str) -> str:
+    """The controller's Deployment, ServiceAccount, Role and RoleBinding name."""
+    return f"{fullname(release)}-workflow-controller"[:63].rstrip("-")
+
+
+def configmap_name(release: str) -> str:
+    return f"{controller_name(release)}-configmap"[:63].rstrip("-")
+
+
+def _labels(release: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "argo-workflows-workflow-controller",
+        "app.kubernetes.io/instance": release,
+        "app.kubernetes.io/component": "workflow-controller",
+        "app.kubernetes.io/part-of": PART_OF,
+    }
+
+
+def _rule(groups: list[str], resources: list[str], verbs: list[str],
+          names: list[str] | None = None) -> dict[str, Any]:
+    rule: dict[str, Any] = {"apiGroups": groups, "resources": resources, "verbs": verbs}
+    if names:
+        rule["resourceNames"] = names
+    return rule
+
+
+def controller_rules() -> list[dict[str, Any]]:
+    """The controller Role's rules (templates/controller/workflow-controller-
+    cluster-roles.yaml) for our values: controller.rbac.create on, no
+    writeConfigMaps, no persistence, no instanceID, no secret access beyond
+    the agent's CA certificate. `test_our_values_leave_argo_helm_defaults`
+    fails when values.yaml starts setting any of those."""
+    all_verbs = ["get", "list", "watch", "update", "patch", "delete", "create"]
+    return [
+        _rule([""], ["pods"], ["create", "get", "list", "watch", "update", "patch", "delete"]),
+        _rule([""], ["pods/exec"], ["create"]),
+        _rule([""], ["configmaps"], ["get", "watch", "list"]),
+        _rule([""], ["persistentvolumeclaims", "persistentvolumeclaims/finalizers"],
+              ["create", "update", "delete", "get"]),
+        _rule(["argoproj.io"], ["workflows", "workflows/finalizers", "workflowtasksets",
+                                "workflowtasksets/finalizers", "workflowartifactgctasks"],
+              all_verbs),
+        _rule(["argoproj.io"], ["workflowtemplates", "workflowtemplates/finalizers"],
+              ["get", "list", "watch"]),
+        _rule(["argoproj.io"], ["workflowtaskresults", "workflowtaskresults/finalizers"],
+              ["list", "watch", "deletecollection"]),
+        _rule(["argoproj.io"], ["cronworkflows", "cronworkflows/finalizers"],
+              ["get", "list", "watch", "update", "patch", "delete"]),
+        _rule([""], ["events"], ["create", "patch"]),
+        _rule([""], ["serviceaccounts"], ["get", "list"]),
+        _rule(["policy"], ["poddisruptionbudgets"], ["create", "get", "delete"]),
+        _rule(["coordination.k8s.io"], ["leases"], ["create"]),
+        _rule(["coordination.k8s.io"], ["leases"], ["get", "watch", "update", "patch", "delete"],
+              ["workflow-controller", "workflow-controller-lease"]),
+        _rule([""], ["secrets"], ["get"], ["argo-workflows-agent-ca-certificates"]),
+    ]
+
+
+# The `config` key of the controller ConfigMap (templates/controller/
+# workflow-controller-config-map.yaml): with argo-helm's defaults, which our
+# values leave alone, only the two event switches are rendered.
+RENDERED_CONFIG = """\
+nodeEvents:
+  enabled: true
+workflowEvents:
+  enabled: true
+"""
+
+# The executor and log flags argo-helm always renders (controller.logging defaults).
+LOG_ARGS = ["--loglevel", "info", "--gloglevel", "0", "--log-format", "text"]
+
+# Keys of our values' `argo-workflows` section (and its controller part) that
+# do not change the controller's Role, ConfigMap or flags beyond what this
+# module writes out; anything else must be looked at here first.
+NEUTRAL_TOP = {"enabled", "singleNamespace", "createAggregateRoles", "crds", "workflow",
+               "controller", "server"}
+NEUTRAL_CONTROLLER = {"extraArgs", "clusterWorkflowTemplates", "nodeSelector", "resources",
+                      "tolerations", "affinity", "podLabels", "podAnnotations"}
+
+
+def controller_objects(release: str, namespace: str, metrics_port: int) -> list[dict[str, Any]]:
+    """ServiceAccount, Role, RoleBinding and ConfigMap argo-helm creates for
+    the controller, in the release namespace."""
+    name = controller_name(release)
+    meta = {"name": name, "namespace": namespace, "labels": _labels(release)}
+    config = RENDERED_CONFIG + f"metricsConfig:\n  port: {metrics_port}\n"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
+         "rules": controller_rules()},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {**meta, "name": configmap_name(release)}, "data": {"config": config}},
+    ]
+
+
+def chart_values(release_namespace: str, flow_namespace: str) -> dict[str, Any]:
+    """The values `mfhelm install` gives the chart for this flow namespace:
+    with a separate one, Argo's controller and server get
+    --managed-namespace=<flow namespace> as extraArgs."""
+    from mfhelm.values import argo_watches_flow_namespace
+
+    flows = "" if flow_namespace == release_namespace else flow_namespace
+    return argo_watches_flow_namespace({"flows": {"namespace": flows}}, release_namespace)
+
+
+def chart_objects(release: str, release_namespace: str, flow_namespace: str,
+                  component: str) -> list[dict[str, Any]]:
+    """Our chart's objects labelled app.kubernetes.io/component=<component>,
+    rendered by the real helm for this release and flow namespace (local
+    profile: the profile does not change these objects)."""
+    from chartlib import render
+
+    objs = render([CI_LOCAL_VALUES], chart_values(release_namespace, flow_namespace),
+                  release=release, namespace=release_namespace)
+    return [o for o in objs
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+            == component]
+
+
+def controller_args(build: ArgoBuild, release: str, release_namespace: str,
+                    flow_namespace: str) -> list[str]:
+    """The container args argo-helm renders (workflow-controller-
+    deployment.yaml) with singleNamespace and our values' extraArgs."""
+    argo = chart_values(release_namespace, flow_namespace).get("argo-workflows", {})
+    extra = argo.get("controller", {}).get("extraArgs", [])
+    return ["--configmap", configmap_name(release), "--executor-image", build.executor_image,
+            *LOG_ARGS, "--namespaced", *extra]
+
+
+# --- applying objects --------------------------------------------------------
+
+def apply(cluster: Cluster, obj: dict[str, Any]) -> None:
+    """Server-side apply one object (create or update; idempotent)."""
+    from kubernetes import client
+
+    api = cluster.api_client()
+    kind = obj["kind"]
+    name = obj["metadata"]["name"]
+    ns = obj["metadata"].get("namespace")
+    kw: dict[str, Any] = {"field_manager": FIELD_MANAGER, "force": True,
+                          "_content_type": APPLY}
+    if kind == "CustomResourceDefinition":
+        client.ApiextensionsV1Api(api).patch_custom_resource_definition(name, obj, **kw)
+    elif kind == "ServiceAccount":
+        client.CoreV1Api(api).patch_namespaced_service_account(name, ns, obj, **kw)
+    elif kind == "ConfigMap":
+        client.CoreV1Api(api).patch_namespaced_config_map(name, ns, obj, **kw)
+    elif kind == "Role":
+        client.RbacAuthorizationV1Api(api).patch_namespaced_role(name, ns, obj, **kw)
+    elif kind == "RoleBinding":
+        client.RbacAuthorizationV1Api(api).patch_namespaced_role_binding(name, ns, obj, **kw)
+    else:
+        raise ValueError(f"apply does not handle {kind}")
+
+
+def apply_crds(cluster: Cluster, build: ArgoBuild) -> list[str]:
+    """Apply the release's minimal CRDs and wait until they are served.
+
+    They are cluster-wide and stay for the session: deleting them would
+    delete every Workflow in the cluster.
+    """
+    from kubernetes import client
+
+    docs = [yaml.safe_load(path.read_text()) for path in build.crd_files()]
+    for doc in docs:
+        apply(cluster, doc)
+    ext = client.ApiextensionsV1Api(cluster.api_client())
+    names = [d["metadata"]["name"] for d in docs]
+
+    def established() -> bool:
+        return all(
+            any(c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(n).status.conditions or [])
+            for n in names
+        )
+
+    wait_for(established, 60, "Argo's CRDs to be established")
+    return names
+
+
+def service_account_token(cluster: Cluster, namespace: str, account: str) -> str:
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS))
+    resp = cluster.core().create_namespaced_service_account_token(account, namespace, request)
+    return str(resp.status.token)
+
+
+def token_kubeconfig(cluster: Cluster, path: Path, token: str, namespace: str,
+                     user: str) -> Path:
+    """A kubeconfig for the cluster (same server and CA as the admin's) that
+    authenticates with ``token`` and defaults to ``namespace``."""
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    context = next(c["context"] for c in admin["contexts"]
+                   if c["name"] == admin["current-context"])
+    entry = next(c for c in admin["clusters"] if c["name"] == context["cluster"])
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [entry],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": entry["name"], "user": user,
+                                                 "namespace": namespace}}],
+        "current-context": user,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return path
+
+
+# --- the running controller --------------------------------------------------
+
+@dataclass
+class ArgoController:
+    """A workflow controller running on this host for one release.
+
+    namespace          the release (install) namespace: ConfigMap, account, Roles
+    managed_namespace  the flow namespace it watches for Workflows and makes pods in
+    """
+
+    release: str
+    namespace: str
+    managed_namespace: str
+    argv: list[str]
+    env: dict[str, str]
+    config: str
+    kubeconfig: Path
+    executor_image: str
+    log: Path
+    _procs: Processes = field(repr=False)
+    _name: str = field(repr=False)
+
+    @property
+    def service_account(self) -> str:
+        return controller_name(self.release)
+
+    def check(self) -> None:
+        """Fail with the log tail if the controller has exited."""
+        self._procs.check()
+
+    def tail(self, lines: int = 40) -> str:
+        return self._procs.tail(self._name, lines)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        self._procs.stop()
+
+
+def prepare_release(cluster: Cluster, release: str, release_namespace: str,
+                    flow_namespace: str, metrics_port: int) -> None:
+    """Create what argo-helm and our chart give the controller, without
+    Helm: its account, Role, RoleBinding and ConfigMap in the release
+    namespace, and our chart's Argo Roles in a separate flow namespace."""
+    for obj in controller_objects(release, release_namespace, metrics_port):
+        apply(cluster, obj)
+    if flow_namespace != release_namespace:
+        for obj in chart_objects(release, release_namespace, flow_namespace, "argo"):
+            apply(cluster, obj)
+
+
+@contextmanager
+def run_controller(cluster: Cluster, build: ArgoBuild, release_namespace: str,
+                   flow_namespace: str, *, release: str = "metaflow",
+                   timeout: float = 60) -> Iterator[ArgoController]:
+    """Set up and run a workflow controller for ``release`` installed in
+    ``release_namespace`` running flows in ``flow_namespace``; stopped on exit.
+
+    Both namespaces must exist. Returns once the controller has synced its
+    caches and started its workers.
+    """
+    metrics_port = free_port()
+    prepare_release(cluster, release, release_namespace, flow_namespace, metrics_port)
+    account = controller_name(release)
+    workdir = cluster.workdir / "argo" / f"{release_namespace}-{release}"
+    kubeconfig = token_kubeconfig(
+        cluster, workdir / "kubeconfig",
+        service_account_token(cluster, release_namespace, account),
+        release_namespace, f"system:serviceaccount:{release_namespace}:{account}")
+    argv = [str(build.binary), *controller_args(build, release, release_namespace,
+                                                flow_namespace),
+            "--kubeconfig", str(kubeconfig)]
+    # As in argo-helm's pod (replicas 1); nothing inherited that the binary
+    # reads (ARGO_* are its flags, KUBECONFIG a second kubeconfig).
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("ARGO_") and k != "KUBECONFIG"}
+    env.update(ARGO_NAMESPACE=release_namespace, LEADER_ELECTION_DISABLE="true")
+    logdir = cluster.workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    name = f"workflow-controller-{release_namespace}-{release}"
+    procs = Processes(logdir)
+    controller = ArgoController(
+        release=release, namespace=release_namespace, managed_namespace=flow_namespace,
+        argv=argv, env=env,
+        config=controller_objects(release, release_namespace, metrics_port)[3]["data"]["config"],
+        kubeconfig=kubeconfig, executor_image=build.executor_image,
+        log=logdir / f"{name}.log", _procs=procs, _name=name,
+    )
+    procs.start(name, argv, env=env)
+    try:
+        _wait_started(controller, timeout)
+        yield controller
+    finally:
+        procs.stop()
+
+
+# Logged by the controller once its informers have synced and the cron
+# controller (started after the sync, with the workflow workers) runs.
+STARTED = "Starting CronWorkflow controller"
+
+
+def _wait_started(controller: ArgoController, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while STARTED not in controller.log_text():
+        controller.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"workflow controller for {controller.namespace} not started after "
+                f"{timeout:.0f}s:\n{controller.tail()}")
+        time.sleep(0.2)
