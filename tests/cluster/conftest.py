@@ -3,6 +3,10 @@
 `cluster` (session): one running cluster for the whole session, either the
 local control plane with KWOK nodes (default) or kind (MFHELM_TEST_KIND=1).
 `namespace` (function): a fresh namespace in it, deleted afterwards.
+`argo_build` (session): Argo's controller and CRDs at the pinned version, the
+CRDs applied (argo.py). `metaflow_env` (session): the real Metaflow with the
+config `mfhelm config` writes, Blob on a real Azurite over HTTPS and a token
+from an Entra-shaped endpoint (metaflow_env.py).
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from . import argo as argo_mod
+from . import metaflow_env as mfenv
 from .controlplane import ToolchainMissing, start_controlplane
 from .handle import Cluster
 from .kindcluster import KindUnavailable, start_kind
+from .pki import CertificateAuthority
 
 
 def _use_kind() -> bool:
@@ -48,3 +56,79 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     except ApiException as exc:
         if exc.status != 404:
             raise
+
+
+# --- real Metaflow against Azurite (HTTPS, OAuth) and an Entra-shaped token endpoint ---
+# See metaflow_env.py. Session-scoped: each Metaflow command is its own process and
+# asks for its own token, so tests tell their requests apart by counting before/after.
+
+
+
+
+@pytest.fixture(scope="session")
+def metaflow_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority(tmp_path_factory.mktemp("metaflow-ca"))
+
+
+@pytest.fixture(scope="session")
+def azurite_https(tmp_path_factory: pytest.TempPathFactory,
+                  metaflow_ca: CertificateAuthority) -> Iterator[mfenv.Azurite]:
+    if mfenv.azurite_binary() is None:
+        pytest.skip(reason="azurite-blob not in .venv/bin (run `make dev`)")
+    azurite = mfenv.start_azurite(tmp_path_factory.mktemp("azurite"), metaflow_ca,
+                                  "metaflow-storage")
+    yield azurite
+    azurite.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_outputs() -> dict[str, Any]:
+    """The test stack's deployment outputs, as tests/unit use them."""
+    import fake_arm
+
+    return fake_arm.sample_outputs()
+
+
+@pytest.fixture(scope="session")
+def entra_endpoint(metaflow_ca: CertificateAuthority,
+                   stack_outputs: dict[str, Any]) -> Iterator[mfenv.FakeEntra]:
+    entra = mfenv.FakeEntra(
+        tenant=stack_outputs["tenantId"], client_id=stack_outputs["identityClientId"],
+        federated_token=mfenv.federated_token(stack_outputs))
+    with mfenv.serve_entra(metaflow_ca, entra):
+        yield entra
+
+
+@pytest.fixture(scope="session")
+def metadata_ping() -> Iterator[mfenv.FakeMetadata]:
+    with mfenv.serve_metadata_ping() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def metaflow_env(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.Azurite,
+                 entra_endpoint: mfenv.FakeEntra, metadata_ping: mfenv.FakeMetadata,
+                 stack_outputs: dict[str, Any]) -> mfenv.MetaflowEnv:
+    from mfhelm.settings import parse
+
+    settings = parse({"org_prefix": "acme", "location": "westeurope"})
+    return mfenv.build_metaflow_env(
+        tmp_path_factory.mktemp("metaflow-user"), azurite=azurite_https,
+        entra=entra_endpoint, metadata=metadata_ping, outputs=stack_outputs,
+        settings=settings)
+
+
+# --- Argo Workflows: the pinned controller and CRDs (see argo.py) ---
+
+
+
+@pytest.fixture(scope="session")
+def argo_build(cluster: Cluster) -> argo_mod.ArgoBuild:
+    """Argo's workflow controller and minimal CRDs at the pinned version
+    (built with Go on first use, cached after), the CRDs applied to the cluster."""
+    try:
+        build = argo_mod.ensure_argo()
+    except ToolchainMissing as exc:
+        pytest.skip(reason=str(exc))
+    argo_mod.apply_crds(cluster, build)
+    return build
