@@ -418,8 +418,13 @@ def _register_nodes(api: Any) -> None:
                 },
             ),
             spec=client.V1NodeSpec(taints=[client.V1Taint(**t) for t in taints]),
+            # Shaped like an AKS node with its default 128 GB OS disk: Metaflow's
+            # step pods request ephemeral storage (@kubernetes disk, 10 GiB by
+            # default) and a node without any never schedules them.
             status=client.V1NodeStatus(
-                capacity={"cpu": "8", "memory": "32Gi", "pods": "110"},
-                allocatable={"cpu": "8", "memory": "32Gi", "pods": "110"},
+                capacity={"cpu": "8", "memory": "32Gi", "pods": "110",
+                          "ephemeral-storage": "128Gi"},
+                allocatable={"cpu": "8", "memory": "32Gi", "pods": "110",
+                             "ephemeral-storage": "118Gi"},
             ),
         ))
