@@ -37,7 +37,19 @@ from mfhelm.settings import ORG_PREFIX_RE, Settings
 PARAMETERS_SCHEMA = (
     "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#"
 )
-TEMPLATE = Path(__file__).resolve().parent.parent / "bicep" / "main.bicep"
+
+
+def find_template() -> Path:
+    """bicep/main.bicep: the copy packaged in the wheel (mfhelm/bicep), else the repo's."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "bicep" / "main.bicep", here.parent / "bicep" / "main.bicep"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[-1]
+
+
+TEMPLATE = find_template()
 PASSWORD_PARAMETER = "postgresAdminPassword"
 # The nested deployment name of the Key Vault module in main.bicep; its outputs
 # locate the password secret when the subscription deployment has none yet
@@ -517,7 +529,7 @@ def build(*, template: Path = TEMPLATE) -> None:
 
 def _check_template(template: Path) -> None:
     if not template.is_file():
-        raise MfhelmError(f"{template} not found: run this from the mfhelm repository checkout")
+        raise MfhelmError(f"{template} not found: reinstall mfhelm or use its repository")
 
 
 def main(
