@@ -29,8 +29,6 @@ What differs from the pod argo-helm runs, and why:
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from .controlplane import ROOT, Processes, ToolchainMissing, _installer, free_port
+from .controlplane import ROOT, Processes, ensure_tool, free_port
 from .handle import Cluster, wait_for
 
 TOOL = "argo"
@@ -78,20 +76,7 @@ def ensure_argo() -> ArgoBuild:
     Raises ToolchainMissing when they are not cached and `go` is absent; a
     failed build raises RuntimeError.
     """
-    inst = _installer()
-    kind, entry = inst.tool_entries(inst.load_manifest())[TOOL]
-    home = inst.tool_home(TOOL, entry)
-    if not inst.is_complete(home, entry):
-        if shutil.which("go") is None:
-            raise ToolchainMissing(
-                f"the Go toolchain (`go`) is needed to build Argo Workflows {entry['version']} "
-                "(workflow-controller and its CRDs) for the Argo cluster tests; install Go or "
-                "run `python3 tests/tools/install.py --only argo` where it exists"
-            )
-        try:
-            home = inst.install(TOOL, kind, entry)
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"building argo {entry['version']} failed: {exc}") from exc
+    home, entry = ensure_tool(TOOL, "the Argo cluster tests (workflow-controller and its CRDs)")
     build = ArgoBuild(home / "bin" / "workflow-controller", home / "crds", entry["version"])
     if not build.crd_files():
         raise RuntimeError(f"{home} has no CRDs; remove it so that it is built again")

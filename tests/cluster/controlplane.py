@@ -81,25 +81,34 @@ def ensure_binaries() -> dict[str, Path]:
     Raises ToolchainMissing when a tool is not cached and `go` is absent; a
     failed build raises RuntimeError: that is a bug to see, not a skip.
     """
-    inst = _installer()
-    entries = inst.tool_entries(inst.load_manifest())
     paths: dict[str, Path] = {}
     for name in TOOLS:
-        kind, entry = entries[name]
-        home = inst.tool_home(name, entry)
-        if not inst.is_complete(home, entry):
-            if shutil.which("go") is None:
-                raise ToolchainMissing(
-                    f"the Go toolchain (`go`) is needed to build {name} {entry['version']} "
-                    "for the local control plane; install Go or run `make tools` where it exists"
-                )
-            try:
-                home = inst.install(name, kind, entry)
-            except subprocess.CalledProcessError as exc:
-                raise RuntimeError(f"building {name} {entry['version']} failed: {exc}") from exc
+        home, entry = ensure_tool(name, "the local control plane")
         for binary in entry["binaries"]:
             paths[binary] = home / "bin" / binary
     return paths
+
+
+def ensure_tool(name: str, purpose: str) -> tuple[Path, dict[str, Any]]:
+    """One tools.toml tool's home (and its entry), built with Go if not cached.
+
+    Raises ToolchainMissing when it is not cached and `go` is absent; a
+    failed build raises RuntimeError: that is a bug to see, not a skip.
+    """
+    inst = _installer()
+    kind, entry = inst.tool_entries(inst.load_manifest())[name]
+    home = inst.tool_home(name, entry)
+    if not inst.is_complete(home, entry):
+        if shutil.which("go") is None:
+            raise ToolchainMissing(
+                f"the Go toolchain (`go`) is needed to build {name} {entry['version']} "
+                f"for {purpose}; install Go or run `python3 tests/tools/install.py "
+                f"--only {name}` where it exists")
+        try:
+            home = inst.install(name, kind, entry)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"building {name} {entry['version']} failed: {exc}") from exc
+    return home, entry
 
 
 def free_port() -> int:
