@@ -129,9 +129,8 @@ def airflow_migration_job(release: str) -> str:
     return f"{release}-run-airflow-migrations"
 
 
-def _write(api: Any, target: Target, flow_ns: str,
-           secret_data: dict[str, dict[str, str]], *, airflow: bool) -> None:
-    """Namespaces (created with the stack's Pod Security level), then Secrets.
+def _prepare_namespaces(api: Any, target: Target, flow_ns: str, *, airflow: bool) -> None:
+    """The namespaces (created with the stack's Pod Security level).
 
     With Airflow, a finished migration Job from the last run is removed: it is
     a plain release object (not a hook, see values.yaml), a Job's pod template
@@ -141,10 +140,15 @@ def _write(api: Any, target: Target, flow_ns: str,
 
     for ns in dict.fromkeys([target.namespace, flow_ns]):
         kube.ensure_namespace(api, ns, POD_SECURITY_LABELS)
-    for name, data in secret_data.items():
-        kube.apply_secret(api, target.namespace, name, data)
     if airflow:
         kube.delete_finished_job(api, target.namespace, airflow_migration_job(target.release))
+
+
+def _apply_secrets(api: Any, namespace: str, secret_data: dict[str, dict[str, str]]) -> None:
+    from mfhelm import kube
+
+    for name, data in secret_data.items():
+        kube.apply_secret(api, namespace, name, data)
 
 
 def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
@@ -178,7 +182,8 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
             conn = airflow_connection("metaflow", password, f"{target.release}-postgres", 5432,
                                       "airflow", "disable")
             data.update(_airflow_secrets(api, target.namespace, conn))
-        _write(api, target, flow_ns, data, airflow=airflow)
+        _prepare_namespaces(api, target, flow_ns, airflow=airflow)
+        _apply_secrets(api, target.namespace, data)
         return _upgrade(client, api, target, prepared, values, progress)
 
 
@@ -223,7 +228,7 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         _check_pending(api, target, timeout)
         passwords = _role_passwords(api, target.namespace, admin_password, airflow=airflow)
         progress("writing the namespaces")
-        _write(api, local, flow_ns, {}, airflow=airflow)
+        _prepare_namespaces(api, local, flow_ns, airflow=airflow)
         dbroles.run(api, target.namespace, configmap, job,
                     {"admin-password": admin_password,
                      **{f"{app}-password": pw for app, pw in passwords.items()}},
@@ -237,7 +242,7 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
             data.update(_airflow_secrets(api, target.namespace, conn))
             data[values_mod.AIRFLOW_DB_SECRET]["password"] = passwords["airflow"]
         progress("writing the Secrets")
-        _write(api, local, flow_ns, data, airflow=airflow)
+        _apply_secrets(api, target.namespace, data)
         return _upgrade(client, api, target, prepared, values, progress)
 
 

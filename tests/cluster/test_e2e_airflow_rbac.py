@@ -38,7 +38,8 @@ def _install_with_airflow_glue(cluster: Cluster, ns: str, release: str) -> None:
                                     5432, "airflow", "disable")
     data = {values.DB_SECRET: {values.DB_SECRET_KEY: "glue-test-password"},
             **stack._airflow_secrets(api, ns, conn)}
-    stack._write(api, target, ns, data, airflow=True)
+    stack._prepare_namespaces(api, target, ns, airflow=True)
+    stack._apply_secrets(api, ns, data)
     helm = helm_mod.Helm(kubeconfig=str(cluster.kubeconfig), timeout="4m",
                          executable=str(Path(sys.executable).with_name("helm")))
     info = helm.install_or_upgrade(release, renderable_chart(), vals, namespace=ns)
