@@ -2,8 +2,11 @@
 
 The copy goes through the Kubernetes exec API as a tar stream (no `kubectl
 cp`): the file lands under a temporary name in the persistent DAG volume,
-is renamed into place (atomic on one filesystem), and its checksum is read
-back and compared.
+the scheduler's own Python loads it there with Airflow's DagBag (the
+Airflow, providers and airflow_local_settings the DAG will run with), and
+only if that reports no import error and at least one DAG is it renamed into
+place (atomic on one filesystem); its checksum is then read back and
+compared.
 """
 
 from __future__ import annotations
@@ -112,16 +115,41 @@ def pack(name: str, data: bytes) -> bytes:
     return buf.getvalue()
 
 
+# Run by the scheduler container's `python` on the unpacked file before it
+# goes live: Airflow's own parser, as the scheduler's DAG processor runs it.
+# One line per problem on stderr; exit 1 if the file has an import error or
+# defines no DAG.
+AIRFLOW_CHECK = """\
+import sys
+from airflow.models.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1], include_examples=False, safe_mode=False)
+for err in bag.import_errors.values():
+    lines = [x for x in str(err).strip().splitlines() if x.strip()]
+    print(lines[-1] if lines else "import error", file=sys.stderr)
+if not bag.import_errors and not bag.dags:
+    print("Airflow found no DAG in it", file=sys.stderr)
+sys.exit(1 if bag.import_errors or not bag.dags else 0)
+"""
+# Exit codes of the remote script for a file Airflow refuses, and for a pod
+# without Python (not an Airflow image).
+REFUSED_EXIT, NO_PYTHON_EXIT = 4, 5
+
+
 def copy_script(folder: str, name: str, size: int) -> list[str]:
     """The remote command: read exactly `size` bytes of tar, unpack under a
-    temporary name, rename into place, print the checksum of the result."""
+    temporary name, have Airflow load it there, rename into place, print the
+    checksum of the result. A refused file is removed again."""
     tmp = f".{name}.mfhelm-{uuid.uuid4().hex[:8]}"
     q = shlex.quote
+    staged = q(tmp + "/" + name)
     script = (
         f"set -e; cd {q(folder)}; "
         f"mkdir -p {q(tmp)}; "
         f"head -c {size} | tar -xf - -C {q(tmp)} --no-same-owner; "
-        f"mv -f {q(tmp + '/' + name)} {q(name)}; rmdir {q(tmp)}; "
+        f"command -v python >/dev/null || {{ rm -rf {q(tmp)}; exit {NO_PYTHON_EXIT}; }}; "
+        f"python -c {q(AIRFLOW_CHECK)} {staged} >/dev/null "
+        f"|| {{ rm -rf {q(tmp)}; exit {REFUSED_EXIT}; }}; "
+        f"mv -f {staged} {q(name)}; rmdir {q(tmp)}; "
         f"sha256sum {q(name)}"
     )
     return ["sh", "-c", script]
@@ -175,8 +203,16 @@ def push(api: Any, namespace: str, release: str, path: str | Path, name: str | N
     archive = pack(final, data)
     result = kube.exec_in_pod(api, namespace, target.pod, target.container,
                               copy_script(target.folder, final, len(archive)), stdin=archive)
+    detail = [x for x in result.stderr.decode(errors="replace").strip().splitlines() if x]
+    if result.returncode == REFUSED_EXIT:
+        raise MfhelmError(
+            f"{path}: Airflow in {target.pod} cannot load it, not pushed: "
+            + (detail[-1] if detail else "import error")
+        )
+    if result.returncode == NO_PYTHON_EXIT:
+        raise MfhelmError(f"{target.pod}/{target.container} has no python to check {final} "
+                          "with; is it an Airflow scheduler? Not pushed")
     if result.returncode != 0:
-        detail = result.stderr.decode(errors="replace").strip().splitlines()
         raise MfhelmError(
             f"copying {final} into {target.pod}:{target.folder} failed: "
             + (detail[-1] if detail else f"exit {result.returncode}")

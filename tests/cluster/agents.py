@@ -17,6 +17,7 @@ of the apiserver or an expired watch costs only a moment.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import threading
@@ -31,6 +32,16 @@ log = logging.getLogger(__name__)
 
 PROVISIONER = "mfhelm.io/hostpath"
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+# A test's stand-in pod may name host directories to put first on the PATH of
+# commands exec'd into it (os.pathsep-separated), as its image would have
+# them: the Airflow scheduler's stand-in gets the pinned Airflow's `python`.
+EXEC_PATH_ANNOTATION = "mfhelm.io/test-exec-path"
+# The KubernetesPodOperator's XCom sidecar. Its exec is `/bin/sh` by absolute
+# path (so no shim and no pod mounts) fed `kill -2 $(pgrep -u $(whoami) -f
+# trap)`: on a fake node that would signal the test host's processes. It runs
+# as a uid that owns no process and has no name, in `/`.
+XCOM_SIDECAR = "airflow-xcom-sidecar"
+NOBODYS_UID = 61999
 
 
 class _WatchThread(threading.Thread):
@@ -188,6 +199,12 @@ class ExecDirectories(_WatchThread):
         base_env = [{"name": "HOME", "value": str(workdir)},
                     {"name": "POD_NAME", "value": name},
                     {"name": "POD_NAMESPACE", "value": ns}]
+        exec_path = (pod.metadata.annotations or {}).get(EXEC_PATH_ANNOTATION)
+        if exec_path:
+            # The shim runs the command with PATH=$MFHELM_HOST_PATH; KWOK adds
+            # these after its own environment, so this value wins.
+            base_env.append({"name": "MFHELM_HOST_PATH",
+                             "value": os.pathsep.join([exec_path, os.environ["PATH"]])})
         sources = self._volume_sources(pod, workdir) if self.mounts else {}
         targets = []
         for container in [*(pod.spec.init_containers or []), *pod.spec.containers]:
@@ -200,8 +217,11 @@ class ExecDirectories(_WatchThread):
                     lines.append(f"{src}\t{m.mount_path}")
             if lines:
                 env.append({"name": "MFHELM_POD_MOUNTS", "value": "\n".join(lines)})
-            targets.append({"containers": [container.name],
-                            "local": {"workDir": str(workdir), "envs": env}})
+            local: dict[str, Any] = {"workDir": str(workdir), "envs": env}
+            if container.name == XCOM_SIDECAR:
+                local = {"workDir": "/", "envs": env, "securityContext": {
+                    "runAsUser": NOBODYS_UID, "runAsGroup": NOBODYS_UID}}
+            targets.append({"containers": [container.name], "local": local})
         self._put(ns, "execs", {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Exec",

@@ -10,6 +10,8 @@ labels and the DAG volume stands in for the Airflow chart's scheduler.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from chartlib import renderable_chart
 from kubernetes import client
 
+from .agents import EXEC_PATH_ANNOTATION
 from .handle import Cluster
 from .test_e2e_stack import DAG, mfhelm, one_error_line
 
@@ -46,13 +49,24 @@ def _install_with_airflow_glue(cluster: Cluster, ns: str, release: str) -> None:
     assert info.status == "deployed"
 
 
-def _scheduler_pod(release: str, *, claim: str = "metaflow-airflow-dags",
-                   node_selector: dict[str, str] | None = None) -> client.V1Pod:
-    """A stand-in with the Airflow chart's scheduler labels and DAG mount."""
+def airflow_bin() -> str:
+    """The pinned Airflow's environment (tools.toml): the stand-in scheduler's
+    `python`, as the apache/airflow image has Airflow and its providers."""
+    found = shutil.which("airflow")
+    if found is None:
+        pytest.fail("airflow is not on PATH: tools.toml pins it, `make dev` installs it")
+    return str(Path(os.path.realpath(found)).parent)
+
+
+def scheduler_pod(release: str, *, claim: str = "metaflow-airflow-dags",
+                  node_selector: dict[str, str] | None = None) -> client.V1Pod:
+    """A stand-in with the Airflow chart's scheduler labels and DAG mount;
+    commands exec'd into it find the pinned Airflow's python first."""
     return client.V1Pod(
         metadata=client.V1ObjectMeta(
             name=f"{release}-scheduler-0",
-            labels={"tier": "airflow", "component": "scheduler", "release": release}),
+            labels={"tier": "airflow", "component": "scheduler", "release": release},
+            annotations={EXEC_PATH_ANNOTATION: airflow_bin()}),
         spec=client.V1PodSpec(
             containers=[client.V1Container(
                 name="scheduler", image="apache/airflow:2.10.5",
@@ -80,7 +94,7 @@ def scheduler(cluster: Cluster, airflow_release) -> tuple[str, str]:
     ns, rel = airflow_release
     if not cluster.exec_mounts:
         pytest.skip("exec onto volumes requires mount namespaces (`unshare --mount`) on this host")
-    cluster.core().create_namespaced_pod(ns, _scheduler_pod(rel))
+    cluster.core().create_namespaced_pod(ns, scheduler_pod(rel))
     cluster.wait_pod_ready(ns, f"{rel}-scheduler-0", timeout=120)
     return ns, rel
 
@@ -134,7 +148,7 @@ def test_dag_survives_a_scheduler_restart(cluster: Cluster, scheduler, tmp_path:
     core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
     cluster.wait_for(lambda: not any(p.metadata.name == pod for p in
                                      core.list_namespaced_pod(ns).items), 60, "old pod gone")
-    core.create_namespaced_pod(ns, _scheduler_pod(rel))
+    core.create_namespaced_pod(ns, scheduler_pod(rel))
     cluster.wait_pod_ready(ns, pod, timeout=120)
     assert "durable.py" in _dag_volume_files(cluster, ns, pod)
 
@@ -150,6 +164,22 @@ def test_dag_with_syntax_error_is_refused_before_any_copy(cluster: Cluster, sche
     assert _dag_volume_files(cluster, ns, f"{rel}-scheduler-0") == before
 
 
+def test_dag_airflow_cannot_import_is_refused_before_any_copy(cluster: Cluster, scheduler,
+                                                              tmp_path: Path):
+    """Valid Python that defines a DAG, so the local check passes; the
+    scheduler's Airflow, loading the staged file in the pod, refuses it."""
+    ns, rel = scheduler
+    pod = f"{rel}-scheduler-0"
+    before = _dag_volume_files(cluster, ns, pod)
+    bad = tmp_path / "needs_pandas_x.py"
+    bad.write_text("from airflow import DAG\nimport pandas_that_is_not_there\n"
+                   "dag = DAG('needs_pandas_x')\n")
+    line = one_error_line(mfhelm(cluster, "dag-push", str(bad), "-n", ns, "--release", rel))
+    assert f"Airflow in {pod} cannot load it, not pushed" in line, line
+    assert line.endswith("No module named 'pandas_that_is_not_there'"), line
+    assert _dag_volume_files(cluster, ns, pod) == before
+
+
 def test_dag_push_without_airflow(cluster: Cluster, namespace: str, tmp_path: Path):
     dag = tmp_path / "d.py"
     dag.write_text(DAG)
@@ -161,7 +191,7 @@ def test_dag_push_to_a_scheduler_that_is_not_ready(cluster: Cluster, namespace: 
                                                    tmp_path: Path):
     # A pool no node has: the pod stays Pending.
     cluster.core().create_namespaced_pod(
-        namespace, _scheduler_pod("pend", node_selector={"mfhelm.io/pool": "nowhere"}))
+        namespace, scheduler_pod("pend", node_selector={"mfhelm.io/pool": "nowhere"}))
     dag = tmp_path / "d.py"
     dag.write_text(DAG)
     line = one_error_line(mfhelm(cluster, "dag-push", str(dag), "-n", namespace,

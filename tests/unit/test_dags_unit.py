@@ -2,8 +2,11 @@
 
 import hashlib
 import io
+import os
+import shutil
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -110,30 +113,77 @@ def test_pack_holds_exactly_one_file():
         assert tar.extractfile(members[0]).read() == data
 
 
+def _airflow_bin() -> Path:
+    """The pinned Airflow's environment (tools.toml), whose `python` plays the
+    scheduler container's."""
+    found = shutil.which("airflow")
+    if found is None:
+        pytest.fail("airflow is not on PATH: tools.toml pins it, `make dev` installs it")
+    return Path(os.path.realpath(found)).parent
+
+
+def _run_in_scheduler(tmp_path: Path, folder: Path, name: str, data: bytes,
+                      *, path: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The remote script, run by a local sh as the scheduler container would run it."""
+    archive = dags.pack(name, data)
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow-home"),
+           "PATH": path if path is not None else f"{_airflow_bin()}:/usr/bin:/bin"}
+    # Extra bytes after the archive must not be read: exec stdin may not close.
+    return subprocess.run(dags.copy_script(str(folder), name, len(archive)),
+                          input=archive + b"\0" * 50, capture_output=True, env=env, timeout=120)
+
+
 def test_copy_script_runs_for_real_in_sh(tmp_path):
-    """The remote script, run by a local sh: unpack, atomic rename, checksum."""
-    folder = tmp_path / "dags"
+    """Unpack, Airflow's DagBag loads the staged file, atomic rename, checksum;
+    in a folder whose name needs quoting."""
+    folder = tmp_path / "it's $(dags)"
     folder.mkdir()
     (folder / "flow.py").write_text("old\n")
-    data = b"from airflow import DAG\nDAG('new')\n"
-    archive = dags.pack("flow.py", data)
-    # Extra bytes after the archive must not be read: exec stdin may not close.
-    proc = subprocess.run(dags.copy_script(str(folder), "flow.py", len(archive)),
-                          input=archive + b"\0" * 50, capture_output=True)
+    data = b"from airflow import DAG\ndag = DAG('new')\n"
+    proc = _run_in_scheduler(tmp_path, folder, "flow.py", data)
     assert proc.returncode == 0, proc.stderr
     assert (folder / "flow.py").read_bytes() == data
     assert proc.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
     assert sorted(p.name for p in folder.iterdir()) == ["flow.py"]
 
 
-def test_copy_script_quotes_hostile_folder(tmp_path):
-    folder = tmp_path / "it's $(here)"
+@pytest.mark.parametrize(("source", "reason"), [
+    # Compiles and imports DAG from airflow, so the local check passes; only
+    # Airflow loading it finds the problem.
+    ("from airflow import DAG\nimport no_such_module_anywhere\nd = DAG('x')\n",
+     "No module named 'no_such_module_anywhere'"),
+    # A DAG object not kept at module level is never seen by the scheduler.
+    ("from airflow import DAG\nDAG('x')\n", "Airflow found no DAG in it"),
+])
+def test_copy_script_refuses_what_airflow_cannot_load(tmp_path, source, reason):
+    folder = tmp_path / "dags"
     folder.mkdir()
-    archive = dags.pack("d.py", b"x")
-    proc = subprocess.run(dags.copy_script(str(folder), "d.py", len(archive)), input=archive,
-                          capture_output=True)
-    assert proc.returncode == 0, proc.stderr
-    assert (folder / "d.py").read_bytes() == b"x"
+    (folder / "flow.py").write_text("old\n")
+    dags.validate_dag_file(_write(tmp_path / "flow.py", source))  # the local check passes
+    proc = _run_in_scheduler(tmp_path, folder, "flow.py", source.encode())
+    assert proc.returncode == dags.REFUSED_EXIT, proc.stderr
+    assert proc.stderr.decode().strip().splitlines()[-1].endswith(reason)
+    # The live file is untouched and nothing staged is left behind.
+    assert sorted(p.name for p in folder.iterdir()) == ["flow.py"]
+    assert (folder / "flow.py").read_text() == "old\n"
+
+
+def test_copy_script_without_python_pushes_nothing(tmp_path):
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    for tool in ("sh", "head", "tar", "mkdir", "rm", "mv", "rmdir", "sha256sum"):
+        os.symlink(shutil.which(tool), bare / tool)
+    proc = _run_in_scheduler(tmp_path, folder, "flow.py", b"from airflow import DAG\n",
+                             path=str(bare))
+    assert proc.returncode == dags.NO_PYTHON_EXIT, proc.stderr
+    assert list(folder.iterdir()) == []
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 @pytest.mark.parametrize(("status", "code"), [
