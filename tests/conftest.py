@@ -1,7 +1,7 @@
 """Shared test helpers, importable by name from every test layer:
 `chartlib` (render the chart with the real helm), `fake_arm` (a local HTTPS
-server answering like the Azure REST APIs) and `wheelkit` (build the wheel
-and install it outside the checkout).
+server answering like the Azure REST APIs), `wheelkit` (build the wheel
+and install it outside the checkout) and `pgserver` (a real PostgreSQL).
 
 The project's pinned tools (`make dev` links helm, kubectl, uv, ... into
 .venv/bin) come first on PATH for the whole session, however pytest was
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 _HERE = Path(__file__).resolve().parent
-for _sub in ("chart", "unit/azure", "packaging"):
+for _sub in ("chart", "unit/azure", "packaging", "db"):
     _path = str(_HERE / _sub)
     if _path not in sys.path:
         sys.path.insert(0, _path)

@@ -36,12 +36,6 @@ FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 # commands exec'd into it (os.pathsep-separated), as its image would have
 # them: the Airflow scheduler's stand-in gets the pinned Airflow's `python`.
 EXEC_PATH_ANNOTATION = "mfhelm.io/test-exec-path"
-# The KubernetesPodOperator's XCom sidecar. Its exec is `/bin/sh` by absolute
-# path (so no shim and no pod mounts) fed `kill -2 $(pgrep -u $(whoami) -f
-# trap)`: on a fake node that would signal the test host's processes. It runs
-# as a uid that owns no process and has no name, in `/`.
-XCOM_SIDECAR = "airflow-xcom-sidecar"
-NOBODYS_UID = 61999
 
 
 class _WatchThread(threading.Thread):
@@ -217,11 +211,8 @@ class ExecDirectories(_WatchThread):
                     lines.append(f"{src}\t{m.mount_path}")
             if lines:
                 env.append({"name": "MFHELM_POD_MOUNTS", "value": "\n".join(lines)})
-            local: dict[str, Any] = {"workDir": str(workdir), "envs": env}
-            if container.name == XCOM_SIDECAR:
-                local = {"workDir": "/", "envs": env, "securityContext": {
-                    "runAsUser": NOBODYS_UID, "runAsGroup": NOBODYS_UID}}
-            targets.append({"containers": [container.name], "local": local})
+            targets.append({"containers": [container.name],
+                            "local": {"workDir": str(workdir), "envs": env}})
         self._put(ns, "execs", {
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Exec",
@@ -232,7 +223,13 @@ class ExecDirectories(_WatchThread):
             "apiVersion": "kwok.x-k8s.io/v1alpha1",
             "kind": "Logs",
             "metadata": {"name": name, "namespace": ns, "ownerReferences": owner},
-            "spec": {"logs": [{"logsFile": str(logfile), "follow": True}]},
+            # A kubelet ends a follow when the container exits; KWOK, following
+            # a file, never would. Pods that run to completion (which KWOK
+            # finishes within a second) get the log as it is instead, as a
+            # kubelet gives a finished container's; a follow would hang the
+            # KubernetesPodOperator for its 5-minute read timeout.
+            "spec": {"logs": [{"logsFile": str(logfile),
+                               "follow": (pod.spec.restart_policy or "Always") == "Always"}]},
         })
         # Created last: its presence tells Cluster.wait_pod_ready the pod is wired up.
         logfile.touch()
