@@ -142,7 +142,7 @@ def init(
                                        help="File to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing settings file."),
 ) -> None:
-    """Write the settings file that make bicep-deploy and mfhelm read."""
+    """Write the settings file that mfhelm deploy and the other commands read."""
     from mfhelm import settings as settings_mod
 
     if settings_file.exists() and not force:
@@ -151,7 +151,29 @@ def init(
               "deploy_argo": argo, "deploy_airflow": airflow}
     s = settings_mod.parse(fields, "mfhelm init")
     path = settings_mod.save(s, settings_file)
-    typer.echo(f"wrote {path}; next: make bicep-deploy")
+    typer.echo(f"wrote {path}; next: mfhelm deploy")
+
+
+@app.command()
+def deploy(
+    what_if: bool = typer.Option(False, "--what-if",
+                                 help="Preview the changes (az deployment sub what-if); "
+                                 "change nothing."),
+    build_only: bool = typer.Option(False, "--build-only",
+                                    help="Only compile the Bicep template (az bicep build)."),
+    skip_preflight: bool = typer.Option(False, "--skip-preflight",
+                                        help="Deploy without the `mfhelm doctor` checks."),
+    settings_file: Path | None = SettingsOpt,
+) -> None:
+    """Create or update the Azure resources from the packaged Bicep (uses `az`)."""
+    from mfhelm import bicep_deploy
+
+    if what_if and build_only:
+        raise MfhelmError("--what-if and --build-only exclude each other; give one")
+    if skip_preflight and (what_if or build_only):
+        raise MfhelmError("--skip-preflight applies to a deploy, not to --what-if or --build-only")
+    command = "build" if build_only else "whatif" if what_if else "deploy"
+    bicep_deploy.run(command, settings_file, skip_preflight=skip_preflight)
 
 
 @app.command()
