@@ -111,7 +111,8 @@ ContextOpt = typer.Option(None, "--context", help="Kube context (default: the cu
 # User values over mfhelm's, in Helm's order (mfhelm.uservalues).
 ValuesOpt = typer.Option(None, "-f", "--values", readable=False, metavar="FILE",
                          help="Values file (YAML) over mfhelm's; repeat for more, the last wins.")
-SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE", help="key=value over the files, in Helm's --set syntax "
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
+                      help="key=value over the files, in Helm's --set syntax "
                       "(a.b=1, list[0]=x, l={a,b}); repeatable.")
 AllowOpt = typer.Option(None, "--allow-override", metavar="KEY",
                         help="Let your values change this protected key (they come from the "
