@@ -17,6 +17,7 @@ unless `--allow-override KEY` says so on purpose.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
@@ -139,6 +140,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
             raise MfhelmError(f"{where}: expected a mapping of values, not a "
                               f"{'list' if isinstance(doc, list) else type(doc).__name__}")
         merged = merge_maps(merged, doc)
+    try:
+        json.dumps(merged)
+    except (TypeError, ValueError) as exc:  # !!binary, !!set: nothing helm can take
+        raise MfhelmError(f"{where}: holds a value that is not plain data ({exc})") from None
     return merged
 
 
@@ -229,8 +234,11 @@ def parse_set(expr: str, into: dict[str, Any]) -> None:
     """Write one `--set` argument (`a.b=1,c[0]=x,d={1,2}`) into `into`, in
     place, the way `helm --set` writes into the merged values files."""
     text = _Text(expr)
-    while not text.at_end():
-        _assign(text, into, 0)
+    try:
+        while not text.at_end():
+            _assign(text, into, 0)
+    except RecursionError:
+        raise SetError("nested too deeply") from None
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
@@ -437,8 +445,6 @@ def _lookup(tree: Any, key: str) -> Any:
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as helm would see them: `1` is not `true`, `1` is not `"1"`."""
-    import json
-
     if a is _MISSING or b is _MISSING:
         return a is b
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
@@ -478,8 +484,6 @@ def check_schema(chart: Path, values: dict[str, Any]) -> None:
     """The chart's own values.schema.json over its defaults and `values`:
     one line naming the first offending key. (`mfhelm install` renders the
     chart with helm first, which also checks the subcharts' schemas.)"""
-    import json
-
     import jsonschema
     import yaml
 

@@ -287,3 +287,15 @@ def test_coalesce_drops_nulls_over_defaults():
     assert uservalues.coalesce({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": None}, "d": None,
                                                                  "e": {"f": None}}) == {
         "a": {"c": 2}, "e": {}}
+
+
+def test_values_file_with_data_helm_cannot_take(tmp_path: Path):
+    path = tmp_path / "v.yaml"
+    path.write_text("blob: !!binary aGVsbG8=\n")
+    with pytest.raises(MfhelmError, match=f"values file {path}: holds a value that is not plain"):
+        UserValues.read([path])
+
+
+def test_absurdly_nested_set_is_one_line():
+    with pytest.raises(MfhelmError, match="nested too deeply"):
+        UserValues.read(sets=["a" + "[0]" * 5000 + "=1"])
