@@ -58,12 +58,12 @@ bench: $(STAMP) ## time `mfhelm --help` and `mfhelm render` (median of several r
 clean: ## remove the venv (the tool cache in ~/.cache/mfhelm stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# --- Azure infrastructure (bicep/). Parameters come from mfhelm.toml. ---
-bicep-build: $(STAMP) ## compile bicep/main.bicep with the Azure CLI (az bicep build)
-	@$(PY) -m mfhelm.bicep_deploy build
+# --- Azure infrastructure (bicep/): thin wrappers over `mfhelm deploy`. ---
+bicep-build: $(STAMP) ## compile bicep/main.bicep (mfhelm deploy --build-only)
+	@$(BIN)/mfhelm deploy --build-only $(DEPLOY_ARGS)
 
-bicep-whatif: $(STAMP) ## preview the deployment (az deployment sub what-if)
-	@$(PY) -m mfhelm.bicep_deploy whatif
+bicep-whatif: $(STAMP) ## preview the deployment (mfhelm deploy --what-if)
+	@$(BIN)/mfhelm deploy --what-if $(DEPLOY_ARGS)
 
-bicep-deploy: $(STAMP) ## preflight with `mfhelm doctor`, then deploy bicep/main.bicep
-	@$(PY) -m mfhelm.bicep_deploy deploy
+bicep-deploy: $(STAMP) ## preflight with `mfhelm doctor`, then deploy (mfhelm deploy)
+	@$(BIN)/mfhelm deploy $(DEPLOY_ARGS)

@@ -1,4 +1,4 @@
-"""`make bicep-build|bicep-whatif|bicep-deploy`: drive `bicep/main.bicep` with the Azure CLI.
+"""`mfhelm deploy [--what-if|--build-only]`: drive `bicep/main.bicep` with the Azure CLI.
 
 Parameters come from `mfhelm.toml`. The PostgreSQL administrator password is
 generated on the first deploy and read back from Key Vault afterwards, so a
@@ -7,7 +7,9 @@ never in argv, in the environment, in a file, or on the terminal. Likewise the
 current node count of each AKS pool is read before a re-deploy and passed in,
 so the deploy keeps the size the cluster autoscaler chose.
 
-Usage: python -m mfhelm.bicep_deploy build|whatif|deploy [--settings PATH] [--skip-preflight]
+`make bicep-build|bicep-whatif|bicep-deploy` call `mfhelm deploy`; the module
+entry point stays for scripts: python -m mfhelm.bicep_deploy build|whatif|deploy
+[--settings PATH] [--skip-preflight]
 """
 
 from __future__ import annotations
@@ -529,7 +531,40 @@ def build(*, template: Path = TEMPLATE) -> None:
 
 def _check_template(template: Path) -> None:
     if not template.is_file():
-        raise MfhelmError(f"{template} not found: reinstall mfhelm or use its repository")
+        raise MfhelmError(f"{template} not found: reinstall mfhelm (the wheel carries "
+                          "bicep/) or run it from its repository")
+
+
+COMMANDS = ("build", "whatif", "deploy")
+
+
+def run(
+    command: str,
+    settings_path: str | os.PathLike[str] | None = None,
+    *,
+    skip_preflight: bool = False,
+    preflight_loader: Callable[[TextIO | None], Preflight | None] = load_preflight,
+    sleep: Sleep = time.sleep,
+) -> None:
+    """One of COMMANDS, as `mfhelm deploy` and the module entry point run it.
+
+    Everything local (the template, the settings, `az` on PATH) is checked
+    before the first call to Azure. Raises MfhelmError.
+    """
+    if command not in COMMANDS:
+        raise MfhelmError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+    template = find_template()
+    _check_template(template)
+    if command == "build":
+        build(template=template)
+        return
+    settings = settings_mod.load(settings_path)
+    require_az()
+    if command == "whatif":
+        whatif(settings, template=template)
+    else:
+        preflight = None if skip_preflight else preflight_loader(None)
+        deploy(settings, template=template, preflight=preflight, sleep=sleep)
 
 
 def main(
@@ -539,23 +574,14 @@ def main(
     sleep: Sleep = time.sleep,
 ) -> int:
     parser = argparse.ArgumentParser(prog="python -m mfhelm.bicep_deploy")
-    parser.add_argument("command", choices=("build", "whatif", "deploy"))
+    parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("--settings", default=None, help="path to mfhelm.toml")
     parser.add_argument("--skip-preflight", action="store_true",
                         help="deploy without running the `mfhelm doctor` checks")
     args = parser.parse_args(argv)
     try:
-        _check_template(TEMPLATE)
-        if args.command == "build":
-            build()
-            return 0
-        settings = settings_mod.load(args.settings)
-        require_az()
-        if args.command == "whatif":
-            whatif(settings)
-        else:
-            preflight = None if args.skip_preflight else preflight_loader(None)
-            deploy(settings, preflight=preflight, sleep=sleep)
+        run(args.command, args.settings, skip_preflight=args.skip_preflight,
+            preflight_loader=preflight_loader, sleep=sleep)
     except MfhelmError as exc:
         print(f"mfhelm: error: {exc}", file=sys.stderr)
         return 1

@@ -142,7 +142,7 @@ def explain(failure: Failure) -> str:
             f"{location} is too small ({node.code}). Fix: request a higher quota for that VM "
             "family in that region (Azure portal > Quotas > Compute, or `az quota create`), or "
             "choose a smaller size or lower min/max counts under [aks] in mfhelm.toml "
-            "(`mfhelm doctor` shows what each pool needs), then run `make bicep-deploy` again."
+            "(`mfhelm doctor` shows what each pool needs), then run `mfhelm deploy` again."
         )
     if failure.kind == ALLOCATION:
         size = _first(_VM_SIZE_RE, node.message)
@@ -152,7 +152,7 @@ def explain(failure: Failure) -> str:
             "is a temporary shortage in the region, not an error in your settings. Fix: set a "
             "different size for that pool under [aks] in mfhelm.toml (system_vm_size, "
             "services_vm_size or task_vm_size) or choose another location, then run "
-            "`make bicep-deploy` again; retrying later with the same size may also work."
+            "`mfhelm deploy` again; retrying later with the same size may also work."
         )
     if failure.kind == SKU_UNAVAILABLE:
         size = _first(_VM_SIZE_RE, node.message) or "a requested VM size"
@@ -160,13 +160,13 @@ def explain(failure: Failure) -> str:
             f"{size} is not offered to your subscription in {location} ({node.code}). Fix: "
             "pick a size listed by `az vm list-skus --location <region> --resource-type "
             "virtualMachines -o table` for the pool under [aks] in mfhelm.toml, or choose "
-            "another location, then run `make bicep-deploy` again."
+            "another location, then run `mfhelm deploy` again."
         )
     if failure.kind == POSTGRES_INTERNAL:
         return (
             "Azure Database for PostgreSQL answered InternalServerError while creating the "
             "server, a known transient failure of first-time Flexible Server creation. Fix: "
-            "wait a few minutes and run `make bicep-deploy` again (re-running is safe and reuses "
+            "wait a few minutes and run `mfhelm deploy` again (re-running is safe and reuses "
             "the stored password); if it keeps failing, check the SKU is offered with "
             "`az postgres flexible-server list-skus --location <region>` or choose another "
             "location."
@@ -176,7 +176,7 @@ def explain(failure: Failure) -> str:
         return (
             f"A Key Vault named {vault} still exists in the soft-deleted state, left by a stack "
             "that was deleted earlier, and purge protection keeps the name taken. Fix: recover "
-            f"it with `az keyvault recover --name {vault}` and run `make bicep-deploy` again "
+            f"it with `az keyvault recover --name {vault}` and run `mfhelm deploy` again "
             "(the stored password is reused)."
         )
     raise ValueError(f"unknown failure kind {failure.kind}")

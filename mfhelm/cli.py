@@ -108,6 +108,15 @@ OutputsOpt = typer.Option(None, "--outputs", readable=False,
 SubOpt = typer.Option(None, "--subscription", help="Azure subscription id (default: az's).")
 KubeconfigOpt = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG).")
 ContextOpt = typer.Option(None, "--context", help="Kube context (default: the current one).")
+# User values over mfhelm's, in Helm's order (mfhelm.uservalues).
+ValuesOpt = typer.Option(None, "-f", "--values", readable=False, metavar="FILE",
+                         help="Values file (YAML) over mfhelm's; repeat for more, the last wins.")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
+                      help="key=value over the files, in Helm's --set syntax "
+                      "(a.b=1, list[0]=x, l={a,b}); repeatable.")
+AllowOpt = typer.Option(None, "--allow-override", metavar="KEY",
+                        help="Let your values change this protected key (they come from the "
+                        "deployment); repeatable.")
 
 
 def _target(settings_file: Path | None, kubeconfig: str | None, context: str | None,
@@ -142,7 +151,7 @@ def init(
                                        help="File to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing settings file."),
 ) -> None:
-    """Write the settings file that make bicep-deploy and mfhelm read."""
+    """Write the settings file that mfhelm deploy and the other commands read."""
     from mfhelm import settings as settings_mod
 
     if settings_file.exists() and not force:
@@ -151,26 +160,78 @@ def init(
               "deploy_argo": argo, "deploy_airflow": airflow}
     s = settings_mod.parse(fields, "mfhelm init")
     path = settings_mod.save(s, settings_file)
-    typer.echo(f"wrote {path}; next: make bicep-deploy")
+    typer.echo(f"wrote {path}; next: mfhelm deploy")
+
+
+@app.command()
+def deploy(
+    what_if: bool = typer.Option(False, "--what-if",
+                                 help="Preview the changes (az deployment sub what-if); "
+                                 "change nothing."),
+    build_only: bool = typer.Option(False, "--build-only",
+                                    help="Only compile the Bicep template (az bicep build)."),
+    skip_preflight: bool = typer.Option(False, "--skip-preflight",
+                                        help="Deploy without the `mfhelm doctor` checks."),
+    settings_file: Path | None = SettingsOpt,
+) -> None:
+    """Create or update the Azure resources from the packaged Bicep (uses `az`)."""
+    from mfhelm import bicep_deploy
+
+    if what_if and build_only:
+        raise MfhelmError("--what-if and --build-only exclude each other; give one")
+    if skip_preflight and (what_if or build_only):
+        raise MfhelmError("--skip-preflight applies to a deploy, not to --what-if or --build-only")
+    command = "build" if build_only else "whatif" if what_if else "deploy"
+    bicep_deploy.run(command, settings_file, skip_preflight=skip_preflight)
 
 
 @app.command()
 def render(
     output: Path | None = typer.Option(None, "-o", "--output", readable=False,
                                        help="Write here (default: stdout)."),
+    local: bool = typer.Option(False, "--local", help="The local profile's values instead."),
+    argo: bool = typer.Option(True, "--argo/--no-argo", help="With --local: Argo Workflows."),
+    airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="With --local: Airflow."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n",
+                                         help="With --local: the release namespace."),
+    values_files: list[Path] | None = ValuesOpt,
+    set_values: list[str] | None = SetOpt,
+    allow_override: list[str] | None = AllowOpt,
     settings_file: Path | None = SettingsOpt,
     outputs_file: Path | None = OutputsOpt,
     subscription: str | None = SubOpt,
 ) -> None:
-    """Write the azure-profile Helm values from the deployment outputs (no secrets)."""
+    """Write the Helm values mfhelm installs (azure profile from the deployment
+    outputs, or --local), your -f/--set merged in; no secrets."""
     import yaml
 
     from mfhelm import settings as settings_mod
-    from mfhelm.values import render_values
+    from mfhelm import uservalues
+    from mfhelm import values as values_mod
 
-    s = settings_mod.load(settings_file)
-    text = yaml.safe_dump(render_values(_outputs(outputs_file, s, subscription), s),
-                          sort_keys=False)
+    user = uservalues.UserValues.read(values_files or (), set_values or (), allow_override or ())
+    if local:
+        target = _target(settings_file, None, None, None, namespace, True)
+        ns = target.namespace
+        values = values_mod.local_values(argo=argo, airflow=airflow,
+                                         flow_namespace=values_mod.flows_namespace_for(ns))
+        protected = uservalues.LOCAL_PROTECTED
+    else:
+        if namespace is not None:
+            raise MfhelmError("--namespace is for --local; on azure it comes from mfhelm.toml")
+        s = settings_mod.load(settings_file)
+        outs = _outputs(outputs_file, s, subscription)
+        values = values_mod.render_values(outs, s)
+        ns = str(outs["serviceNamespace"])
+        protected = uservalues.AZURE_PROTECTED
+    if user:
+        from mfhelm.helm import find_chart
+
+        values = values_mod.argo_watches_flow_namespace(user.apply(values, protected), ns)
+        uservalues.check_schema(find_chart(), values)
+    elif local:
+        values = values_mod.argo_watches_flow_namespace(values, ns)
+    text = yaml.safe_dump(values, sort_keys=False)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -194,49 +255,38 @@ def install(
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
     chart: Path | None = typer.Option(None, "--chart", readable=False,
                                       help="Chart directory to install."),
-    values_file: Path | None = typer.Option(None, "-f", "--values", readable=False,
-                                            help="Extra values (YAML)."),
+    values_files: list[Path] | None = ValuesOpt,
+    set_values: list[str] | None = SetOpt,
+    allow_override: list[str] | None = AllowOpt,
     timeout: str = typer.Option("10m", "--timeout", help="How long helm waits."),
 ) -> None:
     """Install or upgrade the stack; a failed upgrade rolls back."""
     from mfhelm import settings as settings_mod
     from mfhelm import stack
+    from mfhelm.uservalues import UserValues
 
     settings_mod.check_timeout(timeout)
-    extra = _load_values_file(values_file)
+    user = UserValues.read(values_files or (), set_values or (), allow_override or ())
     target = _target(settings_file, kubeconfig, context, release, namespace, local)
     step = _Steps()
     try:
         if local:
             info = stack.install_local(target, argo=argo, airflow=airflow, chart=chart,
-                                       timeout=timeout, extra_values=extra, progress=step)
+                                       timeout=timeout, user_values=user, progress=step)
         else:
             from mfhelm.azure.credentials import get_credential, resolve_subscription_id
 
-            if extra:
-                raise MfhelmError("-f/--values is for --local; on azure the values come from Bicep")
             s = settings_mod.load(settings_file)
             sub = resolve_subscription_id(subscription)
             outs = _outputs(outputs_file, s, sub)
             info = stack.install_azure(target, s, outs, credential=get_credential(),
                                        subscription_id=sub, chart=chart, timeout=timeout,
-                                       progress=step)
+                                       user_values=user, progress=step)
     finally:
         step.close()
     typer.echo(f"release {info.name} revision {info.revision}: {info.status} "
                f"(chart {info.chart_version}, app {info.app_version})")
     typer.echo("next: mfhelm status; mfhelm port-forward; mfhelm config")
-
-
-def _load_values_file(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    from mfhelm import userfiles
-
-    data = userfiles.load_yaml(path)
-    if data is not None and not isinstance(data, dict):
-        raise MfhelmError(f"{path}: expected a mapping of values")
-    return data or None
 
 
 @app.command()

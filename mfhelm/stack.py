@@ -25,6 +25,7 @@ from mfhelm import dbroles
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import Interrupted, MfhelmError
+from mfhelm.uservalues import AZURE_PROTECTED, LOCAL_PROTECTED, UserValues
 
 Progress = Callable[[str], None]
 
@@ -152,17 +153,18 @@ def _apply_secrets(api: Any, namespace: str, secret_data: dict[str, dict[str, st
 
 
 def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
-                  timeout: str = "10m", extra_values: dict[str, Any] | None = None,
+                  timeout: str = "10m", user_values: UserValues | None = None,
                   progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
     """The local profile into the current kube context: in-cluster PostgreSQL
-    and Azurite. The password is generated once and kept across upgrades."""
+    and Azurite. The password is generated once and kept across upgrades.
+    `user_values` (-f/--set) go over mfhelm's values, protected keys kept."""
     from mfhelm import kube
 
     values = values_mod.local_values(
         argo=argo, airflow=airflow,
         flow_namespace=values_mod.flows_namespace_for(target.namespace))
-    if extra_values:
-        values = _merge(values, extra_values)
+    if user_values:
+        values = user_values.apply(values, LOCAL_PROTECTED)
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
     progress("preparing the chart")
@@ -189,10 +191,14 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
 
 def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, credential: Any,
                   subscription_id: str, chart: Path | None = None, timeout: str = "15m",
+                  user_values: UserValues | None = None,
                   progress: Progress = _quiet, arm_base_url: str | None = None,
                   verify_challenge_resource: bool = True) -> helm_mod.ReleaseInfo:
     """The azure profile: AKS credentials and the DB password come from Azure
     and go only to a temporary kubeconfig (0600, removed) and a Secret.
+    `user_values` (-f/--set) go over the rendered values; the keys that come
+    from the deployment are refused (uservalues.AZURE_PROTECTED) before any
+    call to Azure or the cluster.
 
     `arm_base_url` and `verify_challenge_resource` exist for sovereign clouds
     and for tests that serve the Azure APIs locally.
@@ -202,6 +208,9 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
     from mfhelm.azure.keyvault import keyvault_secret
 
     values = values_mod.render_values(outputs, settings)
+    if user_values:
+        values = values_mod.argo_watches_flow_namespace(
+            user_values.apply(values, AZURE_PROTECTED), outputs["serviceNamespace"])
     helm_bin = helm_mod.helm_binary()
     progress("preparing the chart")
     with ExitStack() as cleanup:
@@ -380,12 +389,3 @@ def uninstall(target: Target, *, purge: bool) -> list[str]:
                 raise MfhelmError(f"deleting secret {name}: {exc.status} {exc.reason}") from None
     return deleted
 
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -44,7 +44,7 @@ def aks_user_kubeconfig(
             resource_group, cluster, format=format
         )
     except ResourceNotFoundError:
-        raise MfhelmError(f"{where} not found; run `make bicep-deploy` first") from None
+        raise MfhelmError(f"{where} not found; run `mfhelm deploy` first") from None
     except ClientAuthenticationError as exc:
         raise auth_error(exc) from None
     except HttpResponseError as exc:

@@ -53,7 +53,7 @@ def keyvault_secret(
         secret = client.get_secret(name)
     except ResourceNotFoundError:
         raise MfhelmError(
-            f"secret {name!r} missing from Key Vault {vault}; re-run `make bicep-deploy`"
+            f"secret {name!r} missing from Key Vault {vault}; re-run `mfhelm deploy`"
         ) from None
     except ClientAuthenticationError as exc:
         raise auth_error(exc) from None

@@ -1,6 +1,6 @@
 """The Bicep deployment's outputs: the one place mfhelm learns Azure names.
 
-`make bicep-deploy` creates a subscription-scope ARM deployment; its outputs
+`mfhelm deploy` creates a subscription-scope ARM deployment; its outputs
 carry every name and endpoint the chart needs. mfhelm reads them from ARM
 (or from a file saved with `az deployment sub show --query properties.outputs`)
 and never re-derives a name itself.
@@ -68,7 +68,7 @@ REQUIRED_OUTPUTS: tuple[str, ...] = STRING_OUTPUTS + BOOL_OUTPUTS
 # Empty is a legitimate value for these (Airflow off means no logs container).
 MAY_BE_EMPTY: frozenset[str] = frozenset({"airflowLogsContainerName"})
 
-_NOT_DEPLOYED = "run `make bicep-deploy` first"
+_NOT_DEPLOYED = "run `mfhelm deploy` first"
 
 
 def flatten_outputs(raw: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def validate_outputs(outputs: dict[str, Any], source: str,
     if missing:
         raise MfhelmError(
             f"{source} lacks output(s) {', '.join(missing)}; the Bicep templates and mfhelm "
-            "disagree: re-run `make bicep-deploy` with this checkout"
+            "disagree: re-run `mfhelm deploy` with this checkout"
         )
     result = dict(outputs)
     for name in STRING_OUTPUTS:
@@ -247,7 +247,7 @@ def check_settings(outputs: dict[str, Any], settings: Settings) -> None:
         if outputs[key] != setting:
             raise MfhelmError(
                 f"mfhelm.toml [helm] {name} = {setting!r} but the deployment federated "
-                f"{outputs[key]!r}; set {name} = {outputs[key]!r} or re-run `make bicep-deploy`"
+                f"{outputs[key]!r}; set {name} = {outputs[key]!r} or re-run `mfhelm deploy`"
             )
 
 
@@ -317,11 +317,11 @@ def deployment_outputs(
     state = text(getattr(props, "provisioning_state", None)) or "Unknown"
     if state == "Failed":
         why = _failure_reason(getattr(props, "error", None))
-        raise MfhelmError(f"{where} failed ({why}); fix it and re-run `make bicep-deploy`")
+        raise MfhelmError(f"{where} failed ({why}); fix it and re-run `mfhelm deploy`")
     if state != "Succeeded":
         raise MfhelmError(
             f"{where} is {state}, not Succeeded; wait for it to finish "
-            "(or re-run `make bicep-deploy`) and try again"
+            "(or re-run `mfhelm deploy`) and try again"
         )
     raw = getattr(props, "outputs", None) or {}
     if not isinstance(raw, dict):

@@ -382,7 +382,7 @@ def _one_paragraph(text: str | None) -> str:
 def test_explain_postgres_internal_server_error():
     text = _one_paragraph(explain_failure(POSTGRES_INTERNAL))
     assert "PostgreSQL" in text and "InternalServerError" in text
-    assert "make bicep-deploy" in text
+    assert "mfhelm deploy" in text
 
 
 def test_explain_allocation_failed_names_the_size_and_the_setting():

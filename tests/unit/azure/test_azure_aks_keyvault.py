@@ -70,7 +70,7 @@ def test_missing_cluster_says_deploy_first(fake_azure, credential):
         arm_error("ResourceNotFound", f"The Resource 'Microsoft.ContainerService/managedClusters/"
                   f"{CLUSTER}' under resource group '{RG}' was not found."),
     )
-    with pytest.raises(MfhelmError, match="not found; run `make bicep-deploy` first"):
+    with pytest.raises(MfhelmError, match="not found; run `mfhelm deploy` first"):
         kubeconfig(fake_azure, credential)
 
 
@@ -123,7 +123,7 @@ def test_secret_missing_says_redeploy(fake_azure, credential):
         {"error": {"code": "SecretNotFound", "message": f"A secret with (name/id) {SECRET} was "
                    "not found in this key vault."}},
     )
-    with pytest.raises(MfhelmError, match=rf"secret '{SECRET}' missing.*make bicep-deploy"):
+    with pytest.raises(MfhelmError, match=rf"secret '{SECRET}' missing.*mfhelm deploy"):
         secret(fake_azure, credential)
 
 

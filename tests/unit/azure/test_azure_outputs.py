@@ -47,7 +47,7 @@ def test_deployment_not_found_says_run_bicep_deploy(fake_azure, credential):
         "GET", deployment_outputs_path(NAME), 404,
         arm_error("DeploymentNotFound", f"Deployment '{NAME}' could not be found."),
     )
-    with pytest.raises(MfhelmError, match=r"not found; run `make bicep-deploy` first"):
+    with pytest.raises(MfhelmError, match=r"not found; run `mfhelm deploy` first"):
         read(fake_azure, credential)
 
 
