@@ -9,6 +9,13 @@ PY     := $(BIN)/python
 # Tests and helm calls find the pinned tools (helm, checkov, ...) in the venv.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
+.PHONY: help dev tools test test-unit test-chart test-bicep test-cluster test-kind lint bench \
+        bicep-build bicep-whatif bicep-deploy clean
+.PHONY: test-tools chart-push
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
 # Two stamps: `make dev` gives a user the tool (mfhelm, its runtime deps and
 # the pinned helm) and nothing else; `make test-tools` (which every test
 # target depends on) adds the test deps and builds the rest of tools.toml
@@ -63,6 +70,15 @@ lint: $(TEST_STAMP) ## ruff over the tree, mypy over mfhelm/
 
 bench: $(TEST_STAMP) ## time `mfhelm --help` and `mfhelm render` (median of several runs)
 	@$(PY) tests/bench/bench_cli.py $(BENCH_ARGS)
+
+# `make chart-push REGISTRY=registry.example.com/charts`: helm package + helm
+# push to oci://$(REGISTRY)/metaflow (log in first: helm registry login HOST).
+# The subchart archives are fetched from their chart repositories (argo-helm,
+# Airflow's); where those are unreachable the push stops, unless
+# SUBCHARTS=drop pushes the chart without them as <version>-nosubcharts.
+chart-push: $(STAMP) ## package the chart and push it to oci://$(REGISTRY) (PLAIN_HTTP=1, SUBCHARTS=drop)
+	@test -n "$(REGISTRY)" || { echo "usage: make chart-push REGISTRY=HOST[:PORT][/PATH] [PLAIN_HTTP=1] [SUBCHARTS=drop]" >&2; exit 2; }
+	@$(PY) -m mfhelm.oci push '$(REGISTRY)' --chart charts/metaflow $(if $(PLAIN_HTTP),--plain-http) $(if $(filter drop,$(SUBCHARTS)),--drop-subcharts)
 
 clean: ## remove the venv (the tool cache in ~/.cache/mfhelm stays)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -23,10 +23,13 @@ from typing import Any
 import yaml
 
 from mfhelm.errors import MfhelmError
+from mfhelm.oci import OciChart, pulled_chart
 
 # The oldest Helm mfhelm supports (major, minor); CI uses the Helm 4 in tools.toml.
 MIN_HELM = (3, 14)
 HELM_ENV = "MFHELM_HELM"
+# The umbrella's subcharts, each switched by `<name>.enabled` in the values.
+SUBCHARTS = ("argo-workflows", "airflow")
 
 # pyhelm3 logs "command failed: <argv>" at WARNING before it raises; with no
 # logging configured, Python prints that to stderr ahead of mfhelm's own
@@ -45,6 +48,17 @@ def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
         if (path / "Chart.yaml").is_file():
             return path
     raise MfhelmError(f"chart not found at {candidates[0]}; pass --chart PATH")
+
+
+@contextmanager
+def chart_dir(source: Path | OciChart | None, *, helm: str) -> Iterator[Path]:
+    """The chart directory to install: find_chart() for a path or None, or
+    the chart pulled from an OCI registry (removed afterwards)."""
+    if isinstance(source, OciChart):
+        with pulled_chart(source, helm=helm) as path:
+            yield path
+    else:
+        yield find_chart(source)
 
 
 def find_helm() -> str | None:
@@ -97,6 +111,16 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
     deps = meta.get("dependencies") or []
+    declared = {d["name"] for d in deps}
+    # A chart packaged without its subcharts (`make chart-push SUBCHARTS=drop`)
+    # would install without them and say nothing: refuse instead.
+    absent = [name for name in SUBCHARTS
+              if _enabled(values, defaults, f"{name}.enabled") and name not in declared]
+    if absent:
+        raise MfhelmError(
+            f"chart {meta.get('name')} {meta.get('version')} has no {', '.join(absent)} "
+            "subchart (packaged without it): install with it disabled, or use a chart that "
+            "has it")
     enabled_missing = [d for d in deps if _enabled(values, defaults, d.get("condition", ""))
                        and not _archive_present(chart, d)]
     if enabled_missing:

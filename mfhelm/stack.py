@@ -25,8 +25,11 @@ from mfhelm import dbroles
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import Interrupted, MfhelmError
+from mfhelm.oci import OciChart
 
 Progress = Callable[[str], None]
+# Where the chart comes from: the packaged one (None), a directory, a registry.
+ChartSource = Path | OciChart | None
 
 
 def _quiet(_: str) -> None:
@@ -151,7 +154,7 @@ def _apply_secrets(api: Any, namespace: str, secret_data: dict[str, dict[str, st
         kube.apply_secret(api, namespace, name, data)
 
 
-def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
+def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSource = None,
                   timeout: str = "10m", extra_values: dict[str, Any] | None = None,
                   progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
     """The local profile into the current kube context: in-cluster PostgreSQL
@@ -165,8 +168,9 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
         values = _merge(values, extra_values)
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
-    progress("preparing the chart")
-    with helm_mod.prepared_chart(helm_mod.find_chart(chart), values, helm=helm_bin) as prepared:
+    progress(_chart_step(chart))
+    with helm_mod.chart_dir(chart, helm=helm_bin) as source, \
+            helm_mod.prepared_chart(source, values, helm=helm_bin) as prepared:
         check_values(prepared, values, target, helm_bin)
         client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
                                timeout=timeout, executable=helm_bin)
@@ -188,7 +192,7 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
 
 
 def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, credential: Any,
-                  subscription_id: str, chart: Path | None = None, timeout: str = "15m",
+                  subscription_id: str, chart: ChartSource = None, timeout: str = "15m",
                   progress: Progress = _quiet, arm_base_url: str | None = None,
                   verify_challenge_resource: bool = True) -> helm_mod.ReleaseInfo:
     """The azure profile: AKS credentials and the DB password come from Azure
@@ -203,10 +207,10 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
 
     values = values_mod.render_values(outputs, settings)
     helm_bin = helm_mod.helm_binary()
-    progress("preparing the chart")
+    progress(_chart_step(chart))
     with ExitStack() as cleanup:
-        prepared = cleanup.enter_context(
-            helm_mod.prepared_chart(helm_mod.find_chart(chart), values, helm=helm_bin))
+        source = cleanup.enter_context(helm_mod.chart_dir(chart, helm=helm_bin))
+        prepared = cleanup.enter_context(helm_mod.prepared_chart(source, values, helm=helm_bin))
         check_values(prepared, values, target, helm_bin)
         configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
                                         helm_bin)
@@ -244,6 +248,12 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         progress("writing the Secrets")
         _apply_secrets(api, target.namespace, data)
         return _upgrade(client, api, target, prepared, values, progress)
+
+
+def _chart_step(chart: ChartSource) -> str:
+    if isinstance(chart, OciChart):
+        return f"pulling the chart {chart.ref} {chart.version}"
+    return "preparing the chart"
 
 
 def _upgrade(client: helm_mod.Helm, api: Any, target: Target, chart: Path,
