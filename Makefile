@@ -24,17 +24,25 @@ STAMP      := $(VENV)/.mfhelm-dev
 TEST_STAMP := $(VENV)/.mfhelm-test
 # The tools `make dev` installs: what the mfhelm CLI itself runs.
 DEV_TOOLS  := helm
+# uv installs no .pyc files, and with PYTHONDONTWRITEBYTECODE set (as in CI)
+# Python would compile the Kubernetes client's sources on every run: a second
+# or two of each `mfhelm install`. Compiled once here instead (files that are
+# not Python, such as the chart's templated airflow_local_settings.py, fail
+# to compile and are skipped).
+COMPILE_BYTECODE = $(PY) -m compileall -q -j 0 $(VENV)/lib mfhelm >/dev/null 2>&1 || true
 
 $(STAMP): pyproject.toml tools.toml tests/tools/install.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install --quiet --disable-pip-version-check "uv==$$($(PYTHON) tests/tools/install.py --version-of uv)"
 	@$(BIN)/uv pip install --quiet --python $(PY) -e .
 	@$(PYTHON) tests/tools/install.py --bin-dir $(BIN) --only $(DEV_TOOLS)
+	@$(COMPILE_BYTECODE)
 	@touch $@
 
 $(TEST_STAMP): $(STAMP)
 	@$(BIN)/uv pip install --quiet --python $(PY) -e '.[test]'
 	@$(PYTHON) tests/tools/install.py --bin-dir $(BIN)
+	@$(COMPILE_BYTECODE)
 	@touch $@
 
 dev: $(STAMP) ## create .venv with mfhelm and the pinned helm (what a user needs)

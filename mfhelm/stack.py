@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -58,6 +59,34 @@ def check_values(chart: Path, values: dict[str, Any], target: Target, helm_bin: 
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         msg = " ".join(lines) if "schema" in proc.stderr else (lines[-1] if lines else "failed")
         raise MfhelmError("the chart refused these values: " + msg.removeprefix("Error: "))
+
+
+def _checked_clients(chart: Path, values: dict[str, Any], target: Target, timeout: str,
+                     helm_bin: str) -> tuple[helm_mod.Helm, Any]:
+    """check_values(), the helm version check, then a checked Kubernetes client:
+    errors come in that order and nothing reaches the cluster before the
+    values passed, but the work overlaps: helm renders the chart and reports
+    its version in their own processes while the Kubernetes client loads."""
+    from mfhelm import kube
+
+    client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
+                           timeout=timeout, executable=helm_bin, check=False)
+    failed: list[BaseException] = []
+
+    def render() -> None:
+        try:
+            check_values(chart, values, target, helm_bin)
+        except BaseException as exc:
+            failed.append(exc)
+
+    rendering = threading.Thread(target=render, name="mfhelm-check-values", daemon=True)
+    rendering.start()
+    kube.preload()
+    rendering.join()
+    if failed:
+        raise failed[0]
+    client.check()
+    return client, kube.api_client(target.kubeconfig, target.context)
 
 
 def airflow_connection(user: str, password: str, host: str, port: int, database: str,
@@ -159,7 +188,6 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
                   progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
     """The local profile into the current kube context: in-cluster PostgreSQL
     and Azurite. The password is generated once and kept across upgrades."""
-    from mfhelm import kube
 
     values = values_mod.local_values(
         argo=argo, airflow=airflow,
@@ -171,10 +199,7 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
     progress(_chart_step(chart))
     with helm_mod.chart_dir(chart, helm=helm_bin) as source, \
             helm_mod.prepared_chart(source, values, helm=helm_bin) as prepared:
-        check_values(prepared, values, target, helm_bin)
-        client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
-                               timeout=timeout, executable=helm_bin)
-        api = kube.api_client(target.kubeconfig, target.context)
+        client, api = _checked_clients(prepared, values, target, timeout, helm_bin)
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
         _check_pending(api, target, timeout)
