@@ -233,6 +233,12 @@ class Helm:
         self._version = version
         return version
 
+    def close(self) -> None:
+        """Reap a `helm version` that check() was never asked to read."""
+        proc, self._version_proc = self._version_proc, None
+        if proc is not None:
+            proc.communicate()
+
     @property
     def version(self) -> str:
         return ".".join(map(str, self.check()))

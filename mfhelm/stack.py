@@ -81,8 +81,12 @@ def _checked_clients(chart: Path, values: dict[str, Any], target: Target, timeou
 
     rendering = threading.Thread(target=render, name="mfhelm-check-values", daemon=True)
     rendering.start()
-    kube.preload()
-    rendering.join()
+    try:
+        kube.preload()
+    finally:
+        rendering.join()
+        if failed:
+            client.close()
     if failed:
         raise failed[0]
     client.check()

@@ -101,6 +101,20 @@ def helm_release(env: dict[str, str], ns: str) -> dict:
     return release
 
 
+def test_the_registry_is_the_pinned_build():
+    from .controlplane import _installer
+    from .registry import registry_binary
+
+    try:
+        binary = registry_binary()
+    except ToolchainMissing as exc:
+        pytest.skip(reason=str(exc))
+    entry = _installer().load_manifest()["go"]["registry"]
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out[1:] == [entry["module"], entry["version"]]
+
+
 def test_push_over_tls_with_login_then_install_from_the_registry(
         cluster: Cluster, namespace: str, tls_registry: Registry,
         tmp_path_factory: pytest.TempPathFactory):
