@@ -44,7 +44,7 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any
 
 
 def preload() -> None:
-    """Import the Kubernetes client and the API classes a install uses (about a
+    """Import the Kubernetes client and the API classes an install uses (about a
     second, most of a short command's own time), so that a caller can do it
     while helm works in another process."""
     import gc
