@@ -253,8 +253,12 @@ def install(
     context: str | None = ContextOpt,
     release: str | None = typer.Option(None, "--release", help="Release name."),
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
-    chart: Path | None = typer.Option(None, "--chart", readable=False,
-                                      help="Chart directory to install."),
+    chart: str | None = typer.Option(
+        None, "--chart", help="Chart directory, or oci://REGISTRY/NAME (with --version)."),
+    chart_version: str | None = typer.Option(
+        None, "--version", help="With --chart oci://...: the chart version to install."),
+    plain_http: bool = typer.Option(
+        False, "--plain-http", help="With --chart oci://...: the registry speaks plain HTTP."),
     values_files: list[Path] | None = ValuesOpt,
     set_values: list[str] | None = SetOpt,
     allow_override: list[str] | None = AllowOpt,
@@ -263,15 +267,17 @@ def install(
     """Install or upgrade the stack; a failed upgrade rolls back."""
     from mfhelm import settings as settings_mod
     from mfhelm import stack
+    from mfhelm.oci import chart_source
     from mfhelm.uservalues import UserValues
 
     settings_mod.check_timeout(timeout)
+    source = chart_source(chart, chart_version, plain_http=plain_http)
     user = UserValues.read(values_files or (), set_values or (), allow_override or ())
     target = _target(settings_file, kubeconfig, context, release, namespace, local)
     step = _Steps()
     try:
         if local:
-            info = stack.install_local(target, argo=argo, airflow=airflow, chart=chart,
+            info = stack.install_local(target, argo=argo, airflow=airflow, chart=source,
                                        timeout=timeout, user_values=user, progress=step)
         else:
             from mfhelm.azure.credentials import get_credential, resolve_subscription_id
@@ -280,7 +286,7 @@ def install(
             sub = resolve_subscription_id(subscription)
             outs = _outputs(outputs_file, s, sub)
             info = stack.install_azure(target, s, outs, credential=get_credential(),
-                                       subscription_id=sub, chart=chart, timeout=timeout,
+                                       subscription_id=sub, chart=source, timeout=timeout,
                                        user_values=user, progress=step)
     finally:
         step.close()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,10 +24,16 @@ from typing import Any
 import yaml
 
 from mfhelm.errors import MfhelmError
+from mfhelm.oci import OciChart, pulled_chart
 
 # The oldest Helm mfhelm supports (major, minor); CI uses the Helm 4 in tools.toml.
 MIN_HELM = (3, 14)
+# `helm version --template '{{ .Version }}'`: v4.3.1, v3.14.2, v3.15.0-rc.1, or
+# v4.3 from a build without the version stamped.
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.+-]*)?")
 HELM_ENV = "MFHELM_HELM"
+# The umbrella's subcharts, each switched by `<name>.enabled` in the values.
+SUBCHARTS = ("argo-workflows", "airflow")
 
 # pyhelm3 logs "command failed: <argv>" at WARNING before it raises; with no
 # logging configured, Python prints that to stderr ahead of mfhelm's own
@@ -45,6 +52,17 @@ def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
         if (path / "Chart.yaml").is_file():
             return path
     raise MfhelmError(f"chart not found at {candidates[0]}; pass --chart PATH")
+
+
+@contextmanager
+def chart_dir(source: Path | OciChart | None, *, helm: str) -> Iterator[Path]:
+    """The chart directory to install: find_chart() for a path or None, or
+    the chart pulled from an OCI registry (removed afterwards)."""
+    if isinstance(source, OciChart):
+        with pulled_chart(source, helm=helm) as path:
+            yield path
+    else:
+        yield find_chart(source)
 
 
 def find_helm() -> str | None:
@@ -97,6 +115,16 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
     deps = meta.get("dependencies") or []
+    declared = {d["name"] for d in deps}
+    # A chart packaged without its subcharts (`make chart-push SUBCHARTS=drop`)
+    # would install without them and say nothing: refuse instead.
+    absent = [name for name in SUBCHARTS
+              if _enabled(values, defaults, f"{name}.enabled") and name not in declared]
+    if absent:
+        raise MfhelmError(
+            f"chart {meta.get('name')} {meta.get('version')} has no {', '.join(absent)} "
+            "subchart (packaged without it): install with it disabled, or use a chart that "
+            "has it")
     enabled_missing = [d for d in deps if _enabled(values, defaults, d.get("condition", ""))
                        and not _archive_present(chart, d)]
     if enabled_missing:
@@ -158,33 +186,81 @@ class ReleaseInfo:
 
 
 class Helm:
-    """A thin, synchronous face over pyhelm3 for one kube context."""
+    """A thin, synchronous face over helm (and pyhelm3, for reading releases)
+    for one kube context.
+
+    The `helm version` check starts when the object is made and is finished
+    by check() (install_or_upgrade calls it): a caller can do other work while
+    helm answers. pyhelm3 (and the pydantic models behind it) is imported only
+    by the methods that read or remove releases.
+    """
 
     def __init__(self, *, kubeconfig: str | None = None, context: str | None = None,
-                 timeout: str = "10m", executable: str | None = None) -> None:
-        from pyhelm3 import Client
-
+                 timeout: str = "10m", executable: str | None = None,
+                 check: bool = True) -> None:
         self.executable = executable or helm_binary()
         self.timeout = timeout
         self.kubeconfig = str(kubeconfig) if kubeconfig else None
         self.context = context
-        kw: dict[str, Any] = {"executable": self.executable, "default_timeout": timeout}
-        if kubeconfig:
-            kw["kubeconfig"] = Path(kubeconfig)
-        if context:
-            kw["kubecontext"] = context
+        self._pyhelm: Any = None
+        self._version: tuple[int, int, int] | None = None
         try:
-            self._client = Client(**kw)
-        except Exception as exc:  # pyhelm3 parses `helm version`
-            raise MfhelmError(f"cannot use {self.executable}: {exc}") from None
-        version = tuple(self._client.version.to_tuple()[:2])
-        if version < MIN_HELM:
+            self._version_proc: subprocess.Popen[str] | None = subprocess.Popen(
+                [self.executable, "version", "--template", "{{ .Version }}"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True)
+        except OSError as exc:
+            raise MfhelmError(f"cannot use {self.executable}: {exc.strerror or exc}") from None
+        if check:
+            self.check()
+
+    def check(self) -> tuple[int, int, int]:
+        """The helm version; one clear error if helm does not answer or is too old."""
+        if self._version is not None:
+            return self._version
+        proc = self._version_proc
+        assert proc is not None
+        out, err = proc.communicate()
+        self._version_proc = None
+        match = _VERSION_RE.fullmatch(out.strip())
+        if proc.returncode != 0 or match is None:
+            detail = (err.strip().splitlines() or [out.strip() or f"exit {proc.returncode}"])[-1]
+            raise MfhelmError(f"cannot use {self.executable}: `helm version` said {detail!r}")
+        version = (int(match[1]), int(match[2]), int(match[3] or 0))
+        if version[:2] < MIN_HELM:
             need = ".".join(map(str, MIN_HELM))
-            raise MfhelmError(f"helm {self._client.version} is too old; mfhelm needs {need}+")
+            raise MfhelmError(f"helm {out.strip().lstrip('v')} is too old; mfhelm needs {need}+")
+        self._version = version
+        return version
+
+    def close(self) -> None:
+        """Reap a `helm version` that check() was never asked to read."""
+        proc, self._version_proc = self._version_proc, None
+        if proc is not None:
+            proc.communicate()
 
     @property
     def version(self) -> str:
-        return str(self._client.version)
+        return ".".join(map(str, self.check()))
+
+    @property
+    def _client(self) -> Any:
+        """pyhelm3's client, made on first use."""
+        if self._pyhelm is None:
+            from pyhelm3 import Client
+
+            self.check()
+            kw: dict[str, Any] = {"executable": self.executable,
+                                  "default_timeout": self.timeout}
+            if self.kubeconfig:
+                kw["kubeconfig"] = Path(self.kubeconfig)
+            if self.context:
+                kw["kubecontext"] = self.context
+            try:
+                self._pyhelm = Client(**kw)
+            except Exception as exc:  # pyhelm3 runs `helm version` again
+                raise MfhelmError(f"cannot use {self.executable}: {exc}") from None
+        return self._pyhelm
 
     def _run(self, coro: Any) -> Any:
         from pyhelm3 import errors
@@ -204,7 +280,7 @@ class Helm:
         SIGTERM, raised by the CLI as errors.Interrupted), the whole group is
         stopped before the interrupt goes on: no helm works on unseen.
         """
-        major = self._client.version.to_tuple()[0]
+        major = self.check()[0]
         cmd = [self.executable, "upgrade", release, str(chart), "--install",
                "--namespace", namespace, "--create-namespace", "--history-max", "10",
                "--output", "json", "--timeout", self.timeout, "--values", "-",

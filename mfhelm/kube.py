@@ -43,6 +43,28 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any
     return api
 
 
+def preload() -> None:
+    """Import the Kubernetes client and the API classes an install uses (about a
+    second, most of a short command's own time), so that a caller can do it
+    while helm works in another process."""
+    import gc
+
+    # Thousands of classes are made here and none is garbage: collections in
+    # the middle cost time, and so does walking them again at exit.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        from kubernetes import client, config  # noqa: F401
+
+        for name in ("CoreV1Api", "VersionApi", "V1Namespace", "V1Secret", "V1SecretList",
+                     "V1ObjectMeta"):
+            getattr(client, name)  # kubernetes.client loads these on first access
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _api_error(exc: Exception, what: str) -> MfhelmError:
     status = getattr(exc, "status", None)
     reason = getattr(exc, "reason", "") or str(exc)

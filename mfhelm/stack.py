@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,9 +26,12 @@ from mfhelm import dbroles
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import Interrupted, MfhelmError
+from mfhelm.oci import OciChart
 from mfhelm.uservalues import AZURE_PROTECTED, LOCAL_PROTECTED, UserValues
 
 Progress = Callable[[str], None]
+# Where the chart comes from: the packaged one (None), a directory, a registry.
+ChartSource = Path | OciChart | None
 
 
 def _quiet(_: str) -> None:
@@ -56,6 +60,38 @@ def check_values(chart: Path, values: dict[str, Any], target: Target, helm_bin: 
         lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
         msg = " ".join(lines) if "schema" in proc.stderr else (lines[-1] if lines else "failed")
         raise MfhelmError("the chart refused these values: " + msg.removeprefix("Error: "))
+
+
+def _checked_clients(chart: Path, values: dict[str, Any], target: Target, timeout: str,
+                     helm_bin: str) -> tuple[helm_mod.Helm, Any]:
+    """check_values(), the helm version check, then a checked Kubernetes client:
+    errors come in that order and nothing reaches the cluster before the
+    values passed, but the work overlaps: helm renders the chart and reports
+    its version in their own processes while the Kubernetes client loads."""
+    from mfhelm import kube
+
+    client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
+                           timeout=timeout, executable=helm_bin, check=False)
+    failed: list[BaseException] = []
+
+    def render() -> None:
+        try:
+            check_values(chart, values, target, helm_bin)
+        except BaseException as exc:
+            failed.append(exc)
+
+    rendering = threading.Thread(target=render, name="mfhelm-check-values", daemon=True)
+    rendering.start()
+    try:
+        kube.preload()
+    finally:
+        rendering.join()
+        if failed:
+            client.close()
+    if failed:
+        raise failed[0]
+    client.check()
+    return client, kube.api_client(target.kubeconfig, target.context)
 
 
 def airflow_connection(user: str, password: str, host: str, port: int, database: str,
@@ -152,13 +188,12 @@ def _apply_secrets(api: Any, namespace: str, secret_data: dict[str, dict[str, st
         kube.apply_secret(api, namespace, name, data)
 
 
-def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | None = None,
+def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSource = None,
                   timeout: str = "10m", user_values: UserValues | None = None,
                   progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
     """The local profile into the current kube context: in-cluster PostgreSQL
     and Azurite. The password is generated once and kept across upgrades.
     `user_values` (-f/--set) go over mfhelm's values, protected keys kept."""
-    from mfhelm import kube
 
     values = values_mod.local_values(
         argo=argo, airflow=airflow,
@@ -167,12 +202,10 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
         values = user_values.apply(values, LOCAL_PROTECTED)
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
-    progress("preparing the chart")
-    with helm_mod.prepared_chart(helm_mod.find_chart(chart), values, helm=helm_bin) as prepared:
-        check_values(prepared, values, target, helm_bin)
-        client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context,
-                               timeout=timeout, executable=helm_bin)
-        api = kube.api_client(target.kubeconfig, target.context)
+    progress(_chart_step(chart))
+    with helm_mod.chart_dir(chart, helm=helm_bin) as source, \
+            helm_mod.prepared_chart(source, values, helm=helm_bin) as prepared:
+        client, api = _checked_clients(prepared, values, target, timeout, helm_bin)
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
         _check_pending(api, target, timeout)
@@ -190,7 +223,7 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: Path | No
 
 
 def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, credential: Any,
-                  subscription_id: str, chart: Path | None = None, timeout: str = "15m",
+                  subscription_id: str, chart: ChartSource = None, timeout: str = "15m",
                   user_values: UserValues | None = None,
                   progress: Progress = _quiet, arm_base_url: str | None = None,
                   verify_challenge_resource: bool = True) -> helm_mod.ReleaseInfo:
@@ -212,10 +245,10 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         values = values_mod.argo_watches_flow_namespace(
             user_values.apply(values, AZURE_PROTECTED), outputs["serviceNamespace"])
     helm_bin = helm_mod.helm_binary()
-    progress("preparing the chart")
+    progress(_chart_step(chart))
     with ExitStack() as cleanup:
-        prepared = cleanup.enter_context(
-            helm_mod.prepared_chart(helm_mod.find_chart(chart), values, helm=helm_bin))
+        source = cleanup.enter_context(helm_mod.chart_dir(chart, helm=helm_bin))
+        prepared = cleanup.enter_context(helm_mod.prepared_chart(source, values, helm=helm_bin))
         check_values(prepared, values, target, helm_bin)
         configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
                                         helm_bin)
@@ -253,6 +286,12 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         progress("writing the Secrets")
         _apply_secrets(api, target.namespace, data)
         return _upgrade(client, api, target, prepared, values, progress)
+
+
+def _chart_step(chart: ChartSource) -> str:
+    if isinstance(chart, OciChart):
+        return f"pulling the chart {chart.ref} {chart.version}"
+    return "preparing the chart"
 
 
 def _upgrade(client: helm_mod.Helm, api: Any, target: Target, chart: Path,

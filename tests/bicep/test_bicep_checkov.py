@@ -20,7 +20,7 @@ import bicep_rules as R
 import pytest
 
 CHECKOV = shutil.which("checkov")
-pytestmark = pytest.mark.skipif(CHECKOV is None, reason="checkov is not on PATH (make dev)")
+pytestmark = pytest.mark.skipif(CHECKOV is None, reason="checkov is not on PATH (make test-tools)")
 
 # Offline: no Prisma/Bridgecrew mapping download, no package scan.
 OFFLINE_ENV = {

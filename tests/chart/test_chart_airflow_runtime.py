@@ -13,7 +13,7 @@ import yaml
 from chartlib import CHART, CI_VALUES, get, render
 
 AIRFLOW = shutil.which("airflow")
-pytestmark = pytest.mark.skipif(not AIRFLOW, reason="airflow not installed (tools.toml pins it; run `make dev`)")
+pytestmark = pytest.mark.skipif(not AIRFLOW, reason="airflow not installed (tools.toml pins it; run `make test-tools`)")
 AZURE_AIRFLOW = next(p for p in CI_VALUES if p.name == "azure-airflow-values.yaml")
 # Checks a login the way the webserver's login form does (FAB's auth_user_db).
 LOGIN = """

@@ -12,7 +12,7 @@ import pytest
 from chartlib import CHART, CI_VALUES, get, render
 
 AZURITE = shutil.which("azurite-blob")
-pytestmark = pytest.mark.skipif(not AZURITE, reason="azurite not installed (run `make dev`)")
+pytestmark = pytest.mark.skipif(not AZURITE, reason="azurite not installed (run `make test-tools`)")
 SCRIPT = CHART / "files" / "azurite_init.py"
 LOCAL = next(p for p in CI_VALUES if p.name == "local-values.yaml")
 KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/"

@@ -13,7 +13,7 @@ import pytest
 from chartlib import CI_VALUES, render_text_for_checkov
 
 CHECKOV = shutil.which("checkov")
-pytestmark = pytest.mark.skipif(not CHECKOV, reason="checkov not installed (run `make dev`)")
+pytestmark = pytest.mark.skipif(not CHECKOV, reason="checkov not installed (run `make test-tools`)")
 
 
 @pytest.fixture(scope="module")

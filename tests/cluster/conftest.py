@@ -74,7 +74,7 @@ def metaflow_ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthorit
 def azurite_https(tmp_path_factory: pytest.TempPathFactory,
                   metaflow_ca: CertificateAuthority) -> Iterator[mfenv.Azurite]:
     if mfenv.azurite_binary() is None:
-        pytest.skip(reason="azurite-blob not in .venv/bin (run `make dev`)")
+        pytest.skip(reason="azurite-blob not in .venv/bin (run `make test-tools`)")
     azurite = mfenv.start_azurite(tmp_path_factory.mktemp("azurite"), metaflow_ca,
                                   "metaflow-storage")
     yield azurite

@@ -331,7 +331,7 @@ def start_azurite(workdir: Path, ca: CertificateAuthority, *containers: str) -> 
     """Azurite on a loopback port over HTTPS with basic OAuth; `containers` created."""
     binary = azurite_binary()
     if binary is None:
-        raise FileNotFoundError("azurite-blob not in .venv/bin (run `make dev`)")
+        raise FileNotFoundError("azurite-blob not in .venv/bin (run `make test-tools`)")
     pair = ca.issue("azurite", "127.0.0.1", server_names=("localhost",),
                     server_ips=("127.0.0.1",), client=False)
     data = workdir / "azurite-data"

@@ -146,7 +146,7 @@ def test_wrong_admin_password_fails_with_psqls_reason(databases: Server, job):
 def test_airflow_role_runs_airflows_own_migrations(databases: Server, job, tmp_path):
     airflow = shutil.which("airflow")
     if not airflow:
-        pytest.skip("airflow not installed (tools.toml pins it; run `make dev`)")
+        pytest.skip("airflow not installed (tools.toml pins it; run `make test-tools`)")
     assert _bootstrap(databases, job, PASSWORDS).returncode == 0
     url = (f"postgresql://airflow:{PASSWORDS['airflow-password']}@{databases.host}:"
            f"{databases.port}/airflow")

@@ -85,13 +85,16 @@ def _ldflags(entry: dict) -> str:
 
 
 def build_go(name: str, entry: dict, dest: Path) -> None:
-    """`go install module/pkg@version` with the version stamped by ldflags."""
+    """`go install module/pkg@version` with the version stamped by ldflags
+    (and the entry's gcflags, if any)."""
     bindir = dest / "bin"
     bindir.mkdir()
     ldflags = _ldflags(entry)
     cmd = ["go", "install", "-trimpath"]
     if ldflags:
         cmd += ["-ldflags", ldflags]
+    if entry.get("gcflags"):
+        cmd += ["-gcflags", entry["gcflags"]]
     packages = entry.get("packages") or [entry["package"]]
     cmd += [f"{pkg}@{entry['version']}" for pkg in packages]
     _run(cmd, env=dict(_go_env(), GOBIN=str(bindir)), cwd=tempfile.gettempdir())
