@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -210,6 +211,49 @@ def _get(cluster: Cluster, kind: str, ns: str, name: str) -> dict[str, Any]:
         **EVENTS, namespace=ns, plural=PLURALS[kind], name=name))
 
 
+MERGE = "application/merge-patch+json"
+
+
+def drop_events_objects(cluster: Cluster, ns: str) -> None:
+    """Delete every EventBus, EventSource and Sensor in ``ns`` and clear the
+    finalizers the controller put on them (it is not running any more)."""
+    custom = _custom(cluster)
+    for plural in PLURALS.values():
+        for item in custom.list_namespaced_custom_object(**EVENTS, namespace=ns,
+                                                         plural=plural)["items"]:
+            name = item["metadata"]["name"]
+            for call, kw in ((custom.delete_namespaced_custom_object, {}),
+                             (custom.patch_namespaced_custom_object,
+                              {"body": {"metadata": {"finalizers": None}},
+                               "_content_type": MERGE})):
+                try:
+                    call(**EVENTS, namespace=ns, plural=plural, name=name, **kw)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+
+
+def delete_objects(cluster: Cluster, objs: list[dict[str, Any]]) -> None:
+    """Delete what `apply` wrote (the names other tests' releases use in the
+    shared `metaflow` and `metaflow-flows` namespaces must be free again)."""
+    api = cluster.api_client()
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    net = client.NetworkingV1Api(api)
+    calls = {"ServiceAccount": core.delete_namespaced_service_account,
+             "ConfigMap": core.delete_namespaced_config_map,
+             "Role": rbac.delete_namespaced_role,
+             "RoleBinding": rbac.delete_namespaced_role_binding,
+             "NetworkPolicy": net.delete_namespaced_network_policy}
+    for obj in objs:
+        if obj["kind"] not in calls:
+            continue
+        try:
+            calls[obj["kind"]](obj["metadata"]["name"], obj["metadata"]["namespace"])
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
 def _delete_namespace(cluster: Cluster, ns: str) -> None:
     try:
         cluster.core().delete_namespace(ns)
@@ -225,6 +269,7 @@ def _namespaces(cluster: Cluster, prefix: str) -> Iterator[tuple[str, str]]:
     try:
         yield release_ns, flow_ns
     finally:
+        drop_events_objects(cluster, flow_ns)
         for ns in (flow_ns, release_ns):
             _delete_namespace(cluster, ns)
 
@@ -462,7 +507,7 @@ def run_controller(cluster: Cluster, build: EventsBuild, release: str, release_n
               "app.kubernetes.io/component": "controller-manager",
               "app.kubernetes.io/part-of": "argo-events"}
     meta = {"name": name, "namespace": release_ns, "labels": labels}
-    for obj in (
+    objs = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
          "rules": controller_rules()},
@@ -471,7 +516,8 @@ def run_controller(cluster: Cluster, build: EventsBuild, release: str, release_n
          "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": release_ns}]},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
          "data": {"controller-config.yaml": controller_config()}},
-    ):
+    ]
+    for obj in objs:
         argo.apply(cluster, obj)
     workdir = cluster.workdir / "argo-events" / f"{release_ns}-{release}"
     config_dir = workdir / "etc-argo-events"
@@ -508,6 +554,7 @@ def run_controller(cluster: Cluster, build: EventsBuild, release: str, release_n
         yield controller
     finally:
         procs.stop()
+        delete_objects(cluster, objs)
 
 
 def _ready(port: int) -> bool:
@@ -524,12 +571,16 @@ TRIGGERED = ("event_triggered_flow.py", "eventtriggeredflow")
 FINISHED = ("finish_triggered_flow.py", "finishtriggeredflow")
 
 
-def _apply_components(cluster: Cluster, flow_ns: str, *components: str) -> None:
-    values = {"dataScientists": {"groups": [GROUP]}}
+def _apply_components(cluster: Cluster, flow_ns: str, *components: str,
+                      extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    values = {"dataScientists": {"groups": [GROUP]}, **(extra or {})}
+    applied = []
     for obj in render_chart(RELEASE, RELEASE_NS, flow_ns, values):
         if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") \
                 in components:
             apply(cluster, obj)
+            applied.append(obj)
+    return applied
 
 
 def _sensor_checks(mf: mfenv.MetaflowEnv, sensor: dict[str, Any], template: str,
@@ -566,8 +617,9 @@ def test_metaflow_sensors_name_our_bus_source_and_account_and_the_controller_run
         cluster.create_namespace(ns)
     custom = _custom(cluster)
     created: list[tuple[str, str]] = []
+    applied: list[dict[str, Any]] = []
     try:
-        _apply_components(cluster, flow_ns, *COMPONENTS, "flows", "data-scientists")
+        applied = _apply_components(cluster, flow_ns, *COMPONENTS, "flows", "data-scientists")
         alice = cluster.user_kubeconfig("alice", (GROUP,))
         with run_controller(cluster, events_build, RELEASE, RELEASE_NS, flow_ns) as ctl:
             for flow, template in (TRIGGERED, FINISHED):
@@ -601,19 +653,15 @@ def test_metaflow_sensors_name_our_bus_source_and_account_and_the_controller_run
             report = _what_the_controller_did(cluster, ctl, flow_ns, list(sensors))
     finally:
         for plural, name in created:
-            try:
-                custom.delete_namespaced_custom_object(
-                    **EVENTS, namespace=flow_ns, plural=plural, name=name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-        for kind, name in (("EventSource", "metaflow-webhook"), ("EventBus", "metaflow-eventbus")):
-            try:
-                custom.delete_namespaced_custom_object(
-                    **EVENTS, namespace=flow_ns, plural=PLURALS[kind], name=name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+            if plural == "workflowtemplates":
+                try:
+                    custom.delete_namespaced_custom_object(
+                        **EVENTS, namespace=flow_ns, plural=plural, name=name)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+        drop_events_objects(cluster, flow_ns)
+        delete_objects(cluster, applied)
     print("\n" + report)
 
 
@@ -788,3 +836,293 @@ def test_helm_makes_the_bus_and_webhook_hooks_and_status_and_port_forward_find_t
         assert gone.returncode == 0, gone.stderr
         # Hooks are not release objects: uninstall leaves them (the README says so).
         assert _get(cluster, "EventBus", flow_ns, "ev-eventbus")["metadata"]["name"]
+
+
+# --- an event through the webhook, the bus and a Sensor ------------------------------------
+# The pods the controller specifies run on this host: the bus's NATS server
+# (the pinned nats-server, tools.toml [go.nats-server]), the webhook and the
+# Sensors (the argo-events binary), each with the command, environment and
+# volumes of its pod spec, volumes bound at their mount paths in a private
+# mount namespace (as tests/cluster/kwok/shim/run-in-pod does), the bus's
+# Service name resolved to 127.0.0.1 through a bound /etc/hosts, and a Sensor
+# reaching the API server in-cluster style with a token of its account.
+# What differs: NATS listens on free ports (its client and monitor ports, in
+# the generated config and in the bus address the others get), and the
+# webhook and Sensors all serve metrics on the fixed port 7777, so they run
+# one after the other: each Sensor once to create its durable consumer, the
+# webhook to take the events, then each Sensor again to consume them.
+
+NATS_TOOL = "nats-server"
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), value)
+
+
+@dataclass
+class HostPod:
+    """One container of a pod spec, ready to run on this host."""
+
+    argv: list[str]
+    env: dict[str, str]
+    binds: list[tuple[Path, str]]
+
+
+def _host_pod(cluster: Cluster, ns: str, pod_name: str, spec: dict[str, Any], container: str,
+              workdir: Path, executable: dict[str, Path]) -> HostPod:
+    core = cluster.core()
+    root = workdir / pod_name
+    root.mkdir(parents=True, exist_ok=True)
+
+    def secret(name: str) -> dict[str, str]:
+        data = core.read_namespaced_secret(name, ns).data or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    def configmap(name: str) -> dict[str, str]:
+        return dict(core.read_namespaced_config_map(name, ns).data or {})
+
+    def write(target: Path, data: dict[str, str], items: list[dict[str, Any]] | None) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for key, path in ([(i["key"], i["path"]) for i in items] if items else
+                          [(k, k) for k in data]):
+            (target / path).write_text(data[key])
+
+    volumes: dict[str, Path] = {}
+    for vol in spec.get("volumes") or []:
+        path = root / "volumes" / vol["name"]
+        if "emptyDir" in vol:
+            path.mkdir(parents=True, exist_ok=True)
+        elif "secret" in vol:
+            write(path, secret(vol["secret"]["secretName"]), vol["secret"].get("items"))
+        elif "configMap" in vol:
+            write(path, configmap(vol["configMap"]["name"]), vol["configMap"].get("items"))
+        elif "projected" in vol:
+            for src in vol["projected"]["sources"]:
+                if "secret" in src:
+                    write(path, secret(src["secret"]["name"]), src["secret"].get("items"))
+                if "configMap" in src:
+                    write(path, configmap(src["configMap"]["name"]), src["configMap"].get("items"))
+        else:
+            raise ValueError(f"volume kind not handled here: {vol}")
+        volumes[vol["name"]] = path
+    c = next(x for x in spec["containers"] if x["name"] == container)
+    env: dict[str, str] = {}
+    for e in c.get("env") or []:
+        if "valueFrom" not in e:  # an empty value is left out when serialized
+            env[e["name"]] = _expand(e.get("value", ""), env)
+            continue
+        ref = e["valueFrom"]
+        if "fieldRef" in ref:
+            env[e["name"]] = {"metadata.name": pod_name,
+                              "metadata.namespace": ns}[ref["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in ref:
+            env[e["name"]] = secret(ref["secretKeyRef"]["name"])[ref["secretKeyRef"]["key"]]
+        else:
+            raise ValueError(f"env source not handled here: {e}")
+    command = list(c.get("command") or ["/bin/argo-events"]) + list(c.get("args") or [])
+    argv = [str(executable[command[0]]), *(_expand(a, env) for a in command[1:])]
+    binds = [(volumes[m["name"]], m["mountPath"]) for m in c.get("volumeMounts") or []]
+    return HostPod(argv, env, binds)
+
+
+def _start_host_pod(procs: Processes, name: str, pod: HostPod, cwd: Path) -> None:
+    # A volume mounted over a parent of the sources (an emptyDir at /tmp) goes last.
+    binds = sorted(pod.binds, key=lambda b: str(cwd).startswith(b[1].rstrip("/") + "/"))
+    mounts = "\n".join(f"{src}\t{dst}" for src, dst in binds)
+    script = ('set -e\ncd "$0"\ntab=$(printf "\\t")\n'
+              'while IFS="$tab" read -r src dst; do\n'
+              '  [ -n "$dst" ] || continue\n'
+              '  if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")"; '
+              '[ -e "$dst" ] || : > "$dst"; fi\n'
+              '  mount --bind "$src" "$dst"\n'
+              'done <<MOUNTS\n' + mounts + '\nMOUNTS\nexec "$@"\n')
+    argv = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private",
+            "/bin/sh", "-c", script, str(cwd), *pod.argv]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("ARGO_", "KUBE", "EVENT", "SENSOR", "NATS"))}
+    procs.start(name, argv, env={**env, **pod.env})
+
+
+def _log_has(procs: Processes, name: str, text: str, timeout: float) -> None:
+    path = procs.logdir / f"{name}.log"
+
+    def seen() -> bool:
+        procs.check()
+        return path.exists() and text in path.read_text(errors="replace")
+
+    wait_for(seen, timeout, f"{name} to log {text!r}:\n{procs.tail(name, 40)}")
+
+
+def _stop(procs: Processes, name: str) -> None:
+    proc = procs.running.pop(name)
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=5)
+
+
+def _workflows_from(cluster: Cluster, ns: str, template: str) -> list[dict[str, Any]]:
+    items = _custom(cluster).list_namespaced_custom_object(
+        **EVENTS, namespace=ns, plural="workflows")["items"]
+    return [w for w in items if w["spec"].get("workflowTemplateRef") == {"name": template}]
+
+
+def _publish(mf: mfenv.MetaflowEnv, url: str, name: str, payload: dict[str, Any], *,
+             added: dict[str, Any] | None = None) -> None:
+    """The real Metaflow code publishing an event: `ArgoEvent(name).publish(payload)`
+    as on a laptop; `added` fields go in through `add_to_payload` first, as
+    the Argo step decorator adds them (it makes every value a string). Only
+    the webhook URL points at this host's port."""
+    code = ("import json, sys\nfrom metaflow.integrations import ArgoEvent\n"
+            "event = ArgoEvent(sys.argv[1])\n"
+            "for key, value in json.loads(sys.argv[3]).items():\n"
+            "    event.add_to_payload(key, value)\n"
+            "event.publish(json.loads(sys.argv[2]), ignore_errors=False)\n")
+    env = {**mf.env, "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": url}
+    done = subprocess.run([sys.executable, "-c", code, name, json.dumps(payload),
+                           json.dumps(added or {})], env=env, cwd=mf.home / "work",
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"Argo Event ({name}) published." in done.stderr
+
+
+def test_a_published_event_goes_through_webhook_and_bus_to_a_sensor_that_starts_the_flow(
+        cluster: Cluster, argo_build: argo.ArgoBuild, events_build: EventsBuild,
+        metaflow_env: mfenv.MetaflowEnv) -> None:
+    if cluster.backend != "controlplane":
+        pytest.skip("runs the bus, webhook and Sensor pods on the test host (KWOK only)")
+    try:
+        nats_home, _ = ensure_tool(NATS_TOOL, "the Argo Events delivery test (the bus's server)")
+    except ToolchainMissing as exc:
+        pytest.skip(reason=str(exc))
+    mf = metaflow_env
+    flow_ns = mf.flow_namespace
+    for ns in (RELEASE_NS, flow_ns):
+        cluster.create_namespace(ns)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metaflow-event"
+    extra = {"argoEventsGlue": {"eventBus": {"replicas": 1},
+                                "webhook": {"port": port, "url": url}}}
+    applied = _apply_components(cluster, flow_ns, *COMPONENTS, "flows", "data-scientists",
+                                extra=extra)
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    custom, apps, api = _custom(cluster), cluster.apps(), cluster.api_client()
+    workdir = cluster.workdir / "argo-events" / f"delivery-{uuid.uuid4().hex[:6]}"
+    procs = Processes(cluster.workdir / "logs")
+    templates = (TRIGGERED[1], FINISHED[1])
+    try:
+        with run_controller(cluster, events_build, RELEASE, RELEASE_NS, flow_ns) as ctl:
+            for flow, _template in (TRIGGERED, FINISHED):
+                done = mf.run_flow(flow, "argo-workflows", "create", kubeconfig=alice)
+                assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+            def specs() -> dict[str, Any] | None:
+                found = {d.metadata.labels.get("sensor-name") or
+                         d.metadata.labels.get("eventsource-name"): d
+                         for d in apps.list_namespaced_deployment(flow_ns).items
+                         if d.metadata.labels.get("controller") in
+                         ("sensor-controller", "eventsource-controller")}
+                try:
+                    found["bus"] = apps.read_namespaced_stateful_set(
+                        "eventbus-metaflow-eventbus-js", flow_ns)
+                except ApiException:
+                    return None
+                return found if {*templates, "metaflow-webhook", "bus"} <= set(found) else None
+
+            workloads = wait_for(specs, 90, f"the controller's workloads:\n{ctl.tail()}")
+        spec = {k: api.sanitize_for_serialization(w.spec.template.spec)
+                for k, w in workloads.items()}
+        assert workloads["bus"].spec.replicas == 1
+
+        # The bus: the pod's NATS server, its client and monitor ports moved.
+        nats = _host_pod(cluster, flow_ns, "eventbus-metaflow-eventbus-js-0", spec["bus"],
+                         "main", workdir, {"/nats-server": nats_home / "bin" / "nats-server"})
+        client_port, monitor_port = free_port(), free_port()
+        conf = next(src for src, dst in nats.binds if dst == "/etc/nats-config") / "nats-js.conf"
+        text = conf.read_text()
+        assert "port: 4222" in text and "http: 8222" in text, text
+        conf.write_text(text.replace("port: 4222", f"port: {client_port}")
+                        .replace("http: 8222", f"http: {monitor_port}"))
+        _start_host_pod(procs, "nats", nats, workdir)
+        _log_has(procs, "nats", "Server is ready", 30)
+
+        hosts = workdir / "hosts"
+        service = f"eventbus-metaflow-eventbus-js-svc.{flow_ns}.svc"
+        hosts.write_text(f"127.0.0.1 localhost {service} {service}.cluster.local\n")
+        token = argo.service_account_token(cluster, flow_ns, SENSOR_ACCOUNT)
+        sa_dir = workdir / "sensor-account"
+        sa_dir.mkdir(parents=True)
+        (sa_dir / "token").write_text(token)
+        (sa_dir / "namespace").write_text(flow_ns)
+        shutil.copyfile(cluster.workdir / "pki" / "ca.crt", sa_dir / "ca.crt")
+        host, _, api_port = cluster.server.removeprefix("https://").rpartition(":")
+
+        def events_pod(key: str, pod_name: str) -> HostPod:
+            pod = _host_pod(cluster, flow_ns, pod_name, spec[key], "main", workdir,
+                            {"/bin/argo-events": events_build.binary})
+            bus = json.loads(base64.b64decode(pod.env["EVENTBUS_CONFIG"]))
+            assert bus["jetstream"]["url"] == f"nats://{service}:4222", bus
+            bus["jetstream"]["url"] = f"nats://{service}:{client_port}"
+            pod.env["EVENTBUS_CONFIG"] = base64.b64encode(json.dumps(bus).encode()).decode()
+            pod.binds.append((hosts, "/etc/hosts"))
+            if key in templates:  # a Sensor talks to the API server as its account
+                pod.binds.append((sa_dir, SA_DIR))
+                pod.env.update(KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=api_port)
+            return pod
+
+        sensors = {t: events_pod(t, f"{t}-sensor-host") for t in templates}
+        # Each Sensor once: its durable consumers exist before any event.
+        for t, pod in sensors.items():
+            _start_host_pod(procs, f"sensor-{t}", pod, workdir)
+            _log_has(procs, f"sensor-{t}", "started subscribing to events for trigger", 60)
+            _stop(procs, f"sensor-{t}")
+        # The webhook takes what a laptop publishes, and what a flow's end step does.
+        _start_host_pod(procs, "webhook", events_pod("metaflow-webhook", "metaflow-webhook-host"),
+                        workdir)
+        _log_has(procs, "webhook", "route is activated", 60)
+        _publish(mf, url, "data_ready", {"table": "sales"})
+        run = "argo-eventtriggeredflow-abc12"
+        pathspec = f"EventTriggeredFlow/{run}/end/t-1"
+        _publish(mf, url, "metaflow.EventTriggeredFlow.end", {}, added={
+            "id": pathspec, "pathspec": pathspec, "flow_name": "EventTriggeredFlow",
+            "run_id": run, "step_name": "end", "task_id": "t-1",
+            "auto-generated-by-metaflow": True})
+        wait_for(lambda: (procs.logdir / "webhook.log").read_text().count(
+            "Succeeded to publish an event") >= 2 or None, 30,
+            f"the webhook to put both events on the bus:\n{procs.tail('webhook', 30)}")
+        _stop(procs, "webhook")
+        # Each Sensor again: it takes its event off the bus and starts its flow.
+        started = {}
+        for t, pod in sensors.items():
+            _start_host_pod(procs, f"sensor-{t}", pod, workdir)
+            started[t] = wait_for(lambda t=t: _workflows_from(cluster, flow_ns, t) or None, 60,
+                                  f"a Workflow from {t}:\n{procs.tail(f'sensor-{t}', 40)}")
+            _stop(procs, f"sensor-{t}")
+        [triggered] = started[TRIGGERED[1]]
+        params = {p["name"]: p.get("value") for p in triggered["spec"]["arguments"]["parameters"]}
+        assert json.loads(params["table"]) == "sales"
+        assert json.loads(triggered["metadata"]["annotations"]["metaflow/triggered_by"]) == \
+            [{"name": "data_ready", "type": "event"}]
+        [finished] = started[FINISHED[1]]
+        assert finished["metadata"]["namespace"] == flow_ns
+        print(f"\nevent delivery: data_ready -> {triggered['metadata']['name']} "
+              f"(table={params['table']}), metaflow.EventTriggeredFlow.end -> "
+              f"{finished['metadata']['name']}")
+    finally:
+        procs.stop()
+        for t in templates:
+            for w in _workflows_from(cluster, flow_ns, t):
+                custom.delete_namespaced_custom_object(**EVENTS, namespace=flow_ns,
+                                                       plural="workflows",
+                                                       name=w["metadata"]["name"])
+            try:
+                custom.delete_namespaced_custom_object(**EVENTS, namespace=flow_ns,
+                                                       plural="workflowtemplates", name=t)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        drop_events_objects(cluster, flow_ns)
+        delete_objects(cluster, applied)
