@@ -25,6 +25,9 @@
   Deployment per Sensor; KWOK runs none of their containers.
 - `helm upgrade --install` of our chart with the CRDs served creates the
   EventBus and EventSource as post-install/post-upgrade hooks.
+- An event end to end: the bus's NATS server, the webhook and the Sensors
+  run on this host as the controller specified their pods (see the section
+  at the end), and Metaflow's ArgoEvent starts a flow.
 """
 
 from __future__ import annotations
