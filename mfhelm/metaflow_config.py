@@ -36,6 +36,32 @@ def metadata_internal_url(release: str, namespace: str) -> str:
     return f"http://{release}-metadata.{namespace}.svc.cluster.local:{METADATA_PORT}"
 
 
+# Argo Events, as the chart names its objects (values.yaml argoEventsGlue and
+# templates/argo-events-glue.yaml; a chart test compares the published config).
+ARGO_EVENTS_EVENT = "metaflow-event"
+ARGO_EVENTS_SENSOR_SERVICE_ACCOUNT = "metaflow-sensors"
+ARGO_EVENTS_WEBHOOK_PORT = 12000
+# The webhook through `mfhelm port-forward`.
+ARGO_EVENTS_WEBHOOK_URL = f"http://localhost:{ARGO_EVENTS_WEBHOOK_PORT}/{ARGO_EVENTS_EVENT}"
+
+
+def argo_events_config(release: str, flow_namespace: str) -> dict[str, str]:
+    """The METAFLOW_ARGO_EVENTS_* keys `argo-workflows create` compiles Sensors
+    from (event, bus, source, the Sensors' account) and that `ArgoEvent.publish`
+    and @trigger_on_finish post to (the webhook: from laptops, from pods)."""
+    source = f"{release}-webhook"
+    return {
+        "METAFLOW_ARGO_EVENTS_EVENT": ARGO_EVENTS_EVENT,
+        "METAFLOW_ARGO_EVENTS_EVENT_BUS": f"{release}-eventbus",
+        "METAFLOW_ARGO_EVENTS_EVENT_SOURCE": source,
+        "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT": ARGO_EVENTS_SENSOR_SERVICE_ACCOUNT,
+        "METAFLOW_ARGO_EVENTS_WEBHOOK_URL": ARGO_EVENTS_WEBHOOK_URL,
+        "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL":
+            f"http://{source}-eventsource-svc.{flow_namespace}.svc.cluster.local:"
+            f"{ARGO_EVENTS_WEBHOOK_PORT}/{ARGO_EVENTS_EVENT}",
+    }
+
+
 def build_config(
     outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
 ) -> dict[str, str]:
@@ -57,7 +83,7 @@ def build_config(
         "value": label_value,
         "effect": "NoSchedule",
     }
-    return {
+    config = {
         "METAFLOW_DEFAULT_DATASTORE": "azure",
         "METAFLOW_DATASTORE_SYSROOT_AZURE": f"{container}/{SYSROOT_PREFIX}",
         "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT": str(outputs["storageBlobEndpoint"]),
@@ -71,6 +97,11 @@ def build_config(
         # Metaflow json.loads this one: a JSON list of Kubernetes tolerations.
         "METAFLOW_KUBERNETES_TOLERATIONS": json.dumps([toleration], separators=(",", ":")),
     }
+    from mfhelm.values import argo_events_enabled
+
+    if argo_events_enabled(outputs, settings):
+        config |= argo_events_config(helm.release, str(outputs["flowNamespace"]))
+    return config
 
 
 def config_home(home: str | os.PathLike[str] | None = None) -> Path:

@@ -1,10 +1,13 @@
 """`mfhelm port-forward`: the stack's web endpoints on localhost.
 
 One `kubectl port-forward` per Service that exists; Ctrl-C stops them all.
+Argo Events' webhook lives in the flow namespace: it is found through the
+release's published Metaflow config, which names it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -12,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from mfhelm.errors import Interrupted, MfhelmError
 
@@ -23,6 +27,7 @@ class Forward:
     local: int
     remote: int
     url: str
+    namespace: str = ""  # empty: the release namespace
 
 
 def plan(release: str, present: set[str]) -> list[Forward]:
@@ -38,7 +43,17 @@ def plan(release: str, present: set[str]) -> list[Forward]:
                 "http://localhost:2746 (log in with: Bearer <your Kubernetes token>)"),
         Forward("Airflow", f"{release}-webserver", 8081, 8080, "http://localhost:8081"),
     ]
-    return [f for f in wanted if f.service in present]
+    found = [f for f in wanted if f.service in present]
+    # Argo Events' webhook (`<release>-webhook` event source), which
+    # METAFLOW_ARGO_EVENTS_WEBHOOK_URL names on localhost:12000.
+    webhook = f"{release}-webhook-eventsource-svc"
+    for entry in sorted(present):
+        ns, _, name = entry.rpartition("/")
+        if name == webhook:
+            found.append(Forward("Argo Events webhook", webhook, 12000, 12000,
+                                 "http://localhost:12000/metaflow-event", ns))
+            break
+    return found
 
 
 def services(api: Any, namespace: str) -> set[str]:
@@ -49,9 +64,40 @@ def services(api: Any, namespace: str) -> set[str]:
 
     core: Any = client.CoreV1Api(api)
     try:
-        return {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+        names = {s.metadata.name for s in core.list_namespaced_service(namespace).items}
     except ApiException as exc:
         raise kube.api_error(exc, f"listing Services in {namespace}") from None
+    return names | webhook_services(core, namespace)
+
+
+def webhook_services(core: Any, namespace: str) -> set[str]:
+    """`<namespace>/<name>` of the Argo Events webhook Services that the
+    Metaflow configs published in `namespace` name (their internal webhook
+    URL, http://<service>.<flow namespace>.svc...), where they exist and can
+    be read. Before the controller makes the Service, there is none."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        maps = core.list_namespaced_config_map(
+            namespace, label_selector="app.kubernetes.io/component=config").items
+    except ApiException:
+        return set()
+    out = set()
+    for cm in maps:
+        try:
+            config = json.loads((cm.data or {}).get("config.json") or "{}")
+        except ValueError:
+            continue
+        host = urlsplit(str(config.get("METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL", ""))).hostname
+        parts = (host or "").split(".")
+        if len(parts) < 3 or parts[2] != "svc":
+            continue
+        try:
+            core.read_namespaced_service(parts[0], parts[1])
+        except ApiException:
+            continue
+        out.add(f"{parts[1]}/{parts[0]}")
+    return out
 
 
 def run(forwards: list[Forward], namespace: str, *, kubeconfig: str | None,
@@ -71,7 +117,7 @@ def run(forwards: list[Forward], namespace: str, *, kubeconfig: str | None,
         for f in forwards:
             try:
                 procs.append(subprocess.Popen(
-                    [*base, "-n", namespace, "port-forward", f"svc/{f.service}",
+                    [*base, "-n", f.namespace or namespace, "port-forward", f"svc/{f.service}",
                      f"{f.local}:{f.remote}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 ))

@@ -11,7 +11,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mfhelm import userfiles
 from mfhelm.errors import MfhelmError
@@ -150,12 +158,31 @@ class Settings(_Strict):
     org_prefix: str
     location: str
     deploy_argo: bool = True
+    # Argo Events, for @trigger and @trigger_on_finish: unset, it follows
+    # deploy_argo (its Sensors submit Argo Workflows, so never without it).
+    deploy_argo_events: bool = True
     deploy_airflow: bool = False
     resource_group: str = ""
     deployment_name: str = ""
     aks: AksSettings = AksSettings()
     postgres: PostgresSettings = PostgresSettings()
     helm: HelmSettings = HelmSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _argo_events_follows_argo(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "deploy_argo_events" not in data \
+                and isinstance(data.get("deploy_argo", True), bool):
+            data = {**data, "deploy_argo_events": data.get("deploy_argo", True)}
+        return data
+
+    @field_validator("deploy_argo_events")
+    @classmethod
+    def _argo_events_needs_argo(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("deploy_argo") is False:
+            raise ValueError("true needs deploy_argo = true (Argo Events' Sensors submit Argo "
+                             "Workflows); set deploy_argo_events = false")
+        return v
 
     @field_validator("org_prefix")
     @classmethod

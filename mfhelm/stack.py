@@ -394,11 +394,18 @@ def status(target: Target) -> Status:
     info = client.status(target.release, namespace=target.namespace)
     if info is None:
         return Status(None, [])
-    profile = str(client.user_values(target.release, namespace=target.namespace)
-                  .get("profile", "azure"))
+    user_values = client.user_values(target.release, namespace=target.namespace)
+    profile = str(user_values.get("profile", "azure"))
     api = kube.api_client(target.kubeconfig, target.context)
     selector = f"app.kubernetes.io/instance={target.release}"
-    return Status(info, kube.workload_readiness(api, target.namespace, selector), profile)
+    components = kube.workload_readiness(api, target.namespace, selector)
+    # Argo Events' bus and webhook run in the flow namespace; the controller
+    # that makes them passes on our labels (Sensors carry Metaflow's).
+    flow_ns = flow_namespace(user_values, target)
+    if flow_ns != target.namespace:
+        components += [kube.Readiness(r.kind, f"{flow_ns}/{r.name}", r.ready, r.desired)
+                       for r in kube.workload_readiness(api, flow_ns, selector)]
+    return Status(info, components, profile)
 
 
 def uninstall(target: Target, *, purge: bool) -> list[str]:

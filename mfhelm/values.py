@@ -79,6 +79,7 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
             "container": outputs["metaflowContainerName"],
         },
         "argo-workflows": {"enabled": outputs["deployArgo"]},
+        "argo-events": {"enabled": argo_events_enabled(outputs, settings)},
         "airflow": {"enabled": airflow},
     }
     if airflow:
@@ -108,11 +109,13 @@ def flows_namespace_for(namespace: str) -> str:
 
 
 def local_values(settings: Settings | None = None, *, argo: bool = True,
-                 airflow: bool = False, flow_namespace: str = "") -> dict[str, Any]:
+                 airflow: bool = False, flow_namespace: str = "",
+                 argo_events: bool | None = None) -> dict[str, Any]:
     """Values for the local profile (in-cluster PostgreSQL and Azurite).
 
     The database password is not here: `mfhelm install --local` generates it
-    into the Secret the values name, as on azure.
+    into the Secret the values name, as on azure. Argo Events follows Argo
+    unless `argo_events` says otherwise.
     """
     return {
         "profile": "local",
@@ -125,6 +128,10 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
             "controller": {"nodeSelector": {}},
             "server": {"nodeSelector": {}},
         },
+        "argo-events": {
+            "enabled": argo if argo_events is None else argo_events,
+            "controller": {"nodeSelector": {}},
+        },
         "airflow": {
             "enabled": airflow,
             "scheduler": {"nodeSelector": {}},
@@ -136,11 +143,13 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
 def argo_watches_flow_namespace(values: dict[str, Any], release_namespace: str) -> dict[str, Any]:
     """With flow pods outside the release namespace, Argo's namespaced
     controller and server must be told to watch that namespace (argo-helm
-    passes extraArgs verbatim; the chart refuses the values without them)."""
+    passes extraArgs verbatim; the chart refuses the values without them),
+    and so must the Argo Events controller (its managedNamespace)."""
     flow_ns = (values.get("flows") or {}).get("namespace") or release_namespace
     argo = values.get("argo-workflows") or {}
     if flow_ns == release_namespace or argo.get("enabled") is False:
         return values
+    values = _argo_events_watch(values, flow_ns)
     flag = f"--managed-namespace={flow_ns}"
     argo = dict(argo)
     for part in ("controller", "server"):
@@ -151,6 +160,27 @@ def argo_watches_flow_namespace(values: dict[str, Any], release_namespace: str) 
         section["extraArgs"] = args
         argo[part] = section
     return {**values, "argo-workflows": argo}
+
+
+def argo_events_enabled(outputs: dict[str, Any], settings: Settings) -> bool:
+    """Argo Events is deployed with Argo Workflows unless mfhelm.toml turns it off.
+    (Saved outputs may carry the boolean as a string, as ARM shows it.)"""
+    argo = outputs["deployArgo"]
+    if isinstance(argo, str):
+        argo = argo.lower() == "true"
+    return argo is True and settings.deploy_argo_events
+
+
+def _argo_events_watch(values: dict[str, Any], flow_ns: str) -> dict[str, Any]:
+    """The Argo Events controller, namespaced, watches one namespace: the
+    flow namespace, where the event bus, the webhook and the Sensors live
+    (argo-helm passes managedNamespace as --managed-namespace)."""
+    events = values.get("argo-events") or {}
+    if events.get("enabled") is False:
+        return values
+    controller = dict(events.get("controller") or {})
+    controller["rbac"] = {**(controller.get("rbac") or {}), "managedNamespace": flow_ns}
+    return {**values, "argo-events": {**events, "controller": controller}}
 
 
 def _with_slash(url: str) -> str:

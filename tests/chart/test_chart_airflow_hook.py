@@ -10,7 +10,8 @@ AZURE_AIRFLOW = next(p for p in CI_VALUES if p.name == "azure-airflow-values.yam
 
 @pytest.fixture(scope="module")
 def hook():
-    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False}},
+    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False},
+                                  "argo-events": {"enabled": False}},
                   release="mf")
     source = get(objs, "ConfigMap", "metaflow-airflow-local-settings")["data"]["airflow_local_settings.py"]
     namespace: dict = {}

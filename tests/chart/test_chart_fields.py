@@ -140,10 +140,13 @@ def test_azure_refuses_a_password_value_and_requires_existing_secret():
 
 def test_workload_identity_annotations_and_labels():
     objs = render([AZURE_AIRFLOW], release="mf")
-    for sa in by_kind(objs, "ServiceAccount"):
+    # Argo Events' Sensors run as their own account, with no Azure identity.
+    accounts = [sa for sa in by_kind(objs, "ServiceAccount")
+                if sa["metadata"]["labels"]["app.kubernetes.io/component"] != "sensors"]
+    for sa in accounts:
         ann = sa["metadata"]["annotations"]
         assert ann["azure.workload.identity/client-id"] == CLIENT_ID
-    names = {sa["metadata"]["name"] for sa in by_kind(objs, "ServiceAccount")}
+    names = {sa["metadata"]["name"] for sa in accounts}
     assert names == {"metaflow-service", "metaflow-flows", "metaflow-airflow"}
     backend = get(objs, "Deployment", "mf-ui-backend")["spec"]["template"]
     assert backend["metadata"]["labels"]["azure.workload.identity/use"] == "true"
@@ -180,7 +183,8 @@ def test_nothing_cluster_wide(scenario):
 
 
 def test_airflow_can_launch_pods_in_the_flow_namespace():
-    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False}},
+    objs = render([AZURE_AIRFLOW], {"flows": {"namespace": "jobs"}, "argo-workflows": {"enabled": False},
+                                  "argo-events": {"enabled": False}},
                   release="mf")
     role = get(objs, "Role", "mf-airflow-pod-launcher")
     assert role["metadata"]["namespace"] == "jobs"

@@ -202,7 +202,8 @@ def test_static_ui_has_a_writable_conf_d():
 #       v3.6.10 watches another namespace with --managed-namespace.
 
 MANAGED = {"argo-workflows": {"controller": {"extraArgs": ["--managed-namespace=jobs"]},
-                              "server": {"extraArgs": ["--managed-namespace=jobs"]}}}
+                              "server": {"extraArgs": ["--managed-namespace=jobs"]}},
+           "argo-events": {"controller": {"rbac": {"managedNamespace": "jobs"}}}}
 
 
 def test_flow_namespace_without_managed_namespace_is_refused():

@@ -170,6 +170,7 @@ def test_argo_accounts_can_run_workflows_in_a_separate_flow_namespace(cluster: C
     objs = render([SCENARIOS["azure"]], {
         "flows": {"namespace": flows},
         "argo-workflows": {"controller": {"extraArgs": [flag]}, "server": {"extraArgs": [flag]}},
+        "argo-events": {"controller": {"rbac": {"managedNamespace": flows}}},
     }, release="mf", namespace=home)
     rbac = cluster.rbac()
     argo = [o for o in objs if o["kind"] in ("Role", "RoleBinding")
@@ -273,6 +274,7 @@ def test_data_scientists_may_create_and_trigger_flows_and_nothing_more(cluster: 
     objs = render([SCENARIOS["azure"]], {
         "flows": {"namespace": flows}, "dataScientists": {"groups": ["ml-team"]},
         "argo-workflows": {"controller": {"extraArgs": [flag]}, "server": {"extraArgs": [flag]}},
+        "argo-events": {"controller": {"rbac": {"managedNamespace": flows}}},
     }, release="mf", namespace=home)
     rbac = cluster.rbac()
     role = get(objs, "Role", "mf-data-scientists")
