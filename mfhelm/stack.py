@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import yaml
@@ -408,6 +408,34 @@ def status(target: Target) -> Status:
     return Status(info, components, profile)
 
 
+# The Argo Events bus and webhook are Helm hooks (their CRDs come with the same
+# release), so `helm uninstall` leaves them: removed here, by the release's label.
+EVENT_HOOK_PLURALS = ("eventsources", "eventbus")
+
+
+def _delete_event_hooks(api: Any, namespace: str, release: str) -> list[str]:
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    custom = k8s.CustomObjectsApi(api)
+    deleted = []
+    for plural in EVENT_HOOK_PLURALS:
+        try:
+            listed = cast(dict[str, Any], custom.list_namespaced_custom_object(
+                "argoproj.io", "v1alpha1", namespace, plural,
+                label_selector=f"app.kubernetes.io/instance={release}"))
+            for item in listed["items"]:
+                name = item["metadata"]["name"]
+                custom.delete_namespaced_custom_object(
+                    "argoproj.io", "v1alpha1", namespace, plural, name)
+                deleted.append(f"{plural}/{name}")
+        except ApiException as exc:
+            if exc.status != 404:  # no such CRD (Argo Events never installed), or gone
+                raise MfhelmError(f"deleting the Argo Events {plural} of {release!r} in "
+                                  f"{namespace!r}: {exc.status} {exc.reason}") from None
+    return deleted
+
+
 def uninstall(target: Target, *, purge: bool) -> list[str]:
     """Remove the release. Data (PVCs, Secrets from mfhelm) stays unless purge;
     returns what purge deleted."""
@@ -416,11 +444,14 @@ def uninstall(target: Target, *, purge: bool) -> list[str]:
     client = helm_mod.Helm(kubeconfig=target.kubeconfig, context=target.context)
     if client.status(target.release, namespace=target.namespace) is None:
         raise MfhelmError(f"no release {target.release!r} in namespace {target.namespace!r}")
+    flow_ns = flow_namespace(client.user_values(target.release, namespace=target.namespace),
+                             target)
     client.uninstall(target.release, namespace=target.namespace)
-    if not purge:
-        return []
     api = kube.api_client(target.kubeconfig, target.context)
-    deleted = [f"pvc/{n}" for n in kube.delete_pvcs(
+    deleted = _delete_event_hooks(api, flow_ns, target.release)
+    if not purge:
+        return deleted
+    deleted += [f"pvc/{n}" for n in kube.delete_pvcs(
         api, target.namespace, f"app.kubernetes.io/instance={target.release}")]
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException

@@ -835,10 +835,17 @@ def test_helm_makes_the_bus_and_webhook_hooks_and_status_and_port_forward_find_t
         assert again["metadata"]["uid"] == bus["metadata"]["uid"]
         assert again["spec"]["jetstream"]["replicas"] == 1
         assert "deletionTimestamp" not in again["metadata"]
-        gone = _helm(cluster, "uninstall", "ev", "-n", release_ns)
+        # Hooks are not release objects: `helm uninstall` would leave them;
+        # `mfhelm uninstall` removes them by the release's label.
+        gone = _mfhelm(cluster, "uninstall", "--release", "ev", "-n", release_ns)
         assert gone.returncode == 0, gone.stderr
-        # Hooks are not release objects: uninstall leaves them (the README says so).
-        assert _get(cluster, "EventBus", flow_ns, "ev-eventbus")["metadata"]["name"]
+        assert "deleted eventsources/" in gone.stdout and "deleted eventbus/ev-eventbus" in \
+            gone.stdout, gone.stdout
+        custom = client.CustomObjectsApi(cluster.api_client())
+        for plural in ("eventbus", "eventsources"):
+            left = custom.list_namespaced_custom_object("argoproj.io", "v1alpha1", flow_ns,
+                                                        plural)["items"]
+            assert all("deletionTimestamp" in o["metadata"] for o in left), left
 
 
 # --- an event through the webhook, the bus and a Sensor ------------------------------------
@@ -1005,6 +1012,18 @@ def test_a_published_event_goes_through_webhook_and_bus_to_a_sensor_that_starts_
     flow_ns = mf.flow_namespace
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
+    # Earlier tests' bus and Sensors in this shared namespace are deleted as
+    # they finish, but what the controller made for them goes by garbage
+    # collection; a Sensor started against a leftover 3-server bus config
+    # fails ("replicas > 1"). Start once they are gone.
+    def cleared() -> bool:
+        apps_api = cluster.apps()
+        return not (apps_api.list_namespaced_stateful_set(
+                        flow_ns, label_selector="controller=eventbus-controller").items
+                    or [d for d in apps_api.list_namespaced_deployment(flow_ns).items
+                        if (d.metadata.labels or {}).get("controller") in
+                        ("sensor-controller", "eventsource-controller")])
+    wait_for(cleared, 120, "earlier tests' Argo Events workloads to be collected")
     port = free_port()
     url = f"http://127.0.0.1:{port}/metaflow-event"
     extra = {"argoEventsGlue": {"eventBus": {"replicas": 1},
@@ -1032,6 +1051,10 @@ def test_a_published_event_goes_through_webhook_and_bus_to_a_sensor_that_starts_
                     found["bus"] = apps.read_namespaced_stateful_set(
                         "eventbus-metaflow-eventbus-js", flow_ns)
                 except ApiException:
+                    return None
+                # An earlier test's 3-server bus may still be on its way out
+                # (garbage collection): wait for this test's one-server bus.
+                if found["bus"].spec.replicas != 1 or found["bus"].metadata.deletion_timestamp:
                     return None
                 return found if {*templates, "metaflow-webhook", "bus"} <= set(found) else None
 
