@@ -54,6 +54,7 @@ AZURE_PROTECTED: dict[str, str] = {
     "storage.container": "the deployment (metaflowContainerName)",
     "storage.airflowLogsContainer": "the deployment (airflowLogsContainerName)",
     "argo-workflows.enabled": "the deployment (deployArgo)",
+    "argo-events.enabled": "mfhelm.toml deploy_argo_events, with the deployment's deployArgo",
     "airflow.enabled": "the deployment (deployAirflow)",
     "airflowGlue.databaseUser": "the database role mfhelm install creates",
     "airflowGlue.databaseName": "the database the deployment made for Airflow",
@@ -70,6 +71,7 @@ LOCAL_PROTECTED: dict[str, str] = {
     "database.existingSecret": _SECRET,
     "database.existingSecretPasswordKey": _SECRET,
     "argo-workflows.enabled": "--argo/--no-argo",
+    "argo-events.enabled": "--argo/--no-argo (Argo Events follows Argo)",
     "airflow.enabled": "--airflow/--no-airflow",
 }
 

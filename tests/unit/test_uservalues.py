@@ -173,6 +173,8 @@ NOT_PROTECTED = {
     "database.sslMode": "Azure needs TLS; verify-full is a user's stricter choice",
     "argo-workflows.controller.extraArgs": "re-derived from flows.namespace after the merge",
     "argo-workflows.server.extraArgs": "re-derived from flows.namespace after the merge",
+    "argo-events.controller.rbac.managedNamespace":
+        "re-derived from flows.namespace after the merge",
 }
 
 
