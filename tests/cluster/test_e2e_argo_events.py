@@ -940,15 +940,18 @@ def _start_host_pod(procs: Processes, name: str, pod: HostPod, cwd: Path) -> Non
     # A volume mounted over a parent of the sources (an emptyDir at /tmp) goes last.
     binds = sorted(pod.binds, key=lambda b: str(cwd).startswith(b[1].rstrip("/") + "/"))
     mounts = "\n".join(f"{src}\t{dst}" for src, dst in binds)
-    script = ('set -e\ncd "$0"\ntab=$(printf "\\t")\n'
+    # The executable is opened before the mounts and run through that open
+    # file: a volume mounted over a parent of its path (the Sensor's emptyDir
+    # at /tmp, with MFHELM_CACHE under /tmp) would hide it otherwise.
+    script = ('set -e\ncd "$0"\nexec 9<"$1"\nshift\ntab=$(printf "\\t")\n'
               'while IFS="$tab" read -r src dst; do\n'
               '  [ -n "$dst" ] || continue\n'
               '  if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")"; '
               '[ -e "$dst" ] || : > "$dst"; fi\n'
               '  mount --bind "$src" "$dst"\n'
-              'done <<MOUNTS\n' + mounts + '\nMOUNTS\nexec "$@"\n')
+              'done <<MOUNTS\n' + mounts + '\nMOUNTS\nexec /proc/self/fd/9 "$@"\n')
     argv = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private",
-            "/bin/sh", "-c", script, str(cwd), *pod.argv]
+            "/bin/sh", "-c", script, str(cwd), pod.argv[0], *pod.argv[1:]]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("ARGO_", "KUBE", "EVENT", "SENSOR", "NATS"))}
     procs.start(name, argv, env={**env, **pod.env})
