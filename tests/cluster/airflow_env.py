@@ -36,7 +36,6 @@ import base64
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from chartlib import CHART
 
+from .controlplane import stop_group
 from .handle import Cluster
 
 AIRFLOW_VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())["airflow"]
@@ -140,14 +140,7 @@ class Scheduler:
         return self.log.read_text(errors="replace")[-chars:]
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        stop_group(self.proc, grace=30)
 
 
 def run_airflow(env: dict[str, str], *args: str, timeout: float = 300

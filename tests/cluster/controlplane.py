@@ -150,18 +150,24 @@ class Processes:
         # Reverse start order (node agent first, etcd last), each given a moment
         # to exit cleanly; the data is throwaway, so then no more patience.
         for proc in reversed(list(self.running.values())):
-            _kill_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                proc.wait(timeout=5)
+            stop_group(proc, grace=3)
         self.running.clear()
 
 
-def _kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+def _kill_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM a process started in its own session (its whole group), give it
+    `grace` seconds, then SIGKILL it."""
+    _kill_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
+        proc.wait(timeout=5)
 
 
 def _wait_ready(url: str, ca: Path, cert: Path, key: Path, procs: Processes,

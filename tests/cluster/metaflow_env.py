@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .controlplane import stop_group
 from .pki import CertificateAuthority
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"
@@ -312,14 +312,7 @@ class Azurite:
         return out
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop_group(self.proc, grace=10)
 
 
 def azurite_binary() -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import ssl
 import subprocess
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from .controlplane import ensure_tool, free_port
+from .controlplane import ensure_tool, free_port, stop_group
 from .pki import CertificateAuthority
 
 PROVISIONED_USER = "docker"
@@ -76,12 +75,7 @@ class Registry:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+            stop_group(self.proc, grace=10)
 
 
 def start_registry(workdir: Path, *, ca: CertificateAuthority | None = None,
