@@ -15,7 +15,7 @@ param orgPrefix string
 @description('Deterministic suffix that keeps the DNS prefix unique.')
 param nameSuffix string
 
-@description('Kubernetes version; empty means the AKS default for the region.')
+@description('Kubernetes version as major.minor (main.bicep checks the form), or empty for the AKS default for the region.')
 param kubernetesVersion string = ''
 
 @description('AKS pricing tier: Standard carries the uptime SLA, Free does not.')
@@ -90,7 +90,6 @@ param tags object = {}
 // With local accounts off, the deployer reaches the API server only through
 // Azure RBAC; cluster admin is what installing the chart (CRDs, RBAC) needs.
 var aksRbacClusterAdminRoleId = 'b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b'
-var networkContributorRoleId = '4d97b98b-1d4f-4787-a291-c67834d212e7'
 var maxPodsPerNode = 110
 
 // Every pool sets `count`: without it AKS assumes 1, and refuses a pool whose
@@ -223,15 +222,14 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
   }
 }
 
-// With a bring-your-own subnet the cluster identity manages load balancer
-// and NIC joins in that subnet, so it needs Network Contributor there.
-resource aksSubnetRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(nodeSubnet.id, aks.id, networkContributorRoleId)
-  scope: nodeSubnet
-  properties: {
+// Network Contributor on the node subnet, in a module so that the assignment
+// can be named from the cluster's principal ID (see subnet-role.bicep).
+module subnetRole 'subnet-role.bicep' = {
+  name: 'mfhelm-aks-subnet-role'
+  params: {
+    vnetName: vnetName
+    subnetName: nodeSubnetName
     principalId: aks.identity.principalId
-    principalType: 'ServicePrincipal'
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', networkContributorRoleId)
   }
 }
 

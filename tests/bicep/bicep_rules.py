@@ -598,6 +598,50 @@ def role_assignments_well_formed(tpl: dict[str, Any]) -> list[str]:
     return bad
 
 
+def _role_id(role_definition: Any) -> Any:
+    """The role GUID inside subscriptionResourceId('...roleDefinitions', role) / resourceId()."""
+    fn = role_definition.get("function") if isinstance(role_definition, dict) else None
+    if isinstance(fn, dict) and fn.get("type") in ("subscription_resource_id", "resource_id",
+                                                     "tenant_resource_id"):
+        names = [v for k, v in (fn.get("parameters") or {}).items()
+                 if k.startswith("resource_name") and v is not None]
+        if len(names) == 1:
+            return names[0]
+    return role_definition
+
+
+def role_assignment_names_from_scope_principal_role(tpl: dict[str, Any]) -> list[str]:
+    """guid(scope, principal, role): a role assignment's name is built from the id of its
+    scope, the principalId it assigns and the role it grants. Azure refuses to change the
+    principal, scope or role of an existing assignment; a name without the principal stays
+    the same when the principal changes (a re-created cluster's new identity), so the next
+    deploy fails. `scope` left out means the deployment's own scope, not checked here."""
+    bad = []
+    for name, res in resources(tpl, "Microsoft.Authorization/roleAssignments"):
+        cfg = body(res)
+        fn = cfg.get("name", {}).get("function") if isinstance(cfg.get("name"), dict) else None
+        if not isinstance(fn, dict) or fn.get("type") != "guid":
+            continue  # role_assignments_well_formed reports it
+        args = [a for a in (fn.get("parameters") or {}).values() if a is not None]
+        props = cfg.get("properties") or {}
+        principal = props.get("principalId")
+        if principal is None or principal not in args:
+            bad.append(f"{name}: name is not built from the principalId it assigns")
+        scope = cfg.get("scope")
+        if scope is not None and _property(scope, "id") not in args and scope not in args:
+            bad.append(f"{name}: name is not built from its scope's id")
+        role = props.get("roleDefinitionId")
+        if role is None or (_role_id(role) not in args and role not in args):
+            bad.append(f"{name}: name is not built from the role it grants")
+    return bad
+
+
+def _property(base: Any, member: str) -> dict[str, Any]:
+    """`base.member` as pycep renders it."""
+    return {"operator": {"type": "property_accessor",
+                         "operands": {"operand_1": base, "operand_2": member}}}
+
+
 def federated_credentials_serialised(tpl: dict[str, Any]) -> list[str]:
     """Writes on one identity go one at a time: a loop has @batchSize(1), or a dependsOn chain."""
     creds = list(resources(tpl, "userAssignedIdentities/federatedIdentityCredentials"))
@@ -1095,6 +1139,7 @@ RULES: tuple[Rule, ...] = (
     template_limits,
     descriptions_everywhere,
     role_assignments_well_formed,
+    role_assignment_names_from_scope_principal_role,
     federated_credentials_serialised,
 )
 

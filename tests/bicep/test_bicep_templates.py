@@ -14,6 +14,9 @@ import pytest
 FILES = R.bicep_files()
 MAIN = R.BICEP_DIR / "main.bicep"
 MODULES = ("network", "aks", "postgres", "storage", "identity", "keyvault")
+# Modules a module calls, by caller: a role assignment named from a principal ID that
+# exists only at run time needs a deployment of its own.
+SUBMODULES = {"aks": ("subnet-role",)}
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +24,26 @@ def parsed() -> dict[Path, dict]:
     return {f: R.parse_file(f) for f in FILES}
 
 
-def test_layout_main_and_one_module_per_concern():
+def _module_calls(path: Path, tpl: dict) -> list[tuple[str, Path, dict]]:
+    return [(name, (path.parent / mod["detail"]["path"]).resolve(), mod)
+            for name, mod in (tpl.get("modules") or {}).items()]
+
+
+def test_layout_main_and_one_module_per_concern(parsed):
     assert MAIN in FILES
-    assert {f.stem for f in (R.BICEP_DIR / "modules").glob("*.bicep")} == set(MODULES)
+    helpers = {h for calls in SUBMODULES.values() for h in calls}
+    assert {f.stem for f in (R.BICEP_DIR / "modules").glob("*.bicep")} == set(MODULES) | helpers
+    for caller, calls in SUBMODULES.items():
+        path = R.BICEP_DIR / "modules" / f"{caller}.bicep"
+        assert {p.stem for _, p, _ in _module_calls(path, parsed[path])} == set(calls)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_every_bicep_file_parses(path: Path):
     tpl = R.parse_file(path)
     assert tpl.get("parameters"), f"{path.name}: parsed without parameters"
-    assert tpl.get("outputs"), f"{path.name}: parsed without outputs"
+    assert tpl.get("outputs") or tpl.get("resources"), (
+        f"{path.name}: parsed without outputs or resources")
 
 
 def test_main_is_subscription_scope_and_calls_every_module(parsed):
@@ -41,11 +54,10 @@ def test_main_is_subscription_scope_and_calls_every_module(parsed):
     assert [n for n, _ in R.resources(main, "Microsoft.Resources/resourceGroups")] == ["rg"]
 
 
-def test_module_params_match_module_declarations(parsed):
-    main = parsed[MAIN]
-    for name, mod in main["modules"].items():
-        target = parsed[R.BICEP_DIR / mod["detail"]["path"]]
-        declared = target["parameters"]
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_module_params_match_module_declarations(path: Path, parsed):
+    for name, target_path, mod in _module_calls(path, parsed[path]):
+        declared = parsed[target_path]["parameters"]
         given = set(mod["config"]["params"])
         assert given <= set(declared), f"module {name}: unknown params {given - set(declared)}"
         required = {p for p, d in declared.items() if d.get("default") is None}
@@ -544,6 +556,48 @@ resource ra 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 """,
+    # aksSubnetRole as aks.bicep had it (issue 17, item 13), and two more ways to get it wrong.
+    "role_assignment_names_from_scope_principal_role": """
+resource aksSubnetRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(nodeSubnet.id, aks.id, networkContributorRoleId)
+  scope: nodeSubnet
+  properties: {
+    principalId: aks.identity.principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', networkContributorRoleId)
+  }
+}
+
+resource noScope 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(resourceGroup().id, principalId, roleId)
+  scope: vault
+  properties: {
+    principalId: principalId
+    principalType: 'User'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+  }
+}
+
+resource noRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, principalId)
+  scope: vault
+  properties: {
+    principalId: principalId
+    principalType: 'User'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+  }
+}
+
+resource fine 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, principalId, roleId)
+  scope: vault
+  properties: {
+    principalId: principalId
+    principalType: 'User'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+  }
+}
+""",
     "federated_credentials_serialised": """
 resource fics 'FIC' = [for s in subjects: {
   parent: identity
@@ -638,6 +692,11 @@ EXPECTED = {
     "descriptions_everywhere": ["parameter orgPrefix: no @description",
                                 "output name: no @description"],
     "role_assignments_well_formed": ["ra: name is not guid(...)", "ra: principalType not set"],
+    "role_assignment_names_from_scope_principal_role": [
+        "aksSubnetRole: name is not built from the principalId it assigns",
+        "noScope: name is not built from its scope's id",
+        "noRole: name is not built from the role it grants",
+    ],
     "federated_credentials_serialised": [
         "fics: loop without @batchSize(1)",
         "b: not chained with dependsOn to another federated credential",
@@ -716,8 +775,10 @@ def test_every_error_level_linter_rule_has_an_offline_check():
 
 
 @pytest.mark.parametrize("rule", R.MODULE_RULES, ids=lambda r: r.__name__)
-def test_module_rule_holds_on_main(rule, parsed):
-    assert rule(parsed[MAIN], R.BICEP_DIR) == []
+def test_module_rule_holds_on_every_caller(rule, parsed):
+    assert any(tpl.get("modules") for f, tpl in parsed.items() if f != MAIN)
+    problems = {f.name: rule(tpl, f.parent) for f, tpl in parsed.items()}
+    assert {k: v for k, v in problems.items() if v} == {}
 
 
 MODULE = """
