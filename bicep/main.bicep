@@ -4,7 +4,7 @@
 // orgPrefix and a deterministic uniqueString, so a re-deploy updates in place.
 targetScope = 'subscription'
 
-@description('Organisation prefix in every resource name: 2-8 characters, lowercase letters and digits, starting with a letter (the storage account name allows nothing else). mfhelm validates the full pattern before deploying.')
+@description('Organisation prefix in every resource name: 2-8 characters, lowercase letters and digits, starting with a letter (the storage account name allows nothing else). The template checks the whole rule and fails before anything is created; mfhelm checks the same rule before deploying.')
 @minLength(2)
 @maxLength(8)
 param orgPrefix string
@@ -23,7 +23,7 @@ param deployArgo bool = true
 @description('Whether the chart deploys Airflow; also creates the airflow-logs container.')
 param deployAirflow bool = false
 
-@description('Kubernetes version of the cluster; empty means the AKS default.')
+@description('Kubernetes version of the cluster as major.minor (e.g. 1.33), or empty for the AKS default. AKS runs the latest patch of that minor and the patch upgrade channel keeps it current; a patch version (1.33.2) is refused, since a re-deploy would ask AKS to go back to it.')
 param kubernetesVersion string = ''
 
 @description('AKS pricing tier: Standard carries the uptime SLA, Free does not.')
@@ -127,7 +127,24 @@ param flowNamespace string = 'metaflow-flows'
 @description('Tags applied to every resource.')
 param tags object = {}
 
-var nameSuffix = uniqueString(subscription().id, resourceGroupName, orgPrefix)
+// Rules Bicep has no decorator for (it has no pattern constraint), checked
+// here so that a deployment started without mfhelm stops before anything is
+// created, with a message naming the parameter, instead of failing at the
+// storage account name or asking AKS to downgrade. mfhelm's settings apply the
+// same rules (tests/bicep keeps the two in step). Every use of the parameters
+// goes through checkedOrgPrefix and checkedKubernetesVersion. fail() sits in a
+// string interpolation because checkov's Bicep parser has no fail() and would
+// skip this whole file without a word.
+var lowercaseLetters = 'abcdefghijklmnopqrstuvwxyz'
+var decimalDigits = '0123456789'
+var orgPrefixCharsOk = [for i in range(0, length(orgPrefix)): contains('${lowercaseLetters}${decimalDigits}', substring(orgPrefix, i, 1))]
+var orgPrefixValid = contains(lowercaseLetters, first(orgPrefix)) && (!contains(orgPrefixCharsOk, false))
+var checkedOrgPrefix = orgPrefixValid ? orgPrefix : '${fail('orgPrefix "${orgPrefix}": must be 2-8 characters, lowercase letters and digits, starting with a letter (it becomes part of the storage account name)')}'
+var kubernetesVersionCharsOk = [for i in range(0, length(kubernetesVersion)): contains('${decimalDigits}.', substring(kubernetesVersion, i, 1))]
+var kubernetesVersionValid = empty(kubernetesVersion) || ((length(split(kubernetesVersion, '.')) == 2) && (!startsWith(kubernetesVersion, '.')) && (!endsWith(kubernetesVersion, '.')) && (!contains(kubernetesVersionCharsOk, false)))
+var checkedKubernetesVersion = kubernetesVersionValid ? kubernetesVersion : '${fail('kubernetesVersion "${kubernetesVersion}": must be major.minor such as 1.33, or empty for the AKS default (no patch version: AKS keeps the patch current, so a pinned patch would be a downgrade on the next deploy)')}'
+
+var nameSuffix = uniqueString(subscription().id, resourceGroupName, checkedOrgPrefix)
 var metaflowContainerName = 'metaflow-storage'
 var airflowLogsContainerName = 'airflow-logs'
 var postgresDatabaseName = 'metaflow'
@@ -149,7 +166,7 @@ module network 'modules/network.bicep' = {
   scope: rg
   params: {
     location: location
-    orgPrefix: orgPrefix
+    orgPrefix: checkedOrgPrefix
     tags: tags
   }
 }
@@ -159,9 +176,9 @@ module aks 'modules/aks.bicep' = {
   scope: rg
   params: {
     location: location
-    orgPrefix: orgPrefix
+    orgPrefix: checkedOrgPrefix
     nameSuffix: take(nameSuffix, 6)
-    kubernetesVersion: kubernetesVersion
+    kubernetesVersion: checkedKubernetesVersion
     skuTier: aksSkuTier
     vnetName: network.outputs.vnetName
     nodeSubnetName: network.outputs.aksSubnetName
@@ -186,7 +203,7 @@ module identity 'modules/identity.bicep' = {
   scope: rg
   params: {
     location: location
-    orgPrefix: orgPrefix
+    orgPrefix: checkedOrgPrefix
     oidcIssuerUrl: aks.outputs.oidcIssuerUrl
     serviceNamespace: serviceNamespace
     flowNamespace: flowNamespace
@@ -202,7 +219,7 @@ module storage 'modules/storage.bicep' = {
   scope: rg
   params: {
     location: location
-    orgPrefix: orgPrefix
+    orgPrefix: checkedOrgPrefix
     nameSuffix: nameSuffix
     deployAirflow: deployAirflow
     metaflowContainerName: metaflowContainerName
@@ -219,7 +236,7 @@ module keyvault 'modules/keyvault.bicep' = {
   scope: rg
   params: {
     location: location
-    orgPrefix: orgPrefix
+    orgPrefix: checkedOrgPrefix
     nameSuffix: nameSuffix
     postgresAdminSecretName: postgresAdminSecretName
     postgresAdminPassword: postgresAdminPassword
@@ -234,7 +251,7 @@ module postgres 'modules/postgres.bicep' = {
   scope: rg
   params: {
     location: location
-    orgPrefix: orgPrefix
+    orgPrefix: checkedOrgPrefix
     nameSuffix: nameSuffix
     postgresVersion: postgresVersion
     skuTier: postgresTier

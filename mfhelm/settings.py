@@ -33,7 +33,10 @@ SETTINGS_ENV = "MFHELM_SETTINGS"
 ORG_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 LOCATION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
 VM_SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
-K8S_VERSION_RE = re.compile(r"^1\.\d{2}(\.\d+)?$")
+# major.minor only (used with fullmatch): AKS runs the latest patch of that
+# minor and its patch upgrade channel keeps it current, so a pinned patch
+# would become a downgrade on the next deploy. main.bicep checks the same.
+K8S_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+")
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # Microsoft.Resources naming rules (the REST API's pattern `^[-\w._()]+$`,
 # where \w includes Unicode letters and digits): resource groups 1-90
@@ -81,8 +84,11 @@ class AksSettings(_Strict):
     @field_validator("kubernetes_version")
     @classmethod
     def _k8s_version(cls, v: str) -> str:
-        if v and not K8S_VERSION_RE.match(v):
-            raise ValueError("must look like 1.33 or 1.33.2 (or be empty for AKS's default)")
+        if v and not K8S_VERSION_RE.fullmatch(v):
+            got = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+            raise ValueError(
+                f"must be major.minor such as 1.33, or empty for AKS's default, not {got} (AKS "
+                "keeps the patch current; a pinned patch would be a downgrade on the next deploy)")
         return v
 
     @field_validator("system_vm_size", "services_vm_size", "task_vm_size")

@@ -15,6 +15,7 @@ refuses would pass them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -410,16 +411,117 @@ class _Unknown(Exception):
     """An expression the small evaluator below does not handle."""
 
 
+class Failed(Exception):
+    """The template called fail(message): ARM stops the deployment with this message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _arm_equal(a: Any, b: Any) -> bool:
+    """`==` as ARM compares: no bool/int mixing (Python has True == 1)."""
+    return type(a) is type(b) and a == b
+
+
+def _contains(container: Any, item: Any) -> bool:
+    """ARM contains(): a substring (case-sensitive), an array member, an object key
+    (case-insensitive)."""
+    if isinstance(container, str) and isinstance(item, str):
+        return item in container
+    if isinstance(container, list):
+        return any(_arm_equal(member, item) for member in container)
+    if isinstance(container, dict) and isinstance(item, str):
+        return item.lower() in {k.lower() for k in container}
+    raise _Unknown(f"contains({container!r}, {item!r})")
+
+
+def _substring(text: Any, start: Any, length: Any) -> str:
+    if not (isinstance(text, str) and isinstance(start, int) and isinstance(length, int)
+            and start >= 0 and length >= 0 and start + length <= len(text)):
+        raise _Unknown(f"substring({text!r}, {start!r}, {length!r}) is out of range")
+    return text[start:start + length]
+
+
+def _first_or_last(value: Any, last: bool) -> Any:
+    if isinstance(value, (str, list)):
+        return (value[-1] if last else value[0]) if value else ("" if isinstance(value, str)
+                                                                else None)
+    raise _Unknown(f"first/last of {value!r}")
+
+
+def _number(values: list[Any]) -> bool:
+    return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+# ARM's functions as the templates use them, by pycep's name. Strings are Python strings
+# (sequences of code points; ARM counts UTF-16 units, which is the same in the BMP).
+# startsWith/endsWith compare case-insensitively, contains and `==` case-sensitively, as
+# the ARM function reference says.
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "length": lambda v: len(v) if isinstance(v, (str, list, dict)) else _unknown("length", v),
+    "empty": lambda v: v is None or (isinstance(v, (str, list, dict)) and len(v) == 0),
+    "first": lambda v: _first_or_last(v, last=False),
+    "last": lambda v: _first_or_last(v, last=True),
+    "substring": _substring,
+    "split": lambda s, d: s.split(d) if isinstance(s, str) and isinstance(d, str) and d
+    else _unknown("split", s, d),
+    "starts_with": lambda s, x: s.lower().startswith(x.lower()),
+    "ends_with": lambda s, x: s.lower().endswith(x.lower()),
+    "range": lambda start, count: list(range(start, start + count)),
+    "int": int,
+    "min": lambda *v: min(v) if _number(list(v)) else _unknown("min", *v),
+    "max": lambda *v: max(v) if _number(list(v)) else _unknown("max", *v),
+}
+
+
+def _unknown(name: str, *args: Any) -> Any:
+    raise _Unknown(f"{name}{args!r}")
+
+
+@functools.cache
+def _parse_expression(text: str) -> Any:
+    return parse_text(f"var value = {text}\n")["variables"]["value"]["value"]
+
+
+_ESCAPES = {"'": "'", "\\": "\\", "n": "\n", "r": "\r", "t": "\t", "$": "$"}
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1)) or _unknown("escape", m[0]), text)
+
+
+def _interpolate(text: str, tpl: dict[str, Any], env: dict[str, Any], depth: int) -> str:
+    """A Bicep string with `${...}` parts, as pycep leaves it: the text of each part is
+    parsed again and evaluated."""
+    out, start = [], 0
+    for inner in _interpolations(text):
+        at = text.index("${" + inner + "}", start)
+        out.append(_unescape(text[start:at]))
+        value = evaluate(_parse_expression(inner), tpl, env, depth + 1)
+        out.append(json.dumps(value) if isinstance(value, (bool, list, dict)) else str(value))
+        start = at + len(inner) + 3
+    out.append(_unescape(text[start:]))
+    return "".join(out)
+
+
 def evaluate(node: Any, tpl: dict[str, Any], env: dict[str, Any], depth: int = 0) -> Any:
     """Value of a (small) Bicep expression with parameters bound by `env`: literals,
-    variables, min/max/int/contains, `?:`, `a.b` and `a[b]`. Anything else raises."""
+    interpolated strings, variables (loops over an array included), the functions in
+    _FUNCTIONS plus contains() and fail(), `!`, `&&`, `||`, `==`, `!=`, `?:`, `a.b` and
+    `a[b]`. Anything else raises _Unknown; fail() raises Failed.
+
+    `&&` and `||` evaluate both sides (nothing here relies on ARM stopping early); `?:`
+    evaluates only the branch taken, as ARM's if() does, which is what lets fail() sit in
+    one branch. pycep does not keep parentheses and reads `a == b && c` as
+    `a == (b && c)`: expressions evaluated here parenthesise every operand."""
     if depth > 64:
         raise _Unknown("expression too deep")
-    if isinstance(node, (bool, int)):
+    if isinstance(node, (bool, int)) or node is None:
         return node
     if isinstance(node, str):
         if "${" in node:
-            raise _Unknown(f"interpolation {node!r}")
+            return _interpolate(node, tpl, env, depth)
         if node in env:
             return env[node]
         variables = tpl.get("variables") or {}
@@ -427,39 +529,89 @@ def evaluate(node: Any, tpl: dict[str, Any], env: dict[str, Any], depth: int = 0
             return evaluate(variables[node].get("value"), tpl, env, depth + 1)
         if node in symbols(tpl):
             raise _Unknown(f"{node} has no value here")
-        return node
-    if node == {}:
-        return {}
-    if isinstance(node, dict) and isinstance(node.get("function"), dict):
+        return _unescape(node)
+    if isinstance(node, list):
+        return [evaluate(item, tpl, env, depth + 1) for item in node]
+    if not isinstance(node, dict):
+        raise _Unknown(f"expression {node!r}")
+    if "loop_type" in node:
+        return _loop(node, tpl, env, depth)
+    if isinstance(node.get("function"), dict):
         fn = node["function"]
         kind, args = fn.get("type"), fn.get("parameters") or {}
-        if kind == "contains":
-            container = evaluate(args.get("container"), tpl, env, depth + 1)
-            return evaluate(args.get("item_to_find"), tpl, env, depth + 1) in container
         values = [evaluate(a, tpl, env, depth + 1) for a in args.values() if a is not None]
-        if kind in ("min", "max") and values and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in values):
-            return min(values) if kind == "min" else max(values)
-        if kind == "int" and len(values) == 1:
-            return int(values[0])
+        if kind == "fail" and len(values) == 1:
+            raise Failed(str(values[0]))
+        if kind == "contains" and len(values) == 2:
+            return _contains(*values)
+        if kind in _FUNCTIONS:
+            try:
+                return _FUNCTIONS[kind](*values)
+            except (TypeError, AttributeError) as exc:
+                raise _Unknown(f"{kind}{tuple(values)!r}: {exc}") from None
         raise _Unknown(f"function {kind}")
-    if isinstance(node, dict) and isinstance(node.get("operator"), dict):
-        op = node["operator"]
-        kind, operands = op.get("type"), op.get("operands") or {}
-        if kind == "conditional":
-            chosen = ("true_value" if evaluate(operands.get("condition"), tpl, env, depth + 1)
-                      else "false_value")
-            return evaluate(operands.get(chosen), tpl, env, depth + 1)
-        if kind in ("property_accessor", "index_accessor"):
-            base = evaluate(operands.get("operand_1"), tpl, env, depth + 1)
-            key = operands.get("operand_2")
-            if kind == "index_accessor":
-                key = evaluate(key, tpl, env, depth + 1)
-            if not isinstance(key, str) or not isinstance(base, dict) or key not in base:
-                raise _Unknown(f"no {key!r} in {base!r}")
-            return base[key]
-        raise _Unknown(f"operator {kind}")
+    if isinstance(node.get("operator"), dict):
+        return _operator(node["operator"], tpl, env, depth)
+    if all(isinstance(k, str) for k in node):  # an object literal
+        return {k.strip("'"): evaluate(v, tpl, env, depth + 1) for k, v in node.items()}
     raise _Unknown(f"expression {node!r}")
+
+
+def _operator(op: dict[str, Any], tpl: dict[str, Any], env: dict[str, Any], depth: int) -> Any:
+    kind, operands = op.get("type"), op.get("operands") or {}
+
+    def value(key: str) -> Any:
+        return evaluate(operands.get(key), tpl, env, depth + 1)
+
+    if kind == "conditional":
+        condition = value("condition")
+        if not isinstance(condition, bool):
+            raise _Unknown(f"condition {condition!r} is not a bool")
+        return value("true_value" if condition else "false_value")
+    if kind in ("and", "or"):
+        left, right = value("operand_1"), value("operand_2")
+        if not (isinstance(left, bool) and isinstance(right, bool)):
+            raise _Unknown(f"{kind} of {left!r} and {right!r}")
+        return (left and right) if kind == "and" else (left or right)
+    if kind == "not":
+        operand = value("bool_value")
+        if not isinstance(operand, bool):
+            raise _Unknown(f"not {operand!r}")
+        return not operand
+    if kind in ("equals", "not_equals"):
+        same = _arm_equal(value("operand_1"), value("operand_2"))
+        return same if kind == "equals" else not same
+    if kind in ("property_accessor", "index_accessor"):
+        base = value("operand_1")
+        key = operands.get("operand_2")
+        if kind == "index_accessor":
+            key = evaluate(key, tpl, env, depth + 1)
+        if isinstance(base, list) and isinstance(key, int) and not isinstance(key, bool):
+            if not 0 <= key < len(base):
+                raise _Unknown(f"index {key} out of range of {base!r}")
+            return base[key]
+        if not isinstance(key, str) or not isinstance(base, dict) or key not in base:
+            raise _Unknown(f"no {key!r} in {base!r}")
+        return base[key]
+    raise _Unknown(f"operator {kind}")
+
+
+def _loop(node: dict[str, Any], tpl: dict[str, Any], env: dict[str, Any], depth: int) -> list[Any]:
+    """`[for x in array: ...]` and `[for (x, i) in array: ...]`, without a filter."""
+    loop = node["loop_type"]
+    detail = loop.get("detail") or {}
+    if loop.get("type") not in ("array", "array_index") or node.get("condition") is not None:
+        raise _Unknown(f"loop {loop!r}")
+    items = evaluate(detail.get("array_name"), tpl, env, depth + 1)
+    if not isinstance(items, list):
+        raise _Unknown(f"loop over {items!r}")
+    out = []
+    for index, item in enumerate(items):
+        bound = {**env, detail["item_name"]: item}
+        if detail.get("index_name"):
+            bound[detail["index_name"]] = index
+        out.append(evaluate(node.get("config"), tpl, bound, depth + 1))
+    return out
 
 
 def _input_params(node: Any, tpl: dict[str, Any], seen: frozenset[str] = frozenset()) -> set[str]:
