@@ -171,6 +171,9 @@ SAME_REFUSALS = [
      "is published by the stack"),
     (["--outputs", "airflow-outputs.json"], "airflow.webserver.defaultUser.enabled=true",
      "airflow.webserver.defaultUser.enabled must stay false"),
+    (["--outputs", "outputs.json"], "database.password=secret",
+     "database.password is for the local profile only"),
+    (["--local"], "argo-events.webhook.enabled=true", "at argo-events.webhook.enabled"),
 ]
 
 
