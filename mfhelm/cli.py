@@ -224,11 +224,13 @@ def render(
         values = values_mod.render_values(outs, s)
         ns = str(outs["serviceNamespace"])
         protected = uservalues.AZURE_PROTECTED
-    if user:
-        from mfhelm.helm import find_chart
+        from mfhelm.stack import Target
 
-        values = values_mod.argo_watches_flow_namespace(user.apply(values, protected), ns)
-        uservalues.check_schema(find_chart(), values)
+        target = Target(s.helm.release, s.helm.namespace)
+    if user:
+        from mfhelm import stack
+
+        values = stack.with_user_values(values, user, protected, ns, target)
     elif local:
         values = values_mod.argo_watches_flow_namespace(values, ns)
     text = yaml.safe_dump(values, sort_keys=False)

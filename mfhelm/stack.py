@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -57,9 +59,45 @@ def check_values(chart: Path, values: dict[str, Any], target: Target, helm_bin: 
         input=yaml.safe_dump(values), capture_output=True, text=True,
     )
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        msg = " ".join(lines) if "schema" in proc.stderr else (lines[-1] if lines else "failed")
-        raise MfhelmError("the chart refused these values: " + msg.removeprefix("Error: "))
+        raise MfhelmError("the chart refused these values: " + _template_error(proc.stderr))
+
+
+def _template_error(stderr: str) -> str:
+    """helm template's reason: a schema error whole (it spans lines), else
+    its `Error:` line (helm 4 adds a "Use --debug" hint after it)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if "schema" in stderr:
+        return " ".join(lines).removeprefix("Error: ")
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    msg = errors[0] if errors else (lines[-1] if lines else "failed")
+    # `execution error at (metaflow/templates/x.yaml:1:4): <the chart's fail message>`
+    return re.sub(r"^execution error at \([^)]*\): ", "", msg.removeprefix("Error: "))
+
+
+def with_user_values(values: dict[str, Any], user: UserValues, protected: dict[str, str],
+                     release_namespace: str, target: Target,
+                     chart: Path | None = None) -> dict[str, Any]:
+    """The user's -f/--set over mfhelm's values, and every check on them that
+    needs no cluster: protected keys, security promises, the published
+    config, the chart's schema and its guards (`helm template`). `mfhelm
+    render` and `mfhelm install` both take this one path, so they refuse the
+    same values with the same line, install before it prepares the chart or
+    reaches Azure. Absent subchart archives are left out here, not fetched:
+    install checks the prepared chart, subcharts included, again later."""
+    from mfhelm.uservalues import check_schema
+
+    merged = values_mod.argo_watches_flow_namespace(user.apply(values, protected),
+                                                    release_namespace)
+    source = chart or helm_mod.find_chart()
+    check_schema(source, merged)
+    helm_bin = helm_mod.helm_binary()
+    renderable = helm_mod.drop_missing_dependencies(source)
+    try:
+        check_values(renderable, merged, target, helm_bin)
+    finally:
+        if renderable != source:
+            shutil.rmtree(renderable.parent, ignore_errors=True)
+    return merged
 
 
 def _checked_clients(chart: Path, values: dict[str, Any], target: Target, timeout: str,
@@ -199,7 +237,8 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
         argo=argo, airflow=airflow,
         flow_namespace=values_mod.flows_namespace_for(target.namespace))
     if user_values:
-        values = user_values.apply(values, LOCAL_PROTECTED)
+        values = with_user_values(values, user_values, LOCAL_PROTECTED, target.namespace, target,
+                                  _local_chart(chart))
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
     progress(_chart_step(chart))
@@ -242,8 +281,8 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
 
     values = values_mod.render_values(outputs, settings)
     if user_values:
-        values = values_mod.argo_watches_flow_namespace(
-            user_values.apply(values, AZURE_PROTECTED), outputs["serviceNamespace"])
+        values = with_user_values(values, user_values, AZURE_PROTECTED,
+                                  outputs["serviceNamespace"], target, _local_chart(chart))
     helm_bin = helm_mod.helm_binary()
     progress(_chart_step(chart))
     with ExitStack() as cleanup:
@@ -286,6 +325,12 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         progress("writing the Secrets")
         _apply_secrets(api, target.namespace, data)
         return _upgrade(client, api, target, prepared, values, progress)
+
+
+def _local_chart(chart: ChartSource) -> Path | None:
+    """The chart directory given with --chart; None for the packaged one or
+    a registry's (checked once pulled)."""
+    return helm_mod.find_chart(chart) if isinstance(chart, Path) else None
 
 
 def _chart_step(chart: ChartSource) -> str:

@@ -12,7 +12,10 @@ against helm's own `config` for the same layers.
 
 Some keys must come from the deployment (or from mfhelm's own Secrets and
 flags): a user layer that changes one is refused with one line naming it,
-unless `--allow-override KEY` says so on purpose.
+unless `--allow-override KEY` says so on purpose. So is a value that weakens
+one of the stack's security promises (mfhelm.promises). A key the stack
+publishes in the Metaflow config cannot be replaced through
+`metaflowConfig.extra` at all (the chart refuses it too).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mfhelm import promises
 from mfhelm.errors import MfhelmError
 
 # --- protected keys ---------------------------------------------------------------------
@@ -65,6 +69,31 @@ AZURE_PROTECTED: dict[str, str] = {
     "airflow.scheduler.nodeSelector": _POOL,
     "airflow.webserver.nodeSelector": _POOL,
 }
+
+# The Metaflow config the chart publishes (templates/metaflow-config.yaml), and
+# with Argo Events its METAFLOW_ARGO_EVENTS_* keys: `metaflowConfig.extra` may
+# add keys beside them, never replace one (tests pin both lists to the chart).
+PUBLISHED_CONFIG = (
+    "METAFLOW_DEFAULT_DATASTORE", "METAFLOW_DATASTORE_SYSROOT_AZURE",
+    "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT", "METAFLOW_DEFAULT_METADATA",
+    "METAFLOW_SERVICE_URL", "METAFLOW_SERVICE_INTERNAL_URL", "METAFLOW_KUBERNETES_NAMESPACE",
+    "METAFLOW_KUBERNETES_SERVICE_ACCOUNT", "METAFLOW_KUBERNETES_LABELS",
+    "METAFLOW_KUBERNETES_NODE_SELECTOR", "METAFLOW_KUBERNETES_TOLERATIONS",
+)
+PUBLISHED_EVENTS_CONFIG = (
+    "METAFLOW_ARGO_EVENTS_EVENT", "METAFLOW_ARGO_EVENTS_EVENT_BUS",
+    "METAFLOW_ARGO_EVENTS_EVENT_SOURCE", "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT",
+    "METAFLOW_ARGO_EVENTS_WEBHOOK_URL", "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL",
+)
+
+
+def published_config_keys(values: dict[str, Any]) -> tuple[str, ...]:
+    """The keys the chart publishes with these values (Argo Events is on
+    unless the values turn it off: the chart's default)."""
+    events = _lookup(values, "argo-events.enabled")
+    on = events is _MISSING or promises.truthy(events)
+    return PUBLISHED_CONFIG + (PUBLISHED_EVENTS_CONFIG if on else ())
+
 
 LOCAL_PROTECTED: dict[str, str] = {
     "profile": "mfhelm's profile",
@@ -396,12 +425,16 @@ class UserValues:
 
     def apply(self, base: dict[str, Any], protected: dict[str, str]) -> dict[str, Any]:
         """The merged values, refused (one line) if they change a protected
-        key that --allow-override does not name."""
-        unknown = sorted(self.allow - set(protected))
+        key, or weaken a security promise, that --allow-override does not
+        name, or replace a published Metaflow config key."""
+        profile = str(base.get("profile", "azure"))
+        unknown = sorted(k for k in self.allow
+                         if k not in protected and not promises.is_switch(k, profile))
         if unknown:
             raise MfhelmError(
-                f"--allow-override {unknown[0]}: not a protected key here; the protected keys "
-                f"are {', '.join(protected)}")
+                f"--allow-override {unknown[0]}: not a protected key or a security switch here; "
+                f"the protected keys are {', '.join(protected)}; the security switches are "
+                "listed in README.md (Security promises)")
         merged = self.layer(base)
         changed = [k for k in protected if k not in self.allow
                    and not _same(_lookup(base, k), _lookup(merged, k))]
@@ -411,17 +444,60 @@ class UserValues:
             raise MfhelmError(
                 f"{self._culprit(key)} changes {key}, which comes from {protected[key]}{also}: "
                 f"remove it, or pass --allow-override {key} if you mean it")
+        self._check_config_extra(merged)
+        self._check_promises(merged, profile)
         return merged
+
+    def _check_config_extra(self, merged: dict[str, Any]) -> None:
+        extra = _lookup(merged, "metaflowConfig.extra")
+        if not isinstance(extra, dict):
+            return
+        published = published_config_keys(merged)
+        taken = [k for k in extra if k in published]
+        if taken:
+            key = taken[0]
+            culprit = self._culprit_at(("metaflowConfig", "extra", key)) or "your values"
+            raise MfhelmError(
+                f"{culprit} sets metaflowConfig.extra.{key}, but {key} is published by the "
+                "stack in the Metaflow config every data scientist's is built from: extra keys "
+                "may add to it, never replace one; remove it")
+
+    def _check_promises(self, merged: dict[str, Any], profile: str) -> None:
+        """Weak values a user layer wrote (mfhelm's and the chart's own are
+        the stack's), unless --allow-override names their key."""
+        found = []
+        for weak in promises.weakenings(merged, profile):
+            if promises.key_text(weak.key) in self.allow:
+                continue
+            culprit = self._culprit_at(weak.detail)
+            if culprit is not None:
+                found.append((weak, culprit))
+        if not found:
+            return
+        weak, culprit = found[0]
+        key = promises.key_text(weak.key)
+        others = [k for k in dict.fromkeys(promises.key_text(w.key) for w, _ in found[1:])
+                  if k != key]
+        also = f" (also {', '.join(others)})" if others else ""
+        raise MfhelmError(
+            f"{culprit} sets {promises.key_text(weak.detail)} to {weak.shown}, which breaks the "
+            f"security promise that {weak.rule.promise}{also}: remove it, or pass "
+            f"--allow-override {key} if you mean it")
 
     def _culprit(self, key: str) -> str:
         """The last layer that writes `key` (or replaces a map above it)."""
+        return self._culprit_at(tuple(key.split("."))) or "your values"
+
+    def _culprit_at(self, path: tuple[str | int, ...]) -> str | None:
+        """The last layer that writes at `path` (or replaces what holds it);
+        None when only mfhelm's values do."""
         for expr in reversed(self.sets):
-            if _touches(_parse_alone(expr), key):
+            if _touches(_parse_alone(expr), path, from_set=True):
                 return f"--set {expr}"
         for name, data in reversed(self.files):
-            if _touches(data, key):
+            if _touches(data, path, from_set=False):
                 return f"values file {name}"
-        return "your values"
+        return None
 
 
 def _parse_alone(expr: str) -> dict[str, Any]:
@@ -452,9 +528,16 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-def _touches(tree: dict[str, Any], key: str) -> bool:
+def _touches(tree: Any, path: tuple[str | int, ...], *, from_set: bool) -> bool:
+    """Whether one layer writes at `path`. A file's list replaces the whole
+    list; a --set list holds only the elements it names (None elsewhere)."""
     node: Any = tree
-    for part in key.split("."):
+    for part in path:
+        if isinstance(node, list) and from_set and isinstance(part, int):
+            if part >= len(node) or node[part] is None:
+                return False
+            node = node[part]
+            continue
         if not isinstance(node, dict):
             return True  # a value above the key replaces it
         if part not in node:

@@ -120,20 +120,74 @@ def test_bad_set_syntax_is_one_line(work: Path, command: list[str]):
 
 def test_unknown_allow_override_is_one_line(work: Path):
     one_error_line(mfhelm(work, "render", "--local", "--allow-override", "database.host"),
-                   "--allow-override database.host: not a protected key here",
+                   "--allow-override database.host: not a protected key or a security switch here",
                    "airflow.enabled")
 
 
 def test_schema_refusal_is_one_line_on_render_and_install(work: Path):
-    one_error_line(mfhelm(work, "render", "--outputs", "outputs.json", "--set",
-                          "metadata.replicas=two"),
-                   "values.schema.json refuses the values: at metadata.replicas")
-    # install renders the chart with helm (schema included) before the cluster.
-    one_error_line(mfhelm(work, "install", "--local", "--no-argo", "--set",
-                          "metadata.replicas=two", "--kubeconfig", "kubeconfig"),
-                   "refused these values", "replicas")
+    rendered = one_error_line(mfhelm(work, "render", "--outputs", "outputs.json", "--set",
+                                     "metadata.replicas=two"),
+                              "values.schema.json refuses the values: at metadata.replicas")
+    # install checks the values on the same path as render, before the cluster.
+    installed = one_error_line(mfhelm(work, "install", "--local", "--no-argo", "--set",
+                                      "metadata.replicas=two", "--kubeconfig", "kubeconfig"))
+    assert installed == rendered
 
 
 def test_missing_values_file_is_one_line(work: Path):
     one_error_line(mfhelm(work, "install", "--outputs", "outputs.json", "-f", "nope.yaml"),
                    "values file nope.yaml: no such file or directory")
+
+
+# Bad values render and install must refuse alike: security switches, a
+# replaced published config key, the chart's schema and the chart's guards.
+SAME_REFUSALS = [
+    (["--local", "--no-argo", "--airflow"], "airflow.webserver.defaultUser.enabled=true",
+     "airflow.webserver.defaultUser.enabled must stay false"),
+    (["--local", "--no-argo", "--airflow"], "airflow.migrateDatabaseJob.useHelmHooks=true",
+     "airflow.migrateDatabaseJob.useHelmHooks must be false"),
+    (["--local", "--no-argo", "--airflow"], "airflow.allowPodLaunching=true",
+     "--allow-override airflow.allowPodLaunching"),
+    (["--local", "--no-argo", "--airflow"], "airflow.scheduler.extraVolumes[0].hostPath.path=/",
+     "--allow-override airflow.scheduler.extraVolumes"),
+    (["--local", "--no-argo"], "networkPolicy.enabled=false",
+     "--allow-override networkPolicy.enabled"),
+    (["--local", "--no-argo"], "podSecurityContext.runAsUser=0",
+     "--allow-override podSecurityContext"),
+    (["--local", "--no-argo"], "argo-events.createAggregateRoles=true",
+     "at argo-events.createAggregateRoles"),
+    (["--local", "--no-argo"], "metaflowConfig.extra.METAFLOW_KUBERNETES_SERVICE_ACCOUNT=default",
+     "is published by the stack"),
+    (["--local"], "argo-workflows.server.authModes={server}",
+     "--allow-override argo-workflows.server.authModes"),
+    (["--local"], "argo-workflows.singleNamespace=false",
+     "--allow-override argo-workflows.singleNamespace"),
+    (["--outputs", "outputs.json"], "database.sslMode=disable",
+     "--allow-override database.sslMode"),
+    (["--outputs", "outputs.json"], "argo-workflows.createAggregateRoles=true",
+     "--allow-override argo-workflows.createAggregateRoles"),
+    (["--outputs", "outputs.json"],
+     "metaflowConfig.extra.METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=https://elsewhere/",
+     "is published by the stack"),
+    (["--outputs", "airflow-outputs.json"], "airflow.webserver.defaultUser.enabled=true",
+     "airflow.webserver.defaultUser.enabled must stay false"),
+    (["--outputs", "outputs.json"], "database.password=secret",
+     "database.password is for the local profile only"),
+    (["--local"], "argo-events.webhook.enabled=true", "at argo-events.webhook.enabled"),
+]
+
+
+@pytest.mark.parametrize(("profile", "expr", "fragment"), SAME_REFUSALS,
+                         ids=[e for _, e, _ in SAME_REFUSALS])
+def test_render_and_install_refuse_the_same_values(work: Path, profile: list[str], expr: str,
+                                                   fragment: str):
+    (work / "airflow-outputs.json").write_text(json.dumps(fake_arm.arm_outputs(
+        fake_arm.sample_outputs() | {"deployAirflow": True,
+                                     "airflowLogsContainerName": "airflow-logs"})))
+    rendered = one_error_line(mfhelm(work, "render", *profile, "--set", expr,
+                                     "-o", "values.yaml"), fragment)
+    assert not (work / "values.yaml").exists()
+    # The dead cluster in `kubeconfig` would fail any install that got further.
+    installed = one_error_line(mfhelm(work, "install", *profile, "--set", expr,
+                                      "--kubeconfig", "kubeconfig"))
+    assert installed == rendered

@@ -233,7 +233,7 @@ def test_adding_to_a_protected_map_is_a_change():
 
 def test_allow_override_of_an_unknown_key_is_refused():
     with pytest.raises(MfhelmError, match=r"^--allow-override database.hots: not a protected "
-                       r"key here; the protected keys are profile, "):
+                       r"key or a security switch here; the protected keys are profile, "):
         UserValues.read(sets=["a=1"], allow=["database.hots"]).apply(azure_values(),
                                                                      AZURE_PROTECTED)
 

@@ -203,7 +203,7 @@ def test_install_local_rejects_bad_values_before_touching_the_cluster(cli, workd
     kc = _unreachable_kubeconfig(workdir / "kubeconfig")
     (workdir / "bad.yaml").write_text("metadata:\n  replicas: two\n")
     r = cli("install", "--local", "--no-argo", "-f", "bad.yaml", "--kubeconfig", str(kc))
-    assert_one_line_error(r, "refused these values", "replicas")
+    assert_one_line_error(r, "refuses the values", "replicas")
 
 
 def test_install_values_file_errors(cli, workdir):
