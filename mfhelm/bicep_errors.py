@@ -21,6 +21,7 @@ ALLOCATION = "allocation"
 SKU_UNAVAILABLE = "sku-unavailable"
 QUOTA = "quota"
 VAULT_SOFT_DELETED = "vault-soft-deleted"
+ROLE_ASSIGNMENT_EXISTS = "role-assignment-exists"
 
 _QUOTA_CODES = {"quotaexceeded", "errcode_insufficientvcpuquota", "insufficientvcpuquota"}
 _ALLOCATION_CODES = {
@@ -33,6 +34,7 @@ _FAMILY_RE = re.compile(r"\b(\w+Family)\b")
 _LOCATION_RE = re.compile(r"(?:Location:\s*|location\s+'?)([A-Za-z0-9]+)", re.IGNORECASE)
 _VM_SIZE_RE = re.compile(r"\bStandard_[A-Za-z0-9_]+")
 _VAULT_RE = re.compile(r"/vaults/([A-Za-z0-9-]+)", re.IGNORECASE)
+_SUBNET_RE = re.compile(r"(/subscriptions/[^\s'\"]+?/subnets/[A-Za-z0-9._-]+)", re.IGNORECASE)
 _TEXT_CODE_RE = re.compile(r"\(([A-Za-z_]+)\)|\"code\"\s*:\s*\"(\w+)\"|Code:\s*(\w+)")
 
 
@@ -43,6 +45,7 @@ class ErrorNode:
     code: str
     message: str
     context: str  # targets and messages on the path from the root, lowercased
+    target: str = ""  # this entry's own target, as Azure spelled it
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def _walk(node: Any, context: str) -> Iterator[ErrorNode]:
     target = str(node.get("target") or "")
     here = f"{context} {target} {message}".lower()
     if code:
-        yield ErrorNode(code, message, here)
+        yield ErrorNode(code, message, here, target)
     embedded = _loads(message) if message.lstrip().startswith("{") else None
     if embedded is not None:
         yield from _walk(embedded, here)
@@ -119,6 +122,9 @@ def classify(arm_error: dict[str, Any] | str) -> Failure | None:
             "deleted state" in node.context or "soft delete" in node.context
         ):
             return Failure(VAULT_SOFT_DELETED, node)
+    for node in nodes:
+        if node.code.lower() == "roleassignmentexists":
+            return Failure(ROLE_ASSIGNMENT_EXISTS, node)
     return None
 
 
@@ -178,6 +184,20 @@ def explain(failure: Failure) -> str:
             "that was deleted earlier, and purge protection keeps the name taken. Fix: recover "
             f"it with `az keyvault recover --name {vault}` and run `mfhelm deploy` again "
             "(the stored password is reused)."
+        )
+    if failure.kind == ROLE_ASSIGNMENT_EXISTS:
+        # Stacks deployed before role assignments were named from their principal
+        # hold the AKS identity's subnet assignment under an older name; Azure
+        # keeps one assignment per principal, role and scope (bicep/README.md).
+        scope = _first(_SUBNET_RE, node.target, node.message)
+        where = f"on {scope}" if scope else "on the AKS node subnet"
+        return (
+            f"A role assignment {where} already exists for the same identity and role under "
+            f"another name ({node.code}); stacks deployed by an earlier mfhelm named the AKS "
+            "identity's Network Contributor assignment differently. Fix: delete the old one "
+            "once with `az role assignment delete --assignee <the cluster's "
+            "identity.principalId> --role \"Network Contributor\" --scope <the subnet id>` "
+            "(bicep/README.md has the commands) and run `mfhelm deploy` again."
         )
     raise ValueError(f"unknown failure kind {failure.kind}")
 

@@ -424,6 +424,20 @@ def test_explain_soft_deleted_vault():
     assert "az keyvault recover --name acme-kv-4kq2n7x3vb" in text
 
 
+def test_explain_role_assignment_left_by_an_earlier_name():
+    subnet = (f"/subscriptions/{SUB}/resourceGroups/acme-metaflow-rg/providers/"
+              "Microsoft.Network/virtualNetworks/acme-metaflow-vnet/subnets/aks-nodes")
+    err = _deployment_failed({
+        "code": "RoleAssignmentExists",
+        "target": f"{subnet}/providers/Microsoft.Authorization/roleAssignments/"
+                  "1f0b7f3a-7c4e-5d1e-9a51-2f7e2b4c9d10",
+        "message": "The role assignment already exists.",
+    }, module="mfhelm-aks-subnet-role")
+    text = _one_paragraph(explain_failure(err))
+    assert f"on {subnet}" in text
+    assert "az role assignment delete" in text and "Network Contributor" in text
+
+
 def test_unknown_errors_are_not_explained():
     assert explain_failure(OTHER) is None
     assert explain_failure("ERROR: something unrelated") is None
