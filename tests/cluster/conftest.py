@@ -46,8 +46,10 @@ def cluster(request: pytest.FixtureRequest,
 
 def _left_ready(transitions: list[Transition], cluster: Cluster) -> str:
     lines = "\n".join(f"  {t}" for t in transitions)
-    return (f"a node left Ready:\n{lines}\nIts pods were marked NotReady meanwhile. On KWOK "
-            f"nodes this means KWOK stopped renewing their Leases and heartbeats: see "
+    return (f"a node left Ready:\n{lines}\nThe node lifecycle controller marks the pods "
+            f"of such a node NotReady. On KWOK nodes it means no Lease renewal or Ready "
+            f"heartbeat reached the API server for a whole --node-monitor-grace-period "
+            f"(KWOK stopped, or the control plane itself stalled): see "
             f"{cluster.workdir / 'logs'} (kwok.log, kube-controller-manager.log, "
             f"node-ready.log)")
 

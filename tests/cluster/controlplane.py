@@ -77,6 +77,10 @@ class NodeTiming:
     on a loaded machine changes nothing; and a KWOK that really stopped is seen
     within a minute, named by the conftest's node watch, instead of after the
     5 minutes this used to wait, when it surfaced as a `helm --wait` timeout.
+    What no heartbeat survives is the control plane itself stalling longer than
+    the grace period (seen once: etcd, apiserver, controller-manager and KWOK
+    all silent for 143 s with six test runs sharing 2 cores); the watch then
+    names the test, and the stages bring the nodes and their pods back.
     """
 
     lease_seconds: int = 40

@@ -150,10 +150,14 @@ def test_nodes_and_their_pods_are_ready_again_after_kwok_was_stopped(
     restored = core.read_namespaced_pod("server", namespace).status
     assert restored.phase == "Running"
     assert [c.ready for c in restored.container_statuses] == [True]
+
     # Every node went and came back (KWOK plays all three), and the watch saw it.
-    left = {(t.node, t.after) for t in watch.transitions()[seen_before:]}
-    assert {(name, "Unknown") for name in cluster.nodes.values()} <= left
-    assert {(name, "True") for name in cluster.nodes.values()} <= left
+    def all_back() -> bool:
+        seen = {(t.node, t.after) for t in watch.transitions()[seen_before:]}
+        return {(name, ready) for name in cluster.nodes.values()
+                for ready in ("Unknown", "True")} <= seen
+
+    cluster.wait_for(all_back, 60, "every node to go Unknown and come back Ready")
 
 
 def test_the_watch_names_a_node_that_leaves_ready(tmp_path: Path,
