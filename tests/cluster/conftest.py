@@ -3,6 +3,9 @@
 `cluster` (session): one running cluster for the whole session, either the
 local control plane with KWOK nodes (default) or kind (MFHELM_TEST_KIND=1).
 `namespace` (function): a fresh namespace in it, deleted afterwards.
+`node_ready_watch` (session): every change of a pool node's Ready condition
+(nodewatch.py); a test during which a node left Ready fails at teardown,
+named, and so does the session's last one for what came after.
 `argo_build` (session): Argo's controller and CRDs at the pinned version, the
 CRDs applied (argo.py). `metaflow_env` (session): the real Metaflow with the
 config `mfhelm config` writes, Blob on a real Azurite over HTTPS and a token
@@ -11,7 +14,6 @@ from an Entra-shaped endpoint (metaflow_env.py).
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,12 +24,9 @@ from . import argo as argo_mod
 from . import metaflow_env as mfenv
 from .controlplane import ToolchainMissing, start_controlplane
 from .handle import Cluster
-from .kindcluster import KindUnavailable, start_kind
+from .kindcluster import KindUnavailable, kind_requested, start_kind
+from .nodewatch import NodeReadyWatch, Transition
 from .pki import CertificateAuthority
-
-
-def _use_kind() -> bool:
-    return os.environ.get("MFHELM_TEST_KIND", "") not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +34,7 @@ def cluster(request: pytest.FixtureRequest,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     try:
-        if _use_kind():
+        if kind_requested():
             handle, stop = start_kind(workdir)
         else:
             handle, stop = start_controlplane(workdir)
@@ -43,6 +42,45 @@ def cluster(request: pytest.FixtureRequest,
         pytest.skip(reason=str(exc))
     request.addfinalizer(stop)
     yield handle
+
+
+def _left_ready(transitions: list[Transition], cluster: Cluster) -> str:
+    lines = "\n".join(f"  {t}" for t in transitions)
+    return (f"a node left Ready:\n{lines}\nThe node lifecycle controller marks the pods "
+            f"of such a node NotReady. On KWOK nodes it means no Lease renewal or Ready "
+            f"heartbeat reached the API server for a whole --node-monitor-grace-period "
+            f"(KWOK stopped, or the control plane itself stalled): see "
+            f"{cluster.workdir / 'logs'} (kwok.log, kube-controller-manager.log, "
+            f"node-ready.log)")
+
+
+@pytest.fixture(scope="session")
+def node_ready_watch(cluster: Cluster) -> Iterator[NodeReadyWatch]:
+    watch = NodeReadyWatch(cluster.kubeconfig, set(cluster.nodes.values()),
+                           cluster.workdir / "logs" / "node-ready.log")
+    watch.start()
+    yield watch
+    watch.during = "the end of the session"
+    watch.stop()
+    missed = watch.unreported()
+    if missed:
+        pytest.fail(_left_ready(missed, cluster))
+
+
+@pytest.fixture(autouse=True)
+def _nodes_stay_ready(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail, at teardown, a test on the session's cluster during which a node
+    left Ready: otherwise it shows only as some later wait timing out."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    watch: NodeReadyWatch = request.getfixturevalue("node_ready_watch")
+    watch.during = request.node.nodeid
+    yield
+    watch.during = f"after {request.node.nodeid}"
+    left = watch.unreported()
+    if left:
+        pytest.fail(_left_ready(left, request.getfixturevalue("cluster")))
 
 
 @pytest.fixture

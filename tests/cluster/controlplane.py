@@ -2,8 +2,9 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the
 upstream binaries built from the versions pinned in tools.toml (see
-tests/tools/install.py); KWOK registers no kubelets but keeps fake nodes
-Ready, moves pods through their lifecycle (tests/cluster/kwok/stages.yaml)
+tests/tools/install.py); KWOK registers no kubelets but plays them for fake
+nodes: it holds and renews each node's Lease, keeps its Ready condition
+fresh, moves pods through their lifecycle (tests/cluster/kwok/stages.yaml)
 and serves the kubelet's exec API by running commands on this host.
 
 `start_controlplane(workdir)` returns a `Cluster` and a `stop` callable;
@@ -55,6 +56,35 @@ NODES: dict[str, tuple[str, dict[str, str], list[dict[str, str]]]] = {
     "services": ("services-0", {POOL_LABEL: "services"}, []),
     "taskworkers": ("taskworkers-0", {POOL_LABEL: "taskworkers"}, [TASKWORKERS_TAINT]),
 }
+
+
+@dataclass(frozen=True)
+class NodeTiming:
+    """How the fake nodes show they are alive, and how long the control plane
+    believes a silent one.
+
+    lease_seconds  KWOK --node-lease-duration-seconds: KWOK holds a Lease per
+                   node in kube-node-lease and renews it every quarter of this,
+                   as a kubelet does (40 s, renewed every 10 s). 0 would turn
+                   leases off, which is KWOK's own default.
+    grace_seconds  kube-controller-manager --node-monitor-grace-period: a node
+                   whose Lease and Ready heartbeat both stay unchanged this long
+                   goes Unknown, and the controller marks its pods NotReady.
+
+    The default is what Kubernetes 1.34 itself uses: a kubelet's 40 s lease and
+    the controller's 50 s grace period. Five renewals (and two of the stages'
+    20-25 s Ready heartbeats) fit in the grace period, so a renewal or two late
+    on a loaded machine changes nothing; and a KWOK that really stopped is seen
+    within a minute, named by the conftest's node watch, instead of after the
+    5 minutes this used to wait, when it surfaced as a `helm --wait` timeout.
+    What no heartbeat survives is the control plane itself stalling longer than
+    the grace period (seen once: etcd, apiserver, controller-manager and KWOK
+    all silent for 143 s with six test runs sharing 2 cores); the watch then
+    names the test, and the stages bring the nodes and their pods back.
+    """
+
+    lease_seconds: int = 40
+    grace_seconds: int = 50
 
 
 class ToolchainMissing(Exception):
@@ -183,8 +213,10 @@ def _wait_ready(url: str, ca: Path, cert: Path, key: Path, procs: Processes,
     wait_for(ready, timeout, f"{url}/readyz")
 
 
-def start_controlplane(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
+def start_controlplane(workdir: Path, timing: NodeTiming | None = None,
+                       ) -> tuple[Cluster, Callable[[], None]]:
     """Start the control plane in ``workdir``; returns (cluster, stop)."""
+    timing = timing or NodeTiming()
     binaries = ensure_binaries()
     version = kubernetes_version()
     pki_dir = workdir / "pki"
@@ -202,7 +234,7 @@ def start_controlplane(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
     # Backstop for an interpreter that exits without running fixture finalizers.
     atexit.register(stop)
     try:
-        cluster = _boot(workdir, pki_dir, binaries, version, procs, agents)
+        cluster = _boot(workdir, pki_dir, binaries, version, procs, agents, timing)
     except BaseException:
         stop()
         raise
@@ -210,7 +242,7 @@ def start_controlplane(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
 
 
 def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
-          procs: Processes, agents: list[Any]) -> Cluster:
+          procs: Processes, agents: list[Any], timing: NodeTiming) -> Cluster:
     ca = CertificateAuthority(pki_dir)
     serving = ca.issue(
         "apiserver", "kube-apiserver",
@@ -280,9 +312,8 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         f"--authorization-kubeconfig={kcm_kc}",
         "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
         "--leader-elect=false", "--use-service-account-credentials=true",
-        # KWOK renews node leases from this same, busy 2-core machine; a late
-        # renewal must not flip every pod to NotReady mid-test.
-        "--node-monitor-grace-period=5m",
+        # See NodeTiming for why this value.
+        f"--node-monitor-grace-period={timing.grace_seconds}s",
         f"--service-account-private-key-file={sa.private}", f"--root-ca-file={ca.pair.cert}",
         f"--cluster-signing-cert-file={ca.pair.cert}", f"--cluster-signing-key-file={ca.pair.key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -307,6 +338,9 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         f"--server-address=127.0.0.1:{kwok_port}",
         f"--cidr={POD_CIDR}",
         "--enable-crds=Exec,Logs",
+        # Without it KWOK creates no Lease at all (KwokConfiguration leaves
+        # nodeLeaseDurationSeconds 0; only kwokctl defaults it to 40).
+        f"--node-lease-duration-seconds={timing.lease_seconds}",
     ], env=_kwok_env(workdir, mounts))
 
     core = _core(api)
@@ -335,6 +369,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         kubeconfig=admin_kc, server=server, backend="controlplane",
         nodes={pool: name for pool, (name, _l, _t) in NODES.items()},
         workdir=workdir, version=version, exec_mounts=mounts, _pod_root=pod_root,
+        node_agent_pid=procs.running["kwok"].pid,
     )
     cluster.create_namespace("default")
     return cluster

@@ -80,6 +80,8 @@ class Cluster:
     version     the Kubernetes version the cluster runs, e.g. "v1.34.4"
     exec_mounts whether a `sh` exec sees the pod's volumes at their mount paths
                 (always on kind; on KWOK where the host allows mount namespaces)
+    node_agent_pid  the KWOK process, leader of its own process group (local
+                control plane only): stopping it silences every fake node
     """
 
     kubeconfig: Path
@@ -89,6 +91,7 @@ class Cluster:
     workdir: Path
     version: str
     exec_mounts: bool = True
+    node_agent_pid: int | None = None
     _pod_root: Path | None = None
     _api: Any = field(default=None, repr=False)
 

@@ -8,6 +8,7 @@ worker per pool, labelled and tainted like the AKS pools.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -83,6 +84,11 @@ def kind_config() -> dict[str, object]:
             worker({POOL_LABEL: "taskworkers"}, [TASKWORKERS_TAINT]),
         ],
     }
+
+
+def kind_requested() -> bool:
+    """Whether MFHELM_TEST_KIND asks for kind instead of the local control plane."""
+    return os.environ.get("MFHELM_TEST_KIND", "") not in ("", "0", "false", "no")
 
 
 def start_kind(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
