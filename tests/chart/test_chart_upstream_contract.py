@@ -36,7 +36,7 @@ def _container(objs, kind, name, container):
 
 
 # -- 1. UI backend: the image's WORKDIR is /root (0700); caches go under
-#       cache_data/ relative to the working directory (metaflow-service v2.5.0).
+#       cache_data/ relative to the working directory (metaflow-service v2.5.1).
 
 def test_ui_backend_works_in_a_writable_mounted_directory():
     spec, c = _container(render([AZURE], release="mf"), "Deployment", "mf-ui-backend",
