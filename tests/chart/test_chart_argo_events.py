@@ -91,7 +91,9 @@ def test_values_we_hand_argo_events_keep_it_namespaced():
     assert ours["crds"] == {"install": True, "keep": True}
     assert ours["createAggregateRoles"] is False
     assert ours["webhook"]["enabled"] is False
-    assert ours["controller"]["rbac"] == {"namespaced": True, "managedNamespace": ""}
+    # rbac.enabled off: this chart renders the controller's Roles (test_chart_subchart_rbac.py).
+    assert ours["controller"]["rbac"] == {"enabled": False, "namespaced": True,
+                                          "managedNamespace": ""}
     assert ours["global"]["securityContext"]["runAsNonRoot"] is True
     assert ours["controller"]["containerSecurityContext"]["readOnlyRootFilesystem"] is True
     assert set(ours["controller"]["resources"]) == {"requests", "limits"}
@@ -212,9 +214,11 @@ def test_the_sensor_account_gets_workflow_creation_in_the_flow_namespace_only():
         {"kind": "ServiceAccount", "name": "metaflow-sensors", "namespace": "jobs"}]
 
 
-def test_the_controller_gets_a_role_in_a_separate_flow_namespace_only():
-    names = {o["metadata"]["name"] for o in by_kind(render([AZURE]), "Role")}
-    assert "mf-argo-events-controller" not in names
+def test_the_controller_gets_its_role_where_it_reconciles():
+    # argo-helm's own Role is off (controller.rbac.enabled): ours is rendered
+    # in the watched namespace, the release namespace when flows share it.
+    role = get(render([AZURE]), "Role", "mf-argo-events-controller")
+    assert role["metadata"]["namespace"] == "metaflow"
     objs = render([AZURE], SEPARATE, release="argo-events-prod")
     binding = get(objs, "RoleBinding", "argo-events-prod-argo-events-controller")
     assert binding["metadata"]["namespace"] == "jobs"
@@ -222,6 +226,9 @@ def test_the_controller_gets_a_role_in_a_separate_flow_namespace_only():
     assert binding["subjects"] == [{"kind": "ServiceAccount",
                                     "name": "argo-events-prod-controller-manager",
                                     "namespace": "metaflow"}]
+    # One replica runs --leader-election=false: nothing at home.
+    assert "argo-events-prod-argo-events-controller-home" not in {
+        o["metadata"]["name"] for o in by_kind(objs, "Role")}
 
 
 def _policy(objs, name):

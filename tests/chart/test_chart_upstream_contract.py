@@ -36,7 +36,7 @@ def _container(objs, kind, name, container):
 
 
 # -- 1. UI backend: the image's WORKDIR is /root (0700); caches go under
-#       cache_data/ relative to the working directory (metaflow-service v2.5.0).
+#       cache_data/ relative to the working directory (metaflow-service v2.5.1).
 
 def test_ui_backend_works_in_a_writable_mounted_directory():
     spec, c = _container(render([AZURE], release="mf"), "Deployment", "mf-ui-backend",
@@ -231,9 +231,12 @@ def test_argo_gets_its_rules_in_the_flow_namespace(release, argo_fullname):
                                         "namespace": "metaflow"}]
 
 
-def test_no_argo_roles_when_flows_share_the_release_namespace():
-    names = {o["metadata"]["name"] for o in by_kind(render([AZURE], release="mf"), "Role")}
-    assert "mf-argo-workflow-controller" not in names
+def test_argo_roles_are_ours_when_flows_share_the_release_namespace():
+    # argo-helm's Roles are off (controller/server rbac.create): ours carry
+    # the flow rules into the release namespace when flows run there.
+    objs = render([AZURE], release="mf")
+    for name in ("mf-argo-workflow-controller", "mf-argo-server"):
+        assert get(objs, "Role", name)["metadata"]["namespace"] == "metaflow"
 
 
 def test_values_we_hand_argo_render_nothing_cluster_wide():

@@ -7,9 +7,11 @@ and the CRDs are the `minimal` ones from the same module version, the kind
 argo-helm installs. The controller runs on this host, not in a pod, but as
 the ServiceAccount argo-helm creates for it: its kubeconfig carries a token
 of that account (TokenRequest API), so every call it makes is authorized by
-the Role argo-helm 0.45.20 renders with `singleNamespace: true` (written out
-in `controller_rules`) and, for a flow namespace other than the release
-namespace, by the Roles our chart renders there (taken from a real render).
+exactly the Roles a release grants it: argo-helm 0.45.20's own Role when our
+values leave controller.rbac.create on (tests/chart/upstream_rbac.py; they
+turn it off), and the Roles our chart renders, taken from a real render:
+its rules where flows run and, at home, its ConfigMap only. A controller that
+needed more at home would fail here.
 
 What differs from the pod argo-helm runs, and why:
 - it reaches the API server through a kubeconfig (`--kubeconfig`) instead
@@ -109,44 +111,23 @@ def _labels(release: str) -> dict[str, str]:
     }
 
 
-def _rule(groups: list[str], resources: list[str], verbs: list[str],
-          names: list[str] | None = None) -> dict[str, Any]:
-    rule: dict[str, Any] = {"apiGroups": groups, "resources": resources, "verbs": verbs}
-    if names:
-        rule["resourceNames"] = names
-    return rule
+def argo_values() -> dict[str, Any]:
+    """Our values.yaml's `argo-workflows` section over argo-helm's defaults
+    of the keys its RBAC templates read."""
+    from upstream_rbac import ARGO_WORKFLOWS_DEFAULTS, merged
+
+    values = yaml.safe_load((ROOT / "charts" / "metaflow" / "values.yaml").read_text())
+    return merged(ARGO_WORKFLOWS_DEFAULTS, values["argo-workflows"])
 
 
-def controller_rules() -> list[dict[str, Any]]:
-    """The controller Role's rules (templates/controller/workflow-controller-
-    cluster-roles.yaml) for our values: controller.rbac.create on, no
-    writeConfigMaps, no persistence, no instanceID, no secret access beyond
-    the agent's CA certificate. `test_our_values_leave_argo_helm_defaults`
-    fails when values.yaml starts setting any of those."""
-    all_verbs = ["get", "list", "watch", "update", "patch", "delete", "create"]
-    return [
-        _rule([""], ["pods"], ["create", "get", "list", "watch", "update", "patch", "delete"]),
-        _rule([""], ["pods/exec"], ["create"]),
-        _rule([""], ["configmaps"], ["get", "watch", "list"]),
-        _rule([""], ["persistentvolumeclaims", "persistentvolumeclaims/finalizers"],
-              ["create", "update", "delete", "get"]),
-        _rule(["argoproj.io"], ["workflows", "workflows/finalizers", "workflowtasksets",
-                                "workflowtasksets/finalizers", "workflowartifactgctasks"],
-              all_verbs),
-        _rule(["argoproj.io"], ["workflowtemplates", "workflowtemplates/finalizers"],
-              ["get", "list", "watch"]),
-        _rule(["argoproj.io"], ["workflowtaskresults", "workflowtaskresults/finalizers"],
-              ["list", "watch", "deletecollection"]),
-        _rule(["argoproj.io"], ["cronworkflows", "cronworkflows/finalizers"],
-              ["get", "list", "watch", "update", "patch", "delete"]),
-        _rule([""], ["events"], ["create", "patch"]),
-        _rule([""], ["serviceaccounts"], ["get", "list"]),
-        _rule(["policy"], ["poddisruptionbudgets"], ["create", "get", "delete"]),
-        _rule(["coordination.k8s.io"], ["leases"], ["create"]),
-        _rule(["coordination.k8s.io"], ["leases"], ["get", "watch", "update", "patch", "delete"],
-              ["workflow-controller", "workflow-controller-lease"]),
-        _rule([""], ["secrets"], ["get"], ["argo-workflows-agent-ca-certificates"]),
-    ]
+def upstream_controller_rbac(release: str, namespace: str) -> list[dict[str, Any]]:
+    """The controller's Role and RoleBinding argo-helm renders for our values
+    (none: controller.rbac.create is off)."""
+    from upstream_rbac import argo_workflows_objects
+
+    name = controller_name(release)
+    objs = argo_workflows_objects(argo_values(), release, namespace)
+    return [o for o in objs if o["metadata"]["name"] == name]
 
 
 # The `config` key of the controller ConfigMap (templates/controller/
@@ -168,24 +149,21 @@ LOG_ARGS = ["--loglevel", "info", "--gloglevel", "0", "--log-format", "text"]
 NEUTRAL_TOP = {"enabled", "singleNamespace", "createAggregateRoles", "crds", "workflow",
                "controller", "server"}
 NEUTRAL_CONTROLLER = {"extraArgs", "clusterWorkflowTemplates", "nodeSelector", "resources",
-                      "tolerations", "affinity", "podLabels", "podAnnotations"}
+                      "tolerations", "affinity", "podLabels", "podAnnotations", "rbac"}
 
 
 def controller_objects(release: str, namespace: str, metrics_port: int) -> list[dict[str, Any]]:
-    """ServiceAccount, Role, RoleBinding and ConfigMap argo-helm creates for
-    the controller, in the release namespace."""
+    """ServiceAccount and ConfigMap argo-helm creates for the controller, in
+    the release namespace, and its Role and RoleBinding if our values let it
+    render them."""
     name = controller_name(release)
     meta = {"name": name, "namespace": namespace, "labels": _labels(release)}
     config = RENDERED_CONFIG + f"metricsConfig:\n  port: {metrics_port}\n"
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-         "rules": controller_rules()},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
         {"apiVersion": "v1", "kind": "ConfigMap",
          "metadata": {**meta, "name": configmap_name(release)}, "data": {"config": config}},
+        *upstream_controller_rbac(release, namespace),
     ]
 
 
@@ -348,13 +326,12 @@ class ArgoController:
 def prepare_release(cluster: Cluster, release: str, release_namespace: str,
                     flow_namespace: str, metrics_port: int) -> None:
     """Create what argo-helm and our chart give the controller, without
-    Helm: its account, Role, RoleBinding and ConfigMap in the release
-    namespace, and our chart's Argo Roles in a separate flow namespace."""
+    Helm: its account and ConfigMap in the release namespace, and our
+    chart's Argo Roles (where flows run, and at home)."""
     for obj in controller_objects(release, release_namespace, metrics_port):
         apply(cluster, obj)
-    if flow_namespace != release_namespace:
-        for obj in chart_objects(release, release_namespace, flow_namespace, "argo"):
-            apply(cluster, obj)
+    for obj in chart_objects(release, release_namespace, flow_namespace, "argo"):
+        apply(cluster, obj)
 
 
 @contextmanager
@@ -390,7 +367,7 @@ def run_controller(cluster: Cluster, build: ArgoBuild, release_namespace: str,
     controller = ArgoController(
         release=release, namespace=release_namespace, managed_namespace=flow_namespace,
         argv=argv, env=env,
-        config=controller_objects(release, release_namespace, metrics_port)[3]["data"]["config"],
+        config=controller_objects(release, release_namespace, metrics_port)[1]["data"]["config"],
         kubeconfig=kubeconfig, executor_image=build.executor_image,
         log=logdir / f"{name}.log", _procs=procs, _name=name,
     )

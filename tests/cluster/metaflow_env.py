@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .controlplane import stop_group
+from .controlplane import ROOT, stop_group
 from .pki import CertificateAuthority
 
 FLOWS_DIR = Path(__file__).resolve().parent / "flows"
@@ -58,7 +58,17 @@ STORAGE_AUDIENCE = "https://storage.azure.com"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # What the AKS webhook projects into a labelled pod: a service-account token for this audience.
 FEDERATION_AUDIENCE = "api://AzureADTokenExchange"
-METADATA_SERVICE_VERSION = "2.5.0"  # the chart's metadata image tag, v-less as the service says it
+
+
+def _chart_metadata_version() -> str:
+    """The chart's metadata image tag, v-less as the service says it."""
+    import yaml
+
+    values = yaml.safe_load((ROOT / "charts" / "metaflow" / "values.yaml").read_text())
+    return str(values["metadata"]["image"]["tag"]).removeprefix("v")
+
+
+METADATA_SERVICE_VERSION = _chart_metadata_version()
 
 
 def free_port() -> int:

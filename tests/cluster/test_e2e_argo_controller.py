@@ -270,16 +270,21 @@ def test_a_controller_ignores_workflows_outside_its_managed_namespace(
     assert cluster.core().list_namespaced_pod(away.namespace).items == []
 
 
-def test_controller_acts_with_argo_helms_rbac_only(
+def test_controller_acts_with_the_releases_rbac_only(
         cluster: Cluster, runs: dict[str, Run]) -> None:
     """The token in the controller's kubeconfig is its ServiceAccount's: it
-    may do its work in the two namespaces and nothing cluster-wide."""
+    may do its work where flows run, read its ConfigMap at home, and nothing
+    else there or cluster-wide; with that it ran the workflows above."""
     c = runs["elsewhere"].controller
     can = cluster.service_account_can
     sa = c.service_account
-    for ns in (c.namespace, c.managed_namespace):
-        assert can(c.namespace, sa, "create", "pods", namespace=ns)
-        assert can(c.namespace, sa, "update", "workflows", group="argoproj.io", namespace=ns)
+    assert can(c.namespace, sa, "create", "pods", namespace=c.managed_namespace)
+    assert can(c.namespace, sa, "update", "workflows", group="argoproj.io",
+               namespace=c.managed_namespace)
+    assert not can(c.namespace, sa, "create", "pods", namespace=c.namespace)
+    assert not can(c.namespace, sa, "update", "workflows", group="argoproj.io",
+                   namespace=c.namespace)
+    assert not can(c.namespace, sa, "list", "configmaps", namespace=c.namespace)
     assert can(c.namespace, sa, "get", "configmaps", namespace=c.namespace,
                name=argo.configmap_name(c.release))
     assert not can(c.namespace, sa, "create", "pods", namespace="default")

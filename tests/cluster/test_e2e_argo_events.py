@@ -14,9 +14,10 @@
   @trigger_on_finish; `argo-workflows create`, run by a data scientist who
   holds only the chart's Role, writes their Sensors to the flow namespace.
 - The real controller (`argo-events controller`, built from the module) runs
-  on this host as the ServiceAccount argo-helm creates for it, with the Role
-  argo-helm renders in the release namespace (written out below) and ours in
-  the flow namespace, and argo-helm's flags and controller config. Its config
+  on this host as the ServiceAccount argo-helm creates for it, with exactly
+  the Roles a release grants it: in the flow namespace ours, at home none
+  (our values turn argo-helm's Role off; one replica elects no leader), and
+  argo-helm's flags and controller config. Its config
   path is fixed (/etc/argo-events/controller-config.yaml), so it runs in a
   private mount namespace (`unshare --mount`) with the config bound there; the
   empty mount point is created on the host, as tests/cluster/kwok/shim does
@@ -374,30 +375,14 @@ def test_the_sensor_account_may_create_workflows_in_the_flow_namespace_only(
 
 # --- argo-helm's controller, written out ------------------------------------------------
 
-def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str, Any]:
-    return {"apiGroups": groups, "resources": resources, "verbs": verbs}
+def upstream_controller_rbac(release: str, release_ns: str) -> list[dict[str, Any]]:
+    """The Role and RoleBinding argo-helm's controller template renders for
+    our values (tests/chart/upstream_rbac.py): none, rbac.enabled is off."""
+    from upstream_rbac import ARGO_EVENTS_DEFAULTS, argo_events_objects, merged
 
-
-def controller_rules() -> list[dict[str, Any]]:
-    """The controller's Role (templates/argo-events-controller/rbac.yaml at
-    argo-helm argo-events 2.4.22) for our values: rbac.namespaced, no
-    openshift, no extra rules."""
-    every = ["create", "get", "list", "watch", "update", "patch", "delete"]
-    return [
-        _rule([""], ["events"], ["create", "patch"]),
-        _rule(["coordination.k8s.io"], ["leases"],
-              ["get", "list", "watch", "create", "update", "patch", "delete"]),
-        _rule(["argoproj.io"],
-              ["sensors", "sensors/finalizers", "sensors/status", "eventsources",
-               "eventsources/finalizers", "eventsources/status", "eventbus",
-               "eventbus/finalizers", "eventbus/status"],
-              ["create", "delete", "deletecollection", "get", "list", "patch", "update",
-               "watch"]),
-        _rule([""], ["pods", "pods/exec", "configmaps", "services", "persistentvolumeclaims"],
-              every),
-        _rule([""], ["secrets"], ["create", "get", "list", "update", "patch", "delete"]),
-        _rule(["apps"], ["deployments", "statefulsets"], every),
-    ]
+    values = yaml.safe_load((ROOT / "charts" / "metaflow" / "values.yaml").read_text())
+    return argo_events_objects(merged(ARGO_EVENTS_DEFAULTS, values["argo-events"]), release,
+                               release_ns)
 
 
 def controller_name(release: str) -> str:
@@ -455,11 +440,18 @@ def controller_config() -> str:
 
 
 def test_our_controller_role_in_the_flow_namespace_is_argo_helms() -> None:
+    from upstream_rbac import ARGO_EVENTS_CONTROLLER_RULES
+
     objs = render_chart("mf", "metaflow", "metaflow-flows")
     role = next(o for o in objs if o["kind"] == "Role"
                 and o["metadata"]["name"] == "mf-argo-events-controller")
     assert role["metadata"]["namespace"] == "metaflow-flows"
-    assert role["rules"] == controller_rules()
+    assert role["rules"] == ARGO_EVENTS_CONTROLLER_RULES
+    # At home, with one replica, neither argo-helm's Role nor ours.
+    assert upstream_controller_rbac("mf", "metaflow") == []
+    assert not [o for o in objs if o["kind"] == "Role"
+                and o["metadata"]["namespace"] == "metaflow"
+                and o["metadata"]["labels"]["app.kubernetes.io/component"] == "argo-events"]
     binding = next(o for o in objs if o["kind"] == "RoleBinding"
                    and o["metadata"]["name"] == "mf-argo-events-controller")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": controller_name("mf"),
@@ -496,10 +488,11 @@ class EventsController:
 @contextmanager
 def run_controller(cluster: Cluster, build: EventsBuild, release: str, release_ns: str,
                    flow_ns: str) -> Iterator[EventsController]:
-    """argo-helm's controller for ``release``: its account, Role, RoleBinding
-    and config in the release namespace, our Role in the flow namespace, its
-    flags (replicas 1: --leader-election=false; rbac.namespaced; our
-    managedNamespace), run on this host."""
+    """argo-helm's controller for ``release``: its account and config in the
+    release namespace, and there the Roles argo-helm and our chart render at
+    home for our values (none with one replica), its flags (replicas 1:
+    --leader-election=false; rbac.namespaced; our managedNamespace), run on
+    this host. Our Role in the flow namespace is the callers' to apply."""
     if not _mount_namespaces_work():
         pytest.skip(reason="the Argo Events controller reads its config only from "
                     "/etc/argo-events; running it on this host needs a private mount "
@@ -510,15 +503,16 @@ def run_controller(cluster: Cluster, build: EventsBuild, release: str, release_n
               "app.kubernetes.io/component": "controller-manager",
               "app.kubernetes.io/part-of": "argo-events"}
     meta = {"name": name, "namespace": release_ns, "labels": labels}
+    home = [o for o in events_objects(render_chart(release, release_ns, flow_ns))
+            if o["kind"] in ("Role", "RoleBinding")
+            and o["metadata"]["namespace"] == release_ns
+            and o["metadata"]["labels"]["app.kubernetes.io/component"] == "argo-events"]
     objs = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-         "rules": controller_rules()},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta,
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": release_ns}]},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
          "data": {"controller-config.yaml": controller_config()}},
+        *upstream_controller_rbac(release, release_ns),
+        *home,
     ]
     for obj in objs:
         argo.apply(cluster, obj)

@@ -173,11 +173,14 @@ def test_argo_accounts_can_run_workflows_in_a_separate_flow_namespace(cluster: C
         "argo-events": {"controller": {"rbac": {"managedNamespace": flows}}},
     }, release="mf", namespace=home)
     rbac = cluster.rbac()
-    argo = [o for o in objs if o["kind"] in ("Role", "RoleBinding")
-            and o["metadata"]["labels"].get("app.kubernetes.io/component") == "argo"]
+    every = [o for o in objs if o["kind"] in ("Role", "RoleBinding")
+             and o["metadata"]["labels"].get("app.kubernetes.io/component") == "argo"]
+    argo = [o for o in every if o["metadata"]["namespace"] == flows]
     assert len(argo) == 4
+    # The rest, at home, are the two ConfigMap-only Roles (test_e2e_subchart_rbac.py).
+    assert {o["metadata"]["name"] for o in every if o not in argo} == {
+        "mf-argo-workflow-controller-home", "mf-argo-server-home"}
     for o in argo:
-        assert o["metadata"]["namespace"] == flows
         create = (rbac.create_namespaced_role if o["kind"] == "Role"
                   else rbac.create_namespaced_role_binding)
         create(flows, o)

@@ -256,6 +256,14 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- end -}}
 {{- end -}}
 
+{{/* argo-helm's controller ConfigMap (`argo-workflows.controller.config-map.name`
+     at 0.45.20): controller.configMap.name, else <fullname>-workflow-controller-configmap. */}}
+{{- define "metaflow.argoControllerConfigMap" -}}
+{{- $argo := index .Values "argo-workflows" -}}
+{{- $controller := printf "%s-%s" (include "metaflow.argoFullname" .) (dig "controller" "name" "workflow-controller" $argo) | trunc 63 | trimSuffix "-" -}}
+{{- dig "controller" "configMap" "name" "" $argo | default (printf "%s-configmap" $controller) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{/* True when Argo runs and flow pods live outside the release namespace. */}}
 {{- define "metaflow.argoElsewhere" -}}
 {{- if and (index .Values "argo-workflows" "enabled") (ne (include "metaflow.flowNamespace" .) .Release.Namespace) }}true{{ end -}}
