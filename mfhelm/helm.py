@@ -170,7 +170,15 @@ def drop_missing_dependencies(chart: Path) -> Path:
         return chart
     meta = chartfiles.chart_meta(chart)
     copy = Path(tempfile.mkdtemp(prefix="mfhelm-chart-")) / chart.name
-    shutil.copytree(chart, copy)
+    try:
+        shutil.copytree(chart, copy)
+    except (OSError, shutil.Error) as exc:
+        shutil.rmtree(copy.parent, ignore_errors=True)
+        # shutil.Error carries one (source, destination, reason) per file.
+        detail = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args[0] \
+            else getattr(exc, "strerror", None) or str(exc)
+        raise MfhelmError(f"chart {chart}: cannot copy it to drop missing dependencies "
+                          f"({detail})") from None
     meta["dependencies"] = [d for d in meta["dependencies"] if d["name"] not in missing]
     if not meta["dependencies"]:
         del meta["dependencies"]

@@ -276,6 +276,8 @@ def write_text(path: PathArg, text: str, what: str = "", *, private: bool = Fals
     """
     where = label(path, what)
     raw = os.fspath(path)
+    if not raw:
+        raise MfhelmError(f"{what or 'the file to write'}: an empty path; give a file name")
     try:
         st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:

@@ -558,3 +558,24 @@ def test_redact_knows_secrets_and_url_passwords():
                                        "postgresql://mf:***@db:5432/x; https://host:443/path; abc")
     finally:
         errors.forget_secrets()
+
+
+@pytest.mark.parametrize("command", ["render", "init"])
+def test_an_empty_path_to_write(cli, workdir, command):
+    before = _files(workdir)
+    if command == "render":
+        r = _render_o(cli, workdir, "")
+    else:
+        r = cli("init", "--org-prefix", "acme", "--settings", "")
+    assert_one_line_error(r, "an empty path")
+    assert _files(workdir) - before <= {workdir / "outputs.json"}
+
+
+def test_chart_that_cannot_be_copied_to_drop_a_dependency(cli, workdir, kc):
+    # A missing, disabled dependency makes mfhelm copy the chart without it;
+    # a dangling symlink in the chart made that copy a traceback.
+    chart = _chart(workdir, "apiVersion: v2\nname: x\nversion: 0.1.0\ndependencies:\n"
+                   "- {name: a, version: 1.0.0, condition: a.enabled}\n")
+    (chart / "dangling").symlink_to(workdir / "nowhere")
+    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc)
+    assert_one_line_error(r, "cannot copy it", "dangling")
