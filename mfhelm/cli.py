@@ -379,6 +379,9 @@ def config(
     from mfhelm import metaflow_config
     from mfhelm import settings as settings_mod
 
+    # The arguments first: a bad one is refused before Azure is asked.
+    metaflow_config.check_service_url(service_url)
+    metaflow_config.config_path(profile)
     s = settings_mod.load(settings_file)
     cfg = metaflow_config.build_config(_outputs(outputs_file, s, subscription), s,
                                        service_url=service_url)

@@ -89,15 +89,20 @@ def is_service_url(url: str) -> bool:
             and (is_host(host) or ip_host) and bool(_URL_PATH_RE.fullmatch(parts.path)))
 
 
-def build_config(
-    outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
-) -> dict[str, str]:
-    """Metaflow client settings for this stack, every value a string as Metaflow reads them."""
+def check_service_url(service_url: str) -> str:
     if not is_service_url(service_url):
         raise MfhelmError(
             f"service URL {service_url!r} must look like http://host[:port] "
             f"(default {DEFAULT_SERVICE_URL} for a port-forward)"
         )
+    return service_url
+
+
+def build_config(
+    outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
+) -> dict[str, str]:
+    """Metaflow client settings for this stack, every value a string as Metaflow reads them."""
+    check_service_url(service_url)
     from mfhelm.azure.outputs import check_settings
 
     helm = settings.helm

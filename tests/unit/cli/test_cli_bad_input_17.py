@@ -579,3 +579,12 @@ def test_chart_that_cannot_be_copied_to_drop_a_dependency(cli, workdir, kc):
     (chart / "dangling").symlink_to(workdir / "nowhere")
     r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc)
     assert_one_line_error(r, "cannot copy it", "dangling")
+
+
+@pytest.mark.parametrize(("option", "value"), [("--profile", "dev\n"),
+                                               ("--service-url", "http://localhost:8080\n")])
+def test_config_arguments_are_checked_before_settings_and_azure(cli, workdir, option, value):
+    # No mfhelm.toml and no outputs: the argument is what gets refused.
+    (workdir / "mfhelm.toml").unlink()
+    r = cli("config", option, value)
+    assert_one_line_error(r, "profile" if option == "--profile" else "service URL")
