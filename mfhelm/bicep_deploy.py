@@ -519,9 +519,14 @@ def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO | None 
     err = err or sys.stderr
     require_az()
     parameters = prepare(settings, err)
-    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters,
-                  capture=False)
+    # Captured, not passed through: what az prints goes through redact first
+    # (its error text can quote the parameters, the password among them).
+    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters)
+    if proc.stdout:
+        print(redact(proc.stdout.rstrip("\n")), file=sys.stdout)
     if proc.returncode != 0:
+        if proc.stderr.strip():
+            print(redact(proc.stderr.rstrip()), file=err)
         raise MfhelmError("az deployment sub what-if failed (error above)")
 
 

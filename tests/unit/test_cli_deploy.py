@@ -269,3 +269,13 @@ def test_a_generated_password_is_remembered_as_a_secret(work, az, monkeypatch):
         assert errors.redact(f"az: bad value {password}.") == "az: bad value ***."
     finally:
         errors.forget_secrets()
+
+
+def test_what_if_output_is_redacted_too(work, az):
+    az.scenario(previous_outputs=SUCCESS_OUTPUTS, secret=KEPT,
+                whatif_error=f"ERROR: InvalidTemplate: '{KEPT}' is not a valid value for "
+                "postgresAdminPassword")
+    proc = mfhelm(work, az, "deploy", "--what-if")
+    one_error_line(proc, "what-if failed")
+    assert KEPT not in proc.stdout + proc.stderr
+    assert "InvalidTemplate: '***' is not a valid value" in proc.stderr
