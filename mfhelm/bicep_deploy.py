@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from mfhelm import settings as settings_mod
 from mfhelm.bicep_errors import POSTGRES_INTERNAL, classify, explain
-from mfhelm.errors import MfhelmError
+from mfhelm.errors import MfhelmError, redact, remember_secret
 from mfhelm.settings import ORG_PREFIX_RE, Settings
 
 PARAMETERS_SCHEMA = (
@@ -67,7 +67,7 @@ POOL_COUNTS_PARAMETER = "existingPoolCounts"
 SECRET_NAME_OUTPUT = "postgresAdminSecretName"
 POSTGRES_RETRY_ATTEMPTS = 3
 POSTGRES_RETRY_WAIT_SECONDS = 180.0
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_GUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits + "_.~"
 
 Preflight = Callable[[Settings], Any]
@@ -91,12 +91,12 @@ def build_parameters(
     """
     # Settings are validated on load; checked again because a bad prefix must
     # never reach Azure, whoever built the Settings object.
-    if not ORG_PREFIX_RE.match(settings.org_prefix):
+    if not ORG_PREFIX_RE.fullmatch(settings.org_prefix):
         raise MfhelmError(
             f"org_prefix {settings.org_prefix!r}: must be 2-8 characters, lowercase letters and "
             "digits, starting with a letter"
         )
-    if not _GUID_RE.match(deployer_principal_id):
+    if not _GUID_RE.fullmatch(deployer_principal_id):
         raise MfhelmError(
             f"deployer principal id {deployer_principal_id!r} is not an object ID (GUID); "
             "check `az ad signed-in-user show --query id`"
@@ -443,10 +443,12 @@ def prepare(settings: Settings, err: TextIO) -> dict[str, Any]:
         print(f"keeping the current AKS pool sizes ({sizes})", file=err)
     parameters = build_parameters(settings, principal, principal_type, counts)
     password = existing_password(settings, previous)
+    remember_secret(password)
     if password:
         print("reusing the PostgreSQL administrator password kept in Key Vault", file=err)
     else:
         password = generate_password()
+        remember_secret(password)
         print("generated a new PostgreSQL administrator password (kept only in Key Vault)",
               file=err)
     return with_password(parameters, password)
@@ -489,7 +491,8 @@ def deploy(
             continue
         if failure:
             raise MfhelmError(explain(failure))
-        print(proc.stderr.rstrip(), file=err)
+        # az has quoted secure parameters back in its failure text.
+        print(redact(proc.stderr.rstrip()), file=err)
         raise MfhelmError(
             f"deployment {settings.deployment} failed (error above); see "
             f"`az deployment operation sub list --name {settings.deployment}`"
@@ -516,9 +519,14 @@ def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO | None 
     err = err or sys.stderr
     require_az()
     parameters = prepare(settings, err)
-    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters,
-                  capture=False)
+    # Captured, not passed through: what az prints goes through redact first
+    # (its error text can quote the parameters, the password among them).
+    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters)
+    if proc.stdout:
+        print(redact(proc.stdout.rstrip("\n")), file=sys.stdout)
     if proc.returncode != 0:
+        if proc.stderr.strip():
+            print(redact(proc.stderr.rstrip()), file=err)
         raise MfhelmError("az deployment sub what-if failed (error above)")
 
 
@@ -583,7 +591,7 @@ def main(
         run(args.command, args.settings, skip_preflight=args.skip_preflight,
             preflight_loader=preflight_loader, sleep=sleep)
     except MfhelmError as exc:
-        print(f"mfhelm: error: {exc}", file=sys.stderr)
+        print(f"mfhelm: error: {redact(str(exc))}", file=sys.stderr)
         return 1
     return 0
 

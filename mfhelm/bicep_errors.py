@@ -30,12 +30,15 @@ _ALLOCATION_CODES = {
     "overconstrainedallocationrequest",
     "overconstrainedzonalallocationrequest",
 }
-_FAMILY_RE = re.compile(r"\b(\w+Family)\b")
-_LOCATION_RE = re.compile(r"(?:Location:\s*|location\s+'?)([A-Za-z0-9]+)", re.IGNORECASE)
-_VM_SIZE_RE = re.compile(r"\bStandard_[A-Za-z0-9_]+")
-_VAULT_RE = re.compile(r"/vaults/([A-Za-z0-9-]+)", re.IGNORECASE)
-_SUBNET_RE = re.compile(r"(/subscriptions/[^\s'\"]+?/subnets/[A-Za-z0-9._-]+)", re.IGNORECASE)
-_TEXT_CODE_RE = re.compile(r"\(([A-Za-z_]+)\)|\"code\"\s*:\s*\"(\w+)\"|Code:\s*(\w+)")
+_FAMILY_RE = re.compile(r"\b(\w+Family)\b", re.ASCII)
+_LOCATION_RE = re.compile(r"(?:Location:\s*|location\s+'?)([A-Za-z0-9]+)",
+                          re.IGNORECASE | re.ASCII)
+_VM_SIZE_RE = re.compile(r"\bStandard_[A-Za-z0-9_]+", re.ASCII)
+_VAULT_RE = re.compile(r"/vaults/([A-Za-z0-9-]+)", re.IGNORECASE | re.ASCII)
+_SUBNET_RE = re.compile(r"(/subscriptions/[^\s'\"]+?/subnets/[A-Za-z0-9._-]+)",
+                        re.IGNORECASE | re.ASCII)
+_TEXT_CODE_RE = re.compile(r"\(([A-Za-z_]+)\)|\"code\"\s*:\s*\"(\w+)\"|Code:\s*(\w+)",
+                           re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
 from mfhelm import __version__
-from mfhelm.errors import Interrupted, MfhelmError
+from mfhelm.errors import Interrupted, MfhelmError, redact
 
 app = typer.Typer(
     name="mfhelm",
@@ -52,7 +52,7 @@ def _root(
 # ---------------------------------------------------------------- helpers
 
 def _echo_err(msg: str) -> None:
-    typer.echo(msg, err=True)
+    typer.echo(redact(msg), err=True)
 
 
 class _Steps:
@@ -67,15 +67,23 @@ class _Steps:
         self.current = ""
 
     def __call__(self, msg: str) -> None:
+        from rich.text import Text
+
+        # One line per step, whatever it quotes: a step may name a chart
+        # reference thousands of characters long (rich would wrap it at the
+        # console's width) or with [brackets] (rich would read them as markup).
+        msg = redact(_one_line(msg))
         if not self.console.is_terminal:
-            self.console.print(f"> {msg}")
+            self.console.print(Text(f"> {msg}"), soft_wrap=True)
             return
+        line = Text(msg, no_wrap=True, overflow="ellipsis")
         if self.status is None:
-            self.status = self.console.status(msg)
+            self.status = self.console.status(line)
             self.status.start()
         else:
-            self.console.print(f"[green]done[/green] {self.current}")
-            self.status.update(msg)
+            self.console.print(Text.assemble(("done", "green"), " ", self.current), no_wrap=True,
+                               overflow="ellipsis")
+            self.status.update(line)
         self.current = msg
 
     def close(self) -> None:
@@ -147,14 +155,14 @@ def init(
     location: str = typer.Option("westeurope", "--location", help="Azure region."),
     argo: bool = typer.Option(True, "--argo/--no-argo", help="Deploy Argo Workflows."),
     airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="Deploy Airflow."),
-    settings_file: Path = typer.Option(Path("mfhelm.toml"), "--settings", readable=False,
-                                       help="File to write."),
+    # A string, not a Path: Path("new/") would drop the '/' that says "directory".
+    settings_file: str = typer.Option("mfhelm.toml", "--settings", help="File to write."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing settings file."),
 ) -> None:
     """Write the settings file that mfhelm deploy and the other commands read."""
     from mfhelm import settings as settings_mod
 
-    if settings_file.exists() and not force:
+    if os.path.lexists(settings_file) and not force:
         raise MfhelmError(f"{settings_file} exists; edit it, or pass --force to replace it")
     fields = {"org_prefix": org_prefix, "location": location,
               "deploy_argo": argo, "deploy_airflow": airflow}
@@ -187,8 +195,9 @@ def deploy(
 
 @app.command()
 def render(
-    output: Path | None = typer.Option(None, "-o", "--output", readable=False,
-                                       help="Write here (default: stdout)."),
+    # A string, not a Path: Path("out/") would drop the '/' that says "directory".
+    output: str | None = typer.Option(None, "-o", "--output",
+                                      help="Write here (default: stdout)."),
     local: bool = typer.Option(False, "--local", help="The local profile's values instead."),
     argo: bool = typer.Option(True, "--argo/--no-argo", help="With --local: Argo Workflows."),
     airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="With --local: Airflow."),
@@ -239,7 +248,8 @@ def render(
     else:
         from mfhelm import userfiles
 
-        userfiles.write_text(output, text, stream_ok=True)
+        # Private: -f/--set layers may carry credentials mfhelm cannot tell apart.
+        userfiles.write_text(output, text, private=True, stream_ok=True)
         _echo_err(f"wrote {output}")
 
 
@@ -274,6 +284,10 @@ def install(
 
     settings_mod.check_timeout(timeout)
     source = chart_source(chart, chart_version, plain_http=plain_http)
+    if isinstance(source, Path):
+        from mfhelm.helm import find_chart
+
+        find_chart(source)  # its Chart.yaml and values.yaml, read and checked now
     user = UserValues.read(values_files or (), set_values or (), allow_override or ())
     target = _target(settings_file, kubeconfig, context, release, namespace, local)
     step = _Steps()
@@ -338,6 +352,9 @@ def uninstall(
     """Remove the release; data (PVCs, Blob, PostgreSQL) stays unless --purge."""
     from mfhelm import stack
 
+    if purge and not yes and not sys.stdin.isatty():
+        raise MfhelmError("--purge deletes the data volumes and Secrets, and there is no "
+                          "terminal to confirm on: pass --yes to go ahead")
     target = _target(settings_file, kubeconfig, context, release, namespace, True)
     if purge and not yes:
         typer.confirm(f"Delete the data volumes of {target.release!r} in {target.namespace!r}?",
@@ -364,6 +381,9 @@ def config(
     from mfhelm import metaflow_config
     from mfhelm import settings as settings_mod
 
+    # The arguments first: a bad one is refused before Azure is asked.
+    metaflow_config.check_service_url(service_url)
+    metaflow_config.config_path(profile)
     s = settings_mod.load(settings_file)
     cfg = metaflow_config.build_config(_outputs(outputs_file, s, subscription), s,
                                        service_url=service_url)
@@ -451,33 +471,67 @@ def doctor(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr, exit 1.
-
-    Typer's standalone mode already turns usage errors into a short message
-    and exit 2; what remains is our own MfhelmError.
+    """Console entry point: whatever the user got wrong is one line on stderr,
+    `mfhelm: error: ...`: usage errors (exit 2) as well as our own
+    MfhelmError (exit 1). Every such line goes through errors.redact.
     """
     # Ctrl-C and SIGTERM unwind: temporary files go, and helm's process
     # group is stopped (helm.Helm.install_or_upgrade) before mfhelm exits.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        app()
+        # Not standalone: click would print usage errors as three lines of
+        # its own and "Aborted!"; they come here instead.
+        code = app(prog_name="mfhelm", standalone_mode=False)
     except Interrupted:
         if _state["debug"]:
             raise
-        print("mfhelm: error: interrupted; what mfhelm started was stopped and cleaned up: "
-              "run the command again", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted; what mfhelm started was stopped and cleaned up: run the "
+              "command again", 130)
     except Exception as exc:
+        click_error = _click_error(exc)
+        if click_error is not None:
+            _fail(*click_error)
         err = _user_error(exc)
         if err is None or _state["debug"]:
             raise
-        print(f"mfhelm: error: {_one_line(str(err))}", file=sys.stderr)
-        sys.exit(1)
+        _fail(str(err), 1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"mfhelm: error: {redact(_one_line(message))}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _click_error(exc: Exception) -> tuple[str, int] | None:
+    """The line and exit code for what click raises out of a command line:
+    a usage error (with the command's --help to see), a refused prompt."""
+    from typer._click import exceptions as click_exceptions
+
+    if isinstance(exc, click_exceptions.NoArgsIsHelpError):
+        exc.show()  # `mfhelm` alone: the help, as before
+        sys.exit(exc.exit_code)
+    if isinstance(exc, click_exceptions.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else _command_path()
+        return f"{exc.format_message()} (see {where} --help)", exc.exit_code
+    if isinstance(exc, click_exceptions.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, typer.Abort):
+        return "aborted; nothing was changed", 1
+    return None
 
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise Interrupted
+
+
+def _command_path() -> str:
+    """`mfhelm COMMAND` from the command line, for errors click raises without
+    a context (an option missing its value)."""
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    command = next((arg for arg in sys.argv[1:] if arg in commands), None)
+    return f"mfhelm {command}" if command else "mfhelm"
 
 
 def _user_error(exc: Exception) -> MfhelmError | None:

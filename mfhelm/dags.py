@@ -18,6 +18,7 @@ import re
 import shlex
 import tarfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,16 @@ from mfhelm import userfiles
 from mfhelm.errors import MfhelmError
 
 # A plain file name in the DAG folder: never a path (no '/', no '..'), never
-# hidden or option-like, always *.py (the only files Airflow loads).
-DAG_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.py")
+# hidden or option-like, always *.py (the only files Airflow loads). At most
+# 100 characters: the name travels in a ustar tar header, whose name field
+# holds 100 bytes (a plain name cannot use the prefix field), and is checked
+# before any cluster call. (Airflow 2.10's 250, airflow.models.base.ID_LEN,
+# bounds DAG ids; it stores the file's path in 2000.)
+MAX_DAG_NAME = 100
+DAG_NAME_RE = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_DAG_NAME - 4}}}\.py", re.ASCII)
 DAG_NAME_RULE = ("a DAG file name is letters, digits, '_', '-' and '.', starts with a letter, "
-                 "digit or '_', has no '..' and ends in .py")
+                 f"digit or '_', has no '..', ends in .py and has at most {MAX_DAG_NAME} "
+                 "characters")
 # Airflow parses every DAG file in its scheduler loop; Metaflow's generated
 # ones are tens of KiB. The bound is checked before a byte is read.
 MAX_DAG_BYTES = 1024 * 1024  # the dag-push help in cli.py says "1 MiB"
@@ -44,8 +51,13 @@ def validate_dag_file(path: str | Path) -> bytes:
     if p.suffix != ".py":
         raise MfhelmError(f"{p}: not a Python file (Airflow loads *.py from its DAG folder)")
     try:
-        tree = ast.parse(data, filename=str(p))
-        compile(tree, str(p), "exec")
+        # Compile warnings (SyntaxWarning for "\d" in a string, `is` with a
+        # literal) are Airflow's to show when it loads the file; printed here
+        # they would come before mfhelm's own line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(data, filename=str(p))
+            compile(tree, str(p), "exec")
     except SyntaxError as exc:
         where = f"{p}:{exc.lineno}" if exc.lineno else str(p)
         raise MfhelmError(f"{where}: not valid Python: {exc.msg}") from None

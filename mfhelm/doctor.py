@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from mfhelm.azure.preflight import PostgresCapabilities, Usage, VmSku
     from mfhelm.settings import Settings
 
-_HELM_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
+_HELM_VERSION_RE = re.compile(r"v?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from mfhelm import chartfiles
 from mfhelm.errors import MfhelmError
 from mfhelm.oci import OciChart, pulled_chart
 
@@ -30,7 +31,7 @@ from mfhelm.oci import OciChart, pulled_chart
 MIN_HELM = (3, 14)
 # `helm version --template '{{ .Version }}'`: v4.3.1, v3.14.2, v3.15.0-rc.1, or
 # v4.3 from a build without the version stamped.
-_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+][0-9A-Za-z.+-]*)?")
+_VERSION_RE = re.compile(r"v?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?(?:[-+][0-9A-Za-z.+-]*)?")
 HELM_ENV = "MFHELM_HELM"
 # The umbrella's subcharts, each switched by `<name>.enabled` in the values.
 SUBCHARTS = ("argo-workflows", "airflow")
@@ -50,7 +51,7 @@ def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
         candidates = [here / "chart", here.parent / "charts" / "metaflow"]
     for path in candidates:
         if (path / "Chart.yaml").is_file():
-            return path
+            return chartfiles.check_chart(path)
     raise MfhelmError(f"chart not found at {candidates[0]}; pass --chart PATH")
 
 
@@ -69,7 +70,9 @@ def find_helm() -> str | None:
     """The helm binary: $MFHELM_HELM if set, else the first `helm` on PATH."""
     configured = os.environ.get(HELM_ENV)
     if configured:
-        return configured if os.access(configured, os.X_OK) else None
+        # A directory is "executable" to os.access too.
+        return configured if os.path.isfile(configured) and os.access(configured, os.X_OK) \
+            else None
     return shutil.which("helm")
 
 
@@ -112,8 +115,8 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
     temporary copy of the chart, since Helm refuses to render a chart with
     missing dependencies even when their condition is false.
     """
-    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
-    defaults = yaml.safe_load((chart / "values.yaml").read_text()) or {}
+    meta = chartfiles.chart_meta(chart)
+    defaults = chartfiles.chart_defaults(chart)
     deps = meta.get("dependencies") or []
     declared = {d["name"] for d in deps}
     # A chart packaged without its subcharts (`make chart-push SUBCHARTS=drop`)
@@ -155,7 +158,7 @@ def prepared_chart(chart: Path, values: dict[str, Any], *,
 
 def missing_dependencies(chart: Path) -> list[str]:
     """Declared dependencies whose archive is not in the chart's charts/."""
-    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    meta = chartfiles.chart_meta(chart)
     return [d["name"] for d in meta.get("dependencies") or [] if not _archive_present(chart, d)]
 
 
@@ -165,9 +168,17 @@ def drop_missing_dependencies(chart: Path) -> Path:
     missing = missing_dependencies(chart)
     if not missing:
         return chart
-    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    meta = chartfiles.chart_meta(chart)
     copy = Path(tempfile.mkdtemp(prefix="mfhelm-chart-")) / chart.name
-    shutil.copytree(chart, copy)
+    try:
+        shutil.copytree(chart, copy)
+    except (OSError, shutil.Error) as exc:
+        shutil.rmtree(copy.parent, ignore_errors=True)
+        # shutil.Error carries one (source, destination, reason) per file.
+        detail = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args[0] \
+            else getattr(exc, "strerror", None) or str(exc)
+        raise MfhelmError(f"chart {chart}: cannot copy it to drop missing dependencies "
+                          f"({detail})") from None
     meta["dependencies"] = [d for d in meta["dependencies"] if d["name"] not in missing]
     if not meta["dependencies"]:
         del meta["dependencies"]

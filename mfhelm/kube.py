@@ -312,7 +312,7 @@ def _returncode(status: Any) -> int:
     for cause in (doc.get("details") or {}).get("causes") or []:
         if cause.get("reason") == "ExitCode":
             return int(cause.get("message", 1))
-    found = re.search(r"exit status (\d+)", doc.get("message", ""))
+    found = re.search(r"exit status ([0-9]+)", doc.get("message", ""))
     return int(found.group(1)) if found else 1
 
 

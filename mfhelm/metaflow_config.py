@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +26,9 @@ METADATA_PORT = 8080
 SYSROOT_PREFIX = "metaflow"
 # Pods labelled so get the workload-identity webhook's token; Metaflow's labels are k=v,k=v.
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use=true"
-_PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_URL_RE = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+_PROFILE_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
+# A path as Metaflow joins endpoints to it: ASCII, no spaces, query or fragment.
+_URL_PATH_RE = re.compile(r"\A[A-Za-z0-9/._~%-]*\Z")
 
 
 def metadata_internal_url(release: str, namespace: str) -> str:
@@ -62,15 +62,47 @@ def argo_events_config(release: str, flow_namespace: str) -> dict[str, str]:
     }
 
 
-def build_config(
-    outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
-) -> dict[str, str]:
-    """Metaflow client settings for this stack, every value a string as Metaflow reads them."""
-    if not _URL_RE.match(service_url):
+def is_service_url(url: str) -> bool:
+    """http(s)://host[:port][/path]: a DNS name, IPv4 or [IPv6] host, ASCII
+    throughout, no credentials, query or fragment, and nothing after it."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    from mfhelm.azure.outputs import is_host
+
+    # urlsplit silently drops tabs and newlines anywhere in a URL.
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    try:
+        ip_host = ":" in host and bool(ipaddress.IPv6Address(host))
+    except ValueError:
+        ip_host = False
+    return (parts.scheme in ("http", "https") and url.startswith(f"{parts.scheme}://")
+            and parts.username is None and not parts.query and not parts.fragment
+            and "?" not in url and "#" not in url
+            and (is_host(host) or ip_host) and bool(_URL_PATH_RE.fullmatch(parts.path)))
+
+
+def check_service_url(service_url: str) -> str:
+    if not is_service_url(service_url):
         raise MfhelmError(
             f"service URL {service_url!r} must look like http://host[:port] "
             f"(default {DEFAULT_SERVICE_URL} for a port-forward)"
         )
+    return service_url
+
+
+def build_config(
+    outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
+) -> dict[str, str]:
+    """Metaflow client settings for this stack, every value a string as Metaflow reads them."""
+    check_service_url(service_url)
     from mfhelm.azure.outputs import check_settings
 
     helm = settings.helm
@@ -113,7 +145,7 @@ def config_path(profile: str | None = None, *, home: str | os.PathLike[str] | No
     """`config.json`, or `config_<profile>.json` for METAFLOW_PROFILE=<profile>."""
     if profile is None or profile == "":
         return config_home(home) / "config.json"
-    if not _PROFILE_RE.match(profile):
+    if not _PROFILE_RE.fullmatch(profile):
         raise MfhelmError(
             f"profile {profile!r} is not usable as a file name: use letters, digits, '.', '_', "
             "'-' (at most 63 characters)"
@@ -135,18 +167,19 @@ def _read_existing(path: Path) -> dict[str, Any]:
 
 
 def _backup(path: Path) -> Path:
+    """A private copy beside `path`, under a name nothing (not even a dangling
+    symlink) holds yet: created exclusively, never written through a link."""
+    data = userfiles.read_bytes(path)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     backup = path.with_name(f"{path.name}.bak-{stamp}")
     n = 1
-    while backup.exists():
-        backup = path.with_name(f"{path.name}.bak-{stamp}-{n}")
-        n += 1
-    try:
-        shutil.copy2(path, backup)
-        os.chmod(backup, 0o600)
-    except OSError as exc:
-        raise userfiles.os_error(backup, exc, "backup") from None
-    return backup
+    while True:
+        try:
+            userfiles.create_exclusive(backup, data, "backup")
+            return backup
+        except FileExistsError:
+            backup = path.with_name(f"{path.name}.bak-{stamp}-{n}")
+            n += 1
 
 
 def write_config(
@@ -166,11 +199,19 @@ def write_config(
     path = config_path(profile, home=home)
     if print_only:
         return path
+    if path.is_symlink():
+        # Read, chmod and replace would each follow it somewhere else.
+        raise MfhelmError(f"{path}: is a symbolic link; mfhelm does not write through links "
+                          "(remove it, or copy the file it points to in its place)")
     existing = _read_existing(path)
     merged = existing | config
     if path.exists() and merged == existing:
-        try:
-            os.chmod(path, 0o600)
+        try:  # O_NOFOLLOW: a link put there meanwhile is not followed
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise userfiles.os_error(path, exc) from None
         return path

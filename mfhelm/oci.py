@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from mfhelm.errors import MfhelmError
+from mfhelm.errors import MfhelmError, remember_secret
 
 SCHEME = "oci://"
 # The version suffix of an archive pushed without its subcharts: a different
@@ -64,7 +64,18 @@ def check_ref(ref: str, option: str = "--chart") -> str:
     """An oci:// reference without tag or digest; one clear line otherwise."""
     rest = ref[len(SCHEME):]
     path = rest.split("/", 1)[1] if "/" in rest else ""
-    if "@" in rest or ":" in path:
+    if "@" in rest:
+        # user:password@host, or a digest: never echoed, since a password
+        # may be in it (and may contain a '/').
+        authority = rest.split("/", 1)[0]
+        if "@" in authority:
+            userinfo, _, host = authority.rpartition("@")
+            remember_secret(userinfo.partition(":")[2])
+            raise MfhelmError(f"{option}: credentials do not go in the reference; run "
+                              f"`helm registry login {host}` once, then give oci://{host}/...")
+        raise MfhelmError(f"{option}: give the version with --version, not in the reference "
+                          "(oci://REGISTRY/NAME, without '@')")
+    if ":" in path:
         raise MfhelmError(f"{option} {ref}: give the version with --version, not in the "
                           "reference (oci://REGISTRY/NAME)")
     if not _REF.fullmatch(rest):

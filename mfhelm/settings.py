@@ -27,25 +27,29 @@ from mfhelm.errors import MfhelmError
 SETTINGS_FILE = "mfhelm.toml"
 SETTINGS_ENV = "MFHELM_SETTINGS"
 
+# Patterns are anchored with \A and \Z, not ^ and $ (`$` also matches before a
+# final newline, so "acme\n" would pass), and spell digits [0-9] (\d takes any
+# Unicode digit, such as Arabic-Indic ones, which no tool downstream reads).
+#
 # Every Azure name is derived from the prefix in Bicep; the tightest limit is
 # the storage account (3-24 chars, lowercase letters and digits), which gets
 # the prefix plus 15 characters.
-ORG_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,7}$")
-LOCATION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
-VM_SIZE_RE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
+ORG_PREFIX_RE = re.compile(r"\A[a-z][a-z0-9]{1,7}\Z")
+LOCATION_RE = re.compile(r"\A[a-z][a-z0-9]{2,39}\Z")
+VM_SIZE_RE = re.compile(r"\AStandard_[A-Za-z0-9_]+\Z")
 # major.minor only (used with fullmatch): AKS runs the latest patch of that
 # minor and its patch upgrade channel keeps it current, so a pinned patch
 # would become a downgrade on the next deploy. main.bicep checks the same.
-K8S_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+")
-DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+K8S_VERSION_RE = re.compile(r"\A[0-9]+\.[0-9]+\Z")
+DNS_LABEL_RE = re.compile(r"\A[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 # Microsoft.Resources naming rules (the REST API's pattern `^[-\w._()]+$`,
-# where \w includes Unicode letters and digits): resource groups 1-90
-# characters, not ending in a period; deployments 1-64 characters.
-AZURE_RESOURCES_NAME_RE = re.compile(r"^[-\w.()]+$")
+# where \w includes Unicode letters and digits, so it stays Unicode here):
+# resource groups 1-90 characters, not ending in a period; deployments 1-64.
+AZURE_RESOURCES_NAME_RE = re.compile(r"\A[-\w.()]+\Z")
 RESOURCE_GROUP_MAX = 90
 DEPLOYMENT_NAME_MAX = 64
 # A Go duration as `helm --timeout` parses it (time.ParseDuration), unsigned.
-GO_DURATION_PART_RE = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+GO_DURATION_PART_RE = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0,
                     "m": 60.0, "h": 3600.0}
 # Go's Duration is an int64 of nanoseconds: about 292 years.
@@ -94,7 +98,7 @@ class AksSettings(_Strict):
     @field_validator("system_vm_size", "services_vm_size", "task_vm_size")
     @classmethod
     def _vm_size(cls, v: str) -> str:
-        if not VM_SIZE_RE.match(v):
+        if not VM_SIZE_RE.fullmatch(v):
             raise ValueError("must be an Azure VM size such as Standard_D4s_v5")
         return v
 
@@ -135,7 +139,7 @@ class PostgresSettings(_Strict):
     @field_validator("sku")
     @classmethod
     def _sku(cls, v: str) -> str:
-        if not VM_SIZE_RE.match(v):
+        if not VM_SIZE_RE.fullmatch(v):
             raise ValueError("must be a Flexible Server SKU such as Standard_B1ms")
         return v
 
@@ -193,7 +197,7 @@ class Settings(_Strict):
     @field_validator("org_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not ORG_PREFIX_RE.match(v):
+        if not ORG_PREFIX_RE.fullmatch(v):
             raise ValueError(
                 "must be 2-8 characters, lowercase letters and digits, starting with a "
                 "letter (it becomes part of the storage account name)"
@@ -203,14 +207,14 @@ class Settings(_Strict):
     @field_validator("location")
     @classmethod
     def _location(cls, v: str) -> str:
-        if not LOCATION_RE.match(v):
+        if not LOCATION_RE.fullmatch(v):
             raise ValueError("must be an Azure region name such as westeurope or eastus2")
         return v
 
     @field_validator("resource_group")
     @classmethod
     def _resource_group(cls, v: str) -> str:
-        if v and (len(v) > RESOURCE_GROUP_MAX or not AZURE_RESOURCES_NAME_RE.match(v)
+        if v and (len(v) > RESOURCE_GROUP_MAX or not AZURE_RESOURCES_NAME_RE.fullmatch(v)
                   or v.endswith(".")):
             raise ValueError(
                 f"must be an Azure resource group name: 1-{RESOURCE_GROUP_MAX} letters, digits, "
@@ -220,7 +224,7 @@ class Settings(_Strict):
     @field_validator("deployment_name")
     @classmethod
     def _deployment_name(cls, v: str) -> str:
-        if v and (len(v) > DEPLOYMENT_NAME_MAX or not AZURE_RESOURCES_NAME_RE.match(v)):
+        if v and (len(v) > DEPLOYMENT_NAME_MAX or not AZURE_RESOURCES_NAME_RE.fullmatch(v)):
             raise ValueError(
                 f"must be an Azure deployment name: 1-{DEPLOYMENT_NAME_MAX} letters, digits, "
                 "'_', '-', '.', '(' or ')' (or empty for the default)")
@@ -242,7 +246,7 @@ HELM_NAME_RULE = "must be a lowercase DNS label (a-z, 0-9, '-'), at most 53 char
 def is_helm_name(value: str) -> bool:
     """A release or namespace name: a DNS-1123 label, short enough for the
     names the chart derives from it."""
-    return bool(DNS_LABEL_RE.match(value)) and len(value) <= 53
+    return bool(DNS_LABEL_RE.fullmatch(value)) and len(value) <= 53
 
 
 def check_helm_name(value: str, option: str) -> str:
@@ -320,5 +324,6 @@ def dump(settings: Settings) -> str:
 
 def save(settings: Settings, path: str | os.PathLike[str] | None = None) -> Path:
     p = settings_path(path)
-    userfiles.write_text(p, dump(settings))
+    # The path as given: Path() would drop a final '/' (a directory, refused).
+    userfiles.write_text(p if path is None else path, dump(settings))
     return p

@@ -27,7 +27,7 @@ import yaml
 from mfhelm import dbroles
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
-from mfhelm.errors import Interrupted, MfhelmError
+from mfhelm.errors import Interrupted, MfhelmError, remember_secret
 from mfhelm.oci import OciChart
 from mfhelm.uservalues import AZURE_PROTECTED, LOCAL_PROTECTED, UserValues
 
@@ -171,7 +171,9 @@ def _kept(api: Any, namespace: str, name: str, key: str, make: Callable[[], str]
     """A generated value that is made once and then kept in its Secret."""
     from mfhelm import kube
 
-    return kube.read_secret_value(api, namespace, name, key) or make()
+    value = kube.read_secret_value(api, namespace, name, key) or make()
+    remember_secret(value)  # never printed, should a tool or server quote it
+    return value
 
 
 def _fernet_key() -> str:
@@ -223,6 +225,8 @@ def _apply_secrets(api: Any, namespace: str, secret_data: dict[str, dict[str, st
     from mfhelm import kube
 
     for name, data in secret_data.items():
+        for value in data.values():
+            remember_secret(value)
         kube.apply_secret(api, namespace, name, data)
 
 
@@ -405,6 +409,8 @@ def _role_passwords(api: Any, namespace: str, admin_password: str, *,
     out = {"metaflow": kept(values_mod.DB_SECRET, values_mod.DB_SECRET_KEY)}
     if airflow:
         out["airflow"] = kept(values_mod.AIRFLOW_DB_SECRET, "password")
+    for value in out.values():
+        remember_secret(value)
     return out
 
 

@@ -138,6 +138,8 @@ def parse_document(text: str, where: str, kind: str, parse: Callable[[str], Any]
         return parse(text)
     except RecursionError:
         raise MfhelmError(f"{where}: nested too deeply to be read as {kind}{hint}") from None
+    except YamlBombError as exc:
+        raise MfhelmError(f"{where}: refused: {exc}") from None
     except errors as exc:
         raise MfhelmError(f"{where}: not valid {kind} ({_one_line(exc)}){hint}") from None
 
@@ -157,11 +159,91 @@ def load_toml(path: PathArg, what: str = "", *, missing: str = "") -> dict[str, 
     return data
 
 
+# YAML anchors and aliases let a few hundred bytes stand for billions of
+# nodes ("billion laughs"). PyYAML builds an alias as a shared object, so
+# loading is quick, but whatever walks or copies the result (a merge of
+# values, json.dumps, helm) pays for the whole expansion. Each document's
+# node graph is therefore measured as composed, before any object is built:
+# aliases may add at most this many nodes to a file, and an alias inside its
+# own anchor (a cycle) is refused. Real values files add hundreds.
+MAX_YAML_ALIAS_NODES = 1_000_000
+# Sizes saturate here, so a bomb is measured without huge integers.
+_SATURATED = 1 << 62
+
+
+class YamlBombError(Exception):
+    """A YAML document whose aliases expand beyond MAX_YAML_ALIAS_NODES, or loop."""
+
+
+def _children(node: Any) -> list[Any]:
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def expanded_size(node: Any) -> tuple[int, int]:
+    """(nodes as composed, nodes once every alias is expanded) of a YAML node
+    graph; linear in the graph, iterative (no recursion limit). Raises
+    YamlBombError for an alias that contains itself."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(node, False)]
+    while stack:
+        current, finished = stack.pop()
+        key = id(current)
+        if finished:
+            on_path.discard(key)
+            total = 1 + sum(sizes[id(c)] for c in _children(current))
+            sizes[key] = min(total, _SATURATED)
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise YamlBombError("an alias refers to the node that contains it (a cycle)")
+        on_path.add(key)
+        stack.append((current, True))
+        stack.extend((c, False) for c in _children(current) if id(c) not in sizes)
+    return len(sizes), sizes[id(node)]
+
+
+def bounded_yaml_loader(base: Any) -> Any:
+    """`base` (a PyYAML Loader class) refusing alias expansion beyond
+    MAX_YAML_ALIAS_NODES over a whole stream, before it builds any object."""
+
+    class Bounded(base):
+        _alias_nodes = 0
+
+        def compose_document(self) -> Any:
+            node = super().compose_document()
+            if node is not None:
+                composed, expanded = expanded_size(node)
+                self._alias_nodes += expanded - composed
+                if self._alias_nodes > MAX_YAML_ALIAS_NODES:
+                    raise YamlBombError(
+                        f"its aliases expand to more than {MAX_YAML_ALIAS_NODES:,} extra "
+                        "nodes (a YAML alias bomb?)")
+            return node
+
+    return Bounded
+
+
+def safe_load_yaml(text: str) -> Any:
+    """yaml.safe_load with the alias bound."""
+    import yaml
+
+    return yaml.load(text, Loader=bounded_yaml_loader(yaml.SafeLoader))
+
+
 def load_yaml(path: PathArg, what: str = "", *, missing: str = "") -> Any:
     import yaml
 
     text = read_text(path, what, missing=missing)
-    return parse_document(text, label(path, what), "YAML", yaml.safe_load, (yaml.YAMLError,))
+    return parse_document(text, label(path, what), "YAML", safe_load_yaml,
+                          (yaml.YAMLError, YamlBombError))
 
 
 # ---------------------------------------------------------------- writing
@@ -172,22 +254,49 @@ def _umask() -> int:
     return mask
 
 
+_SYMLINK = ("is a symbolic link; mfhelm does not write through links (remove it, or give "
+            "the path it points to)")
+
+
 def write_text(path: PathArg, text: str, what: str = "", *, private: bool = False,
                stream_ok: bool = False) -> Path:
-    """Write `text` atomically (a temporary file beside it, then a rename).
+    """Write `text` atomically: a new file beside it (O_EXCL, mode 0600 from
+    the start), then a rename over the name.
 
-    A symlink is written through to its target. With `stream_ok`, a device or
-    pipe (/dev/null, /dev/stdout, `>(cmd)`) is written in place; otherwise it
-    is refused. `private` files are 0600; others keep an existing file's
-    mode, or get the umask's. Returns `path`.
+    A symbolic link at `path` is refused, dangling or not: writing through it
+    would put the file somewhere the user did not name. (The rename cannot
+    follow one made in the meantime either: it replaces the link itself.) A
+    path ending in '/' names a directory, never a file. With `stream_ok`, a
+    device or pipe (/dev/null, /dev/stdout, `>(cmd)`) is written in place;
+    otherwise it is refused.
+
+    Modes never follow a permissive umask: `private` files are 0600; others
+    get 0644 (narrowed by the umask), or keep an existing file's mode without
+    write access for group and others. Returns `path`.
     """
     where = label(path, what)
+    raw = os.fspath(path)
+    if not raw:
+        raise MfhelmError(f"{what or 'the file to write'}: an empty path; give a file name")
     try:
-        st: os.stat_result | None = os.stat(path)
+        st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
-        st = None  # a new file (or a dangling symlink, whose target is created)
+        st = None
     except OSError as exc:
         raise os_error(path, exc, what) from None
+    if raw.endswith(os.sep) and (st is None or not stat.S_ISDIR(st.st_mode)):
+        raise MfhelmError(f"{where}: directory {raw} does not exist (a path ending in "
+                          f"'{os.sep}' names a directory; give a file name)")
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.stat(path)
+        except FileNotFoundError:
+            raise MfhelmError(f"{where}: {_SYMLINK}") from None
+        except OSError as exc:  # a symlink loop, and the like
+            raise os_error(path, exc, what) from None
+        if not (stream_ok and _is_stream(target)):
+            raise MfhelmError(f"{where}: {_SYMLINK}")
+        st = target
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise MfhelmError(f"{where}: {_REASONS[errno.EISDIR]}")
     if st is not None and not stat.S_ISREG(st.st_mode):
@@ -196,10 +305,16 @@ def write_text(path: PathArg, text: str, what: str = "", *, private: bool = Fals
         _write_stream(path, text, what)
         return Path(path)
 
-    real = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    directory = real.parent
+    if private:
+        mode = 0o600
+    elif st is not None:
+        mode = stat.S_IMODE(st.st_mode) & ~0o022
+    else:
+        mode = 0o644 & ~_umask()
+    target_path = Path(path)
+    directory = target_path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target_path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             raise MfhelmError(f"{where}: directory {directory} does not exist") from None
@@ -211,15 +326,9 @@ def write_text(path: PathArg, text: str, what: str = "", *, private: bool = Fals
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
+            os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
-        if private:
-            mode = 0o600
-        elif st is not None:
-            mode = stat.S_IMODE(st.st_mode)
-        else:
-            mode = 0o666 & ~_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, real)
+        os.replace(tmp, target_path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise os_error(path, exc, what) from None
@@ -227,6 +336,29 @@ def write_text(path: PathArg, text: str, what: str = "", *, private: bool = Fals
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(path)
+
+
+def _is_stream(st: os.stat_result) -> bool:
+    return not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode)
+
+
+def create_exclusive(path: PathArg, data: bytes, what: str = "") -> None:
+    """A new private (0600) file at `path`; FileExistsError if anything, a
+    dangling symlink included, is already there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise os_error(path, exc, what) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            os.fchmod(fh.fileno(), 0o600)
+    except OSError as exc:
+        Path(path).unlink(missing_ok=True)
+        raise os_error(path, exc, what) from None
 
 
 def _write_stream(path: PathArg, text: str, what: str) -> None:

@@ -160,8 +160,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
     text = userfiles.read_text(path, "values file")
     where = f"values file {path}"
+    loader = userfiles.bounded_yaml_loader(_loader())
     docs = userfiles.parse_document(
-        text, where, "YAML", lambda t: [_plain(d) for d in yaml.load_all(t, Loader=_loader())],
+        text, where, "YAML", lambda t: [_plain(d) for d in yaml.load_all(t, Loader=loader)],
         (yaml.YAMLError,))
     merged: dict[str, Any] = {}
     for doc in docs:
@@ -279,6 +280,9 @@ def _set(data: dict[str, Any], key: str, value: Any) -> None:
 
 def _assign(text: _Text, data: dict[str, Any], depth: int) -> None:
     key, stop = text.until("=[,.")
+    if not key and stop in ("=", ".", "["):
+        # helm drops what an empty key name holds without a word.
+        raise SetError(f'a key name is empty (before "{stop}")')
     if stop is None:
         raise SetError(f'key "{key}" has no value' if key else "a key is missing at the end")
     if stop == ",":

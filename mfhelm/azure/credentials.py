@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 SUBSCRIPTION_ENV = "AZURE_SUBSCRIPTION_ID"
 ARM_SCOPE = "https://management.azure.com/.default"
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_GUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 
 
 def get_credential(
@@ -74,7 +74,7 @@ def default_subscription_id(config_dir: Path | None = None) -> str:
 def resolve_subscription_id(explicit: str | None = None) -> str:
     """The subscription to use: explicit, then AZURE_SUBSCRIPTION_ID, then az's default."""
     sub = explicit or os.environ.get(SUBSCRIPTION_ENV, "").strip() or default_subscription_id()
-    if not _GUID_RE.match(sub):
+    if not _GUID_RE.fullmatch(sub):
         raise MfhelmError(f"subscription id {sub!r} is not a GUID; check {SUBSCRIPTION_ENV}")
     return sub
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mfhelm.azure.credentials import auth_error, error_message, status_of
-from mfhelm.errors import MfhelmError
+from mfhelm.errors import MfhelmError, remember_secret
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -77,4 +77,5 @@ def keyvault_secret(
         client.close()
     if secret.value is None:
         raise MfhelmError(f"secret {name!r} in Key Vault {vault} has no value")
+    remember_secret(secret.value)
     return secret.value

@@ -94,36 +94,42 @@ def flatten_outputs(raw: dict[str, Any]) -> dict[str, Any]:
 # a namespace, a URL Metaflow calls. Each is checked against the rule of
 # the place it goes (Azure's naming rules, Kubernetes' name rules).
 
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Anchored with \A and \Z (`$` would let a trailing newline through) and
+# ASCII only: [0-9], never \d, which takes any Unicode digit.
+_GUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _HOST_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*$")
-_IPV4_RE = re.compile(r"^(\d{1,3}\.){3}\d{1,3}$")
-_K8S_SUBDOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-                               r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_URL_PATH_RE = re.compile(r"^[A-Za-z0-9/._~%-]*$")
-_CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
-_STORAGE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
-_KEY_VAULT_RE = re.compile(r"^(?=.{3,24}$)[A-Za-z](-?[A-Za-z0-9])*$")
-_KV_SECRET_RE = re.compile(r"^[0-9A-Za-z-]{1,127}$")
-_PG_SERVER_RE = re.compile(r"^[a-z0-9][-a-z0-9]{1,61}[a-z0-9]$")
-_PG_DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
-_PG_LOGIN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_HOSTNAME_RE = re.compile(rf"\A(?=.{{1,253}}\Z){_HOST_LABEL}(\.{_HOST_LABEL})*\Z")
+_IPV4_RE = re.compile(r"\A([0-9]{1,3}\.){3}[0-9]{1,3}\Z")
+_K8S_SUBDOMAIN_RE = re.compile(r"\A(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+                               r"(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_LABEL_NAME_RE = re.compile(r"\A[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_URL_PATH_RE = re.compile(r"\A[A-Za-z0-9/._~%-]*\Z")
+_CONTAINER_RE = re.compile(r"\A(?=.{3,63}\Z)[a-z0-9]+(-[a-z0-9]+)*\Z")
+_STORAGE_ACCOUNT_RE = re.compile(r"\A[a-z0-9]{3,24}\Z")
+_KEY_VAULT_RE = re.compile(r"\A(?=.{3,24}\Z)[A-Za-z](-?[A-Za-z0-9])*\Z")
+_KV_SECRET_RE = re.compile(r"\A[0-9A-Za-z-]{1,127}\Z")
+_PG_SERVER_RE = re.compile(r"\A[a-z0-9][-a-z0-9]{1,61}[a-z0-9]\Z")
+_PG_DATABASE_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_-]{0,62}\Z")
+_PG_LOGIN_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _PG_RESERVED_LOGINS = frozenset({"azure_superuser", "azure_pg_admin", "admin", "administrator",
                                  "root", "guest", "public"})
-_AKS_NAME_RE = re.compile(r"^[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
-_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][-_A-Za-z0-9]{2,127}$")
+_AKS_NAME_RE = re.compile(r"\A[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?\Z")
+_IDENTITY_RE = re.compile(r"\A[A-Za-z0-9][-_A-Za-z0-9]{2,127}\Z")
 
 
 def is_host(value: str) -> bool:
     """A DNS host name (RFC 1123) or an IPv4 address."""
-    if _IPV4_RE.match(value):
+    if _IPV4_RE.fullmatch(value):
         return all(int(part) <= 255 for part in value.split("."))
-    return bool(_HOSTNAME_RE.match(value))
+    return bool(_HOSTNAME_RE.fullmatch(value))
 
 
 def is_https_url(value: str) -> bool:
     """https://host[:port][/path]: no credentials, query, fragment or spaces."""
+    # urlsplit silently drops tabs and newlines anywhere in a URL: they are
+    # refused here, before it sees them.
+    if not (value.isascii() and value.isprintable()) or " " in value:
+        return False
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
@@ -131,7 +137,7 @@ def is_https_url(value: str) -> bool:
         return False
     return (parts.scheme == "https" and not parts.username and not parts.password
             and is_host(parts.hostname or "") and not parts.query and not parts.fragment
-            and "?" not in value and "#" not in value and bool(_URL_PATH_RE.match(parts.path)))
+            and "?" not in value and "#" not in value and bool(_URL_PATH_RE.fullmatch(parts.path)))
 
 
 def is_label_key(value: str) -> bool:
@@ -139,52 +145,53 @@ def is_label_key(value: str) -> bool:
     prefix, _, name = value.rpartition("/")
     if "/" in value and not prefix:
         return False
-    return (not prefix or bool(_K8S_SUBDOMAIN_RE.match(prefix))) and bool(
-        _LABEL_NAME_RE.match(name))
+    return (not prefix or bool(_K8S_SUBDOMAIN_RE.fullmatch(prefix))) and bool(
+        _LABEL_NAME_RE.fullmatch(name))
 
 
 def _resource_group(value: str) -> bool:
-    return (len(value) <= RESOURCE_GROUP_MAX and bool(AZURE_RESOURCES_NAME_RE.match(value))
+    return (len(value) <= RESOURCE_GROUP_MAX and bool(AZURE_RESOURCES_NAME_RE.fullmatch(value))
             and not value.endswith("."))
 
 
 def _pg_login(value: str) -> bool:
-    return (bool(_PG_LOGIN_RE.match(value)) and not value.lower().startswith("pg_")
+    return (bool(_PG_LOGIN_RE.fullmatch(value)) and not value.lower().startswith("pg_")
             and value.lower() not in _PG_RESERVED_LOGINS)
 
 
-_GUID = (lambda v: bool(_GUID_RE.match(v)), "a GUID")
+_GUID = (lambda v: bool(_GUID_RE.fullmatch(v)), "a GUID")
 _HTTPS = (is_https_url, "an https URL (https://host[:port][/path], no query)")
-_K8S_NAME = (lambda v: bool(DNS_LABEL_RE.match(v)),
+_K8S_NAME = (lambda v: bool(DNS_LABEL_RE.fullmatch(v)),
              "a Kubernetes name: a lowercase DNS label (a-z, 0-9, '-'), at most 63 chars")
-_CONTAINER = (lambda v: bool(_CONTAINER_RE.match(v)),
+_CONTAINER = (lambda v: bool(_CONTAINER_RE.fullmatch(v)),
               "an Azure container name: 3-63 lowercase letters, digits and single hyphens, "
               "starting and ending with a letter or digit")
 _RULES: dict[str, tuple[Any, str]] = {
     "resourceGroupName": (_resource_group, "an Azure resource group name"),
-    "location": (lambda v: bool(LOCATION_RE.match(v)), "an Azure region name such as westeurope"),
+    "location": (lambda v: bool(LOCATION_RE.fullmatch(v)),
+                 "an Azure region name such as westeurope"),
     "tenantId": _GUID,
     "subscriptionId": _GUID,
-    "aksClusterName": (lambda v: bool(_AKS_NAME_RE.match(v)), "an AKS cluster name"),
+    "aksClusterName": (lambda v: bool(_AKS_NAME_RE.fullmatch(v)), "an AKS cluster name"),
     "aksOidcIssuerUrl": _HTTPS,
-    "identityName": (lambda v: bool(_IDENTITY_RE.match(v)), "a managed identity name"),
+    "identityName": (lambda v: bool(_IDENTITY_RE.fullmatch(v)), "a managed identity name"),
     "identityClientId": _GUID,
-    "storageAccountName": (lambda v: bool(_STORAGE_ACCOUNT_RE.match(v)),
+    "storageAccountName": (lambda v: bool(_STORAGE_ACCOUNT_RE.fullmatch(v)),
                            "a storage account name: 3-24 lowercase letters and digits"),
     "storageBlobEndpoint": _HTTPS,
     "metaflowContainerName": _CONTAINER,
     "airflowLogsContainerName": _CONTAINER,
-    "postgresServerName": (lambda v: bool(_PG_SERVER_RE.match(v)),
+    "postgresServerName": (lambda v: bool(_PG_SERVER_RE.fullmatch(v)),
                            "a Flexible Server name: 3-63 lowercase letters, digits and '-'"),
     "postgresFqdn": (is_host, "a DNS host name (letters, digits, '-' and '.')"),
-    "postgresDatabaseName": (lambda v: bool(_PG_DATABASE_RE.match(v)),
+    "postgresDatabaseName": (lambda v: bool(_PG_DATABASE_RE.fullmatch(v)),
                              "a database name: letters, digits, '_' and '-', at most 63"),
     "postgresAdminLogin": (_pg_login, "a PostgreSQL login: letters, digits and '_', not "
                                       "starting with pg_ and not a reserved name"),
-    "keyVaultName": (lambda v: bool(_KEY_VAULT_RE.match(v)),
+    "keyVaultName": (lambda v: bool(_KEY_VAULT_RE.fullmatch(v)),
                      "a Key Vault name: 3-24 letters, digits and single hyphens"),
     "keyVaultUri": _HTTPS,
-    "postgresAdminSecretName": (lambda v: bool(_KV_SECRET_RE.match(v)),
+    "postgresAdminSecretName": (lambda v: bool(_KV_SECRET_RE.fullmatch(v)),
                                 "a Key Vault secret name: 1-127 letters, digits and '-'"),
     "serviceNamespace": _K8S_NAME,
     "flowNamespace": _K8S_NAME,
@@ -193,7 +200,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "serviceAccountAirflow": _K8S_NAME,
     "taskworkersLabelKey": (is_label_key, "a Kubernetes label key ([prefix/]name, name at most "
                                           "63 letters, digits, '-', '_', '.')"),
-    "taskworkersLabelValue": (lambda v: bool(_LABEL_NAME_RE.match(v)),
+    "taskworkersLabelValue": (lambda v: bool(_LABEL_NAME_RE.fullmatch(v)),
                               "a Kubernetes label value: at most 63 letters, digits, '-', '_', "
                               "'.', starting and ending with a letter or digit"),
 }

@@ -91,8 +91,6 @@ def test_org_prefix_rule_is_the_same_in_bicep_and_mfhelm(main):
     assert _disagreements(main, "orgPrefix", samples, lambda p: {"org_prefix": p}) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="ORG_PREFIX_RE's `$` accepts a trailing newline; "
-                   "drop this mark once it does not")
 def test_org_prefix_with_a_trailing_newline_is_refused_by_both(main):
     assert bicep_verdict(main, "orgPrefix", "orgPrefix", TRAILING_NEWLINE) is not None
     assert mfhelm_verdict({"org_prefix": TRAILING_NEWLINE}) is not None

@@ -157,7 +157,9 @@ def test_a_working_kubeconfig_gets_past_the_checks(cluster: Cluster, work: Path)
 
 # ------------------------------------------------- nothing written before a refusal
 
-@pytest.mark.parametrize("timeout", ["banana", "10", "-5m", "0s", "1d"])
+# "١٠m": Arabic-Indic digits passed a \d check, and helm refused them only
+# after mfhelm had written the namespaces and the Secret (issue 17 item 6).
+@pytest.mark.parametrize("timeout", ["banana", "10", "-5m", "0s", "1d", "\u0661\u0660m"])
 def test_bad_timeout_creates_nothing(cluster: Cluster, work: Path, timeout: str):
     ns = f"never-{uuid.uuid4().hex[:6]}"
     proc = run_mfhelm("install", "--local", "--no-argo", "-n", ns, "--release", "t",

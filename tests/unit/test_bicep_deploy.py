@@ -88,6 +88,8 @@ elif head == ["deployment", "sub", "create"]:
     else:
         fail("ERROR: " + json.dumps(scenario["errors"][result]))
 elif head == ["deployment", "sub", "what-if"]:
+    if scenario.get("whatif_error"):
+        fail(scenario["whatif_error"])
     print("Resource and property changes are indicated with these symbols:\n  + Create")
 elif argv[:2] == ["bicep", "build"]:
     print(json.dumps({"$schema": "https://schema.management.azure.com/schemas/2018-05-01/subscriptionDeploymentTemplate.json#"}))

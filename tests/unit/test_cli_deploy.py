@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_bicep_deploy import ALLOCATION, FAKE_AZ, POSTGRES_INTERNAL, SETTINGS_TOML, SUCCESS
+from test_bicep_deploy import (
+    ALLOCATION,
+    FAKE_AZ,
+    POSTGRES_INTERNAL,
+    SETTINGS_TOML,
+    SUCCESS,
+    SUCCESS_OUTPUTS,
+)
 
 from mfhelm import bicep_deploy as bd
 
@@ -224,3 +231,51 @@ def test_failed_deployment_is_one_explained_line(work, az):
                    "mfhelm deploy")
     assert len(az.calls_of("deployment", "sub", "create")) == 1
 
+
+
+# --- secrets az quotes back (issue 17 item 10) ---------------------------------------------
+
+KEPT = "Kept_In_Vault_4711xyzABC"
+
+
+@pytest.mark.parametrize("message", [
+    f"The value '{KEPT}' of parameter postgresAdminPassword is not valid.",
+    f"connection postgresql://mfadmin:{KEPT}@pg.example.com:5432 refused",
+])
+def test_a_password_az_echoes_is_never_printed(work, az, message):
+    az.scenario(previous_outputs=SUCCESS_OUTPUTS, secret=KEPT, deploy_results=["echo"],
+                errors={"echo": {"error": {"code": "InvalidTemplate", "message": message}}})
+    proc = mfhelm(work, az, "deploy", "--skip-preflight")
+    one_error_line(proc, "deployment acme-metaflow failed")
+    (call,) = az.calls_of("deployment", "sub", "create")
+    assert az.params(call)["parameters"][bd.PASSWORD_PARAMETER]["value"] == KEPT
+    assert KEPT not in proc.stdout + proc.stderr
+    assert "InvalidTemplate" in proc.stderr and "***" in proc.stderr
+
+
+def test_a_generated_password_is_remembered_as_a_secret(work, az, monkeypatch):
+    import io
+
+    from mfhelm import errors
+    from mfhelm.settings import load
+
+    az.scenario(previous_outputs=None, module_outputs=None)
+    monkeypatch.setenv("FAKE_AZ_STATE", str(az.state))
+    monkeypatch.setenv("PATH", f"{az.bin}{os.pathsep}{os.environ['PATH']}")
+    errors.forget_secrets()
+    try:
+        params = bd.prepare(load(work / "mfhelm.toml"), io.StringIO())
+        password = params["parameters"][bd.PASSWORD_PARAMETER]["value"]
+        assert errors.redact(f"az: bad value {password}.") == "az: bad value ***."
+    finally:
+        errors.forget_secrets()
+
+
+def test_what_if_output_is_redacted_too(work, az):
+    az.scenario(previous_outputs=SUCCESS_OUTPUTS, secret=KEPT,
+                whatif_error=f"ERROR: InvalidTemplate: '{KEPT}' is not a valid value for "
+                "postgresAdminPassword")
+    proc = mfhelm(work, az, "deploy", "--what-if")
+    one_error_line(proc, "what-if failed")
+    assert KEPT not in proc.stdout + proc.stderr
+    assert "InvalidTemplate: '***' is not a valid value" in proc.stderr

@@ -213,10 +213,16 @@ def test_install_values_file_errors(cli, workdir):
 
 
 def test_uninstall_purge_asks_first(cli, workdir, monkeypatch):
-    import io
+    import os
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("n\n"))
+    # A real terminal (a pty) answering "n": without one, mfhelm refuses to
+    # ask (tests/unit/cli/test_cli_bad_input_17.py).
+    master, slave = os.openpty()
+    os.write(master, b"n\n")
     kc = _unreachable_kubeconfig(workdir / "kubeconfig")
-    r = cli("uninstall", "--purge", "--kubeconfig", str(kc))
-    assert r.code != 0
-    assert "Aborted" in r.err or "aborted" in r.err.lower()
+    with open(slave) as tty:
+        monkeypatch.setattr("sys.stdin", tty)
+        r = cli("uninstall", "--purge", "--kubeconfig", str(kc))
+    os.close(master)
+    assert "Delete the data volumes" in r.out
+    assert_one_line_error(r, "aborted; nothing was changed")
