@@ -216,7 +216,7 @@ def test_uninstall_purge_asks_first(cli, workdir, monkeypatch):
     import os
 
     # A real terminal (a pty) answering "n": without one, mfhelm refuses to
-    # ask (tests/unit/cli/test_cli_bad_input_17.py).
+    # ask (tests/unit/cli/test_cli_bad_input.py).
     master, slave = os.openpty()
     os.write(master, b"n\n")
     kc = _unreachable_kubeconfig(workdir / "kubeconfig")

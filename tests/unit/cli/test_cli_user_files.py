@@ -182,7 +182,7 @@ def test_render_output_path_that_cannot_be_written(cli, workdir, kind):
 
 
 def test_render_output_through_a_symlink_is_refused(cli, workdir):
-    # More cases (dangling links, init, config) in test_cli_bad_input_17.py.
+    # More cases (dangling links, init, config) in test_cli_bad_input.py.
     target = workdir / "real.yaml"
     target.write_text("old")
     (workdir / "link.yaml").symlink_to("real.yaml")
