@@ -194,6 +194,18 @@ class Settings(_Strict):
                              "Workflows); set deploy_argo_events = false")
         return v
 
+    @model_validator(mode="after")
+    def _airflow_flows_apart(self) -> Settings:
+        # Airflow runs DAG files as an account that may launch pods in the
+        # flow namespace; beside the services those pods could mount their
+        # Secrets (the chart refuses the same).
+        if self.deploy_airflow and self.helm.flow_namespace == self.helm.namespace:
+            raise ValueError(
+                f"helm.flow_namespace: with deploy_airflow = true it must differ from "
+                f"helm.namespace ({self.helm.namespace}): Airflow's DAG code may launch pods "
+                "in the flow namespace, and beside the services they could mount their Secrets")
+        return self
+
     @field_validator("org_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:

@@ -157,3 +157,13 @@ def test_nothing_of_ours_in_the_release_namespace_reads_secrets_or_starts_pods()
         resources = {r for r, _, _ in grants(role)}
         assert not resources & {"secrets", "pods", "pods/exec", "pods/log"}, \
             role["metadata"]["name"]
+
+
+def test_chart_refuses_airflow_with_flows_in_the_release_namespace():
+    # Airflow's account launches pods in the flow namespace; in the release
+    # namespace they could mount the services' Secrets.
+    with pytest.raises(HelmError, match="airflow.enabled needs flows.namespace"):
+        render([LOCAL_AIRFLOW], {"flows": {"namespace": ""}})
+    with pytest.raises(HelmError, match="airflow.enabled needs flows.namespace"):
+        render([LOCAL_AIRFLOW], {"flows": {"namespace": "default"}}, namespace="default")
+    assert render([LOCAL_AIRFLOW])

@@ -274,7 +274,10 @@ def _policy(objs, name):
 
 
 def test_argo_and_airflow_front_doors_admit_only_the_ingress_namespace():
-    objs = render([LOCAL_AIRFLOW], {"argo-workflows": {"enabled": True}}, release="mf")
+    # The scenario's flows run in metaflow-flows: Argo watches it there.
+    watch = ["--managed-namespace=metaflow-flows"]
+    argo = {"enabled": True, "controller": {"extraArgs": watch}, "server": {"extraArgs": watch}}
+    objs = render([LOCAL_AIRFLOW], {"argo-workflows": argo}, release="mf")
     only_ingress = [{"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": "app-routing-system"}}}]
     selector, ingress = _policy(objs, "mf-argo-server")
@@ -292,7 +295,7 @@ def test_argo_and_airflow_front_doors_admit_only_the_ingress_namespace():
     assert ingress == [{"ports": [{"port": 8793}], "from": [{"podSelector": {"matchLabels": {
         "tier": "airflow", "component": "webserver", "release": "mf"}}}]}]
     # Without an ingress namespace they answer port-forward only.
-    objs = render([LOCAL_AIRFLOW], {"argo-workflows": {"enabled": True},
+    objs = render([LOCAL_AIRFLOW], {"argo-workflows": argo,
                                     "networkPolicy": {"allowedNamespaces": []}}, release="mf")
     assert _policy(objs, "mf-argo-server")[1] == []
     assert _policy(objs, "mf-airflow-webserver")[1] == []

@@ -215,6 +215,9 @@ tolerations:
 {{- end -}}
 {{- end -}}
 {{- if .Values.airflow.enabled -}}
+{{- if eq (include "metaflow.flowNamespace" .) .Release.Namespace -}}
+{{- fail (printf "airflow.enabled needs flows.namespace set to a namespace other than the release namespace %s: Airflow runs DAG files as %s, which may launch pods in the flow namespace, and there they could mount the services' Secrets" .Release.Namespace .Values.serviceAccounts.airflow.name) -}}
+{{- end -}}
 {{- if dig "webserver" "defaultUser" "enabled" false .Values.airflow -}}
 {{- fail "airflow.webserver.defaultUser.enabled must stay false: it creates admin/admin with the password in argv and values; the admin comes from airflowGlue.adminSecretName" -}}
 {{- end -}}
