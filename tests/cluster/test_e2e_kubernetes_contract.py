@@ -237,7 +237,10 @@ def test_every_policy_selects_the_pod_it_guards(cluster: Cluster, namespace: str
     the API server against pods labelled as they really are: ours from our
     templates, Argo's and Airflow's as argo-helm 0.45.20 and the Airflow chart
     1.16.0 label them."""
-    objs = render([SCENARIOS["local-airflow"]], {"argo-workflows": {"enabled": True}},
+    watch = ["--managed-namespace=metaflow-flows"]  # the scenario's flow namespace
+    objs = render([SCENARIOS["local-airflow"]],
+                  {"argo-workflows": {"enabled": True, "controller": {"extraArgs": watch},
+                                      "server": {"extraArgs": watch}}},
                   release="mf", namespace=namespace)
     pods = {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["labels"]
             for o, _ in pod_specs(objs)}
