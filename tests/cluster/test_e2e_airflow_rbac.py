@@ -21,6 +21,8 @@ import pytest
 from chartlib import renderable_chart
 from kubernetes import client
 
+from mfhelm.values import flows_namespace_for
+
 from .agents import EXEC_PATH_ANNOTATION
 from .handle import Cluster
 from .test_e2e_stack import DAG, mfhelm, one_error_line
@@ -30,23 +32,26 @@ pytestmark = pytest.mark.cluster
 DAG_FOLDER = "/opt/airflow/dags"
 
 
-def _install_with_airflow_glue(cluster: Cluster, ns: str, release: str) -> None:
+def _install_with_airflow_glue(cluster: Cluster, ns: str, release: str) -> str:
+    """Installs as `mfhelm install --local --airflow` does; returns the flow namespace."""
     from mfhelm import helm as helm_mod
     from mfhelm import kube, stack, values
 
-    vals = values.local_values(argo=False, airflow=True)
+    flow_ns = values.flows_namespace_for(ns)
+    vals = values.local_values(argo=False, airflow=True, flow_namespace=flow_ns)
     api = kube.api_client(str(cluster.kubeconfig))
     target = stack.Target(release, ns, kubeconfig=str(cluster.kubeconfig))
     conn = stack.airflow_connection("metaflow", "glue-test-password", f"{release}-postgres",
                                     5432, "airflow", "disable")
     data = {values.DB_SECRET: {values.DB_SECRET_KEY: "glue-test-password"},
             **stack._airflow_secrets(api, ns, conn)}
-    stack._prepare_namespaces(api, target, ns, airflow=True)
+    stack._prepare_namespaces(api, target, flow_ns, airflow=True)
     stack._apply_secrets(api, ns, data)
     helm = helm_mod.Helm(kubeconfig=str(cluster.kubeconfig), timeout="4m",
                          executable=str(Path(sys.executable).with_name("helm")))
     info = helm.install_or_upgrade(release, renderable_chart(), vals, namespace=ns)
     assert info.status == "deployed"
+    return flow_ns
 
 
 def airflow_bin() -> str:
@@ -217,29 +222,40 @@ ARGO_RULES = [
 
 def test_flow_account_can_report_argo_task_results(cluster: Cluster, airflow_release):
     ns, _ = airflow_release
+    flows = flows_namespace_for(ns)
     for verb, resource, sub in ARGO_RULES:
-        assert _can(cluster, ns, "metaflow-flows", verb, resource, where=ns, group="argoproj.io",
-                    subresource=sub), (verb, resource, sub)
+        assert _can(cluster, flows, "metaflow-flows", verb, resource, where=flows,
+                    group="argoproj.io", subresource=sub), (verb, resource, sub)
 
 
 def test_flow_account_cannot_create_pods_or_act_elsewhere(cluster: Cluster, airflow_release):
     ns, _ = airflow_release
-    assert not _can(cluster, ns, "metaflow-flows", "create", "pods", where=ns)
-    assert not _can(cluster, ns, "metaflow-flows", "get", "secrets", where=ns)
+    flows = flows_namespace_for(ns)
+    for where in (flows, ns):
+        assert not _can(cluster, flows, "metaflow-flows", "create", "pods", where=where)
+        assert not _can(cluster, flows, "metaflow-flows", "get", "secrets", where=where)
     # Nothing cluster-wide, nothing in another namespace.
-    assert not _can(cluster, ns, "metaflow-flows", "list", "namespaces", where=None)
-    assert not _can(cluster, ns, "metaflow-flows", "get", "nodes", where=None)
-    assert not _can(cluster, ns, "metaflow-flows", "create", "workflowtaskresults",
-                    where="default", group="argoproj.io")
-    assert not _can(cluster, ns, "metaflow-flows", "list", "workflowtaskresults", where=None,
+    assert not _can(cluster, flows, "metaflow-flows", "list", "namespaces", where=None)
+    assert not _can(cluster, flows, "metaflow-flows", "get", "nodes", where=None)
+    for where in ("default", ns):
+        assert not _can(cluster, flows, "metaflow-flows", "create", "workflowtaskresults",
+                        where=where, group="argoproj.io")
+    assert not _can(cluster, flows, "metaflow-flows", "list", "workflowtaskresults", where=None,
                     group="argoproj.io")
 
 
 def test_airflow_account_can_launch_and_watch_pods(cluster: Cluster, airflow_release):
     ns, _ = airflow_release
+    flows = flows_namespace_for(ns)
     for verb in ("create", "get", "list", "watch", "delete"):
-        assert _can(cluster, ns, "metaflow-airflow", verb, "pods", where=ns), verb
-    assert _can(cluster, ns, "metaflow-airflow", "get", "pods", where=ns, subresource="log")
+        assert _can(cluster, ns, "metaflow-airflow", verb, "pods", where=flows), verb
+    assert _can(cluster, ns, "metaflow-airflow", "get", "pods", where=flows, subresource="log")
+    # Where the services' Secrets are, DAG code can start nothing.
+    for verb in ("create", "delete"):
+        assert not _can(cluster, ns, "metaflow-airflow", verb, "pods", where=ns), verb
+    assert not _can(cluster, ns, "metaflow-airflow", "create", "pods", where=ns,
+                    subresource="exec")
+    assert not _can(cluster, ns, "metaflow-airflow", "get", "secrets", where=ns)
     assert not _can(cluster, ns, "metaflow-airflow", "create", "pods", where="default")
     assert not _can(cluster, ns, "metaflow-airflow", "list", "pods", where=None)
 
@@ -260,7 +276,10 @@ def test_identity_objects_exist_as_rendered(cluster: Cluster, airflow_release):
     ns, rel = airflow_release
     core = cluster.core()
     names = {sa.metadata.name for sa in core.list_namespaced_service_account(ns).items}
-    assert {"metaflow-service", "metaflow-flows", "metaflow-airflow"} <= names
+    assert {"metaflow-service", "metaflow-airflow"} <= names
+    flows = flows_namespace_for(ns)
+    assert "metaflow-flows" in {sa.metadata.name for sa in
+                                core.list_namespaced_service_account(flows).items}
     pvc: Any = core.read_namespaced_persistent_volume_claim("metaflow-airflow-dags", ns)
     assert pvc.status.phase == "Bound"
     assert pvc.metadata.annotations["helm.sh/resource-policy"] == "keep"
