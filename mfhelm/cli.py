@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from mfhelm import __version__
+from mfhelm import __version__, proc
 from mfhelm.errors import Interrupted, MfhelmError
 
 app = typer.Typer(
@@ -454,28 +454,41 @@ def main() -> None:
     Typer's standalone mode already turns usage errors into a short message
     and exit 2; what remains is our own MfhelmError.
     """
-    # Ctrl-C and SIGTERM unwind: temporary files go, and helm's process
-    # group is stopped (helm.Helm.install_or_upgrade) before mfhelm exits.
+    # Ctrl-C and SIGTERM unwind (mfhelm.proc.on_signal): temporary files go,
+    # and every child's process group is stopped, before mfhelm exits with
+    # 128 + the signal's number.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
-    except Interrupted:
+    except Interrupted as exc:
         if _state["debug"]:
             raise
-        print("mfhelm: error: interrupted; what mfhelm started was stopped and cleaned up: "
-              "run the command again", file=sys.stderr)
-        sys.exit(130)
+        signum = int(exc.args[0]) if exc.args else signal.SIGINT
+        note = exc.args[1] if len(exc.args) > 1 else (
+            "what mfhelm started was stopped and its temporary files removed: run the "
+            "command again")
+        print(f"mfhelm: error: interrupted ({signal.Signals(signum).name}); {note}",
+              file=sys.stderr)
+        sys.exit(128 + signum)
     except Exception as exc:
         err = _user_error(exc)
         if err is None or _state["debug"]:
             raise
         print(f"mfhelm: error: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        _cleanup()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted
+    proc.on_signal(signum, frame)
+
+
+def _cleanup() -> None:
+    """Whatever an exit path left: children still running, temporary
+    directories still there (mfhelm.proc keeps both lists)."""
+    proc.cleanup()
 
 
 def _user_error(exc: Exception) -> MfhelmError | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,7 +20,7 @@ from urllib.parse import quote
 
 import yaml
 
-from mfhelm import dbroles
+from mfhelm import dbroles, proc
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import Interrupted, MfhelmError
@@ -50,15 +48,15 @@ class Target:
 
 def check_values(chart: Path, values: dict[str, Any], target: Target, helm_bin: str) -> None:
     """Render the chart client-side: schema and template errors stop us here,
-    before any Secret or object is written."""
-    proc = subprocess.run(
+    before any Secret or object is written. Bounded by proc.QUICK_TIMEOUT."""
+    rendered = proc.run(
         [helm_bin, "template", target.release, str(chart), "--namespace", target.namespace,
          "-f", "-"],
-        input=yaml.safe_dump(values), capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
-        msg = " ".join(lines) if "schema" in proc.stderr else (lines[-1] if lines else "failed")
+        input=yaml.safe_dump(values), timeout=proc.QUICK_TIMEOUT,
+        what="checking the values (helm template)")
+    if rendered.returncode != 0:
+        lines = [ln.strip() for ln in rendered.stderr.splitlines() if ln.strip()]
+        msg = " ".join(lines) if "schema" in rendered.stderr else (lines[-1] if lines else "failed")
         raise MfhelmError("the chart refused these values: " + msg.removeprefix("Error: "))
 
 
@@ -84,11 +82,16 @@ def _checked_clients(chart: Path, values: dict[str, Any], target: Target, timeou
     rendering.start()
     try:
         kube.preload()
-    finally:
         rendering.join()
-        if failed:
-            client.close()
+    except BaseException:
+        # Interrupted: the check's helm (a child of the worker thread) is
+        # stopped here, so that the join returns and nothing runs on.
+        client.close()
+        proc.stop_all()
+        rendering.join()
+        raise
     if failed:
+        client.close()
         raise failed[0]
     client.check()
     return client, kube.api_client(target.kubeconfig, target.context)
@@ -202,9 +205,10 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
         values = user_values.apply(values, LOCAL_PROTECTED)
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
+    fetch = _seconds(timeout)
     progress(_chart_step(chart))
-    with helm_mod.chart_dir(chart, helm=helm_bin) as source, \
-            helm_mod.prepared_chart(source, values, helm=helm_bin) as prepared:
+    with helm_mod.chart_dir(chart, helm=helm_bin, timeout=fetch) as source, \
+            helm_mod.prepared_chart(source, values, helm=helm_bin, timeout=fetch) as prepared:
         client, api = _checked_clients(prepared, values, target, timeout, helm_bin)
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
@@ -245,10 +249,12 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         values = values_mod.argo_watches_flow_namespace(
             user_values.apply(values, AZURE_PROTECTED), outputs["serviceNamespace"])
     helm_bin = helm_mod.helm_binary()
+    fetch = _seconds(timeout)
     progress(_chart_step(chart))
     with ExitStack() as cleanup:
-        source = cleanup.enter_context(helm_mod.chart_dir(chart, helm=helm_bin))
-        prepared = cleanup.enter_context(helm_mod.prepared_chart(source, values, helm=helm_bin))
+        source = cleanup.enter_context(helm_mod.chart_dir(chart, helm=helm_bin, timeout=fetch))
+        prepared = cleanup.enter_context(helm_mod.prepared_chart(source, values, helm=helm_bin,
+                                                                 timeout=fetch))
         check_values(prepared, values, target, helm_bin)
         configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
                                         helm_bin)
@@ -288,6 +294,13 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         return _upgrade(client, api, target, prepared, values, progress)
 
 
+def _seconds(timeout: str) -> float:
+    """--timeout in seconds: the bound of the chart's fetch (pull, dependencies)."""
+    from mfhelm.settings import duration_seconds
+
+    return duration_seconds(timeout)
+
+
 def _chart_step(chart: ChartSource) -> str:
     if isinstance(chart, OciChart):
         return f"pulling the chart {chart.ref} {chart.version}"
@@ -300,7 +313,7 @@ def _upgrade(client: helm_mod.Helm, api: Any, target: Target, chart: Path,
     try:
         return client.install_or_upgrade(target.release, chart, values,
                                          namespace=target.namespace)
-    except (KeyboardInterrupt, Interrupted):
+    except (KeyboardInterrupt, Interrupted, proc.TimedOut):
         # helm is stopped (its process group); the revision it left pending
         # is ours, so clear it now rather than block the next install.
         _clear_pending(api, target)
@@ -365,12 +378,15 @@ def _role_passwords(api: Any, namespace: str, admin_password: str, *,
 
 @contextmanager
 def _temp_kubeconfig(content: bytes) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mfhelm-") as tmp:
-        path = Path(tmp) / "kubeconfig"
+    tmp = proc.temp_dir("mfhelm-")
+    try:
+        path = tmp / "kubeconfig"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
         yield path
+    finally:
+        proc.remove_tree(tmp)
 
 
 # What the local profile cannot show, said by `mfhelm status` and the README.
