@@ -290,7 +290,8 @@ class Helm:
         only mfhelm), values on stdin. If mfhelm is interrupted (Ctrl-C or
         SIGTERM, raised by the CLI as errors.Interrupted), or helm overruns
         upgrade_bound() (proc.TimedOut), the whole group is stopped before
-        the exception goes on: no helm works on unseen.
+        the exception goes on: no helm works on unseen. A failed wait (helm's
+        --timeout, a failed Job) raises HelmWaitFailed.
         """
         major = self.check()[0]
         cmd = ["upgrade", release, str(chart), "--install",
@@ -302,7 +303,10 @@ class Helm:
         done = self._helm(*cmd, what=f"helm upgrade --install {release}",
                           timeout=self.upgrade_bound(), input=json.dumps(values).encode())
         if done.returncode != 0:
-            raise MfhelmError(_helm_message(done.stderr))
+            stderr = done.stderr.decode(errors="replace")
+            if wait and wait_failed(stderr):
+                raise HelmWaitFailed(stderr)
+            raise MfhelmError(_helm_message(stderr))
         out = done.stdout
         return _info(json.loads(out[out.index(b"{"):]))
 
@@ -331,6 +335,37 @@ class Helm:
                           timeout=self._timeout_seconds() + HELM_SLACK)
         if done.returncode != 0:
             raise MfhelmError(_helm_message(done.stderr))
+
+
+class HelmWaitFailed(MfhelmError):
+    """helm gave up waiting for the release's resources (its --timeout ran
+    out, or a Job failed); `stderr` is what helm said."""
+
+    def __init__(self, stderr: str) -> None:
+        super().__init__(_helm_message(stderr))
+        self.stderr = stderr
+
+
+# What helm says when its wait ends without the resources ready: Helm 4's
+# watcher ("resource Deployment/ns/name not ready. status: InProgress, ...",
+# then "context deadline exceeded"), Helm 3's legacy waiter ("timed out
+# waiting for the condition"), a failed Job ("job ... failed", "BackoffLimitExceeded").
+_WAIT_FAILED = ("context deadline exceeded", "timed out waiting for the condition",
+                " not ready. status:", "backofflimitexceeded", "deadlineexceeded")
+
+
+def wait_failed(stderr: str) -> bool:
+    low = stderr.lower()
+    return any(marker in low for marker in _WAIT_FAILED)
+
+
+# "resource Deployment/ns/name not ready. status: InProgress, message: ..."
+_NOT_READY_RE = re.compile(r"resource (\w+)/([^/\s]+)/(\S+) not ready\. status: (\w+)")
+
+
+def waited_for(stderr: str) -> list[tuple[str, str, str]]:
+    """The (kind, namespace, name) of each resource helm names as not ready."""
+    return list(dict.fromkeys((m[1], m[2], m[3]) for m in _NOT_READY_RE.finditer(stderr)))
 
 
 def _info(doc: dict[str, Any]) -> ReleaseInfo:

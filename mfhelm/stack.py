@@ -309,15 +309,83 @@ def _chart_step(chart: ChartSource) -> str:
 
 def _upgrade(client: helm_mod.Helm, api: Any, target: Target, chart: Path,
              values: dict[str, Any], progress: Progress) -> helm_mod.ReleaseInfo:
+    """helm upgrade --install, with the release's workloads watched meanwhile:
+    if helm's wait fails, the error names what was not ready and why."""
+    from mfhelm import kube
+
     progress("helm upgrade --install (waiting for the pods)")
+    namespaces = list(dict.fromkeys([target.namespace, flow_namespace(values, target)]))
+    watch = kube.ReadinessWatch(api, namespaces, f"app.kubernetes.io/instance={target.release}",
+                                _seconds(client.timeout)).start()
     try:
-        return client.install_or_upgrade(target.release, chart, values,
-                                         namespace=target.namespace)
+        try:
+            return client.install_or_upgrade(target.release, chart, values,
+                                             namespace=target.namespace)
+        finally:
+            seen = watch.stop()
+    except helm_mod.HelmWaitFailed as exc:
+        if not seen:  # helm failed before a sample found anything: look now
+            try:
+                seen = kube.not_ready(api, namespaces,
+                                      f"app.kubernetes.io/instance={target.release}")
+            except Exception:  # noqa: BLE001 - helm's own words are still said
+                seen = []
+        raise MfhelmError(wait_failure(exc.stderr, seen, client.timeout, target)) from None
     except (KeyboardInterrupt, Interrupted, proc.TimedOut):
         # helm is stopped (its process group); the revision it left pending
         # is ours, so clear it now rather than block the next install.
         _clear_pending(api, target)
         raise
+
+
+def wait_failure(stderr: str, seen: list[Any], timeout: str, target: Target) -> str:
+    """One line for a failed wait: what helm waited for and why each is not
+    ready (kube.not_ready: the workload, its pod's state, that pod's node),
+    workloads with the same reason told together, at most kube.REASONS_SHOWN
+    reasons; and what helm did about it."""
+    from mfhelm import kube
+
+    timed_out = "context deadline exceeded" in stderr or "timed out waiting" in stderr
+    head = f"install timed out after {timeout}" if timed_out else "install failed"
+    named = helm_mod.waited_for(stderr)
+    order = {key: i for i, key in enumerate(named)}
+    seen = sorted(seen, key=lambda r: (r.why == "", order.get((r.kind, r.namespace, r.name),
+                                                              len(order))))
+
+    def label(kind: str, ns: str, name: str) -> str:
+        return f"{kind} {name if ns == target.namespace else f'{ns}/{name}'}"
+
+    groups: dict[tuple[bool, str], list[Any]] = {}
+    for r in seen:
+        if r.why:
+            groups.setdefault((bool(r.pod), r.why), []).append(r)
+    parts = []
+    for (has_pod, why), members in list(groups.items())[:kube.REASONS_SHOWN]:
+        names = [f"{label(r.kind, r.namespace, r.name)} {r.ready}/{r.desired}" for r in members]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        if not has_pod:
+            parts.append(f"{listed} ready: {why}")
+        elif len(members) == 1:
+            parts.append(f"{listed} ready: pod {members[0].pod} {why}")
+        else:
+            parts.append(f"{listed} ready: their pods {why}")
+    told = sum(len(m) for m in list(groups.values())[:kube.REASONS_SHOWN])
+    known = {(r.kind, r.namespace, r.name) for r in seen}
+    more = len(seen) - told + len([k for k in named if k not in known])
+    if not parts and named:  # helm named them, but they were gone before mfhelm looked
+        parts = [label(*k) for k in named[:kube.REASONS_SHOWN]]
+        more = len(named) - len(parts)
+    if more > 0:
+        parts.append(f"{more} more not ready")
+    if "has been uninstalled" in stderr:
+        after = "helm removed the release again (rollback on failure)"
+    elif "has been rolled back" in stderr:
+        after = "helm rolled back to the previous revision"
+    else:
+        after = helm_mod.HelmWaitFailed(stderr).args[0]
+    if not parts:
+        return f"{head}; mfhelm found no workload of the release not ready; {after}"
+    return f"{head} waiting for {'; '.join(parts)}; {after}"
 
 
 def _pending(api: Any, target: Target) -> list[Any]:
