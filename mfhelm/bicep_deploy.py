@@ -31,9 +31,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from mfhelm import proc as children
 from mfhelm import settings as settings_mod
 from mfhelm.bicep_errors import POSTGRES_INTERNAL, classify, explain
-from mfhelm.errors import MfhelmError, redact, remember_secret
+from mfhelm.errors import Interrupted, MfhelmError, redact, remember_secret
+from mfhelm.proc import TimedOut
 from mfhelm.settings import ORG_PREFIX_RE, Settings
 
 PARAMETERS_SCHEMA = (
@@ -67,6 +69,13 @@ POOL_COUNTS_PARAMETER = "existingPoolCounts"
 SECRET_NAME_OUTPUT = "postgresAdminSecretName"
 POSTGRES_RETRY_ATTEMPTS = 3
 POSTGRES_RETRY_WAIT_SECONDS = 180.0
+# Bounds of each az run (az itself waits on Azure without end): a query (show,
+# list, account), `az bicep build` (which may first download Bicep), a
+# what-if, and the deployment (AKS and PostgreSQL take 10-20 minutes).
+AZ_QUERY_TIMEOUT = 300.0
+AZ_BUILD_TIMEOUT = 600.0
+AZ_WHATIF_TIMEOUT = 1800.0
+AZ_DEPLOY_TIMEOUT = 7200.0
 _GUID_RE = re.compile(r"\A[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits + "_.~"
 
@@ -211,14 +220,16 @@ def run_az(
     *,
     parameters: dict[str, Any] | None = None,
     capture: bool = True,
+    timeout: float = AZ_QUERY_TIMEOUT,
 ) -> subprocess.CompletedProcess[str]:
-    """Run az; with `parameters`, the `@PARAMS` placeholder becomes a pipe holding them."""
+    """Run az (through mfhelm.proc: its own process group, stopped as a group
+    after `timeout` seconds or on an interrupt); with `parameters`, the
+    `@PARAMS` placeholder becomes a pipe holding them."""
     az = require_az()
     argv = [az, *args[1:]] if args and args[0] == "az" else [az, *args]
+    what = "az " + " ".join(a for a in argv[1:4] if not a.startswith("-"))
     if parameters is None:
-        return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=capture, text=True, check=False
-        )
+        return children.run(argv, capture=capture, timeout=timeout, what=what)
     read_fd, write_fd = os.pipe()
     payload = json.dumps(parameters).encode()
 
@@ -234,24 +245,25 @@ def run_az(
 
     argv = [a.replace("@PARAMS", f"@/dev/fd/{read_fd}") for a in argv]
     writer = threading.Thread(target=feed, daemon=True)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-            text=True,
-            pass_fds=(read_fd,),
-        )
-    except BaseException:
-        os.close(write_fd)
-        raise
-    finally:
+    fds = {"read": True, "write": True}
+
+    def started() -> None:
+        # az holds the read end now; once it exits, the writer meets EPIPE.
         os.close(read_fd)
-    writer.start()
-    out, err = proc.communicate()
-    writer.join()
-    return subprocess.CompletedProcess(argv, proc.returncode, out or "", err or "")
+        fds["read"] = False
+        fds["write"] = False
+        writer.start()
+
+    try:
+        return children.run(argv, capture=capture, timeout=timeout, what=what,
+                            pass_fds=(read_fd,), started=started)
+    finally:
+        if fds["read"]:
+            os.close(read_fd)
+        if fds["write"]:
+            os.close(write_fd)
+        if writer.is_alive():
+            writer.join(5)
 
 
 def _az_json(args: Sequence[str], what: str) -> Any:
@@ -477,7 +489,7 @@ def deploy(
             f"(attempt {attempt} of {attempts}; AKS and PostgreSQL take 10-20 minutes)",
             file=err,
         )
-        proc = run_az(command, parameters=parameters)
+        proc = _create(settings, command, parameters)
         if proc.returncode == 0:
             return _report_success(proc.stdout, settings, out)
         failure = classify(proc.stderr)
@@ -498,6 +510,24 @@ def deploy(
             f"`az deployment operation sub list --name {settings.deployment}`"
         )
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _create(settings: Settings, command: list[str],
+            parameters: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """`az deployment sub create`, bounded by AZ_DEPLOY_TIMEOUT. az only
+    follows the deployment: stopped (the bound, a signal), it leaves the
+    deployment running in Azure, and says so."""
+    follow = f"`az deployment sub show --name {settings.deployment}`"
+    try:
+        return run_az(command, parameters=parameters, timeout=AZ_DEPLOY_TIMEOUT)
+    except TimedOut as exc:
+        raise MfhelmError(f"{exc}; the deployment {settings.deployment} may still be running "
+                          f"in Azure: follow it with {follow}, then run mfhelm deploy "
+                          "again") from None
+    except Interrupted as exc:
+        raise Interrupted(*exc.args[:1], f"az was stopped, but the deployment "
+                          f"{settings.deployment} may go on in Azure: follow it with {follow}, "
+                          "then run mfhelm deploy again") from None
 
 
 def _report_success(stdout: str, settings: Settings, out: TextIO) -> dict[str, Any]:
@@ -521,7 +551,8 @@ def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO | None 
     parameters = prepare(settings, err)
     # Captured, not passed through: what az prints goes through redact first
     # (its error text can quote the parameters, the password among them).
-    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters)
+    proc = run_az(whatif_command(settings, "@PARAMS", template), parameters=parameters,
+                  timeout=AZ_WHATIF_TIMEOUT)
     if proc.stdout:
         print(redact(proc.stdout.rstrip("\n")), file=sys.stdout)
     if proc.returncode != 0:
@@ -532,7 +563,7 @@ def whatif(settings: Settings, *, template: Path = TEMPLATE, err: TextIO | None 
 
 def build(*, template: Path = TEMPLATE) -> None:
     require_az()
-    proc = run_az(build_command(template), capture=False)
+    proc = run_az(build_command(template), capture=False, timeout=AZ_BUILD_TIMEOUT)
     if proc.returncode != 0:
         raise MfhelmError("az bicep build failed (errors above); `az bicep install` if missing")
 

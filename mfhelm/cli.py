@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from mfhelm import __version__
+from mfhelm import __version__, proc
 from mfhelm.errors import Interrupted, MfhelmError, redact
 
 app = typer.Typer(
@@ -475,19 +475,23 @@ def main() -> None:
     `mfhelm: error: ...`: usage errors (exit 2) as well as our own
     MfhelmError (exit 1). Every such line goes through errors.redact.
     """
-    # Ctrl-C and SIGTERM unwind: temporary files go, and helm's process
-    # group is stopped (helm.Helm.install_or_upgrade) before mfhelm exits.
+    # Ctrl-C and SIGTERM unwind (mfhelm.proc.on_signal): temporary files go,
+    # and every child's process group is stopped, before mfhelm exits with
+    # 128 + the signal's number.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
         # Not standalone: click would print usage errors as three lines of
         # its own and "Aborted!"; they come here instead.
         code = app(prog_name="mfhelm", standalone_mode=False)
-    except Interrupted:
+    except Interrupted as exc:
         if _state["debug"]:
             raise
-        _fail("interrupted; what mfhelm started was stopped and cleaned up: run the "
-              "command again", 130)
+        signum = int(exc.args[0]) if exc.args else signal.SIGINT
+        note = exc.args[1] if len(exc.args) > 1 else (
+            "what mfhelm started was stopped and its temporary files removed: run the "
+            "command again")
+        _fail(f"interrupted ({signal.Signals(signum).name}); {note}", 128 + signum)
     except Exception as exc:
         click_error = _click_error(exc)
         if click_error is not None:
@@ -496,6 +500,8 @@ def main() -> None:
         if err is None or _state["debug"]:
             raise
         _fail(str(err), 1)
+    finally:
+        _cleanup()
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -523,7 +529,13 @@ def _click_error(exc: Exception) -> tuple[str, int] | None:
 
 
 def _interrupt(signum: int, frame: Any) -> None:
-    raise Interrupted
+    proc.on_signal(signum, frame)
+
+
+def _cleanup() -> None:
+    """Whatever an exit path left: children still running, temporary
+    directories still there (mfhelm.proc keeps both lists)."""
+    proc.cleanup()
 
 
 def _command_path() -> str:

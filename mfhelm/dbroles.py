@@ -11,7 +11,6 @@ the VNet, so the Job runs in the cluster.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,10 +26,13 @@ TEMPLATE = "templates/db-bootstrap.yaml"
 def render(chart: Path, values: dict[str, Any], release: str, namespace: str,
            helm_bin: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The bootstrap ConfigMap and Job, rendered by the chart itself."""
-    proc = subprocess.run(
+    from mfhelm import proc as children
+
+    proc = children.run(
         [helm_bin, "template", release, str(chart), "--namespace", namespace, "-f", "-",
          "--set", "database.bootstrap.render=true", "--show-only", TEMPLATE],
-        input=yaml.safe_dump(values), capture_output=True, text=True,
+        input=yaml.safe_dump(values), timeout=children.QUICK_TIMEOUT,
+        what="rendering the db-bootstrap Job (helm template)",
     )
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

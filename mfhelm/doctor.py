@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -59,11 +58,11 @@ def check_helm() -> Check:
         where = f"${HELM_ENV}={os.environ[HELM_ENV]} is not executable" if os.environ.get(
             HELM_ENV) else "no `helm` on PATH"
         return Check(name, False, where, install)
+    from mfhelm import proc as children
+
     try:
-        proc = subprocess.run(
-            [helm, "version", "--short"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        proc = children.run([helm, "version", "--short"], timeout=30, what="helm version")
+    except MfhelmError as exc:
         return Check(name, False, f"{helm} did not run ({exc})", install)
     version = parse_helm_version(proc.stdout) if proc.returncode == 0 else None
     if version is None:

@@ -1,20 +1,16 @@
-"""Helm through pyhelm3: chart preparation, install/upgrade with rollback,
-status and uninstall.
+"""Helm: chart preparation, install/upgrade with rollback, status and
+uninstall, each one helm process run through mfhelm.proc (bounded in time,
+in its own process group, stopped as a group on a timeout or an interrupt).
 
-Values reach helm on stdin (pyhelm3 passes `-f -`), never in argv.
+Values reach helm on stdin (`--values -`), never in argv.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import os
 import re
 import shutil
-import signal
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from mfhelm import chartfiles
+from mfhelm import chartfiles, proc
 from mfhelm.errors import MfhelmError
 from mfhelm.oci import OciChart, pulled_chart
 
@@ -35,11 +31,10 @@ _VERSION_RE = re.compile(r"v?([0-9]+)\.([0-9]+)(?:\.([0-9]+))?(?:[-+][0-9A-Za-z.
 HELM_ENV = "MFHELM_HELM"
 # The umbrella's subcharts, each switched by `<name>.enabled` in the values.
 SUBCHARTS = ("argo-workflows", "airflow")
-
-# pyhelm3 logs "command failed: <argv>" at WARNING before it raises; with no
-# logging configured, Python prints that to stderr ahead of mfhelm's own
-# line. The failure is reported once, by _helm_message.
-logging.getLogger("pyhelm3").addHandler(logging.NullHandler())
+# Past helm's own --timeout, what helm may still take to give up: after a
+# failed wait `--rollback-on-failure` rolls back and waits up to --timeout
+# again, so an upgrade is bounded by twice --timeout plus this.
+HELM_SLACK = 120.0
 
 
 def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -56,11 +51,13 @@ def find_chart(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 @contextmanager
-def chart_dir(source: Path | OciChart | None, *, helm: str) -> Iterator[Path]:
+def chart_dir(source: Path | OciChart | None, *, helm: str,
+              timeout: float = 600.0) -> Iterator[Path]:
     """The chart directory to install: find_chart() for a path or None, or
-    the chart pulled from an OCI registry (removed afterwards)."""
+    the chart pulled from an OCI registry within `timeout` seconds (removed
+    afterwards)."""
     if isinstance(source, OciChart):
-        with pulled_chart(source, helm=helm) as path:
+        with pulled_chart(source, helm=helm, timeout=timeout) as path:
             yield path
     else:
         yield find_chart(source)
@@ -106,14 +103,16 @@ def _archive_present(chart: Path, dep: dict[str, Any]) -> bool:
     ).exists()
 
 
-def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = None) -> Path:
+def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = None,
+                  timeout: float = 600.0) -> Path:
     """A chart directory helm can install with these values.
 
     Enabled dependencies must be present: if their archives are missing,
     `helm dependency build` fetches them (this needs the chart repositories).
     Disabled dependencies whose archives are missing are dropped from a
     temporary copy of the chart, since Helm refuses to render a chart with
-    missing dependencies even when their condition is false.
+    missing dependencies even when their condition is false. The fetch
+    gets `timeout` seconds.
     """
     meta = chartfiles.chart_meta(chart)
     defaults = chartfiles.chart_defaults(chart)
@@ -132,11 +131,11 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
                        and not _archive_present(chart, d)]
     if enabled_missing:
         binary = helm or helm_binary()
-        proc = subprocess.run([binary, "dependency", "build", str(chart)], capture_output=True,
-                              text=True)
-        if proc.returncode != 0:
-            names = ", ".join(f"{d['name']} {d['version']}" for d in enabled_missing)
-            reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+        names = ", ".join(f"{d['name']} {d['version']}" for d in enabled_missing)
+        built = proc.run([binary, "dependency", "build", str(chart)], timeout=timeout,
+                         what=f"fetching the chart dependencies ({names})")
+        if built.returncode != 0:
+            reason = built.stderr.strip().splitlines()[-1] if built.stderr.strip() else "no output"
             raise MfhelmError(
                 f"could not fetch chart dependencies ({names}): {reason}. Run `helm dependency "
                 f"build {chart}` where the chart repositories are reachable, or disable them"
@@ -145,15 +144,15 @@ def prepare_chart(chart: Path, values: dict[str, Any], *, helm: str | None = Non
 
 
 @contextmanager
-def prepared_chart(chart: Path, values: dict[str, Any], *,
-                   helm: str | None = None) -> Iterator[Path]:
+def prepared_chart(chart: Path, values: dict[str, Any], *, helm: str | None = None,
+                   timeout: float = 600.0) -> Iterator[Path]:
     """prepare_chart(), and the temporary copy it may make removed afterwards."""
-    path = prepare_chart(chart, values, helm=helm)
+    path = prepare_chart(chart, values, helm=helm, timeout=timeout)
     try:
         yield path
     finally:
         if path != chart:
-            shutil.rmtree(path.parent, ignore_errors=True)
+            proc.remove_tree(path.parent)
 
 
 def missing_dependencies(chart: Path) -> list[str]:
@@ -169,20 +168,28 @@ def drop_missing_dependencies(chart: Path) -> Path:
     if not missing:
         return chart
     meta = chartfiles.chart_meta(chart)
-    copy = Path(tempfile.mkdtemp(prefix="mfhelm-chart-")) / chart.name
+    tmp = proc.temp_dir("mfhelm-chart-")
+    copy = tmp / chart.name
     try:
         shutil.copytree(chart, copy)
     except (OSError, shutil.Error) as exc:
-        shutil.rmtree(copy.parent, ignore_errors=True)
+        proc.remove_tree(tmp)
         # shutil.Error carries one (source, destination, reason) per file.
         detail = exc.args[0][0][2] if isinstance(exc, shutil.Error) and exc.args[0] \
             else getattr(exc, "strerror", None) or str(exc)
         raise MfhelmError(f"chart {chart}: cannot copy it to drop missing dependencies "
                           f"({detail})") from None
-    meta["dependencies"] = [d for d in meta["dependencies"] if d["name"] not in missing]
-    if not meta["dependencies"]:
-        del meta["dependencies"]
-    (copy / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    except BaseException:
+        proc.remove_tree(tmp)
+        raise
+    try:
+        meta["dependencies"] = [d for d in meta["dependencies"] if d["name"] not in missing]
+        if not meta["dependencies"]:
+            del meta["dependencies"]
+        (copy / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    except BaseException:
+        proc.remove_tree(tmp)
+        raise
     return copy
 
 
@@ -197,13 +204,13 @@ class ReleaseInfo:
 
 
 class Helm:
-    """A thin, synchronous face over helm (and pyhelm3, for reading releases)
-    for one kube context.
+    """A thin, synchronous face over the helm binary for one kube context.
 
     The `helm version` check starts when the object is made and is finished
     by check() (install_or_upgrade calls it): a caller can do other work while
-    helm answers. pyhelm3 (and the pydantic models behind it) is imported only
-    by the methods that read or remove releases.
+    helm answers. Every helm run is bounded (proc.QUICK_TIMEOUT for the quick
+    ones, --timeout for those that wait), in its own process group, and
+    stopped as a group when it overruns or mfhelm is interrupted.
     """
 
     def __init__(self, *, kubeconfig: str | None = None, context: str | None = None,
@@ -213,29 +220,38 @@ class Helm:
         self.timeout = timeout
         self.kubeconfig = str(kubeconfig) if kubeconfig else None
         self.context = context
-        self._pyhelm: Any = None
         self._version: tuple[int, int, int] | None = None
         try:
-            self._version_proc: subprocess.Popen[str] | None = subprocess.Popen(
-                [self.executable, "version", "--template", "{{ .Version }}"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True)
-        except OSError as exc:
-            raise MfhelmError(f"cannot use {self.executable}: {exc.strerror or exc}") from None
+            self._version_proc: Any = proc.start(
+                [self.executable, "version", "--template", "{{ .Version }}"])
+        except MfhelmError as exc:
+            raise MfhelmError(f"cannot use {self.executable}: "
+                              f"{str(exc).split(': ', 1)[-1]}") from None
         if check:
             self.check()
 
     def check(self) -> tuple[int, int, int]:
-        """The helm version; one clear error if helm does not answer or is too old."""
+        """The helm version; one clear error if helm does not answer (within
+        proc.QUICK_TIMEOUT) or is too old."""
         if self._version is not None:
             return self._version
-        proc = self._version_proc
-        assert proc is not None
-        out, err = proc.communicate()
+        child = self._version_proc
+        assert child is not None
+        try:
+            out, err = child.communicate(timeout=proc.QUICK_TIMEOUT)
+        except BaseException as exc:
+            proc.stop(child)
+            self._version_proc = None
+            if isinstance(exc, Exception):
+                raise MfhelmError(
+                    f"cannot use {self.executable}: `helm version` did not answer within "
+                    f"{proc.seconds_text(proc.QUICK_TIMEOUT)}; stopped it") from None
+            raise
+        proc.forget(child)
         self._version_proc = None
         match = _VERSION_RE.fullmatch(out.strip())
-        if proc.returncode != 0 or match is None:
-            detail = (err.strip().splitlines() or [out.strip() or f"exit {proc.returncode}"])[-1]
+        if child.returncode != 0 or match is None:
+            detail = (err.strip().splitlines() or [out.strip() or f"exit {child.returncode}"])[-1]
             raise MfhelmError(f"cannot use {self.executable}: `helm version` said {detail!r}")
         version = (int(match[1]), int(match[2]), int(match[3] or 0))
         if version[:2] < MIN_HELM:
@@ -245,41 +261,38 @@ class Helm:
         return version
 
     def close(self) -> None:
-        """Reap a `helm version` that check() was never asked to read."""
-        proc, self._version_proc = self._version_proc, None
-        if proc is not None:
-            proc.communicate()
+        """Stop and reap a `helm version` that check() was never asked to read."""
+        child, self._version_proc = self._version_proc, None
+        if child is not None:
+            proc.stop(child)
 
     @property
     def version(self) -> str:
         return ".".join(map(str, self.check()))
 
-    @property
-    def _client(self) -> Any:
-        """pyhelm3's client, made on first use."""
-        if self._pyhelm is None:
-            from pyhelm3 import Client
+    def _timeout_seconds(self) -> float:
+        from mfhelm.settings import duration_seconds
 
-            self.check()
-            kw: dict[str, Any] = {"executable": self.executable,
-                                  "default_timeout": self.timeout}
-            if self.kubeconfig:
-                kw["kubeconfig"] = Path(self.kubeconfig)
-            if self.context:
-                kw["kubecontext"] = self.context
-            try:
-                self._pyhelm = Client(**kw)
-            except Exception as exc:  # pyhelm3 runs `helm version` again
-                raise MfhelmError(f"cannot use {self.executable}: {exc}") from None
-        return self._pyhelm
+        return duration_seconds(self.timeout)
 
-    def _run(self, coro: Any) -> Any:
-        from pyhelm3 import errors
+    def _kube_args(self) -> list[str]:
+        args = []
+        if self.kubeconfig:
+            args += ["--kubeconfig", self.kubeconfig]
+        if self.context:
+            args += ["--kube-context", self.context]
+        return args
 
-        try:
-            return asyncio.run(coro)
-        except errors.Error as exc:
-            raise MfhelmError(_helm_message(exc)) from None
+    def _helm(self, *args: str, what: str, timeout: float = proc.QUICK_TIMEOUT,
+              input: bytes | None = None) -> Any:
+        self.check()
+        return proc.run([self.executable, *args, *self._kube_args()], timeout=timeout,
+                        what=what, input=input, text=input is None)
+
+    def upgrade_bound(self) -> float:
+        """How long an install_or_upgrade may take in all: helm's wait, the
+        rollback's wait, and HELM_SLACK."""
+        return 2 * self._timeout_seconds() + HELM_SLACK
 
     def install_or_upgrade(self, release: str, chart: Path, values: dict[str, Any], *,
                            namespace: str, wait: bool = True) -> ReleaseInfo:
@@ -288,106 +301,101 @@ class Helm:
 
         helm runs in its own process group (so a terminal's Ctrl-C reaches
         only mfhelm), values on stdin. If mfhelm is interrupted (Ctrl-C or
-        SIGTERM, raised by the CLI as errors.Interrupted), the whole group is
-        stopped before the interrupt goes on: no helm works on unseen.
+        SIGTERM, raised by the CLI as errors.Interrupted), or helm overruns
+        upgrade_bound() (proc.TimedOut), the whole group is stopped before
+        the exception goes on: no helm works on unseen. A failed wait (helm's
+        --timeout, a failed Job) raises HelmWaitFailed.
         """
         major = self.check()[0]
-        cmd = [self.executable, "upgrade", release, str(chart), "--install",
+        cmd = ["upgrade", release, str(chart), "--install",
                "--namespace", namespace, "--create-namespace", "--history-max", "10",
                "--output", "json", "--timeout", self.timeout, "--values", "-",
                "--rollback-on-failure" if major >= 4 else "--atomic"]
         if wait:
             cmd += ["--wait", "--wait-for-jobs"]
-        if self.kubeconfig:
-            cmd += ["--kubeconfig", self.kubeconfig]
-        if self.context:
-            cmd += ["--kube-context", self.context]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        try:
-            out, err = proc.communicate(json.dumps(values).encode())
-        except BaseException:
-            stop_process_group(proc)
-            raise
-        if proc.returncode != 0:
-            raise MfhelmError(_helm_message(_HelmFailed(err)))
-        doc = json.loads(out[out.index(b"{"):])
-        meta = doc["chart"]["metadata"]
-        return ReleaseInfo(name=doc["name"], namespace=doc["namespace"],
-                           revision=int(doc["version"]), status=str(doc["info"]["status"]),
-                           chart_version=str(meta["version"]),
-                           app_version=str(meta.get("appVersion") or ""))
+        done = self._helm(*cmd, what=f"helm upgrade --install {release}",
+                          timeout=self.upgrade_bound(), input=json.dumps(values).encode())
+        if done.returncode != 0:
+            stderr = done.stderr.decode(errors="replace")
+            if wait and wait_failed(stderr):
+                raise HelmWaitFailed(stderr)
+            raise MfhelmError(_helm_message(stderr))
+        out = done.stdout
+        return _info(json.loads(out[out.index(b"{"):]))
 
     def status(self, release: str, *, namespace: str) -> ReleaseInfo | None:
-        from pyhelm3 import errors
-
-        async def go() -> ReleaseInfo:
-            rev = await self._client.get_current_revision(release, namespace=namespace)
-            return _info(rev, await rev.chart_metadata())
-
-        try:
-            return asyncio.run(go())
-        except errors.ReleaseNotFoundError:
-            return None
-        except errors.Error as exc:
-            raise MfhelmError(_helm_message(exc)) from None
+        """The release's current revision (`helm status`), None if there is none."""
+        done = self._helm("status", release, "--namespace", namespace, "--output", "json",
+                          what=f"helm status {release}")
+        if done.returncode != 0:
+            if "release: not found" in done.stderr:
+                return None
+            raise MfhelmError(_helm_message(done.stderr))
+        return _info(json.loads(done.stdout))
 
     def user_values(self, release: str, *, namespace: str) -> dict[str, Any]:
         """The values the current revision was installed with (`helm get values`)."""
-
-        async def go() -> dict[str, Any]:
-            rev = await self._client.get_current_revision(release, namespace=namespace)
-            return dict(await rev.values() or {})
-
-        result: dict[str, Any] = self._run(go())
-        return result
+        done = self._helm("get", "values", release, "--namespace", namespace,
+                          "--output", "json", what=f"helm get values {release}")
+        if done.returncode != 0:
+            raise MfhelmError(_helm_message(done.stderr))
+        return dict(json.loads(done.stdout or "null") or {})
 
     def uninstall(self, release: str, *, namespace: str) -> None:
-        self._run(self._client.uninstall_release(release, namespace=namespace, wait=True,
-                                                 timeout=self.timeout))
+        """`helm uninstall --wait`, bounded by --timeout plus HELM_SLACK."""
+        done = self._helm("uninstall", release, "--namespace", namespace, "--wait",
+                          "--timeout", self.timeout, what=f"helm uninstall {release}",
+                          timeout=self._timeout_seconds() + HELM_SLACK)
+        if done.returncode != 0:
+            raise MfhelmError(_helm_message(done.stderr))
 
 
-class _HelmFailed(Exception):
-    """A failed helm run, shaped like pyhelm3's errors for _helm_message."""
+class HelmWaitFailed(MfhelmError):
+    """helm gave up waiting for the release's resources (its --timeout ran
+    out, or a Job failed); `stderr` is what helm said."""
 
-    def __init__(self, stderr: bytes) -> None:
-        super().__init__("helm failed")
+    def __init__(self, stderr: str) -> None:
+        super().__init__(_helm_message(stderr))
         self.stderr = stderr
 
 
-def stop_process_group(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
-    """SIGTERM to the child's whole process group, SIGKILL after `grace`."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+# What helm says when its wait ends without the resources ready: Helm 4's
+# watcher ("resource Deployment/ns/name not ready. status: InProgress, ...",
+# then "context deadline exceeded"), Helm 3's legacy waiter ("timed out
+# waiting for the condition"), a failed Job ("job ... failed", "BackoffLimitExceeded").
+_WAIT_FAILED = ("context deadline exceeded", "timed out waiting for the condition",
+                " not ready. status:", "backofflimitexceeded", "deadlineexceeded")
 
 
-def _info(rev: Any, meta: Any) -> ReleaseInfo:
-    return ReleaseInfo(
-        name=rev.release.name,
-        namespace=rev.release.namespace,
-        revision=rev.revision,
-        status=str(getattr(rev.status, "value", rev.status)),
-        chart_version=str(meta.version),
-        app_version=str(meta.app_version or ""),
-    )
+def wait_failed(stderr: str) -> bool:
+    low = stderr.lower()
+    return any(marker in low for marker in _WAIT_FAILED)
 
 
-def _helm_message(exc: Exception) -> str:
-    stderr = getattr(exc, "stderr", b"")
-    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else str(stderr)
+# "resource Deployment/ns/name not ready. status: InProgress, message: ..."
+_NOT_READY_RE = re.compile(r"resource (\w+)/([^/\s]+)/(\S+) not ready\. status: (\w+)",
+                           re.ASCII)
+
+
+def waited_for(stderr: str) -> list[tuple[str, str, str]]:
+    """The (kind, namespace, name) of each resource helm names as not ready."""
+    return list(dict.fromkeys((m[1], m[2], m[3]) for m in _NOT_READY_RE.finditer(stderr)))
+
+
+def _info(doc: dict[str, Any]) -> ReleaseInfo:
+    """A release as `helm status -o json` and `helm upgrade -o json` print it."""
+    meta = (doc.get("chart") or {}).get("metadata") or {}
+    return ReleaseInfo(name=doc["name"], namespace=doc["namespace"],
+                       revision=int(doc["version"]), status=str(doc["info"]["status"]),
+                       chart_version=str(meta.get("version") or ""),
+                       app_version=str(meta.get("appVersion") or ""))
+
+
+def _helm_message(stderr: str | bytes) -> str:
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     if not lines:
-        return f"helm failed: {exc}"
+        return "helm failed without saying why"
     # Schema failures list each offending key on its own line; keep them.
     if "schema" in text:
         return "helm refused the values: " + " ".join(lines)

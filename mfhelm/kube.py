@@ -411,3 +411,273 @@ def api_error(exc: Exception, what: str) -> MfhelmError:
     """The one-line error for a refused Kubernetes API call, for callers
     outside this module."""
     return _api_error(exc, what)
+
+
+# ------------------------------------------- why a release is not ready
+
+# How many not-ready workloads are looked into (pods, events, nodes), how
+# many different reasons a failed install tells (the rest are counted), and
+# how long one reason may grow: the error stays one line.
+NOT_READY_EXPLAINED = 6
+REASONS_SHOWN = 3
+_WHY_MAX = 300
+# Container waiting reasons that are progress, not a problem.
+_WAITING_FINE = ("ContainerCreating", "PodInitializing")
+# Node conditions that are a problem when True (Ready is one when not True).
+_NODE_PRESSURE = ("MemoryPressure", "DiskPressure", "PIDPressure", "NetworkUnavailable")
+
+
+@dataclass(frozen=True)
+class NotReady:
+    """A workload of the release that is not ready, and why: the pod that
+    shows it best (its name in `pod`) and, in `why`, that pod's state and
+    its node's conditions ("Pending on node n1, node n1 is NotReady (...)"), or
+    why there is no pod; empty when not looked into."""
+
+    kind: str
+    namespace: str
+    name: str
+    ready: int
+    desired: int
+    why: str
+    pod: str = ""
+
+
+def _clip(text: str, limit: int = _WHY_MAX) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def _selector(label_selector: Any) -> str:
+    """A label selector object as the string the API's list calls take."""
+    parts = [f"{k}={v}" for k, v in sorted((label_selector.match_labels or {}).items())]
+    for expr in label_selector.match_expressions or []:
+        values = ",".join(expr.values or [])
+        if expr.operator == "In":
+            parts.append(f"{expr.key} in ({values})")
+        elif expr.operator == "NotIn":
+            parts.append(f"{expr.key} notin ({values})")
+        elif expr.operator == "Exists":
+            parts.append(expr.key)
+        elif expr.operator == "DoesNotExist":
+            parts.append(f"!{expr.key}")
+    return ",".join(parts)
+
+
+def _latest_warning(core: Any, namespace: str, kind: str, name: str) -> Any:
+    """The newest Warning event about an object (FailedScheduling, FailedCreate,
+    Unhealthy, BackOff...), or None."""
+    events = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name},"
+        "type=Warning").items
+
+    def when(ev: Any) -> Any:
+        import datetime
+
+        return (ev.last_timestamp or ev.event_time or ev.metadata.creation_timestamp
+                or datetime.datetime.min.replace(tzinfo=datetime.UTC))
+
+    return max(events, key=when) if events else None
+
+
+def _scheduler_text(message: str) -> str:
+    """The scheduler's first sentence: "0/4 nodes are available: 1 node(s) didn't
+    match Pod's node affinity/selector, 3 node(s) had untolerated taint(s)",
+    without what follows (". no new claims to deallocate, preemption: ...")."""
+    return message.split(". ")[0].split(" preemption:")[0].rstrip(". ,")
+
+
+def _container_problem(pod: Any) -> str | None:
+    st = pod.status
+    for cs in (st.init_container_statuses or []) + (st.container_statuses or []):
+        state = cs.state
+        waiting = state.waiting if state else None
+        last = cs.last_state.terminated if cs.last_state else None
+        if waiting and waiting.reason and waiting.reason not in _WAITING_FINE:
+            if waiting.message:
+                detail = waiting.message
+            elif last:
+                detail = f"last exit {last.exit_code}" + (f" {last.reason}" if last.reason else "")
+            else:
+                detail = ""
+            return f"container {cs.name} {waiting.reason}" + (f" ({detail})" if detail else "")
+        terminated = state.terminated if state else None
+        if terminated and terminated.exit_code:
+            return (f"container {cs.name} exited {terminated.exit_code}"
+                    + (f" ({terminated.reason})" if terminated.reason else ""))
+    return None
+
+
+def _pod_rank(pod: Any) -> int:
+    """Which pod explains a workload best: a failing container, then one the
+    scheduler cannot place, then any other."""
+    if _container_problem(pod):
+        return 0
+    scheduled = [c for c in pod.status.conditions or [] if c.type == "PodScheduled"]
+    if scheduled and scheduled[0].status == "False":
+        return 1
+    return 2
+
+
+def pod_reason(core: Any, pod: Any) -> str:
+    """Why a pod is not ready, in a few words: its failing container, the
+    scheduler's message, or its phase and the newest Warning event."""
+    st = pod.status
+    phase = st.phase or "Pending"
+    problem = _container_problem(pod)
+    if problem:
+        return f"{phase}, {problem}"
+    conditions = {c.type: c for c in st.conditions or []}
+    scheduled = conditions.get("PodScheduled")
+    if scheduled is not None and scheduled.status == "False" and scheduled.message:
+        return f"{phase} ({_scheduler_text(scheduled.message)})"
+    event = _latest_warning(core, pod.metadata.namespace, "Pod", pod.metadata.name)
+    seen = f" ({event.reason}: {_scheduler_text(event.message or '')})" if event else ""
+    if phase == "Running":
+        return "Running, not ready" + seen
+    where = f" on node {pod.spec.node_name}" if pod.spec.node_name else ", not scheduled"
+    return f"{phase}{where}{seen}"
+
+
+def node_problem(core: Any, name: str) -> str | None:
+    """What is wrong with a node (not Ready, under pressure, cordoned), or None."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        node = core.read_node(name)
+    except ApiException as exc:
+        return "gone" if exc.status == 404 else None
+    found = []
+    for c in (node.status and node.status.conditions) or []:
+        if c.type == "Ready" and c.status != "True":
+            state = "NotReady" if c.status == "False" else "Ready=Unknown"
+            why = ": ".join(x for x in (c.reason, (c.message or "").rstrip(".")) if x)
+            found.append(f"{state}" + (f" ({why})" if why else ""))
+        elif c.type in _NODE_PRESSURE and c.status == "True":
+            found.append(f"under {c.type}")
+    if node.spec and node.spec.unschedulable:
+        found.append("cordoned")
+    return ", ".join(found) or None
+
+
+def _why_no_pods(core: Any, kind: str, obj: Any) -> str:
+    if kind == "Deployment":
+        for c in (obj.status and obj.status.conditions) or []:
+            if c.type == "ReplicaFailure" and c.status == "True" and c.message:
+                return f"no pods ({c.reason}: {c.message})"
+    event = _latest_warning(core, obj.metadata.namespace, kind, obj.metadata.name)
+    if event:
+        return f"no pods ({event.reason}: {event.message})"
+    return "no pods yet"
+
+
+def _explain(core: Any, kind: str, obj: Any) -> tuple[str, str]:
+    """Why one workload is not ready: (its worst pod, that pod's state and its
+    node's conditions), or ("", why there is no pod)."""
+    ns = obj.metadata.namespace
+    pods = [p for p in core.list_namespaced_pod(
+        ns, label_selector=_selector(obj.spec.selector)).items
+        if not p.metadata.deletion_timestamp and not pod_ready(p)
+        and p.status.phase != "Succeeded"]
+    if not pods:
+        return "", _why_no_pods(core, kind, obj)
+    pod = min(pods, key=lambda p: (_pod_rank(p), -p.metadata.creation_timestamp.timestamp()))
+    why = pod_reason(core, pod)
+    node = pod.spec.node_name
+    trouble = node_problem(core, node) if node else None
+    if trouble:
+        why += f", node {node} is {trouble}"
+    return pod.metadata.name, why
+
+
+def _job_state(job: Any) -> tuple[bool, str]:
+    """(done, failure): a Job is ready once Complete; a Failed one says why."""
+    for c in (job.status and job.status.conditions) or []:
+        if c.status != "True":
+            continue
+        if c.type == "Complete":
+            return True, ""
+        if c.type == "Failed":
+            return False, ": ".join(x for x in (c.reason, c.message) if x)
+    return False, ""
+
+
+def not_ready(api: Any, namespaces: list[str], selector: str,
+              explain: int = NOT_READY_EXPLAINED) -> list[NotReady]:
+    """The workloads matching `selector` in `namespaces` that are not ready
+    (Deployments and StatefulSets short of ready replicas of the current spec,
+    Jobs not complete); the first `explain` of them with why."""
+    from kubernetes import client
+
+    apps: Any = client.AppsV1Api(api)
+    batch: Any = client.BatchV1Api(api)
+    core = _core(api)
+    found: list[tuple[str, Any, int, int, str]] = []
+    for ns in namespaces:
+        for kind, items in (
+            ("Deployment", apps.list_namespaced_deployment(ns, label_selector=selector).items),
+            ("StatefulSet", apps.list_namespaced_stateful_set(ns, label_selector=selector).items),
+        ):
+            for w in items:
+                if w.metadata.deletion_timestamp:
+                    continue
+                desired = w.spec.replicas if w.spec.replicas is not None else 1
+                st = w.status
+                current = (st.observed_generation or 0) >= (w.metadata.generation or 0)
+                ready = min(st.ready_replicas or 0, st.updated_replicas or 0) if current else 0
+                if ready < desired:
+                    found.append((kind, w, ready, desired, ""))
+        for job in batch.list_namespaced_job(ns, label_selector=selector).items:
+            done, failure = _job_state(job)
+            if not done and not job.metadata.deletion_timestamp:
+                found.append(("Job", job, 0, 1, failure))
+    out = []
+    for kind, obj, ready, desired, failure in found[:explain]:
+        pod, why = _explain(core, kind, obj)
+        if failure:
+            why = f"failed ({failure}), " + (f"pod {pod} {why}" if pod else why)
+            pod = ""
+        out.append(NotReady(kind, obj.metadata.namespace, obj.metadata.name, ready, desired,
+                            _clip(why), pod))
+    out += [NotReady(kind, obj.metadata.namespace, obj.metadata.name, ready, desired, "")
+            for kind, obj, ready, desired, _ in found[explain:]]
+    return out
+
+
+class ReadinessWatch:
+    """Samples not_ready() in a thread while helm waits, so that what was
+    not ready can be told after helm gave up, even when its rollback has
+    deleted the workloads since. Samples stop at helm's own deadline; the
+    last one that found something is kept."""
+
+    def __init__(self, api: Any, namespaces: list[str], selector: str, wait: float) -> None:
+        import threading
+
+        self.api, self.namespaces, self.selector = api, namespaces, selector
+        self.deadline = time.monotonic() + wait
+        self.interval = max(1.0, min(5.0, wait / 4))
+        self.latest: list[NotReady] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mfhelm-readiness", daemon=True)
+
+    def start(self) -> ReadinessWatch:
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        try:
+            found = not_ready(self.api, self.namespaces, self.selector)
+        except Exception:  # noqa: BLE001 - a failed sample keeps the one before
+            return
+        if found:
+            self.latest = found
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval) and time.monotonic() < self.deadline:
+            self._sample()
+
+    def stop(self) -> list[NotReady]:
+        """Stop sampling; the last sample that found something not ready."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        return self.latest

@@ -14,11 +14,11 @@ Usage (what `make chart-push` runs):
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from mfhelm import proc
 from mfhelm.errors import MfhelmError, remember_secret
 
 SCHEME = "oci://"
@@ -38,6 +39,8 @@ _HOST = r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REF = re.compile(rf"{_HOST}(?:/{_COMPONENT})+")
 _VERSION = re.compile(r"[A-Za-z0-9.+^~<>=*|, -]+")
+# `helm package` and `helm push` (make chart-push): a bound for each.
+PUSH_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -107,36 +110,45 @@ def chart_source(chart: str | None, version: str | None, *,
     return OciChart(chart, version, plain_http)
 
 
-def _helm_error(proc: subprocess.CompletedProcess[str]) -> str:
-    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+def _helm_error(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln.strip() for ln in done.stderr.splitlines() if ln.strip()]
     # `helm dependency build` names the unreachable repository on stdout and
     # ends on a consequence ("no cached repository"): the cause is more useful.
-    out = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
+    out = [ln.strip() for ln in done.stdout.splitlines() if ln.strip()]
     for i, line in enumerate(out[:-1]):
         if "Unable to get an update" in line:
             return out[i + 1]
-    return lines[-1].removeprefix("Error: ") if lines else f"exit {proc.returncode}"
+    return lines[-1].removeprefix("Error: ") if lines else f"exit {done.returncode}"
 
 
 @contextmanager
-def pulled_chart(source: OciChart, *, helm: str) -> Iterator[Path]:
-    """`helm pull` into a temporary directory; the unpacked chart, removed afterwards."""
-    tmp = Path(tempfile.mkdtemp(prefix="mfhelm-oci-"))
+def pulled_chart(source: OciChart, *, helm: str, timeout: float = 600.0) -> Iterator[Path]:
+    """`helm pull` (within `timeout` seconds) into a temporary directory; the
+    unpacked chart, removed afterwards.
+
+    `helm pull --untar` downloads into a directory of its own under $TMPDIR
+    and removes it only when it returns: stopped (a signal, the timeout) it
+    leaves that behind. So helm gets a TMPDIR inside ours, which goes whole.
+    """
+    tmp = proc.temp_dir("mfhelm-oci-")
     try:
+        (tmp / "tmp").mkdir()
+        (tmp / "chart").mkdir()
         cmd = [helm, "pull", source.ref, f"--version={source.version}", "--untar",
-               "--destination", str(tmp)]
+               "--destination", str(tmp / "chart")]
         if source.plain_http:
             cmd.append("--plain-http")
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
+        pulled = proc.run(cmd, timeout=timeout, what=f"pulling {source.ref} {source.version}",
+                          env={**os.environ, "TMPDIR": str(tmp / "tmp")})
+        if pulled.returncode != 0:
             raise MfhelmError(f"could not pull {source.ref} version {source.version}: "
-                              f"{_helm_error(proc)}")
-        found = [p.parent for p in tmp.glob("*/Chart.yaml")]
+                              f"{_helm_error(pulled)}")
+        found = [p.parent for p in (tmp / "chart").glob("*/Chart.yaml")]
         if len(found) != 1:
             raise MfhelmError(f"{source.ref} version {source.version} is not a Helm chart")
         yield found[0]
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        proc.remove_tree(tmp)
 
 
 # ------------------------------------------------------------------- push
@@ -161,14 +173,14 @@ def package(chart: Path, dest: Path, *, helm: str, drop_subcharts: bool) -> tupl
     deps = [d["name"] for d in meta.get("dependencies") or []]
     dropped: list[str] = []
     if deps:
-        proc = subprocess.run([helm, "dependency", "build", str(work)], capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
+        built = proc.run([helm, "dependency", "build", str(work)], timeout=PUSH_TIMEOUT,
+                         what="helm dependency build")
+        if built.returncode != 0:
             names = ", ".join(f"{d['name']} {d['version']} ({d.get('repository', '')})"
                               for d in meta["dependencies"])
             if not drop_subcharts:
                 raise MfhelmError(
-                    f"cannot fetch the subcharts {names}: {_helm_error(proc)}. Run where "
+                    f"cannot fetch the subcharts {names}: {_helm_error(built)}. Run where "
                     "their chart repositories are reachable, or push without them "
                     f"(SUBCHARTS=drop: version {meta['version']}-{NO_SUBCHARTS}, installs only "
                     "with Argo and Airflow off)")
@@ -179,10 +191,10 @@ def package(chart: Path, dest: Path, *, helm: str, drop_subcharts: bool) -> tupl
             shutil.rmtree(work / "charts", ignore_errors=True)
     out = dest / "out"
     out.mkdir()
-    proc = subprocess.run([helm, "package", str(work), "--destination", str(out)],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise MfhelmError(f"helm package {chart}: {_helm_error(proc)}")
+    packaged = proc.run([helm, "package", str(work), "--destination", str(out)],
+                        timeout=PUSH_TIMEOUT, what="helm package")
+    if packaged.returncode != 0:
+        raise MfhelmError(f"helm package {chart}: {_helm_error(packaged)}")
     archive = out / f"{meta['name']}-{meta['version']}.tgz"
     if not archive.is_file():
         raise MfhelmError(f"helm package wrote no {archive.name}")
@@ -195,16 +207,19 @@ def push(chart: Path, registry: str, *, helm: str, plain_http: bool = False,
     target = SCHEME + registry.removeprefix(SCHEME).rstrip("/")
     meta = yaml.safe_load((chart / "Chart.yaml").read_text())
     check_ref(f"{target}/{meta['name']}", "REGISTRY")
-    with tempfile.TemporaryDirectory(prefix="mfhelm-push-") as tmp:
-        archive, dropped = package(chart, Path(tmp), helm=helm, drop_subcharts=drop_subcharts)
+    tmp = proc.temp_dir("mfhelm-push-")
+    try:
+        archive, dropped = package(chart, tmp, helm=helm, drop_subcharts=drop_subcharts)
         cmd = [helm, "push", str(archive), target]
         if plain_http:
             cmd.append("--plain-http")
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            raise MfhelmError(f"helm push to {target}: {_helm_error(proc)}")
+        pushed = proc.run(cmd, timeout=PUSH_TIMEOUT, what=f"helm push to {target}")
+        if pushed.returncode != 0:
+            raise MfhelmError(f"helm push to {target}: {_helm_error(pushed)}")
+    finally:
+        proc.remove_tree(tmp)
     # helm push reports "Pushed: REF:TAG" and "Digest: sha256:..." on stderr or stdout.
-    text = proc.stdout + proc.stderr
+    text = pushed.stdout + pushed.stderr
     digest = next((ln.split(":", 1)[1].strip() for ln in text.splitlines()
                    if ln.startswith("Digest:")), "")
     version = archive.name.removeprefix(f"{meta['name']}-").removesuffix(".tgz")

@@ -11,9 +11,6 @@ import base64
 import os
 import re
 import secrets
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,7 +21,7 @@ from urllib.parse import quote
 
 import yaml
 
-from mfhelm import dbroles
+from mfhelm import dbroles, proc
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import Interrupted, MfhelmError, remember_secret
@@ -52,14 +49,14 @@ class Target:
 
 def check_values(chart: Path, values: dict[str, Any], target: Target, helm_bin: str) -> None:
     """Render the chart client-side: schema and template errors stop us here,
-    before any Secret or object is written."""
-    proc = subprocess.run(
+    before any Secret or object is written. Bounded by proc.QUICK_TIMEOUT."""
+    rendered = proc.run(
         [helm_bin, "template", target.release, str(chart), "--namespace", target.namespace,
          "-f", "-"],
-        input=yaml.safe_dump(values), capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise MfhelmError("the chart refused these values: " + _template_error(proc.stderr))
+        input=yaml.safe_dump(values), timeout=proc.QUICK_TIMEOUT,
+        what="checking the values (helm template)")
+    if rendered.returncode != 0:
+        raise MfhelmError("the chart refused these values: " + _template_error(rendered.stderr))
 
 
 def _template_error(stderr: str) -> str:
@@ -96,7 +93,7 @@ def with_user_values(values: dict[str, Any], user: UserValues, protected: dict[s
         check_values(renderable, merged, target, helm_bin)
     finally:
         if renderable != source:
-            shutil.rmtree(renderable.parent, ignore_errors=True)
+            proc.remove_tree(renderable.parent)
     return merged
 
 
@@ -122,11 +119,16 @@ def _checked_clients(chart: Path, values: dict[str, Any], target: Target, timeou
     rendering.start()
     try:
         kube.preload()
-    finally:
         rendering.join()
-        if failed:
-            client.close()
+    except BaseException:
+        # Interrupted: the check's helm (a child of the worker thread) is
+        # stopped here, so that the join returns and nothing runs on.
+        client.close()
+        proc.stop_all()
+        rendering.join()
+        raise
     if failed:
+        client.close()
         raise failed[0]
     client.check()
     return client, kube.api_client(target.kubeconfig, target.context)
@@ -245,9 +247,10 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
                                   _local_chart(chart))
     values = values_mod.argo_watches_flow_namespace(values, target.namespace)
     helm_bin = helm_mod.helm_binary()
+    fetch = _seconds(timeout)
     progress(_chart_step(chart))
-    with helm_mod.chart_dir(chart, helm=helm_bin) as source, \
-            helm_mod.prepared_chart(source, values, helm=helm_bin) as prepared:
+    with helm_mod.chart_dir(chart, helm=helm_bin, timeout=fetch) as source, \
+            helm_mod.prepared_chart(source, values, helm=helm_bin, timeout=fetch) as prepared:
         client, api = _checked_clients(prepared, values, target, timeout, helm_bin)
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
@@ -288,10 +291,12 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         values = with_user_values(values, user_values, AZURE_PROTECTED,
                                   outputs["serviceNamespace"], target, _local_chart(chart))
     helm_bin = helm_mod.helm_binary()
+    fetch = _seconds(timeout)
     progress(_chart_step(chart))
     with ExitStack() as cleanup:
-        source = cleanup.enter_context(helm_mod.chart_dir(chart, helm=helm_bin))
-        prepared = cleanup.enter_context(helm_mod.prepared_chart(source, values, helm=helm_bin))
+        source = cleanup.enter_context(helm_mod.chart_dir(chart, helm=helm_bin, timeout=fetch))
+        prepared = cleanup.enter_context(helm_mod.prepared_chart(source, values, helm=helm_bin,
+                                                                 timeout=fetch))
         check_values(prepared, values, target, helm_bin)
         configmap, job = dbroles.render(prepared, values, target.release, target.namespace,
                                         helm_bin)
@@ -337,6 +342,13 @@ def _local_chart(chart: ChartSource) -> Path | None:
     return helm_mod.find_chart(chart) if isinstance(chart, Path) else None
 
 
+def _seconds(timeout: str) -> float:
+    """--timeout in seconds: the bound of the chart's fetch (pull, dependencies)."""
+    from mfhelm.settings import duration_seconds
+
+    return duration_seconds(timeout)
+
+
 def _chart_step(chart: ChartSource) -> str:
     if isinstance(chart, OciChart):
         return f"pulling the chart {chart.ref} {chart.version}"
@@ -345,15 +357,83 @@ def _chart_step(chart: ChartSource) -> str:
 
 def _upgrade(client: helm_mod.Helm, api: Any, target: Target, chart: Path,
              values: dict[str, Any], progress: Progress) -> helm_mod.ReleaseInfo:
+    """helm upgrade --install, with the release's workloads watched meanwhile:
+    if helm's wait fails, the error names what was not ready and why."""
+    from mfhelm import kube
+
     progress("helm upgrade --install (waiting for the pods)")
+    namespaces = list(dict.fromkeys([target.namespace, flow_namespace(values, target)]))
+    watch = kube.ReadinessWatch(api, namespaces, f"app.kubernetes.io/instance={target.release}",
+                                _seconds(client.timeout)).start()
     try:
-        return client.install_or_upgrade(target.release, chart, values,
-                                         namespace=target.namespace)
-    except (KeyboardInterrupt, Interrupted):
+        try:
+            return client.install_or_upgrade(target.release, chart, values,
+                                             namespace=target.namespace)
+        finally:
+            seen = watch.stop()
+    except helm_mod.HelmWaitFailed as exc:
+        if not seen:  # helm failed before a sample found anything: look now
+            try:
+                seen = kube.not_ready(api, namespaces,
+                                      f"app.kubernetes.io/instance={target.release}")
+            except Exception:  # noqa: BLE001 - helm's own words are still said
+                seen = []
+        raise MfhelmError(wait_failure(exc.stderr, seen, client.timeout, target)) from None
+    except (KeyboardInterrupt, Interrupted, proc.TimedOut):
         # helm is stopped (its process group); the revision it left pending
         # is ours, so clear it now rather than block the next install.
         _clear_pending(api, target)
         raise
+
+
+def wait_failure(stderr: str, seen: list[Any], timeout: str, target: Target) -> str:
+    """One line for a failed wait: what helm waited for and why each is not
+    ready (kube.not_ready: the workload, its pod's state, that pod's node),
+    workloads with the same reason told together, at most kube.REASONS_SHOWN
+    reasons; and what helm did about it."""
+    from mfhelm import kube
+
+    timed_out = "context deadline exceeded" in stderr or "timed out waiting" in stderr
+    head = f"install timed out after {timeout}" if timed_out else "install failed"
+    named = helm_mod.waited_for(stderr)
+    order = {key: i for i, key in enumerate(named)}
+    seen = sorted(seen, key=lambda r: (r.why == "", order.get((r.kind, r.namespace, r.name),
+                                                              len(order))))
+
+    def label(kind: str, ns: str, name: str) -> str:
+        return f"{kind} {name if ns == target.namespace else f'{ns}/{name}'}"
+
+    groups: dict[tuple[bool, str], list[Any]] = {}
+    for r in seen:
+        if r.why:
+            groups.setdefault((bool(r.pod), r.why), []).append(r)
+    parts = []
+    for (has_pod, why), members in list(groups.items())[:kube.REASONS_SHOWN]:
+        names = [f"{label(r.kind, r.namespace, r.name)} {r.ready}/{r.desired}" for r in members]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        if not has_pod:
+            parts.append(f"{listed} ready: {why}")
+        elif len(members) == 1:
+            parts.append(f"{listed} ready: pod {members[0].pod} {why}")
+        else:
+            parts.append(f"{listed} ready: their pods {why}")
+    told = sum(len(m) for m in list(groups.values())[:kube.REASONS_SHOWN])
+    known = {(r.kind, r.namespace, r.name) for r in seen}
+    more = len(seen) - told + len([k for k in named if k not in known])
+    if not parts and named:  # helm named them, but they were gone before mfhelm looked
+        parts = [label(*k) for k in named[:kube.REASONS_SHOWN]]
+        more = len(named) - len(parts)
+    if more > 0:
+        parts.append(f"{more} more not ready")
+    if "has been uninstalled" in stderr:
+        after = "helm removed the release again (rollback on failure)"
+    elif "has been rolled back" in stderr:
+        after = "helm rolled back to the previous revision"
+    else:
+        after = helm_mod.HelmWaitFailed(stderr).args[0]
+    if not parts:
+        return f"{head}; mfhelm found no workload of the release not ready; {after}"
+    return f"{head} waiting for {'; '.join(parts)}; {after}"
 
 
 def _pending(api: Any, target: Target) -> list[Any]:
@@ -416,12 +496,15 @@ def _role_passwords(api: Any, namespace: str, admin_password: str, *,
 
 @contextmanager
 def _temp_kubeconfig(content: bytes) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="mfhelm-") as tmp:
-        path = Path(tmp) / "kubeconfig"
+    tmp = proc.temp_dir("mfhelm-")
+    try:
+        path = tmp / "kubeconfig"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(content)
         yield path
+    finally:
+        proc.remove_tree(tmp)
 
 
 # What the local profile cannot show, said by `mfhelm status` and the README.

@@ -11,6 +11,7 @@ the archives are present the real umbrella is rendered, subcharts included.
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from mfhelm import helm as helm_mod
+from mfhelm import proc
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "metaflow"
@@ -44,8 +46,19 @@ def missing_dependencies() -> list[str]:
 @cache
 def renderable_chart() -> Path:
     """The chart itself when complete, else a copy without the absent deps
-    (the same copy `mfhelm install` makes)."""
-    return helm_mod.drop_missing_dependencies(CHART)
+    (the same copy `mfhelm install` makes).
+
+    mfhelm registers its copy with mfhelm.proc, whose cleanup (the end of
+    every in-process CLI run in the tests) removes it: the tests keep their
+    own copy of it for the session."""
+    made = helm_mod.drop_missing_dependencies(CHART)
+    if made == CHART:
+        return CHART
+    own = Path(tempfile.mkdtemp(prefix="mfhelm-test-chart-"))
+    atexit.register(shutil.rmtree, own, True)
+    shutil.copytree(made, own / made.name)
+    proc.remove_tree(made.parent)
+    return own / made.name
 
 
 class HelmError(Exception):
