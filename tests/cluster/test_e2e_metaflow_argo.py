@@ -127,10 +127,14 @@ def _blob_traffic(mf: mfenv.MetaflowEnv, since: tuple[int, int], blob: str) -> B
             return None
         return BlobTraffic(responses, requests, uploaded=bool(put))
 
+    # Returns as soon as both logs have it; the bound is for a loaded machine,
+    # where Azurite's debug log (the headers) trails its access log by seconds.
     try:
-        return wait_for(settled, 10, f"Azurite to log the code package at {path}")
+        return wait_for(settled, 60, f"Azurite to log the code package at {path}")
     except TimeoutError:
-        pytest.fail(f"no HEAD/PUT of {path} in {mf.azurite.responses()[since[0]:]}")
+        pytest.fail(f"Azurite's logs never settled on a HEAD/PUT of {path}: access log "
+                    f"{mf.azurite.responses()[since[0]:]}, "
+                    f"{len(mf.azurite.requests()[since[1]:])} requests in its debug log")
 
 
 def _check_blob_traffic(mf: mfenv.MetaflowEnv, traffic: BlobTraffic
