@@ -250,6 +250,13 @@ def airflow_run(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
                 return states if done else None
             try:
                 states = cluster.wait_for(settled, 240, "the run to reach fan_out's end")
+                # The task's state is written before its log handler uploads the
+                # log to Blob, as the task process exits: stopping the scheduler
+                # now could kill that upload. Wait for both logs first.
+                wanted = {_blob("start"), _blob("fan_out")}
+                cluster.wait_for(
+                    lambda: wanted <= set(azurite_https.blob_names(LOGS_CONTAINER, "wasb-logs/")),
+                    120, "the task logs to reach the airflow-logs container")
             except Exception:
                 print(scheduler.tail())
                 for pod in recorder.pods.values():
