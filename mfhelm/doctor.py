@@ -214,11 +214,36 @@ def run_preflight(
     base_url: str | None = None,
     subscription_id: str | None = None,
 ) -> list[Check]:
-    """Every pre-deployment check, in the order a user should fix them."""
+    """Every pre-deployment check, in the order a user should fix them, then
+    the largest pod each pool takes (rows that inform, never fail)."""
+    checks = [check_helm()]
+    checks += _azure_checks(settings, credential, base_url, subscription_id)
+    return checks + pool_size_checks(settings)
+
+
+def pool_size_checks(settings: Settings) -> list[Check]:
+    """What one node of each pool leaves a pod: a step asking for more stays
+    Pending on AKS forever, so say it before anyone writes @resources(cpu=4)."""
+    from mfhelm.sizing import largest_step
+
+    return [
+        Check(f"{pool} pool", True,
+              largest_step(size, "step" if pool == "taskworkers" else "pod"),
+              "" if pool != "taskworkers" else "bigger steps: a larger [aks] task_vm_size")
+        for pool, size, _ in _pools(settings)
+    ]
+
+
+def _azure_checks(
+    settings: Settings,
+    credential: TokenCredential | None,
+    base_url: str | None,
+    subscription_id: str | None,
+) -> list[Check]:
     from mfhelm.azure import preflight as pf
     from mfhelm.azure.credentials import ARM_SCOPE, get_credential, resolve_subscription_id
 
-    checks = [check_helm()]
+    checks: list[Check] = []
     try:
         sub = resolve_subscription_id(subscription_id)
     except MfhelmError as exc:

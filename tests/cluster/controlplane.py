@@ -451,6 +451,25 @@ def _create_storage_class(api: Any) -> None:
     ))
 
 
+def _node_resources(pool: str) -> dict[str, dict[str, str]]:
+    """capacity/allocatable of a node of `pool`'s default VM size on AKS."""
+    from mfhelm.settings import AksSettings
+    from mfhelm.sizing import BICEP_MAX_PODS, allocatable, vm_size
+
+    aks = AksSettings()  # the defaults main.bicep is deployed with
+    name = {"system": aks.system_vm_size, "services": aks.services_vm_size,
+            "taskworkers": aks.task_vm_size}[pool]
+    size, alloc = vm_size(name), allocatable(name, BICEP_MAX_PODS)
+    assert size is not None and alloc is not None, f"{name} is not in mfhelm.sizing"
+    pods = str(BICEP_MAX_PODS)
+    return {
+        "capacity": {"cpu": str(size.vcpus), "memory": f"{size.memory_gib}Gi",
+                     "pods": pods, "ephemeral-storage": "128Gi"},
+        "allocatable": {"cpu": f"{alloc[0]}m", "memory": f"{alloc[1]}Mi",
+                        "pods": pods, "ephemeral-storage": "118Gi"},
+    }
+
+
 def _register_nodes(api: Any) -> None:
     from kubernetes import client
 
@@ -468,13 +487,11 @@ def _register_nodes(api: Any) -> None:
                 },
             ),
             spec=client.V1NodeSpec(taints=[client.V1Taint(**t) for t in taints]),
-            # Shaped like an AKS node with its default 128 GB OS disk: Metaflow's
-            # step pods request ephemeral storage (@kubernetes disk, 10 GiB by
-            # default) and a node without any never schedules them.
-            status=client.V1NodeStatus(
-                capacity={"cpu": "8", "memory": "32Gi", "pods": "110",
-                          "ephemeral-storage": "128Gi"},
-                allocatable={"cpu": "8", "memory": "32Gi", "pods": "110",
-                             "ephemeral-storage": "118Gi"},
-            ),
+            # Shaped like an AKS node of the pool's default VM size: capacity is
+            # the VM's vCPUs and memory, allocatable what AKS's reservation leaves
+            # (mfhelm.sizing), so a step too big for the real pool stays Pending
+            # here too. The 128 GB OS disk is AKS's default: Metaflow's step pods
+            # request ephemeral storage (@kubernetes disk, 10 GiB by default) and
+            # a node without any never schedules them.
+            status=client.V1NodeStatus(**_node_resources(pool)),
         ))

@@ -299,3 +299,44 @@ def test_pod_logs_are_served(cluster: Cluster, namespace: str) -> None:
         return cluster.core().read_namespaced_pod_log("talker", namespace, container="main")
 
     assert cluster.wait_for(logged, 30, "the pod's log") == "started\n"
+
+
+def test_taskworkers_node_takes_the_largest_step_its_vm_size_leaves_and_no_more(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A step asking for the taskworkers VM's full 4 vCPUs never runs on AKS
+    (the reservation takes 140m); the fake node must refuse it the same way,
+    through the real scheduler, and still place the largest step that fits."""
+    if cluster.backend != "controlplane":
+        pytest.skip("kind's nodes are the host's size, not an AKS VM size")
+    from mfhelm.settings import AksSettings
+    from mfhelm.sizing import allocatable, vm_size
+
+    size_name = AksSettings().task_vm_size
+    size, alloc = vm_size(size_name), allocatable(size_name)
+    assert size is not None and alloc is not None
+    cpu, mib = alloc
+    core = cluster.core()
+
+    def step(name: str, requests: dict[str, str]) -> client.V1Pod:
+        pod = _pod(name, node_selector={POOL_LABEL: "taskworkers"},
+                   tolerations=[TASKWORKERS_TOLERATION])
+        pod.spec.containers[0].resources = client.V1ResourceRequirements(
+            requests=requests, limits=requests)
+        return pod
+
+    core.create_namespaced_pod(namespace, step("too-big", {"cpu": str(size.vcpus)}))
+
+    def refused() -> bool:
+        p = core.read_namespaced_pod("too-big", namespace)
+        return any(c.type == "PodScheduled" and c.reason == "Unschedulable"
+                   and "Insufficient cpu" in (c.message or "")
+                   for c in p.status.conditions or [])
+
+    cluster.wait_for(refused, 60, f"the scheduler to refuse {size.vcpus} CPUs on {size_name}")
+    assert core.read_namespaced_pod("too-big", namespace).spec.node_name is None
+    core.delete_namespaced_pod("too-big", namespace, grace_period_seconds=0)
+
+    core.create_namespaced_pod(namespace, step("largest", {"cpu": f"{cpu}m", "memory": f"{mib}Mi"}))
+    pod = cluster.wait_pod_ready(namespace, "largest", timeout=90)
+    assert pod.spec.node_name == cluster.nodes["taskworkers"]

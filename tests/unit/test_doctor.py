@@ -190,8 +190,9 @@ def test_one_failed_query_does_not_hide_the_others(fake):
 
 def test_login_failure_stops_before_azure_queries(fake):
     checks = run(fake, cred=fake_arm.FakeCredential(fail=True))
-    assert [c.name for c in checks] == ["helm", "Azure subscription", "Azure login"]
-    login = checks[-1]
+    assert [c.name for c in checks] == ["helm", "Azure subscription", "Azure login",
+                                        "system pool", "services pool", "taskworkers pool"]
+    login = checks[2]
     assert not login.ok and login.fix == "az login" and "AADSTS700082" in login.detail
     assert fake.requests == []
 
@@ -257,3 +258,21 @@ def test_table_shows_status_fix_and_detail():
     assert ok_line.split()[1] == "ok"
     assert "FAIL" in bad_line and "az provider register -n Microsoft.Compute" in bad_line
     assert not doctor.preflight_ok(checks)
+
+
+def test_a_row_per_pool_states_the_largest_pod_it_takes(tmp_path, monkeypatch):
+    # No Azure at all: the pool rows come from the settings alone, and still print.
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    s = settings(aks={"task_vm_size": "Standard_D8s_v5", "services_vm_size": "Standard_X9_v9"})
+    rows = by_name(doctor.pool_size_checks(s))
+    # D8s_v5: 8 vCPUs - 180m = 7.82; 32768 MiB - (20*110+50 = 2250) - 100 = 30418 MiB,
+    # 29.70 GiB.
+    assert rows["taskworkers pool"].detail == (
+        "largest step: 7.82 CPU, 29.7 GiB (Standard_D8s_v5 less AKS's reservation)")
+    assert "task_vm_size" in rows["taskworkers pool"].fix
+    # D2s_v5: 2 vCPUs - 100m = 1.9; 8192 MiB - min(2250, 2048) - 100 = 6044 MiB, 5.90 GiB.
+    assert rows["system pool"].detail == (
+        "largest pod: 1.9 CPU, 5.9 GiB (Standard_D2s_v5 less AKS's reservation)")
+    assert rows["services pool"].detail.startswith("largest pod unknown: Standard_X9_v9")
+    assert all(r.ok for r in rows.values())
+    assert "largest step: 7.82 CPU" in rendered(list(rows.values()))

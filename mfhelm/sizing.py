@@ -1,0 +1,85 @@
+"""How big a pod each node pool can take: a VM size less AKS's node reservation.
+
+Pure data and arithmetic, no Azure call: `mfhelm doctor` uses it to say the
+largest step each pool schedules, and the test cluster's fake nodes use it to
+advertise the allocatable a real AKS node of the default size would.
+
+Sources (read 2026-12):
+- vCPUs and memory: Azure's VM size pages, "Dv5 and Dsv5-series" and
+  "Ev5 and Esv5-series" (learn.microsoft.com/azure/virtual-machines/sizes).
+  Memory is the nominal GiB Azure publishes; a real node reports a little less.
+- Reservation: AKS "Node resource reservations"
+  (learn.microsoft.com/azure/aks/node-resource-reservations), AKS 1.29+ Linux:
+  kube-reserved CPU by core count from its table; kube-reserved memory is the
+  lesser of 20 MB x max pods + 50 MB and 25% of the VM's memory; plus the
+  kubelet's hard eviction threshold memory.available < 100Mi. AKS applies the
+  MB figures as MiB (its kubelet flag is e.g. --kube-reserved=memory=2250Mi).
+  AKS's own DaemonSets (kube-proxy, CNI, CSI) request a little more on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# bicep/modules/aks.bicep sets maxPods to this on every pool (maxPodsPerNode);
+# pinned against the Bicep by tests/unit/test_sizing.py.
+BICEP_MAX_PODS = 110
+
+EVICTION_HARD_MIB = 100
+
+# vCPUs -> kube-reserved millicores (the AKS docs' table; no other core counts).
+_KUBE_RESERVED_MILLICPU = {1: 60, 2: 100, 4: 140, 8: 180, 16: 260, 32: 420, 64: 740}
+
+
+@dataclass(frozen=True)
+class VmSize:
+    vcpus: int
+    memory_gib: int
+
+
+# The sizes mfhelm defaults to (D2s_v5 system/services, D4s_v5 taskworkers) or
+# documents as the next step up. A size not here is unknown: no guess.
+VM_SIZES: dict[str, VmSize] = {
+    "standard_d2s_v5": VmSize(2, 8),
+    "standard_d4s_v5": VmSize(4, 16),
+    "standard_d8s_v5": VmSize(8, 32),
+    "standard_d16s_v5": VmSize(16, 64),
+    "standard_d32s_v5": VmSize(32, 128),
+    "standard_e2s_v5": VmSize(2, 16),
+    "standard_e4s_v5": VmSize(4, 32),
+    "standard_e8s_v5": VmSize(8, 64),
+    "standard_e16s_v5": VmSize(16, 128),
+}
+
+
+def vm_size(name: str) -> VmSize | None:
+    return VM_SIZES.get(name.lower())
+
+
+def kube_reserved_memory_mib(memory_mib: int, max_pods: int) -> int:
+    return min(20 * max_pods + 50, memory_mib // 4)
+
+
+def allocatable(name: str, max_pods: int = BICEP_MAX_PODS) -> tuple[int, int] | None:
+    """(millicpu, MiB) a pod may request on one node of this size, or None if
+    the size (or its core count in AKS's CPU table) is unknown."""
+    size = vm_size(name)
+    if size is None or size.vcpus not in _KUBE_RESERVED_MILLICPU:
+        return None
+    memory_mib = size.memory_gib * 1024
+    cpu = size.vcpus * 1000 - _KUBE_RESERVED_MILLICPU[size.vcpus]
+    memory = memory_mib - kube_reserved_memory_mib(memory_mib, max_pods) - EVICTION_HARD_MIB
+    return cpu, memory
+
+
+def largest_step(name: str, what: str = "step", max_pods: int = BICEP_MAX_PODS) -> str:
+    """One line for `mfhelm doctor`: the biggest @resources a pool can place."""
+    got = allocatable(name, max_pods)
+    if got is None:
+        return (f"largest {what} unknown: {name} is not in mfhelm's size table "
+                "(its vCPUs and memory less AKS's reservation)")
+    cpu, mib = got
+    gib = math.floor(mib * 10 / 1024) / 10  # rounded down: never promise more than fits
+    return (f"largest {what}: {cpu / 1000:g} CPU, {gib:g} GiB "
+            f"({name} less AKS's reservation)")
