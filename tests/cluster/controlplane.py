@@ -451,14 +451,27 @@ def _create_storage_class(api: Any) -> None:
     ))
 
 
+# The system and services pools' one fake node each stands for an autoscaled
+# pool that holds, here, the releases of every test at once (each test installs
+# its own stack and many stay up until the session ends): sized as one VM, the
+# services node filled up and later installs waited out their --timeout with
+# pods Pending. What one VM bounds is a single pod, and the pods that come near
+# that bound are flow steps: the taskworkers node is one VM of its size.
+SERVICE_POOL_ROOM = {
+    "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "128Gi"},
+    "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "118Gi"},
+}
+
+
 def _node_resources(pool: str) -> dict[str, dict[str, str]]:
-    """capacity/allocatable of a node of `pool`'s default VM size on AKS."""
+    """capacity/allocatable of the taskworkers node: one node of the pool's
+    default VM size on AKS; the other pools' room (SERVICE_POOL_ROOM)."""
     from mfhelm.settings import AksSettings
     from mfhelm.sizing import BICEP_MAX_PODS, allocatable, vm_size
 
-    aks = AksSettings()  # the defaults main.bicep is deployed with
-    name = {"system": aks.system_vm_size, "services": aks.services_vm_size,
-            "taskworkers": aks.task_vm_size}[pool]
+    if pool != "taskworkers":
+        return SERVICE_POOL_ROOM
+    name = AksSettings().task_vm_size  # the default main.bicep is deployed with
     size, alloc = vm_size(name), allocatable(name, BICEP_MAX_PODS)
     assert size is not None and alloc is not None, f"{name} is not in mfhelm.sizing"
     pods = str(BICEP_MAX_PODS)
@@ -487,10 +500,11 @@ def _register_nodes(api: Any) -> None:
                 },
             ),
             spec=client.V1NodeSpec(taints=[client.V1Taint(**t) for t in taints]),
-            # Shaped like an AKS node of the pool's default VM size: capacity is
-            # the VM's vCPUs and memory, allocatable what AKS's reservation leaves
-            # (mfhelm.sizing), so a step too big for the real pool stays Pending
-            # here too. The 128 GB OS disk is AKS's default: Metaflow's step pods
+            # The taskworkers node is shaped like an AKS node of the pool's
+            # default VM size: capacity is the VM's vCPUs and memory,
+            # allocatable what AKS's reservation leaves (mfhelm.sizing), so a
+            # step too big for the real pool stays Pending here too (the other
+            # pools: SERVICE_POOL_ROOM). The 128 GB OS disk is AKS's default: Metaflow's step pods
             # request ephemeral storage (@kubernetes disk, 10 GiB by default) and
             # a node without any never schedules them.
             status=client.V1NodeStatus(**_node_resources(pool)),
