@@ -28,7 +28,6 @@ SYSROOT_PREFIX = "metaflow"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use=true"
 _PROFILE_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 # A path as Metaflow joins endpoints to it: ASCII, no spaces, query or fragment.
-_URL_PATH_RE = re.compile(r"\A[A-Za-z0-9/._~%-]*\Z")
 
 
 def metadata_internal_url(release: str, namespace: str) -> str:
@@ -66,17 +65,11 @@ def is_service_url(url: str) -> bool:
     """http(s)://host[:port][/path]: a DNS name, IPv4 or [IPv6] host, ASCII
     throughout, no credentials, query or fragment, and nothing after it."""
     import ipaddress
-    from urllib.parse import urlsplit
 
-    from mfhelm.azure.outputs import is_host
+    from mfhelm.azure.outputs import is_host, is_url_path, split_url
 
-    # urlsplit silently drops tabs and newlines anywhere in a URL.
-    if not (url.isascii() and url.isprintable()) or " " in url:
-        return False
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
+    parts = split_url(url)
+    if parts is None:
         return False
     host = parts.hostname or ""
     try:
@@ -86,7 +79,7 @@ def is_service_url(url: str) -> bool:
     return (parts.scheme in ("http", "https") and url.startswith(f"{parts.scheme}://")
             and parts.username is None and not parts.query and not parts.fragment
             and "?" not in url and "#" not in url
-            and (is_host(host) or ip_host) and bool(_URL_PATH_RE.fullmatch(parts.path)))
+            and (is_host(host) or ip_host) and is_url_path(parts.path))
 
 
 def check_service_url(service_url: str) -> str:

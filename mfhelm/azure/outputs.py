@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from mfhelm import userfiles
 from mfhelm.azure.credentials import (
@@ -124,20 +124,34 @@ def is_host(value: str) -> bool:
     return bool(_HOSTNAME_RE.fullmatch(value))
 
 
-def is_https_url(value: str) -> bool:
-    """https://host[:port][/path]: no credentials, query, fragment or spaces."""
+def split_url(value: str) -> SplitResult | None:
+    """urlsplit of a URL that is printable ASCII without spaces and whose port
+    parses; None otherwise."""
     # urlsplit silently drops tabs and newlines anywhere in a URL: they are
     # refused here, before it sees them.
     if not (value.isascii() and value.isprintable()) or " " in value:
-        return False
+        return None
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
+        return None
+    return parts
+
+
+def is_url_path(path: str) -> bool:
+    """A URL path of unreserved characters, '/' and percent escapes only."""
+    return bool(_URL_PATH_RE.fullmatch(path))
+
+
+def is_https_url(value: str) -> bool:
+    """https://host[:port][/path]: no credentials, query, fragment or spaces."""
+    parts = split_url(value)
+    if parts is None:
         return False
     return (parts.scheme == "https" and not parts.username and not parts.password
             and is_host(parts.hostname or "") and not parts.query and not parts.fragment
-            and "?" not in value and "#" not in value and bool(_URL_PATH_RE.fullmatch(parts.path)))
+            and "?" not in value and "#" not in value and is_url_path(parts.path))
 
 
 def is_label_key(value: str) -> bool:

@@ -42,6 +42,12 @@ current-context: c
 """
 
 
+def started(marker: Path, what: str) -> list[int]:
+    """The pids a hung() child wrote to `marker`, once it has (within 60 s)."""
+    return [int(p) for p in wait_for(lambda: marker.exists() and marker.read_text().split(),
+                                     60, what)]
+
+
 def hung(marker: Path, *, ignore_term: bool = False) -> str:
     """Shell that records its pid and a grandchild's, then waits on it forever."""
     trap = "trap '' TERM\n" if ignore_term else ""
@@ -153,8 +159,7 @@ def test_a_signal_during_the_values_check_stops_helm_template(tmp_path, env, sig
     helm = fake_helm(tmp_path, template=hung(marker))
     child = mfhelm(install_args(tmp_path), {**env, "MFHELM_HELM": str(helm)}, tmp_path)
     try:
-        pids = [int(p) for p in wait_for(lambda: marker.exists() and marker.read_text().split(),
-                                         60, "helm template to start")]
+        pids = started(marker, "helm template to start")
         time.sleep(0.3)  # the Kubernetes client's import is under way meanwhile
         child.send_signal(sig)
         one_line_exit(child, sig)
@@ -172,8 +177,7 @@ def test_a_second_signal_kills_a_child_that_ignores_sigterm_at_once(tmp_path, en
     helm = fake_helm(tmp_path, template=hung(marker, ignore_term=True))
     child = mfhelm(install_args(tmp_path), {**env, "MFHELM_HELM": str(helm)}, tmp_path)
     try:
-        pids = [int(p) for p in wait_for(lambda: marker.exists() and marker.read_text().split(),
-                                         60, "helm template to start")]
+        pids = started(marker, "helm template to start")
         child.send_signal(signal.SIGTERM)
         time.sleep(1)
         assert child.poll() is None  # still in the grace period
@@ -357,8 +361,7 @@ def test_a_signal_during_mfhelm_deploy_stops_az(tmp_path, env, sig):
     child = mfhelm(["deploy", "--skip-preflight"],
                    {**env, "PATH": f"{bindir}{os.pathsep}{env['PATH']}"}, tmp_path)
     try:
-        pids = [int(p) for p in wait_for(lambda: marker.exists() and marker.read_text().split(),
-                                         60, "az deployment sub create to start")]
+        pids = started(marker, "az deployment sub create to start")
         child.send_signal(sig)
         line = one_line_exit(child, sig)
     finally:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import fake_arm
 import pytest
+import yaml
 
 
 class Result:
@@ -42,6 +43,19 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     (tmp_path / "mfhelm.toml").write_text('org_prefix = "acme"\nlocation = "westeurope"\n')
     return tmp_path
+
+
+@pytest.fixture
+def closed_port_kubeconfig(workdir):
+    """A kubeconfig whose API server is 127.0.0.1:1, where nothing listens."""
+    path = workdir / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "x",
+        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:1"}}],
+        "users": [{"name": "x", "user": {"token": "t"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+    }))
+    return str(path)
 
 
 def write_outputs(path: Path, **overrides) -> Path:

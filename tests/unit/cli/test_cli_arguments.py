@@ -10,25 +10,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import yaml
 from conftest import assert_one_line_error
 
 from mfhelm import settings
 from mfhelm.errors import MfhelmError
 
 DAG = "from airflow import DAG\nwith DAG('x') as dag:\n    pass\n"
-
-
-@pytest.fixture
-def closed_port_kubeconfig(workdir):
-    path = workdir / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "x", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-    }))
-    return str(path)
 
 
 # ---------------------------------------------------------------- --timeout

@@ -44,18 +44,6 @@ SETTINGS = 'org_prefix = "acme"\nlocation = "westeurope"\n'
 ARABIC_TEN = "\u0661\u0660"  # ١٠
 
 
-@pytest.fixture
-def kc(workdir):
-    path = workdir / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "users": [{"name": "x", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-    }))
-    return str(path)
-
-
 def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file() or p.is_symlink()}
 
@@ -106,8 +94,8 @@ def test_label_value_with_a_newline_never_reaches_the_node_selector(cli, workdir
 
 
 @pytest.mark.parametrize("option", ["--release", "--namespace"])
-def test_release_and_namespace_with_a_trailing_newline(cli, workdir, kc, option):
-    assert_one_line_error(cli("status", option, "metaflow\n", "--kubeconfig", kc), option)
+def test_release_and_namespace_with_a_trailing_newline(cli, workdir, closed_port_kubeconfig, option):
+    assert_one_line_error(cli("status", option, "metaflow\n", "--kubeconfig", closed_port_kubeconfig), option)
 
 
 def test_guids_with_a_trailing_newline(monkeypatch):
@@ -157,8 +145,8 @@ def test_other_names_with_a_trailing_newline():
 
 @pytest.mark.parametrize("value", [f"{ARABIC_TEN}m", "\uff11\uff10m", f"1{ARABIC_TEN}s",
                                    "1h\u0663\u0660m"])
-def test_timeout_with_non_ascii_digits_is_refused_before_anything(cli, workdir, kc, value):
-    r = cli("install", "--local", "--no-argo", "--timeout", value, "--kubeconfig", kc)
+def test_timeout_with_non_ascii_digits_is_refused_before_anything(cli, workdir, closed_port_kubeconfig, value):
+    r = cli("install", "--local", "--no-argo", "--timeout", value, "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "--timeout")
 
 
@@ -237,50 +225,50 @@ BAD_CHARTS = {
 
 
 @pytest.mark.parametrize("kind", BAD_CHARTS)
-def test_broken_chart_directory(cli, workdir, kc, kind):
+def test_broken_chart_directory(cli, workdir, closed_port_kubeconfig, kind):
     content, fragment = BAD_CHARTS[kind]
     chart = _chart(workdir, content)
-    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc)
+    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "Chart.yaml", fragment)
 
 
 @pytest.mark.parametrize(("values", "fragment"), [("- a\n", "mapping"),
                                                   ("a: [\n", "not valid YAML")])
-def test_broken_chart_values(cli, workdir, kc, values, fragment):
+def test_broken_chart_values(cli, workdir, closed_port_kubeconfig, values, fragment):
     chart = _chart(workdir, "apiVersion: v2\nname: x\nversion: 0.1.0\n", values)
-    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc)
+    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "values.yaml", fragment)
 
 
-def test_chart_without_values_yaml_gets_to_the_cluster_step(cli, workdir, kc):
+def test_chart_without_values_yaml_gets_to_the_cluster_step(cli, workdir, closed_port_kubeconfig):
     # helm installs a chart without values.yaml; so does mfhelm: it fails
     # only at the closed port, with its own line.
     chart = _chart(workdir, "apiVersion: v2\nname: x\nversion: 0.1.0\n", values=None)
-    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc)
+    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r)
     assert "values.yaml" not in r.err
 
 
-def test_mfhelm_helm_a_directory(cli, workdir, kc, monkeypatch):
+def test_mfhelm_helm_a_directory(cli, workdir, closed_port_kubeconfig, monkeypatch):
     monkeypatch.setenv("MFHELM_HELM", str(workdir))
-    r = cli("install", "--local", "--no-argo", "--kubeconfig", kc)
+    r = cli("install", "--local", "--no-argo", "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "MFHELM_HELM", "not an executable file")
-    assert_one_line_error(cli("status", "--kubeconfig", kc), "MFHELM_HELM")
+    assert_one_line_error(cli("status", "--kubeconfig", closed_port_kubeconfig), "MFHELM_HELM")
 
 
 @pytest.mark.parametrize("length", [101, 150, 204, 255])
-def test_dag_name_longer_than_the_tar_header(cli, workdir, kc, length):
+def test_dag_name_longer_than_the_tar_header(cli, workdir, closed_port_kubeconfig, length):
     (workdir / "d.py").write_text(DAG)
     name = "a" * (length - 3) + ".py"
-    r = cli("dag-push", "d.py", "--name", name, "--kubeconfig", kc)
+    r = cli("dag-push", "d.py", "--name", name, "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "DAG file name", "at most 100")
     long_file = workdir / name
     long_file.write_text(DAG)
-    assert_one_line_error(cli("dag-push", name, "--kubeconfig", kc), "--name")
-    assert_one_line_error(cli("dag-push", "--remove", name, "--kubeconfig", kc), "at most 100")
+    assert_one_line_error(cli("dag-push", name, "--kubeconfig", closed_port_kubeconfig), "--name")
+    assert_one_line_error(cli("dag-push", "--remove", name, "--kubeconfig", closed_port_kubeconfig), "at most 100")
 
 
-def test_dag_name_of_100_characters_packs(cli, workdir, kc):
+def test_dag_name_of_100_characters_packs(cli, workdir, closed_port_kubeconfig):
     name = "a" * 97 + ".py"
     assert dags.check_dag_name(name, "--name") == name
     import io
@@ -289,7 +277,7 @@ def test_dag_name_of_100_characters_packs(cli, workdir, kc):
     with tarfile.open(fileobj=io.BytesIO(dags.pack(name, b"x"))) as tar:
         assert tar.getnames() == [name]
     (workdir / "d.py").write_text(DAG)
-    assert_one_line_error(cli("dag-push", "d.py", "--name", name, "--kubeconfig", kc),
+    assert_one_line_error(cli("dag-push", "d.py", "--name", name, "--kubeconfig", closed_port_kubeconfig),
                           "cannot reach")
 
 
@@ -309,7 +297,7 @@ def _bounded_mfhelm(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[
 
 
 @pytest.mark.parametrize("where", ["-f", "--kubeconfig", "Chart.yaml", "chart values.yaml"])
-def test_alias_bomb_is_refused_quickly_in_bounded_memory(workdir, kc, where):
+def test_alias_bomb_is_refused_quickly_in_bounded_memory(workdir, closed_port_kubeconfig, where):
     (workdir / "bomb.yaml").write_text(BOMB)
     if where == "-f":
         args, fragment = ["render", "--local", "-f", "bomb.yaml"], "values file bomb.yaml"
@@ -319,7 +307,7 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(workdir, kc, where):
         chart = _chart(workdir, BOMB if where == "Chart.yaml"
                        else "apiVersion: v2\nname: x\nversion: 0.1.0\n",
                        BOMB if where != "Chart.yaml" else "{}\n")
-        args = ["install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc]
+        args = ["install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", closed_port_kubeconfig]
         fragment = "Chart.yaml" if where == "Chart.yaml" else "values.yaml"
     proc, elapsed = _bounded_mfhelm(workdir, *args)
     lines = [ln for ln in proc.stderr.splitlines() if not ln.startswith("> ")]
@@ -330,8 +318,8 @@ def test_alias_bomb_is_refused_quickly_in_bounded_memory(workdir, kc, where):
 
 
 def test_alias_cycle_in_a_kubeconfig(cli, workdir):
-    (workdir / "kc").write_text("a: &a [*a]\n")
-    assert_one_line_error(cli("status", "--kubeconfig", "kc"), "kubeconfig", "cycle")
+    (workdir / "closed_port_kubeconfig").write_text("a: &a [*a]\n")
+    assert_one_line_error(cli("status", "--kubeconfig", "closed_port_kubeconfig"), "kubeconfig", "cycle")
 
 
 def test_aliases_within_the_bound_still_load(workdir):
@@ -370,31 +358,31 @@ def test_help_and_version_still_exit_zero(cli):
     assert r.code == 0 and "Usage: mfhelm install" in r.out
 
 
-def test_uninstall_purge_without_a_terminal(cli, workdir, kc, monkeypatch):
+def test_uninstall_purge_without_a_terminal(cli, workdir, closed_port_kubeconfig, monkeypatch):
     import io
 
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
-    r = cli("uninstall", "--purge", "--kubeconfig", kc)
+    r = cli("uninstall", "--purge", "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "--yes")
     assert "Aborted" not in r.err and "Delete the data" not in r.out
 
 
-def test_dag_compile_warnings_do_not_precede_the_error(workdir, kc):
+def test_dag_compile_warnings_do_not_precede_the_error(workdir, closed_port_kubeconfig):
     (workdir / "warn.py").write_text(DAG + "x = 1\nif x is 1:\n    pass\nassert (x, 'msg')\n")
     proc = subprocess.run([sys.executable, "-m", "mfhelm", "dag-push", "warn.py",
-                           "--kubeconfig", kc], capture_output=True, text=True, cwd=workdir,
+                           "--kubeconfig", closed_port_kubeconfig], capture_output=True, text=True, cwd=workdir,
                           timeout=120, env={**os.environ, "PYTHONWARNINGS": "default"})
     lines = proc.stderr.splitlines()
     assert proc.returncode == 1 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("mfhelm: error: ") and "cannot reach" in lines[0]
 
 
-def test_long_chart_reference_is_one_progress_line(cli, workdir, kc):
+def test_long_chart_reference_is_one_progress_line(cli, workdir, closed_port_kubeconfig):
     path = "/".join(["component"] * 300)
     ref = f"oci://127.0.0.1:1/{path}"
     assert len(ref) > 2900
     r = cli("install", "--local", "--no-argo", "--chart", ref, "--version", "0.1.0",
-            "--plain-http", "--kubeconfig", kc)
+            "--plain-http", "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "could not pull")
     lines = [ln for ln in r.err.splitlines() if ln.strip()]
     assert len(lines) == 2 and lines[0].startswith("> pulling the chart oci://"), lines[:3]
@@ -421,6 +409,13 @@ def test_set_with_an_empty_key_is_refused(cli, workdir, expr):
 
 def _render_o(cli, workdir, target: str):
     return cli("render", "--outputs", str(write_outputs(workdir / "outputs.json")), "-o", target)
+
+
+def _write_with(cli, workdir, command: str, target: str):
+    """`render -o TARGET` or `init --settings TARGET`."""
+    if command == "render":
+        return _render_o(cli, workdir, target)
+    return cli("init", "--org-prefix", "acme", "--settings", target)
 
 
 def test_render_output_to_a_dangling_symlink_creates_nothing(cli, workdir):
@@ -480,10 +475,7 @@ def test_config_backup_is_never_written_through_a_link(workdir, monkeypatch):
 @pytest.mark.parametrize("command", ["render", "init"])
 def test_path_ending_in_a_slash_for_a_missing_directory(cli, workdir, command):
     before = _files(workdir)
-    if command == "render":
-        r = _render_o(cli, workdir, "out/")
-    else:
-        r = cli("init", "--org-prefix", "acme", "--settings", "out/")
+    r = _write_with(cli, workdir, command, "out/")
     assert_one_line_error(r, "out/", "does not exist")
     assert not (workdir / "out").exists()
     assert _files(workdir) - before <= {workdir / "outputs.json"}
@@ -539,8 +531,8 @@ def test_a_strict_umask_still_narrows_the_settings_file(cli, workdir):
     "https://robot:S3cretPassw0rd@registry.example.com/charts/metaflow",
     "oci://robot:S3cret/Passw0rd@registry.example.com/charts/metaflow",
 ])
-def test_chart_reference_password_is_not_echoed(cli, workdir, kc, chart):
-    r = cli("install", "--local", "--chart", chart, "--version", "0.1.0", "--kubeconfig", kc)
+def test_chart_reference_password_is_not_echoed(cli, workdir, closed_port_kubeconfig, chart):
+    r = cli("install", "--local", "--chart", chart, "--version", "0.1.0", "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "--chart")
     assert "S3cret" not in r.err + r.out and "Passw0rd" not in r.err + r.out
 
@@ -561,21 +553,18 @@ def test_redact_knows_secrets_and_url_passwords():
 @pytest.mark.parametrize("command", ["render", "init"])
 def test_an_empty_path_to_write(cli, workdir, command):
     before = _files(workdir)
-    if command == "render":
-        r = _render_o(cli, workdir, "")
-    else:
-        r = cli("init", "--org-prefix", "acme", "--settings", "")
+    r = _write_with(cli, workdir, command, "")
     assert_one_line_error(r, "an empty path")
     assert _files(workdir) - before <= {workdir / "outputs.json"}
 
 
-def test_chart_that_cannot_be_copied_to_drop_a_dependency(cli, workdir, kc):
+def test_chart_that_cannot_be_copied_to_drop_a_dependency(cli, workdir, closed_port_kubeconfig):
     # A missing, disabled dependency makes mfhelm copy the chart without it;
     # a dangling symlink in the chart made that copy a traceback.
     chart = _chart(workdir, "apiVersion: v2\nname: x\nversion: 0.1.0\ndependencies:\n"
                    "- {name: a, version: 1.0.0, condition: a.enabled}\n")
     (chart / "dangling").symlink_to(workdir / "nowhere")
-    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", kc)
+    r = cli("install", "--local", "--no-argo", "--chart", str(chart), "--kubeconfig", closed_port_kubeconfig)
     assert_one_line_error(r, "cannot copy it", "dangling")
 
 
