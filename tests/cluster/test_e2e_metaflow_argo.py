@@ -106,7 +106,19 @@ class BlobTraffic:
 
 
 def _marks(mf: mfenv.MetaflowEnv) -> tuple[int, int]:
-    return len(mf.azurite.responses()), len(mf.azurite.requests())
+    """Where Azurite's two logs stand once they agree. Azurite logs a request in its debug
+    log when it arrives and in its access log when the response is done, so right after
+    the test's own calls one log can be a line ahead of the other; marks taken then would
+    pair a call of the test's with one of Metaflow's."""
+    def agreed() -> tuple[int, int] | None:
+        responses, requests = len(mf.azurite.responses()), len(mf.azurite.requests())
+        return (responses, requests) if responses == requests else None
+
+    try:
+        return wait_for(agreed, 60, "Azurite's access and debug logs to agree")
+    except TimeoutError:
+        pytest.fail(f"Azurite's logs never agreed: {len(mf.azurite.responses())} responses "
+                    f"in its access log, {len(mf.azurite.requests())} requests in its debug log")
 
 
 def _blob_traffic(mf: mfenv.MetaflowEnv, since: tuple[int, int], blob: str) -> BlobTraffic:
