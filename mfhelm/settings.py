@@ -162,6 +162,90 @@ class HelmSettings(_Strict):
         return v
 
 
+# A host name for the HTTPS entry point: lowercase DNS labels, at least two.
+HOST_RE = re.compile(r"\A(?=.{1,253}\Z)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+"
+                     r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+# An Entra object or client id.
+GUID_RE = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+# A Key Vault certificate id, as the app routing add-on takes it.
+KEYVAULT_CERT_RE = re.compile(
+    r"\Ahttps://[a-z0-9][-a-z0-9]{1,22}[a-z0-9]\.vault\.azure\.net/certificates/"
+    r"[A-Za-z0-9][-A-Za-z0-9]{0,126}(/[0-9a-f]{32})?\Z")
+
+
+class AccessSettings(_Strict):
+    """The HTTPS entry point and Entra ID sign-in in front of the UIs and the API.
+
+    On the azure profile they are on when `host` is set: an Ingress on AKS's
+    application-routing add-on and a sign-in proxy admitting the groups the
+    release grants (`mfhelm grant`) and `admin_groups`. Empty `host`: no
+    Ingress, no sign-in; everything is reached by `mfhelm port-forward`.
+    """
+
+    host: str = ""
+    # The TLS certificate: a Key Vault certificate id (the add-on reads it), or
+    # the name of a kubernetes.io/tls Secret in the release namespace.
+    tls_certificate: str = ""
+    tls_secret: str = ""
+    # An existing Entra app registration's client id, for a deploying user who
+    # may not create apps; empty: the Bicep creates the app registration.
+    client_id: str = ""
+    # Entra group object ids whose members are Airflow admins (and get in).
+    admin_groups: list[str] = []
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        if v and not HOST_RE.fullmatch(v):
+            raise ValueError("must be a lowercase DNS name such as metaflow.example.com "
+                             "(no scheme, port or path), or empty for no entry point")
+        return v
+
+    @field_validator("tls_certificate")
+    @classmethod
+    def _cert(cls, v: str) -> str:
+        if v and not KEYVAULT_CERT_RE.fullmatch(v):
+            raise ValueError("must be a Key Vault certificate id such as "
+                             "https://<vault>.vault.azure.net/certificates/<name>")
+        return v
+
+    @field_validator("tls_secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        if v and not (DNS_LABEL_RE.fullmatch(v) and len(v) <= 63):
+            raise ValueError("must be a Kubernetes Secret name (a DNS label)")
+        return v
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if v and not GUID_RE.fullmatch(v):
+            raise ValueError("must be an Entra application (client) id, a lowercase GUID")
+        return v
+
+    @field_validator("admin_groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not GUID_RE.fullmatch(g):
+                got = repr(g) if len(repr(g)) <= 40 else repr(g)[:37] + "..."
+                raise ValueError(f"must be Entra group object ids (lowercase GUIDs), not {got}")
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> AccessSettings:
+        if self.tls_certificate and self.tls_secret:
+            raise ValueError("set tls_certificate or tls_secret, not both")
+        if (self.tls_certificate or self.tls_secret or self.client_id
+                or self.admin_groups) and not self.host:
+            raise ValueError("host is required when any other access setting is set")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
 class Settings(_Strict):
     """The whole `mfhelm.toml`."""
 
@@ -177,6 +261,7 @@ class Settings(_Strict):
     aks: AksSettings = AksSettings()
     postgres: PostgresSettings = PostgresSettings()
     helm: HelmSettings = HelmSettings()
+    access: AccessSettings = AccessSettings()
 
     @model_validator(mode="before")
     @classmethod
