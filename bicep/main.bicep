@@ -124,6 +124,21 @@ param serviceNamespace string = 'metaflow'
 @description('Kubernetes namespace where flow pods run.')
 param flowNamespace string = 'metaflow-flows'
 
+@description('Host name of the HTTPS entry point (e.g. metaflow.example.com), or empty for none. A host turns on the application-routing add-on and, unless accessClientId is given, creates the Entra app registration the sign-in proxy uses.')
+param accessHost string = ''
+
+@description('Client ID of an existing Entra app registration for sign-in (for a deployer who may not create apps), or empty: the template creates one with the Microsoft Graph Bicep extension.')
+param accessClientId string = ''
+
+@description('Key Vault certificate ID the entry point serves (the certificates/<name> URL of the vault, optionally with a version), or empty when the chart is given a Kubernetes TLS Secret instead.')
+param accessTlsCertificateId string = ''
+
+@description('Resource ID of the Key Vault that holds accessTlsCertificateId (mfhelm looks it up), or empty.')
+param accessTlsVaultId string = ''
+
+@description('Helm release name: the sign-in proxy runs as ServiceAccount <release>-signin in serviceNamespace, the subject of the app\'s federated credential.')
+param releaseName string = 'metaflow'
+
 @description('Tags applied to every resource.')
 param tags object = {}
 
@@ -143,6 +158,29 @@ var checkedOrgPrefix = orgPrefixValid ? orgPrefix : '${fail('orgPrefix "${orgPre
 var kubernetesVersionCharsOk = [for i in range(0, length(kubernetesVersion)): contains('${decimalDigits}.', substring(kubernetesVersion, i, 1))]
 var kubernetesVersionValid = empty(kubernetesVersion) || ((length(split(kubernetesVersion, '.')) == 2) && (!startsWith(kubernetesVersion, '.')) && (!endsWith(kubernetesVersion, '.')) && (!contains(kubernetesVersionCharsOk, false)))
 var checkedKubernetesVersion = kubernetesVersionValid ? kubernetesVersion : '${fail('kubernetesVersion "${kubernetesVersion}": must be major.minor such as 1.33, or empty for the AKS default (no patch version: AKS keeps the patch current, so a pinned patch would be a downgrade on the next deploy)')}'
+
+// The access parameters: client id and certificate need a host, and the
+// certificate's vault must be the vault accessTlsVaultId names (its last
+// segment; vault names are case-insensitive). Every use goes through
+// checkedAccessHost, the same way as above.
+var accessHostGiven = !empty(accessHost)
+var accessOptionsNeedNoHost = (empty(accessClientId)) && (empty(accessTlsCertificateId))
+var tlsCertificateParts = split(accessTlsCertificateId, '/')
+var tlsCertificateIdShaped = contains([
+  5
+  6
+], length(tlsCertificateParts)) ? ((tlsCertificateParts[0] == 'https:') && ((empty(tlsCertificateParts[1])) && ((tlsCertificateParts[3] == 'certificates') && (!empty(tlsCertificateParts[4]))))) : false
+var tlsCertificateName = tlsCertificateIdShaped ? tlsCertificateParts[4] : ''
+var tlsCertificateVaultName = tlsCertificateIdShaped ? toLower(first(split(tlsCertificateParts[2], '.'))) : ''
+var tlsVaultIdParts = split(accessTlsVaultId, '/')
+var tlsVaultIdShaped = (length(tlsVaultIdParts) == 9) ? ((toLower(tlsVaultIdParts[6]) == 'microsoft.keyvault') && (toLower(tlsVaultIdParts[7]) == 'vaults')) : false
+var tlsVaultMatches = tlsVaultIdShaped ? (toLower(last(tlsVaultIdParts)) == tlsCertificateVaultName) : false
+var tlsVaultValid = (empty(accessTlsCertificateId)) || ((tlsCertificateIdShaped) && (tlsVaultMatches))
+var checkedAccessHost = ((accessHostGiven) || (accessOptionsNeedNoHost)) ? (tlsVaultValid ? accessHost : '${fail('accessTlsCertificateId "${accessTlsCertificateId}": must be a Key Vault certificate id (https://<vault>.<vault DNS suffix>/certificates/<name>[/<version>]) of the vault whose resource id accessTlsVaultId "${accessTlsVaultId}" gives')}') : '${fail('accessClientId and accessTlsCertificateId need accessHost: the entry point they are for')}'
+var accessEnabled = !empty(checkedAccessHost)
+var createSigninApp = (accessEnabled) && (empty(accessClientId))
+var tlsFromKeyVault = (accessEnabled) && (!empty(accessTlsCertificateId))
+var signinServiceAccount = '${releaseName}-signin'
 
 var nameSuffix = uniqueString(subscription().id, resourceGroupName, checkedOrgPrefix)
 var metaflowContainerName = 'metaflow-storage'
@@ -194,6 +232,8 @@ module aks 'modules/aks.bicep' = {
     existingPoolCounts: existingPoolCounts
     deployerPrincipalId: deployerPrincipalId
     deployerPrincipalType: deployerPrincipalType
+    appRoutingEnabled: accessEnabled
+    keyVaultSecretsProviderEnabled: tlsFromKeyVault
     tags: tags
   }
 }
@@ -264,6 +304,33 @@ module postgres 'modules/postgres.bicep' = {
     databaseName: postgresDatabaseName
     deployAirflow: deployAirflow
     tags: tags
+  }
+}
+
+// The Entra app registration for sign-in (Microsoft Graph Bicep), unless an
+// existing app's client id is given (a deployer who may not create apps).
+module signin 'modules/signin.bicep' = if (createSigninApp) {
+  name: 'mfhelm-signin'
+  scope: rg
+  params: {
+    uniqueName: '${checkedOrgPrefix}-metaflow-signin-${take(nameSuffix, 6)}'
+    displayName: 'Metaflow sign-in (${checkedOrgPrefix})'
+    host: checkedAccessHost
+    oidcIssuerUrl: aks.outputs.oidcIssuerUrl
+    serviceAccountSubject: 'system:serviceaccount:${serviceNamespace}:${signinServiceAccount}'
+    ownerPrincipalId: deployerPrincipalId
+  }
+}
+
+// The add-on's identity may read the one certificate the entry point serves,
+// in the certificate's own vault (any resource group or subscription).
+module tlsCertificateRole 'modules/tls-certificate-role.bicep' = if (tlsFromKeyVault) {
+  name: 'mfhelm-tls-certificate-role'
+  scope: resourceGroup(tlsFromKeyVault ? tlsVaultIdParts[2] : subscription().subscriptionId, tlsFromKeyVault ? tlsVaultIdParts[4] : resourceGroupName)
+  params: {
+    vaultName: tlsCertificateVaultName
+    certificateName: tlsCertificateName
+    principalId: aks.outputs.appRoutingPrincipalId
   }
 }
 
@@ -352,3 +419,9 @@ output deployArgo bool = deployArgo
 
 @description('Whether the chart deploys Airflow.')
 output deployAirflow bool = deployAirflow
+
+@description('Client ID of the Entra app the sign-in proxy uses: the app this deployment created, or accessClientId passed through; empty when access is off.')
+output signinClientId string = createSigninApp ? signin.outputs.clientId : (accessEnabled ? accessClientId : '')
+
+@description('Whether the application-routing add-on (managed NGINX) is on.')
+output appRoutingEnabled bool = accessEnabled

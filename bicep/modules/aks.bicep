@@ -84,6 +84,12 @@ param deployerPrincipalId string
 ])
 param deployerPrincipalType string = 'User'
 
+@description('Whether to enable the application-routing add-on (managed NGINX, Ingress class webapprouting.kubernetes.azure.com): on when [access] host is set.')
+param appRoutingEnabled bool = false
+
+@description('Whether to enable the Key Vault secrets provider add-on (Secrets Store CSI driver), which the application-routing add-on needs to serve a Key Vault certificate.')
+param keyVaultSecretsProviderEnabled bool = false
+
 @description('Tags applied to every resource.')
 param tags object = {}
 
@@ -116,7 +122,7 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
   // checkov:skip=CKV_AZURE_4:Container Insights needs a Log Analytics workspace the operator chooses; not created by this stack
   // checkov:skip=CKV_AZURE_226:ephemeral OS disks need a VM size with a large enough cache or temp disk; the default sizes have none
   // checkov:skip=CKV_AZURE_227:encryption at host needs the EncryptionAtHost feature registered on the subscription
-  // checkov:skip=CKV_AZURE_172:the Secrets Store CSI add-on is not enabled; the only secret reaches pods as a Kubernetes Secret written by mfhelm
+  // checkov:skip=CKV_AZURE_172:the Secrets Store CSI add-on is on only with a Key Vault certificate for the entry point, and then with rotation on; checkov cannot tell the two cases apart
   // checkov:skip=CKV_AZURE_8:the Kubernetes Dashboard add-on no longer exists on AKS (removed with 1.19), nothing to disable
   name: '${orgPrefix}-aks'
   location: location
@@ -153,6 +159,27 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
     addonProfiles: {
       azurepolicy: {
         enabled: true
+      }
+      // Only the application-routing add-on's identity reads through it, and
+      // only the certificate it was granted (tls-certificate-role.bicep).
+      // Rotation picks up a renewed certificate without a restart.
+      azureKeyvaultSecretsProvider: {
+        enabled: keyVaultSecretsProviderEnabled
+        config: keyVaultSecretsProviderEnabled ? {
+          enableSecretRotation: 'true'
+          rotationPollInterval: '2m'
+        } : null
+      }
+    }
+    // Managed NGINX for the HTTPS entry point. The default controller is
+    // External (a public load balancer); the chart's Ingress uses its class.
+    // No DNS zones: the host's record is the user's (README).
+    ingressProfile: {
+      webAppRouting: {
+        enabled: appRoutingEnabled
+        nginx: appRoutingEnabled ? {
+          defaultIngressControllerType: 'External'
+        } : null
       }
     }
     networkProfile: {
@@ -248,3 +275,8 @@ output clusterName string = aks.name
 
 @description('OIDC issuer URL of the cluster, the issuer of every federated credential.')
 output oidcIssuerUrl string = aks.properties.oidcIssuerProfile.issuerURL
+
+// The add-on's identity exists only while the add-on is on; ARM evaluates only
+// the branch of the ?: that is taken.
+@description('Object ID of the application-routing add-on\'s managed identity, or empty when the add-on is off.')
+output appRoutingPrincipalId string = appRoutingEnabled ? aks.properties.ingressProfile.webAppRouting.identity.objectId : ''

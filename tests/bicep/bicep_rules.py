@@ -40,6 +40,8 @@ CONTRACT_OUTPUTS = {
     "serviceAccountFlows": "string", "serviceAccountAirflow": "string",
     "taskworkersLabelKey": "string", "taskworkersLabelValue": "string",
     "deployArgo": "bool", "deployAirflow": "bool",
+    # Issue 18: the sign-in app's client id ('' with access off) and the add-on switch.
+    "signinClientId": "string", "appRoutingEnabled": "bool",
 }
 POOL_LABEL = "mfhelm.io/pool"
 TASK_TAINT = "mfhelm.io/pool=taskworkers:NoSchedule"
@@ -111,6 +113,23 @@ def resources(tpl: dict[str, Any], type_suffix: str) -> Iterator[tuple[str, dict
     for name, res in (tpl.get("resources") or {}).items():
         if str(res.get("type", "")).lower().endswith(type_suffix.lower()):
             yield name, res
+
+
+def resource_type(res: dict[str, Any]) -> str:
+    """The resource's type without an API version (pycep keeps `@version` on the type of
+    a resource declared inside another one)."""
+    return str(res.get("type", "")).split("@")[0]
+
+
+def extension_resource(res: dict[str, Any]) -> bool:
+    """A Bicep extension's resource (Microsoft Graph), not an Azure Resource Manager one."""
+    return resource_type(res).lower().startswith("microsoft.graph/")
+
+
+def nested(name: str, tpl: dict[str, Any]) -> bool:
+    """Declared inside its parent's body: pycep names it `<parent>__<child>`."""
+    parent, sep, _ = name.rpartition("__")
+    return bool(sep) and parent in (tpl.get("resources") or {})
 
 
 def symbols(tpl: dict[str, Any]) -> set[str]:
@@ -466,6 +485,7 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "substring": _substring,
     "split": lambda s, d: s.split(d) if isinstance(s, str) and isinstance(d, str) and d
     else _unknown("split", s, d),
+    "to_lower": lambda s: s.lower() if isinstance(s, str) else _unknown("toLower", s),
     "starts_with": lambda s, x: s.lower().startswith(x.lower()),
     "ends_with": lambda s, x: s.lower().endswith(x.lower()),
     "range": lambda start, count: list(range(start, start + count)),
@@ -909,6 +929,11 @@ SECURE_INPUTS: dict[str, tuple[tuple[str, ...], ...]] = {
     # `value` is not {sensitive} in the type, but it is the one secret this stack writes.
     "microsoft.keyvault/vaults/secrets": (("properties", "value"),),
     "microsoft.authorization/roleassignments": (),
+    # Microsoft Graph Bicep 1.0.0 marks no property sensitive; the app has no password
+    # credentials (Graph Bicep does not support them) and none are written here.
+    "microsoft.graph/applications": (),
+    "microsoft.graph/applications/federatedidentitycredentials": (),
+    "microsoft.graph/serviceprincipals": (),
 }
 
 
@@ -922,7 +947,7 @@ def secure_inputs_get_secure_values(tpl: dict[str, Any]) -> list[str]:
     secure = _secure_params(tpl)
     bad = []
     for name, res in (tpl.get("resources") or {}).items():
-        rtype = str(res.get("type", ""))
+        rtype = resource_type(res)
         if rtype.lower() not in SECURE_INPUTS:
             bad.append(f"{name}: secure properties of {rtype} not reviewed (add it to "
                        "SECURE_INPUTS)")
@@ -1093,10 +1118,13 @@ def resource_ids_from_functions(tpl: dict[str, Any]) -> list[str]:
 
 def parent_property_for_children(tpl: dict[str, Any]) -> list[str]:
     """use-parent-property: a child resource names its parent with `parent:`, not with a
-    'parent/child' name (stricter than the rule, which needs the parent in the same file)."""
+    'parent/child' name (stricter than the rule, which needs the parent in the same file).
+    Exempt, as in the rule (UseParentPropertyRule.cs): a resource declared inside its
+    parent, and one that is not an Azure resource (Microsoft Graph's federated credential
+    takes the '<app uniqueName>/<name>' form as its own name)."""
     bad = []
     for name, res in (tpl.get("resources") or {}).items():
-        if str(res.get("type", "")).count("/") < 2:
+        if resource_type(res).count("/") < 2 or nested(name, tpl) or extension_resource(res):
             continue
         cfg = body(res)
         rname = cfg.get("name")
@@ -1238,7 +1266,7 @@ def module_location_params(tpl: dict[str, Any], base: Path) -> list[str]:
     value is not a literal other than 'global'."""
     bad = []
     for name, mod, module in _module_templates(tpl, base):
-        given = (mod.get("config") or {}).get("params") or {}
+        given = body(mod).get("params") or {}
         for param in sorted(_location_params(module)):
             if param not in given:
                 bad.append(f"module {name}: no explicit value for location parameter {param}")
@@ -1253,7 +1281,7 @@ def module_secure_params(tpl: dict[str, Any], base: Path) -> list[str]:
     secure = _secure_params(tpl)
     bad = []
     for name, mod, module in _module_templates(tpl, base):
-        given = (mod.get("config") or {}).get("params") or {}
+        given = body(mod).get("params") or {}
         for param in sorted(_secure_params(module) & set(given)):
             if not _secure_value(given[param], secure):
                 bad.append(f"module {name}: @secure() parameter {param} gets an insecure value")

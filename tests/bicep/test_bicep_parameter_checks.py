@@ -27,8 +27,8 @@ def main() -> dict[str, Any]:
 
 def _checked_variable(main: dict[str, Any], module_param: str) -> str:
     """The variable main.bicep hands to every module that takes `module_param`."""
-    given = {name: mod["config"]["params"][module_param]
-             for name, mod in main["modules"].items() if module_param in mod["config"]["params"]}
+    given = {name: R.body(mod)["params"][module_param]
+             for name, mod in main["modules"].items() if module_param in R.body(mod)["params"]}
     assert given, module_param
     (variable,) = set(given.values())
     assert variable in main["variables"], given

@@ -13,10 +13,11 @@ import pytest
 
 FILES = R.bicep_files()
 MAIN = R.BICEP_DIR / "main.bicep"
-MODULES = ("network", "aks", "postgres", "storage", "identity", "keyvault")
+MODULES = ("network", "aks", "postgres", "storage", "identity", "keyvault", "signin",
+           "tls-certificate-role")
 # Modules a module calls, by caller: a role assignment named from a principal ID that
 # exists only at run time needs a deployment of its own.
-SUBMODULES = {"aks": ("subnet-role",)}
+SUBMODULES = {"aks": ("subnet-role",), "signin": ("signin-api",)}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_main_is_subscription_scope_and_calls_every_module(parsed):
 def test_module_params_match_module_declarations(path: Path, parsed):
     for name, target_path, mod in _module_calls(path, parsed[path]):
         declared = parsed[target_path]["parameters"]
-        given = set(mod["config"]["params"])
+        given = set(R.body(mod)["params"])
         assert given <= set(declared), f"module {name}: unknown params {given - set(declared)}"
         required = {p for p, d in declared.items() if d.get("default") is None}
         assert required <= given, f"module {name}: missing params {required - given}"
