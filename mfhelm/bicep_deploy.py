@@ -91,12 +91,15 @@ def build_parameters(
     deployer_principal_id: str,
     deployer_principal_type: str = "User",
     pool_counts: dict[str, int] | None = None,
+    tls_vault_id: str = "",
 ) -> dict[str, Any]:
     """The non-secret ARM parameters document for main.bicep.
 
     `pool_counts` is the current node count of each AKS pool that exists
     (empty on the first deploy): main.bicep sends it back as the pools'
     `count`, so a re-deploy does not reset what the autoscaler chose.
+    `tls_vault_id` is the resource id of the vault holding
+    [access] tls_certificate (`key_vault_for_certificate`), when one is set.
     """
     # Settings are validated on load; checked again because a bad prefix must
     # never reach Azure, whoever built the Settings object.
@@ -112,6 +115,9 @@ def build_parameters(
         )
     if deployer_principal_type not in ("User", "Group", "ServicePrincipal"):
         raise MfhelmError(f"unknown deployer principal type {deployer_principal_type!r}")
+    access = settings.access
+    if access.tls_certificate and not tls_vault_id:
+        raise MfhelmError("[access] tls_certificate is set but its Key Vault was not looked up")
     aks, pg = settings.aks, settings.postgres
     values: dict[str, Any] = {
         "orgPrefix": settings.org_prefix,
@@ -138,6 +144,13 @@ def build_parameters(
         "serviceNamespace": settings.helm.namespace,
         "flowNamespace": settings.helm.flow_namespace,
         POOL_COUNTS_PARAMETER: dict(pool_counts or {}),
+        # The HTTPS entry point and sign-in (issue 18); all empty: access off.
+        "accessHost": access.host,
+        "accessClientId": access.client_id,
+        "accessTlsCertificateId": access.tls_certificate,
+        "accessTlsVaultId": tls_vault_id if access.tls_certificate else "",
+        # The sign-in proxy's ServiceAccount is <release>-signin (its federated credential).
+        "releaseName": settings.helm.release,
     }
     return {
         "$schema": PARAMETERS_SCHEMA,
@@ -410,6 +423,46 @@ def current_pool_counts(settings: Settings, previous: dict[str, Any] | None) -> 
     return counts
 
 
+def certificate_vault_name(certificate_id: str) -> str:
+    """`https://<vault>.vault.azure.net/certificates/<name>[/<version>]` -> `<vault>`."""
+    return certificate_id.split("/")[2].split(".")[0]
+
+
+def key_vault_for_certificate(certificate_id: str) -> str:
+    """Resource id of the vault holding [access] tls_certificate, in the current
+    subscription. Refused (one line, before anything is deployed) when there is no such
+    vault, or when it uses access policies: the add-on's read right is an Azure role
+    assignment, which such a vault ignores, and the entry point would serve no
+    certificate."""
+    vault = certificate_vault_name(certificate_id)
+    proc = run_az([
+        "az", "keyvault", "show", "--name", vault,
+        "--query", "{id: id, rbac: properties.enableRbacAuthorization}", "--output", "json",
+    ])
+    if proc.returncode != 0:
+        if _not_found(proc.stderr):
+            raise MfhelmError(
+                f"Key Vault {vault} ([access] tls_certificate) is not in the current "
+                "subscription: check the certificate id, or `az account set -s` the "
+                "subscription that holds the vault")
+        raise MfhelmError(f"could not read Key Vault {vault} ([access] tls_certificate): "
+                          f"{_first_line(proc.stderr)}")
+    try:
+        found = json.loads(proc.stdout or "null")
+    except ValueError:
+        raise MfhelmError("az keyvault show: az printed something that is not JSON") from None
+    vault_id = str(found.get("id") or "") if isinstance(found, dict) else ""
+    if not vault_id.lower().endswith(f"/providers/microsoft.keyvault/vaults/{vault}"):
+        raise MfhelmError(f"az keyvault show --name {vault}: no vault resource id in its answer")
+    if found.get("rbac") is not True:
+        raise MfhelmError(
+            f"Key Vault {vault} ([access] tls_certificate) uses access policies; the "
+            "application-routing add-on is granted the certificate by an Azure role: "
+            f"switch the vault to Azure RBAC (`az keyvault update --name {vault} "
+            "--enable-rbac-authorization true`), or use [access] tls_secret instead")
+    return vault_id
+
+
 # --- commands ---------------------------------------------------------------------------
 
 
@@ -453,7 +506,10 @@ def prepare(settings: Settings, err: TextIO) -> dict[str, Any]:
     if counts:
         sizes = ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
         print(f"keeping the current AKS pool sizes ({sizes})", file=err)
-    parameters = build_parameters(settings, principal, principal_type, counts)
+    vault_id = ""
+    if settings.access.tls_certificate:
+        vault_id = key_vault_for_certificate(settings.access.tls_certificate)
+    parameters = build_parameters(settings, principal, principal_type, counts, vault_id)
     password = existing_password(settings, previous)
     remember_secret(password)
     if password:

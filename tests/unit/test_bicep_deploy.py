@@ -74,6 +74,11 @@ elif head == ["aks", "nodepool", "list"]:
              "'Microsoft.ContainerService/managedClusters/acme-aks' under resource group "
              "'acme-metaflow-rg' was not found.", 3)
     print(json.dumps(scenario["pools"]))
+elif head == ["keyvault", "show", "--name"]:
+    vaults = scenario.get("vaults") or {}
+    if argv[3] not in vaults:
+        fail(f"ERROR: The Vault '{argv[3]}' not found within subscription.", 3)
+    print(json.dumps(vaults[argv[3]]))
 elif head == ["keyvault", "secret", "show"]:
     if scenario.get("secret") is None:
         fail(scenario["secret_error"])
@@ -302,6 +307,34 @@ def test_build_parameters_shape_and_values():
     counted = bd.build_parameters(s, PRINCIPAL, pool_counts={"system": 2, "taskworkers": 0})
     assert counted["parameters"][bd.POOL_COUNTS_PARAMETER] == {
         "value": {"system": 2, "taskworkers": 0}}
+
+
+CERT = "https://acmecerts.vault.azure.net/certificates/metaflow-tls"
+VAULT_ID = f"/subscriptions/{SUB}/resourceGroups/certs/providers/Microsoft.KeyVault/vaults/acmecerts"
+
+
+def test_access_settings_become_parameters():
+    s = parse({"org_prefix": "acme", "location": "westeurope",
+               "helm": {"release": "prod", "namespace": "mf"},
+               "access": {"host": "metaflow.example.com", "tls_certificate": CERT,
+                          "client_id": "0a1b2c3d-0000-4000-8000-00000000abcd"}})
+    values = {k: v["value"] for k, v in bd.build_parameters(
+        s, PRINCIPAL, tls_vault_id=VAULT_ID)["parameters"].items()}
+    assert {k: values[k] for k in values if k.startswith("access")} == {
+        "accessHost": "metaflow.example.com",
+        "accessClientId": "0a1b2c3d-0000-4000-8000-00000000abcd",
+        "accessTlsCertificateId": CERT, "accessTlsVaultId": VAULT_ID}
+    assert values["releaseName"] == "prod"
+    with pytest.raises(MfhelmError, match="its Key Vault was not looked up"):
+        bd.build_parameters(s, PRINCIPAL)
+
+
+def test_access_off_sends_empty_access_parameters():
+    s = parse({"org_prefix": "acme", "location": "westeurope"})
+    values = {k: v["value"] for k, v in bd.build_parameters(s, PRINCIPAL)["parameters"].items()}
+    assert [values[k] for k in ("accessHost", "accessClientId", "accessTlsCertificateId",
+                                "accessTlsVaultId")] == ["", "", "", ""]
+    assert values["releaseName"] == "metaflow"
 
 
 def test_parameters_match_main_bicep():
@@ -608,6 +641,37 @@ def test_unknown_failures_show_the_az_error(fake: Fake, capfd):
     err = capfd.readouterr().err
     assert "require-tags" in err
     assert "az deployment operation sub list --name acme-metaflow" in err
+
+
+ACCESS_TOML = SETTINGS_TOML + f'[access]\nhost = "metaflow.example.com"\ntls_certificate = "{CERT}"\n'
+
+
+def test_a_key_vault_certificate_sends_its_vault_id(fake: Fake):
+    fake.settings_path.write_text(ACCESS_TOML)
+    fake.scenario(vaults={"acmecerts": {"id": VAULT_ID, "rbac": True}})
+    assert _run(fake, "deploy") == 0
+    (call,) = fake.deploy_calls()
+    params = fake.params(call)["parameters"]
+    assert params["accessTlsVaultId"] == {"value": VAULT_ID}
+    assert params["accessTlsCertificateId"] == {"value": CERT}
+    assert params["accessHost"] == {"value": "metaflow.example.com"}
+
+
+@pytest.mark.parametrize("vaults, needle", [
+    ({}, "Key Vault acmecerts ([access] tls_certificate) is not in the current subscription"),
+    ({"acmecerts": {"id": VAULT_ID, "rbac": False}},
+     "uses access policies; the application-routing add-on is granted the certificate by an "
+     "Azure role"),
+])
+def test_an_unusable_certificate_vault_stops_before_deploying(fake: Fake, capfd, vaults, needle):
+    fake.settings_path.write_text(ACCESS_TOML)
+    fake.scenario(vaults=vaults)
+    assert _run(fake, "deploy") == 1
+    err = capfd.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("mfhelm: error:")]
+    assert needle in line
+    assert "Traceback" not in err
+    assert fake.deploy_calls() == []
 
 
 def test_whatif_pipes_the_parameters_too(fake: Fake, capfd):
