@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
     from rich.table import Table
 
+    from mfhelm.azure.entra import Graph
     from mfhelm.azure.preflight import PostgresCapabilities, Usage, VmSku
     from mfhelm.settings import Settings
 
@@ -199,6 +200,76 @@ def _postgres_checks(settings: Settings, caps: PostgresCapabilities) -> list[Che
     return checks
 
 
+# --- the sign-in app registration (issue 18) ---------------------------------------------
+
+SIGNIN_APP = "Entra app for sign-in"
+
+
+def signin_subject(settings: Settings) -> str:
+    """The sign-in proxy's ServiceAccount as its tokens name it (<release>-signin)."""
+    return f"system:serviceaccount:{settings.helm.namespace}:{settings.helm.release}-signin"
+
+
+def access_checks(settings: Settings, graph: Graph) -> list[Check]:
+    """Which case applies for the sign-in app, and whether it can work: the deploy
+    creates it (may this identity register apps?), or [access] client_id names an
+    existing one (does it exist, and is it set up for the proxy and for laptops?)."""
+    from mfhelm.azure import entra
+
+    access = settings.access
+    if not access.client_id:
+        right = entra.may_create_apps(graph)
+        where = "mfhelm deploy creates it (Microsoft Graph Bicep)"
+        if right.may is False:
+            return [Check(SIGNIN_APP, False, f"{where}, but {right.why}",
+                          "ask an Entra admin to register the app and set [access] client_id "
+                          "(bicep/README.md, 'Sign-in app'), or for the Application Developer "
+                          "role")]
+        fix = "" if right.may else ("if the deploy is refused: set [access] client_id to an app "
+                                    "an admin registered (bicep/README.md, 'Sign-in app')")
+        return [Check(SIGNIN_APP, True, f"{where}: {right.why}", fix)]
+    app = entra.find_app(graph, access.client_id)
+    rows = [Check(SIGNIN_APP, True,
+                  f"existing app {app.display_name or app.app_id} ([access] client_id); "
+                  "the deploy creates no Graph resources")]
+    redirect = f"https://{access.host}/oauth2/callback"
+    problems, fixes = [], []
+    if redirect not in app.redirect_uris:
+        problems.append(f"redirect URI {redirect} missing")
+        fixes.append(f"add web redirect URI {redirect}")
+    uri = f"api://{app.app_id}"
+    if uri not in app.identifier_uris or app.access_token_version != 2:
+        problems.append(f"needs App ID URI {uri} and v2 access tokens "
+                        f"(has {', '.join(app.identifier_uris) or 'no URI'}, "
+                        f"version {app.access_token_version or 1})")
+        fixes.append(f"az ad app update --id {app.app_id} --identifier-uris {uri} "
+                     "--requested-access-token-version 2")
+    if app.group_claims not in ("SecurityGroup", "All"):
+        problems.append(f"groupMembershipClaims is {app.group_claims}")
+        fixes.append(f"az ad app update --id {app.app_id} --set "
+                     "groupMembershipClaims=SecurityGroup")
+    if problems:
+        rows.append(Check("Entra app settings", False, "; ".join(problems), "; ".join(fixes)))
+    else:
+        rows.append(Check("Entra app settings", True,
+                          "redirect URI, App ID URI, v2 tokens and group claims as sign-in "
+                          "needs"))
+    subject = signin_subject(settings)
+    if subject in app.federated_subjects:
+        rows.append(Check("Entra app federated credential", True, subject))
+    else:
+        # The issuer is the cluster's, so an existing app's credential can only be added
+        # once the cluster exists: this row informs, it does not stop a deploy.
+        rows.append(Check(
+            "Entra app federated credential", True,
+            f"none for {subject} yet; the sign-in proxy cannot redeem codes without it",
+            f"after mfhelm deploy: az ad app federated-credential create --id {app.app_id} "
+            f"--parameters '{{\"name\": \"metaflow-signin\", \"issuer\": \"<output "
+            f"aksOidcIssuerUrl>\", \"subject\": \"{subject}\", \"audiences\": "
+            "[\"api://AzureADTokenExchange\"]}'"))
+    return rows
+
+
 def _guard(name: str, fn: Callable[[], list[Check]]) -> list[Check]:
     """One failed query becomes one failed row, so the other checks still run."""
     try:
@@ -213,11 +284,12 @@ def run_preflight(
     credential: TokenCredential | None = None,
     base_url: str | None = None,
     subscription_id: str | None = None,
+    graph_url: str | None = None,
 ) -> list[Check]:
     """Every pre-deployment check, in the order a user should fix them, then
     the largest pod each pool takes (rows that inform, never fail)."""
     checks = [check_helm()]
-    checks += _azure_checks(settings, credential, base_url, subscription_id)
+    checks += _azure_checks(settings, credential, base_url, subscription_id, graph_url)
     return checks + pool_size_checks(settings)
 
 
@@ -239,6 +311,7 @@ def _azure_checks(
     credential: TokenCredential | None,
     base_url: str | None,
     subscription_id: str | None,
+    graph_url: str | None = None,
 ) -> list[Check]:
     from mfhelm.azure import preflight as pf
     from mfhelm.azure.credentials import ARM_SCOPE, get_credential, resolve_subscription_id
@@ -282,7 +355,20 @@ def _azure_checks(
     checks += _guard(
         "PostgreSQL Flexible Server", lambda: _postgres_checks(settings, pg_caps())
     )
+    if settings.access.enabled:
+        checks += _guard(SIGNIN_APP, lambda: _with_graph(settings, cred, graph_url))
     return checks
+
+
+def _with_graph(settings: Settings, credential: TokenCredential,
+                graph_url: str | None) -> list[Check]:
+    from mfhelm.azure.entra import Graph
+
+    graph = Graph(credential, graph_url)
+    try:
+        return access_checks(settings, graph)
+    finally:
+        graph.close()
 
 
 def render_table(checks: list[Check]) -> Table:

@@ -186,9 +186,9 @@ def type_problems(type_name: str, node: Any, tpl: dict[str, Any], path: str) -> 
             bad.append(f"{where}: {value!r} is not a {kind}")
             continue
         allowed = ALLOWED.get((type_name, key))
-        if allowed and isinstance(value, str) and value not in R.symbols(tpl):
-            if value not in allowed:
-                bad.append(f"{where}: {value!r} is not one of {sorted(allowed)}")
+        if (allowed and isinstance(value, str) and value not in R.symbols(tpl)
+                and value not in allowed):
+            bad.append(f"{where}: {value!r} is not one of {sorted(allowed)}")
         inner = kind.strip("[]")
         if inner in TYPES:
             items = value if kind.startswith("[") and isinstance(value, list) else [value]
@@ -538,5 +538,5 @@ resource sub 'Microsoft.Network/virtualNetworks/subnets@2025-09-01' = {
 
 
 def test_secure_inputs_rule_knows_the_graph_types():
-    for path, name, res, tpl in graph_resources():
+    for path, name, res, _ in graph_resources():
         assert R.resource_type(res).lower() in R.SECURE_INPUTS, (path.name, name)

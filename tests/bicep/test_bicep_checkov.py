@@ -99,7 +99,7 @@ def test_the_scanned_copy_differs_only_in_extension_statements():
         original = path.read_text().split("\n")
         scanned = (scanned_dir() / rel).read_text().split("\n")
         assert len(original) == len(scanned), rel
-        diff = [(a, b) for a, b in zip(original, scanned) if a != b]
+        diff = [(a, b) for a, b in zip(original, scanned, strict=True) if a != b]
         assert all(b == f"// {a}" and a.startswith("extension ") for a, b in diff), diff
         if diff:
             changed[rel.as_posix()] = [a for a, _ in diff]

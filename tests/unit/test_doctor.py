@@ -276,3 +276,122 @@ def test_a_row_per_pool_states_the_largest_pod_it_takes(tmp_path, monkeypatch):
     assert rows["services pool"].detail.startswith("largest pod unknown: Standard_X9_v9")
     assert all(r.ok for r in rows.values())
     assert "largest step: 7.82 CPU" in rendered(list(rows.values()))
+
+
+# --- the sign-in app registration (issue 18) ------------------------------------------------
+
+HOST = "metaflow.example.com"
+APP_ID = "0a1b2c3d-0000-4000-8000-00000000abcd"
+APP_OBJECT = "7e7e7e7e-1111-4222-8333-444444444444"
+APP_DEVELOPER = ("Application Developer", "cf1c38e5-3621-4004-a7cb-879624dced7c")
+SUBJECT = "system:serviceaccount:metaflow:metaflow-signin"
+
+
+def run_access(fake, cred=None, **access):
+    cred = cred or fake_arm.FakeCredential()
+    s = settings(access={"host": HOST, **access})
+    checks = doctor.run_preflight(s, credential=cred, base_url=fake.base_url,
+                                  subscription_id=SUB, graph_url=fake.base_url)
+    return {c.name: c for c in checks if c.name.startswith("Entra app")}, cred
+
+
+def test_access_off_asks_graph_nothing(fake):
+    fake_arm.serve_graph(fake)
+    checks = run(fake)
+    assert not [c for c in checks if c.name.startswith("Entra")]
+    assert fake.calls("/v1.0/") == []
+
+
+def test_users_may_register_apps_so_the_deploy_creates_it(fake):
+    fake_arm.serve_graph(fake, allowed_to_create_apps=True)
+    rows, cred = run_access(fake)
+    (row,) = rows.values()
+    assert row.ok and row.name == doctor.SIGNIN_APP
+    assert row.detail == ("mfhelm deploy creates it (Microsoft Graph Bicep): users may register "
+                          "applications in this tenant")
+    # A token for Graph, not ARM's, was asked for; both pages of memberOf were read.
+    assert any(fake_arm.GRAPH_SCOPE in scopes for scopes, _ in cred.requests)
+    assert len(fake.calls("/v1.0/me/memberOf")) == 2
+
+
+def test_a_role_that_registers_apps_wins_over_a_closed_tenant(fake):
+    fake_arm.serve_graph(fake, allowed_to_create_apps=False,
+                         roles=[fake_arm.directory_role(*APP_DEVELOPER)])
+    rows, _ = run_access(fake)
+    assert rows[doctor.SIGNIN_APP].ok
+    assert "you hold Application Developer" in rows[doctor.SIGNIN_APP].detail
+
+
+def test_no_right_to_register_apps_fails_naming_client_id(fake):
+    fake_arm.serve_graph(fake, allowed_to_create_apps=False)
+    rows, _ = run_access(fake)
+    row = rows[doctor.SIGNIN_APP]
+    assert not row.ok
+    assert "users may not register applications in this tenant" in row.detail
+    assert "set [access] client_id" in row.fix
+    assert "\n" not in row.detail + row.fix
+
+
+def test_unreadable_policy_informs_without_stopping_the_deploy(fake):
+    fake_arm.serve_graph(fake, allowed_to_create_apps=None)
+    rows, _ = run_access(fake)
+    row = rows[doctor.SIGNIN_APP]
+    assert row.ok and "Authorization_RequestDenied" in row.detail
+    assert "client_id" in row.fix
+
+
+def test_a_service_principal_login_is_told_the_graph_permission(fake):
+    fake_arm.serve_graph(fake, service_principal=True)
+    rows, _ = run_access(fake)
+    assert "Application.ReadWrite.OwnedBy" in rows[doctor.SIGNIN_APP].detail
+    assert fake.calls("/v1.0/policies") == []
+
+
+def test_an_existing_app_set_up_for_sign_in_passes(fake):
+    app = fake_arm.application(APP_ID, APP_OBJECT,
+                               redirect_uris=[f"https://{HOST}/oauth2/callback"])
+    fake_arm.serve_graph(fake, applications=[app],
+                         credentials={APP_ID: [fake_arm.federated_credential(SUBJECT)]})
+    rows, _ = run_access(fake, client_id=APP_ID)
+    assert all(r.ok for r in rows.values()), rows
+    assert "existing app Metaflow sign-in" in rows[doctor.SIGNIN_APP].detail
+    assert rows["Entra app federated credential"].detail == SUBJECT
+    # Which case applies decides what is asked: no create-rights question here.
+    assert fake.calls("/v1.0/me/") == [] and fake.calls("/v1.0/policies") == []
+
+
+def test_an_existing_app_missing_what_sign_in_needs_fails_with_the_commands(fake):
+    app = fake_arm.application(APP_ID, APP_OBJECT, redirect_uris=["https://other/cb"],
+                               identifier_uris=[], token_version=None, group_claims=None)
+    fake_arm.serve_graph(fake, applications=[app])
+    rows, _ = run_access(fake, client_id=APP_ID)
+    settings_row = rows["Entra app settings"]
+    assert not settings_row.ok
+    assert settings_row.detail == (
+        f"redirect URI https://{HOST}/oauth2/callback missing; needs App ID URI "
+        f"api://{APP_ID} and v2 access tokens (has no URI, version 1); "
+        "groupMembershipClaims is None")
+    assert (f"az ad app update --id {APP_ID} --identifier-uris api://{APP_ID} "
+            "--requested-access-token-version 2") in settings_row.fix
+    fic = rows["Entra app federated credential"]
+    assert fic.ok and "az ad app federated-credential create" in fic.fix and SUBJECT in fic.fix
+
+
+def test_an_unknown_client_id_is_one_failed_row(fake):
+    fake_arm.serve_graph(fake, missing=[APP_ID])
+    rows, _ = run_access(fake, client_id=APP_ID)
+    (row,) = rows.values()
+    assert not row.ok
+    assert row.detail.startswith(f"no app registration has client id {APP_ID} in this tenant")
+
+
+def test_an_object_id_given_as_client_id_names_the_right_one(fake):
+    app = fake_arm.application(APP_ID, APP_OBJECT)
+    fake_arm.serve_graph(fake, applications=[app], missing=[])
+    fake.route("GET", f"/v1.0/applications(appId='{APP_OBJECT}')", 404,
+               fake_arm.graph_error("Request_ResourceNotFound", "Resource does not exist"))
+    rows, _ = run_access(fake, client_id=APP_OBJECT)
+    (row,) = rows.values()
+    assert not row.ok
+    assert row.detail == (f"{APP_OBJECT} is an app registration's object id, not its client "
+                          f'id; set [access] client_id = "{APP_ID}"')

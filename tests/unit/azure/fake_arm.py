@@ -498,3 +498,119 @@ def healthy_subscription(fake: FakeAzure, location: str = "westeurope") -> None:
             },
         ),
     )
+
+
+# --- Microsoft Graph (issue 18: doctor's sign-in app rows) ---------------------------------
+# Served from the same HTTPS server under /v1.0, shaped like Graph v1.0's answers: single
+# objects with @odata.context, collections as {"value": [...]} with @odata.nextLink pages,
+# errors as {"error": {"code", "message"}}.
+
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+GRAPH_CONTEXT = "https://graph.microsoft.com/v1.0/$metadata"
+
+
+def graph_error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message,
+                      "innerError": {"request-id": "fake-request", "date": "2026-01-01T00:00:00"}}}
+
+
+def authorization_policy(allowed_to_create_apps: bool) -> dict[str, Any]:
+    return {
+        "@odata.context": f"{GRAPH_CONTEXT}#policies/authorizationPolicy/$entity",
+        "id": "authorizationPolicy",
+        "displayName": "Authorization Policy",
+        "allowInvitesFrom": "everyone",
+        "allowedToUseSSPR": True,
+        "blockMsolPowerShell": False,
+        "defaultUserRolePermissions": {
+            "allowedToCreateApps": allowed_to_create_apps,
+            "allowedToCreateSecurityGroups": True,
+            "allowedToCreateTenants": True,
+            "allowedToReadBitlockerKeysForOwnedDevice": True,
+            "allowedToReadOtherUsers": True,
+        },
+    }
+
+
+def directory_role(name: str, template_id: str) -> dict[str, Any]:
+    return {"@odata.type": "#microsoft.graph.directoryRole", "id": f"role-{template_id[:8]}",
+            "displayName": name, "roleTemplateId": template_id}
+
+
+def group_membership(name: str) -> dict[str, Any]:
+    return {"@odata.type": "#microsoft.graph.group", "id": f"group-{name}", "displayName": name}
+
+
+def application(app_id: str, object_id: str, name: str = "Metaflow sign-in", *,
+                redirect_uris: list[str] | None = None, identifier_uris: list[str] | None = None,
+                token_version: int | None = 2,
+                group_claims: str | None = "SecurityGroup") -> dict[str, Any]:
+    return {
+        "@odata.context": f"{GRAPH_CONTEXT}#applications(id,appId,displayName,web,api,"
+                          "identifierUris,groupMembershipClaims)/$entity",
+        "id": object_id, "appId": app_id, "displayName": name,
+        "identifierUris": identifier_uris if identifier_uris is not None
+        else [f"api://{app_id}"],
+        "groupMembershipClaims": group_claims,
+        "web": {"homePageUrl": None, "logoutUrl": None,
+                "redirectUris": redirect_uris or [],
+                "implicitGrantSettings": {"enableAccessTokenIssuance": False,
+                                          "enableIdTokenIssuance": False},
+                "redirectUriSettings": [{"uri": u, "index": None}
+                                        for u in redirect_uris or []]},
+        "api": {"acceptMappedClaims": None, "knownClientApplications": [],
+                "requestedAccessTokenVersion": token_version,
+                "oauth2PermissionScopes": [], "preAuthorizedApplications": []},
+    }
+
+
+def federated_credential(subject: str, issuer: str = "https://oidc.example/abc/") -> dict[str, Any]:
+    return {"id": f"fic-{abs(hash(subject)) % 10_000}", "name": "metaflow-signin",
+            "issuer": issuer, "subject": subject, "description": None,
+            "audiences": ["api://AzureADTokenExchange"]}
+
+
+def serve_graph(fake: FakeAzure, *, allowed_to_create_apps: bool | None = True,
+                roles: list[dict[str, Any]] | None = None, service_principal: bool = False,
+                applications: list[dict[str, Any]] | None = None,
+                credentials: dict[str, list[dict[str, Any]]] | None = None,
+                missing: list[str] | None = None) -> None:
+    """Graph as `mfhelm doctor` reads it. `allowed_to_create_apps=None` answers the policy
+    with 403 (a user Graph will not show it to); `service_principal` answers /me with the
+    400 Graph gives an app-only token; memberOf comes back in two pages; ids in `missing`
+    get Graph's 404 by client id and by object id."""
+    memberships = [group_membership("data-science"), *(roles or [])]
+
+    def member_of(req: Recorded) -> tuple[int, Any]:
+        if service_principal:
+            return 400, graph_error("BadRequest", "/me request is only valid with delegated "
+                                    "authentication flow.")
+        if req.query.get("$skiptoken") == ["page2"]:
+            return 200, {"@odata.context": f"{GRAPH_CONTEXT}#directoryObjects",
+                         "value": memberships[1:]}
+        return 200, {"@odata.context": f"{GRAPH_CONTEXT}#directoryObjects",
+                     "value": memberships[:1],
+                     "@odata.nextLink": f"{fake.base_url}/v1.0/me/memberOf?$skiptoken=page2"}
+
+    fake.handle("GET", "/v1.0/me/memberOf", member_of)
+    if allowed_to_create_apps is None:
+        fake.route("GET", "/v1.0/policies/authorizationPolicy", 403,
+                   graph_error("Authorization_RequestDenied",
+                               "Insufficient privileges to complete the operation."))
+    else:
+        fake.route("GET", "/v1.0/policies/authorizationPolicy", 200,
+                   authorization_policy(allowed_to_create_apps))
+    apps = applications or []
+    not_found = graph_error("Request_ResourceNotFound", "Resource does not exist or one of its "
+                            "queried reference-property objects are not present.")
+    for key in missing or []:
+        fake.route("GET", f"/v1.0/applications(appId='{key}')", 404, not_found)
+        fake.route("GET", f"/v1.0/applications/{key}", 404, not_found)
+    for app in apps:
+        fake.route("GET", f"/v1.0/applications(appId='{app['appId']}')", 200, app)
+        fake.route("GET", f"/v1.0/applications/{app['id']}", 200,
+                   {"id": app["id"], "appId": app["appId"]})
+        fics = (credentials or {}).get(app["appId"], [])
+        fake.route("GET", f"/v1.0/applications/{app['id']}/federatedIdentityCredentials", 200,
+                   {"@odata.context": f"{GRAPH_CONTEXT}#applications('{app['id']}')/"
+                    "federatedIdentityCredentials", "value": fics})
