@@ -540,3 +540,22 @@ resource sub 'Microsoft.Network/virtualNetworks/subnets@2025-09-01' = {
 def test_secure_inputs_rule_knows_the_graph_types():
     for path, name, res, _ in graph_resources():
         assert R.resource_type(res).lower() in R.SECURE_INPUTS, (path.name, name)
+
+
+def test_the_subject_is_the_same_in_bicep_mfhelm_deploy_and_doctor(main):
+    """main.bicep builds the federated credential's subject from the parameters mfhelm
+    deploy sends; doctor looks for the same subject on an existing app."""
+    from mfhelm import doctor
+    from mfhelm.bicep_deploy import build_parameters
+    from mfhelm.settings import HelmSettings, parse
+
+    assert main["parameters"]["releaseName"]["default"] == HelmSettings().release
+    s = parse({"org_prefix": "acme", "location": "westeurope",
+               "helm": {"release": "prod", "namespace": "mf"},
+               "access": {"host": HOST}})
+    sent = {k: v["value"] for k, v in build_parameters(
+        s, "3f2b8c1e-6a4d-4e1f-9b7a-2c5d8e9f0a1b")["parameters"].items()}
+    subject = R.body(main["modules"]["signin"])["params"]["serviceAccountSubject"]
+    assert R.evaluate(subject, main, sent) == doctor.signin_subject(s) == (
+        "system:serviceaccount:mf:prod-signin")
+    assert R.evaluate("createSigninApp", main, sent) is True
