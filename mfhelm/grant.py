@@ -216,7 +216,7 @@ class AzurePlan:
 
 
 @contextmanager
-def _azure_clients(azure: AzureSide) -> Iterator[tuple[Any, Any]]:
+def azure_clients(azure: AzureSide) -> Iterator[tuple[Any, Any]]:
     from mfhelm.azure import access
 
     directory = access.Directory(str(azure.outputs["tenantId"]), azure.credential,
@@ -230,7 +230,7 @@ def _azure_clients(azure: AzureSide) -> Iterator[tuple[Any, Any]]:
         assignments.close()
 
 
-def _plan_azure(directory: Any, ra: Any, outputs: dict[str, Any], group_id: str,
+def plan_azure(directory: Any, ra: Any, outputs: dict[str, Any], group_id: str,
                 role: str | None) -> AzurePlan:
     """What to create and remove so that the group holds exactly `role`'s
     assignments (none for a revoke), and the right to do it, checked."""
@@ -271,13 +271,13 @@ def grant(target: Any, group_ref: str, role: str | None, *, azure: AzureSide | N
         plan: AzurePlan | None = None
         group_id, group_name = group_ref, group_ref
         if azure is not None:
-            directory, ra = stack_.enter_context(_azure_clients(azure))
+            directory, ra = stack_.enter_context(azure_clients(azure))
             progress("looking the group up in Entra ID")
             directory.check_tenant()
             found = directory.group(group_ref)
             group_id, group_name = found.id, found.name
             progress("reading the group's role assignments and your rights to change them")
-            plan = _plan_azure(directory, ra, azure.outputs, group_id, role)
+            plan = plan_azure(directory, ra, azure.outputs, group_id, role)
         rel = stack_.enter_context(release(target, azure, chart, timeout, progress))
         before = role_of(rel.values, group_id)
         new_values = with_group(rel.values, group_id, role)
@@ -289,24 +289,11 @@ def grant(target: Any, group_ref: str, role: str | None, *, azure: AzureSide | N
         revision = rel.info.revision
         try:
             if plan is not None:
-                ra = plan.assignments
-                for assignment_id, what in plan.remove:
-                    progress(f"removing {what}")
-                    props = ra.delete(assignment_id, str(what))
-                    if props:
-                        undo.append((f"put back {what}",
-                                     _bind(ra.restore, assignment_id, props)))
-                    lines.append(f"removed {what}")
-                for want in plan.create:
-                    progress(f"assigning {want}")
-                    made = ra.create(want, group_id)
-                    if made:
-                        undo.append((f"remove {want}", _bind(ra.delete, made, str(want))))
-                    lines.append(f"assigned {want}")
+                lines += apply_azure(plan, group_id, undo, progress)
             if values_change:
                 revision = _upgrade(rel, new_values, progress).revision
         except (MfhelmError, Interrupted, KeyboardInterrupt) as exc:
-            note = _undo(undo)
+            note = undo_all(undo)
             if isinstance(exc, MfhelmError):
                 raise MfhelmError(f"{exc}; {note}") from None
             raise
@@ -325,13 +312,34 @@ def grant(target: Any, group_ref: str, role: str | None, *, azure: AzureSide | N
     return Outcome(lines)
 
 
+def apply_azure(plan: AzurePlan, group_id: str, undo: list[tuple[str, Callable[[], None]]],
+                progress: Progress = _quiet) -> list[str]:
+    """Remove, then create, the planned assignments; each change made is
+    pushed on `undo` (how to take it back) as soon as it is made."""
+    ra = plan.assignments
+    lines = []
+    for assignment_id, what in plan.remove:
+        progress(f"removing {what}")
+        props = ra.delete(assignment_id, str(what))
+        if props:
+            undo.append((f"put back {what}", _bind(ra.restore, assignment_id, props)))
+        lines.append(f"removed {what}")
+    for want in plan.create:
+        progress(f"assigning {want}")
+        made = ra.create(want, group_id)
+        if made:
+            undo.append((f"remove {want}", _bind(ra.delete, made, str(want))))
+        lines.append(f"assigned {want}")
+    return lines
+
+
 def _bind(fn: Callable[..., Any], *args: Any) -> Callable[[], None]:
     def call() -> None:
         fn(*args)
     return call
 
 
-def _undo(undo: list[tuple[str, Callable[[], None]]]) -> str:
+def undo_all(undo: list[tuple[str, Callable[[], None]]]) -> str:
     """Run the undo steps, newest first; what the error line says about them."""
     if not undo:
         return "nothing was changed"
@@ -363,7 +371,7 @@ def list_grants(target: Any, *, azure: AzureSide | None, chart: Any = None,
             return lines
         directory = ra = None
         if azure is not None:
-            directory, ra = stack_.enter_context(_azure_clients(azure))
+            directory, ra = stack_.enter_context(azure_clients(azure))
             directory.check_tenant()
         from mfhelm.azure import access
 
