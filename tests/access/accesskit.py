@@ -289,20 +289,22 @@ class Proxy:
 
 
 def start_proxy(binary: Path, workdir: Path, args: list[str],
-                env: dict[str, str] | None = None) -> Proxy:
-    """oauth2-proxy on a free 127.0.0.1 port with `args`.
+                env: dict[str, str] | None = None, port: int | None = None) -> Proxy:
+    """oauth2-proxy on 127.0.0.1:`port` (default: a free one) with `args`.
 
-    Added unless given: --http-address (that port), --redirect-url (its
-    /oauth2/callback), --cookie-secret (random). Returns once /ping answers."""
-    port = free_port()
+    Added unless given: --http-address (that port; not with --alpha-config,
+    whose file has the address), --redirect-url (its /oauth2/callback),
+    --cookie-secret (random; not with --cookie-secret-file). Returns once
+    /ping answers."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     given = {a.split("=", 1)[0] for a in args}
     extra = []
-    if "--http-address" not in given:
+    if not given & {"--http-address", "--alpha-config"}:
         extra.append(f"--http-address=127.0.0.1:{port}")
     if "--redirect-url" not in given:
         extra.append(f"--redirect-url={url}/oauth2/callback")
-    if "--cookie-secret" not in given:
+    if not given & {"--cookie-secret", "--cookie-secret-file"}:
         extra.append("--cookie-secret=" + base64.urlsafe_b64encode(os.urandom(32)).decode())
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"oauth2-proxy-{port}.log"

@@ -131,10 +131,10 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
     assert got == {
         "ui": {"id": "ui", "path": "/", "uri": f"http://mf-ui.{svc}:3000"},
         "ui-api": {"id": "ui-api", "path": "/api/", "uri": f"http://mf-ui-backend.{svc}:8083"},
-        "metadata": {"id": "metadata", "path": "^/metadata(/|$)(.*)$", "rewriteTarget": "/$2",
+        "metadata": {"id": "metadata", "path": "^/metadata(?:/|$)(.*)$", "rewriteTarget": "/$1",
                      "uri": f"http://mf-metadata.{svc}:8080"},
         # argo-helm 0.45.20: <release>-argo-workflows-server on servicePort 2746.
-        "argo": {"id": "argo", "path": "^/argo(/|$)(.*)$", "rewriteTarget": "/$2",
+        "argo": {"id": "argo", "path": "^/argo(?:/|$)(.*)$", "rewriteTarget": "/$1",
                  "uri": f"http://mf-argo-workflows-server.{svc}:2746"},
         # Airflow chart 1.16.0: <release>-webserver on ports.airflowUI; its
         # base_url keeps the /airflow prefix, so the path is passed whole.
@@ -149,8 +149,8 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
     ("/argo/api/v1/workflows/metaflow-flows", "/api/v1/workflows/metaflow-flows"),
 ])
 def test_the_rewrite_strips_the_prefix_as_go_regexp_would(path, backend_path):
-    # Go's regexp.ReplaceAllString with `$2`; Python's re with `\2` is the
-    # same for these patterns (no named groups, no `$2x` ambiguity).
+    # Go's regexp.ReplaceAllString with `$1`; Python's re with `\1` is the
+    # same for these patterns (no named groups, no `$1x` ambiguity).
     import re
     for u in routes(render([LOCAL_SIGNIN], release="mf")).values():
         if "rewriteTarget" in u and re.search(u["path"], path):
