@@ -186,7 +186,7 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     # preferred_username, `email` only optionally.
     assert provider["scope"] == "openid email profile"
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
-    assert provider["oidcConfig"]["userIDClaim"] == "preferred_username"
+    assert "userIDClaim" not in provider["oidcConfig"]  # v7.15.6: an alias of emailClaim
     assert provider["allowedGroups"] == [ADMINS]
     deployment = get(objs, "Deployment", "mf-signin")
     pod = deployment["spec"]["template"]
@@ -239,7 +239,7 @@ def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
 def test_backends_get_identity_headers_the_client_cannot_send():
     headers = {h["name"]: h for h in alpha_config(render([AZURE], ENTRA, release="mf"))["injectRequestHeaders"]}
     claims = {name: h["values"][0]["claimSource"]["claim"] for name, h in headers.items()}
-    assert claims == {"X-Forwarded-User": "user", "X-Forwarded-Email": "email",
+    assert claims == {"X-Forwarded-User": "preferred_username", "X-Forwarded-Email": "email",
                       "X-Forwarded-Groups": "groups",
                       "X-Forwarded-Preferred-Username": "preferred_username",
                       "Authorization": "id_token"}
