@@ -371,8 +371,9 @@ def uninstall(
 def config(
     profile: str | None = typer.Option(None, "--profile", help="Write config_NAME.json."),
     print_only: bool = typer.Option(False, "--print", help="Print instead of writing."),
-    service_url: str = typer.Option("http://localhost:8080", "--service-url",
-                                    help="Metadata service URL as laptops reach it."),
+    service_url: str | None = typer.Option(
+        None, "--service-url", help="Metadata service URL as laptops reach it (default: "
+        "https://<[access] host>/metadata with the entry point, else http://localhost:8080)."),
     settings_file: Path | None = SettingsOpt,
     outputs_file: Path | None = OutputsOpt,
     subscription: str | None = SubOpt,
@@ -382,7 +383,8 @@ def config(
     from mfhelm import settings as settings_mod
 
     # The arguments first: a bad one is refused before Azure is asked.
-    metaflow_config.check_service_url(service_url)
+    if service_url is not None:
+        metaflow_config.check_service_url(service_url)
     metaflow_config.config_path(profile)
     s = settings_mod.load(settings_file)
     cfg = metaflow_config.build_config(_outputs(outputs_file, s, subscription), s,

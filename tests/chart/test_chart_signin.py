@@ -27,6 +27,7 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import tomllib
@@ -36,6 +37,8 @@ import jmespath
 import pytest
 import yaml
 from chartlib import ROOT, SCENARIOS, HelmError, by_kind, get, render
+
+from mfhelm import promises
 
 AZURE = SCENARIOS["azure"]
 AZURE_AIRFLOW = SCENARIOS["azure-airflow"]
@@ -151,7 +154,6 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
 def test_the_rewrite_strips_the_prefix_as_go_regexp_would(path, backend_path):
     # Go's regexp.ReplaceAllString with `$2`; Python's re with `\2` is the
     # same for these patterns (no named groups, no `$2x` ambiguity).
-    import re
     for u in routes(render([LOCAL_SIGNIN], release="mf")).values():
         if "rewriteTarget" in u and re.search(u["path"], path):
             assert re.sub(u["path"], u["rewriteTarget"].replace("$", "\\"), path) == backend_path
@@ -387,10 +389,10 @@ def test_notes_print_the_https_urls():
      "access.issuerUrl must name one tenant, not common"),
     (_access(provider="oidc", issuerUrl="http://idp.example.com"), "must be an https:// URL"),
     (_access(adminGroups=[]), "access.enabled needs at least one allowed group"),
-    (_access(proxy={"extraArgs": ["--skip-auth-route=^/"]}),
-     "access.proxy.extraArgs: --skip-auth-route is refused"),
-    (_access(proxy={"extraArgs": ["--email-domain=*"]}),
-     "access.proxy.extraArgs: --email-domain is refused"),
+    (_access(proxy={"extraArgs": ["--upstream=http://elsewhere/"]}),
+     "access.proxy.extraArgs: --upstream is refused: the chart sets it"),
+    (_access(proxy={"extraArgs": ["--cookie-secure=false"]}),
+     "access.proxy.extraArgs: --cookie-secure is refused: the chart sets it"),
     ({"ingress": {"enabled": True}}, "ingress: was replaced by access:"),
 ])
 def test_bad_access_values_are_refused_with_one_line(values, message):
@@ -454,3 +456,30 @@ def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(
 def test_oauth2_proxy_accepts_the_oidc_configuration(tmp_path):
     done = _config_test(render([LOCAL_SIGNIN], release="mf"), tmp_path, {})
     assert done.returncode == 0, done.stderr
+
+
+def _chart_flags() -> list[str]:
+    tpl = (ROOT / "charts/metaflow/templates/_helpers.tpl").read_text()
+    block = tpl[tpl.index('define "metaflow.signinChartFlags"'):]
+    block = block[:block.index("{{- end -}}")]
+    return re.findall(r'"(--[a-z0-9-]+)"', block)
+
+
+def test_flags_that_open_the_proxy_are_mfhelms_promise_not_the_charts():
+    # A plain `helm install` may take them (like networkPolicy.enabled=false);
+    # mfhelm refuses them unless --allow-override (tests/unit/test_access.py).
+    assert not set(_chart_flags()) & set(promises.SIGNIN_OPENING_FLAGS)
+    objs = render([AZURE], _access(proxy={"extraArgs": ["--skip-auth-route=^/public/"]}),
+                  release="mf")
+    assert flags(objs)["--skip-auth-route"] == ["^/public/"]
+
+
+@pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
+def test_every_flag_named_is_one_oauth2_proxy_knows():
+    # The legacy flag set (what `--help` lists) holds every flag; with
+    # --alpha-config the provider and upstream ones are unknown flags.
+    done = subprocess.run([OAUTH2_PROXY, "--help"], capture_output=True, text=True, timeout=60)
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", done.stdout + done.stderr, re.M))
+    assert "--skip-auth-route" in known  # the listing is what this test reads
+    named = set(_chart_flags()) | set(promises.SIGNIN_OPENING_FLAGS)
+    assert named - known == set()
