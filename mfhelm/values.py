@@ -81,6 +81,48 @@ class LocalAccess:
     groups: tuple[str, ...] = field(default_factory=tuple)
     client_secret_name: str = ""
 
+    @classmethod
+    def from_options(cls, *, issuer: str | None, client_id: str | None, host: str | None,
+                     tls_secret: str | None, groups: list[str] | tuple[str, ...] = (),
+                     client_secret_name: str | None = None) -> LocalAccess | None:
+        """From `--signin-*` (None: sign-in off); every part checked, one
+        line naming the option on a bad or missing one."""
+        from mfhelm.metaflow_config import is_service_url
+        from mfhelm.settings import DNS_LABEL_RE, HOST_RE
+
+        given = {"--signin-client-id": client_id, "--signin-host": host,
+                 "--signin-tls-secret": tls_secret, "--signin-client-secret": client_secret_name,
+                 "--signin-group": list(groups) or None}
+        if not issuer:
+            named = [k for k, v in given.items() if v]
+            if named:
+                raise MfhelmError(f"{named[0]} needs --signin-issuer (the OIDC issuer URL that "
+                                  "turns sign-in on)")
+            return None
+        if not is_service_url(issuer):
+            raise MfhelmError(f"--signin-issuer {issuer!r} must be an http(s) URL such as "
+                              "https://idp.example.com")
+        for option in ("--signin-client-id", "--signin-host", "--signin-tls-secret",
+                       "--signin-group"):
+            if not given[option]:
+                raise MfhelmError(f"--signin-issuer needs {option}" + {
+                    "--signin-client-id": " (the client id registered at that issuer)",
+                    "--signin-host": " (the host name users open, e.g. metaflow.localtest.me)",
+                    "--signin-tls-secret": " (a kubernetes.io/tls Secret for that host)",
+                    "--signin-group": " (a group allowed in; repeat for more)",
+                }[option])
+        assert host is not None and tls_secret is not None and client_id is not None
+        if not HOST_RE.fullmatch(host):
+            raise MfhelmError(f"--signin-host {host!r} must be a lowercase DNS name such as "
+                              "metaflow.localtest.me (no scheme, port or path)")
+        for option, name in (("--signin-tls-secret", tls_secret),
+                             ("--signin-client-secret", client_secret_name or "")):
+            if name and not (DNS_LABEL_RE.fullmatch(name) and len(name) <= 63):
+                raise MfhelmError(f"{option} {name!r} must be a Kubernetes Secret name "
+                                  "(a DNS label)")
+        return cls(issuer=issuer, client_id=client_id, host=host, tls_secret=tls_secret,
+                   groups=tuple(groups), client_secret_name=client_secret_name or "")
+
     def values(self) -> dict[str, Any]:
         return {
             "enabled": True,
