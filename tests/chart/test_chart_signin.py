@@ -6,7 +6,10 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
 
 - `--upstream` routes a path prefix but passes the whole path on (the
   upstream URL's own path is dropped), so routes that lose their prefix
-  need the alpha config's `rewriteTarget`, a regular expression `path`;
+  need the alpha config's `rewriteTarget`, a regular expression `path`.
+  Only `$1` works there: the alpha config loader rewrites every `$<digits>`
+  to `$1` (normalizeSubstitution) before substituting environment variables
+  (tests/access/test_chart_proxy_config.py shows the stripped paths arrive);
   with `--alpha-config` the providers, upstreams and injected headers live
   only in that file (the legacy flags for them are unknown flags there).
 - An injected header with `preserveRequestValue: false` deletes every copy
@@ -134,10 +137,10 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
     assert got == {
         "ui": {"id": "ui", "path": "/", "uri": f"http://mf-ui.{svc}:3000"},
         "ui-api": {"id": "ui-api", "path": "/api/", "uri": f"http://mf-ui-backend.{svc}:8083"},
-        "metadata": {"id": "metadata", "path": "^/metadata(/|$)(.*)$", "rewriteTarget": "/$2",
+        "metadata": {"id": "metadata", "path": "^/metadata(?:/(.*))?$", "rewriteTarget": "/$1",
                      "uri": f"http://mf-metadata.{svc}:8080"},
         # argo-helm 0.45.20: <release>-argo-workflows-server on servicePort 2746.
-        "argo": {"id": "argo", "path": "^/argo(/|$)(.*)$", "rewriteTarget": "/$2",
+        "argo": {"id": "argo", "path": "^/argo(?:/(.*))?$", "rewriteTarget": "/$1",
                  "uri": f"http://mf-argo-workflows-server.{svc}:2746"},
         # Airflow chart 1.16.0: <release>-webserver on ports.airflowUI; its
         # base_url keeps the /airflow prefix, so the path is passed whole.
@@ -152,11 +155,13 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
     ("/argo/api/v1/workflows/metaflow-flows", "/api/v1/workflows/metaflow-flows"),
 ])
 def test_the_rewrite_strips_the_prefix_as_go_regexp_would(path, backend_path):
-    # Go's regexp.ReplaceAllString with `$2`; Python's re with `\2` is the
-    # same for these patterns (no named groups, no `$2x` ambiguity).
+    # Go's regexp.ReplaceAllString with `$1`; Python's re with `\1` is the
+    # same for these patterns (no named groups, no `$1x` ambiguity). An
+    # unmatched optional group is empty in both.
     for u in routes(render([LOCAL_SIGNIN], release="mf")).values():
         if "rewriteTarget" in u and re.search(u["path"], path):
-            assert re.sub(u["path"], u["rewriteTarget"].replace("$", "\\"), path) == backend_path
+            target = u["rewriteTarget"].replace("$1", "\\g<1>")
+            assert re.sub(u["path"], target, path) == backend_path
             return
     pytest.fail(f"no rewriting route matches {path}")
 
@@ -188,7 +193,9 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     # preferred_username, `email` only optionally.
     assert provider["scope"] == "openid email profile"
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
-    assert provider["oidcConfig"]["userIDClaim"] == "preferred_username"
+    # Not set: in v7.15.6 it only renames the email claim (X-Forwarded-User
+    # is always `sub`).
+    assert "userIDClaim" not in provider["oidcConfig"]
     assert provider["allowedGroups"] == [ADMINS]
     deployment = get(objs, "Deployment", "mf-signin")
     pod = deployment["spec"]["template"]
@@ -212,6 +219,7 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert provider["clientSecretFile"] == "/etc/oauth2-proxy/client/client-secret"
     assert provider["scope"] == "openid email profile groups"
     assert provider["oidcConfig"]["emailClaim"] == "email"
+    assert "userIDClaim" not in provider["oidcConfig"]
     assert "microsoftEntraIDConfig" not in provider
     pod = get(objs, "Deployment", "mf-signin")["spec"]["template"]
     assert {"name": "client", "secret": {"secretName": "metaflow-signin-client"}} in pod["spec"]["volumes"]
@@ -483,3 +491,10 @@ def test_every_flag_named_is_one_oauth2_proxy_knows():
     assert "--skip-auth-route" in known  # the listing is what this test reads
     named = set(_chart_flags()) | set(promises.SIGNIN_OPENING_FLAGS)
     assert named - known == set()
+
+
+def test_rewrite_targets_use_only_dollar_one():
+    # oauth2-proxy v7.15.6 turns `$2` into `$1` when it loads the file.
+    for route in routes(render([LOCAL_SIGNIN], release="mf")).values():
+        if "rewriteTarget" in route:
+            assert re.findall(r"\$\d+", route["rewriteTarget"]) == ["$1"], route
