@@ -2,9 +2,10 @@
 pinned build) against the test OpenID provider, Chromium signing in through
 the redirect flow, and a local upstream standing in for the UI and APIs.
 
-Allowed in: the admins, data-scientists and viewers groups (the chart's
-adminGroups ∪ dataScientists.groups ∪ viewers.groups); olga signs in fine
-but is in none of them.
+The proxy runs with the flags and alpha config the chart renders
+(chartproxy.py). Allowed in: the admins and data-scientists groups (the
+chart's access.adminGroups and dataScientists.groups); olga signs in fine
+but is in neither.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable
 import accesskit
 import pytest
 from accesskit import Idp, Upstream, http, jwt_claims
+from chartproxy import signin_proxy
 
-ALLOWED = ("admins", "data-scientists", "viewers")
+ALLOWED = {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]}
 MEMBER, OUTSIDER = "alice@example.com", "olga@example.com"
 FORGED = {
     "X-Forwarded-User": "adam@example.com",
@@ -25,21 +27,12 @@ FORGED = {
 }
 
 
-def proxy_args(idp: Idp, upstream: Upstream) -> list[str]:
-    """The proxy's flags: the provider, the groups allowed in, the upstream."""
-    return [
-        *accesskit.oidc_proxy_args(idp),
-        "--email-domain=*",
-        *(f"--allowed-group={idp.groups[g]}" for g in ALLOWED),
-        f"--upstream={upstream.url}/",
-        "--skip-provider-button",
-        "--skip-jwt-bearer-tokens",
-    ]
-
-
 @pytest.fixture
-def proxy(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str]) -> str:
-    return start_proxy(proxy_args(idp, upstream))
+def proxy(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str], tmp_path) -> str:
+    """oauth2-proxy with the flags and alpha config the chart renders for the
+    local profile's sign-in (provider oidc), pointed at the test's parts."""
+    chart = signin_proxy(idp, upstream.url, tmp_path / "chart", ALLOWED)
+    return start_proxy(chart.args, chart.env, port=chart.port)
 
 
 def _page_headers(browser) -> dict[str, str]:
@@ -148,12 +141,33 @@ def test_an_outsiders_access_token_is_refused(idp, proxy, upstream):
     assert upstream.requests == []
 
 
-def test_no_token_and_no_session_is_sent_to_sign_in_not_through(idp, proxy, upstream):
-    resp = http(f"{proxy}/metadata/flows")
+def test_without_a_session_browsers_are_sent_to_sign_in_and_api_clients_get_401(
+        idp, proxy, upstream):
+    page = http(f"{proxy}/runs", headers={"Accept": "text/html"})
+    api = http(f"{proxy}/metadata/flows", headers={"Accept": "text/html"})
 
-    assert resp.status == 302
-    assert resp.headers["Location"].startswith(f"{idp.issuer}/auth?")
+    assert page.status == 302
+    assert page.headers["Location"].startswith(f"{idp.issuer}/auth?")
+    assert api.status == 401  # --api-route: no redirect a client could not follow
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("path, backend_path", [
+    ("/", "/"),
+    ("/runs/42", "/runs/42"),
+    ("/api/flows?_limit=5", "/api/flows?_limit=5"),
+    ("/metadata/flows/HelloFlow/runs", "/flows/HelloFlow/runs"),
+    ("/metadata", "/"),
+    ("/argo/api/v1/workflows/metaflow-flows", "/api/v1/workflows/metaflow-flows"),
+    ("/airflow/home", "/airflow/home"),
+])
+def test_each_route_reaches_its_backend_path(idp, proxy, upstream, path, backend_path):
+    token = idp.token(MEMBER)["access_token"]
+
+    resp = http(f"{proxy}{path}", headers={"Authorization": f"Bearer {token}"})
+
+    assert resp.status == 200, resp.text
+    assert resp.json()["path"] == backend_path
 
 
 def test_a_refreshed_token_passes_and_the_spent_refresh_token_is_refused(idp, proxy):

@@ -193,8 +193,8 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     # preferred_username, `email` only optionally.
     assert provider["scope"] == "openid email profile"
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
-    # Not set: in v7.15.6 it only renames the email claim (X-Forwarded-User
-    # is always `sub`).
+    # Not set: in v7.15.6 it only renames the email claim (the proxy's own
+    # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
     assert "userIDClaim" not in provider["oidcConfig"]
     assert provider["allowedGroups"] == [ADMINS]
     deployment = get(objs, "Deployment", "mf-signin")
@@ -221,6 +221,8 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert provider["oidcConfig"]["emailClaim"] == "email"
     assert "userIDClaim" not in provider["oidcConfig"]
     assert "microsoftEntraIDConfig" not in provider
+    user = [h for h in alpha_config(objs)["injectRequestHeaders"] if h["name"] == "X-Forwarded-User"]
+    assert user[0]["values"] == [{"claimSource": {"claim": "preferred_username"}}]
     pod = get(objs, "Deployment", "mf-signin")["spec"]["template"]
     assert {"name": "client", "secret": {"secretName": "metaflow-signin-client"}} in pod["spec"]["volumes"]
     assert {"name": "client", "mountPath": "/etc/oauth2-proxy/client", "readOnly": True} in (
@@ -249,7 +251,7 @@ def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
 def test_backends_get_identity_headers_the_client_cannot_send():
     headers = {h["name"]: h for h in alpha_config(render([AZURE], ENTRA, release="mf"))["injectRequestHeaders"]}
     claims = {name: h["values"][0]["claimSource"]["claim"] for name, h in headers.items()}
-    assert claims == {"X-Forwarded-User": "user", "X-Forwarded-Email": "email",
+    assert claims == {"X-Forwarded-User": "preferred_username", "X-Forwarded-Email": "email",
                       "X-Forwarded-Groups": "groups",
                       "X-Forwarded-Preferred-Username": "preferred_username",
                       "Authorization": "id_token"}
