@@ -171,6 +171,19 @@ def test_each_route_reaches_its_backend_path(idp, proxy, upstream, path, backend
     assert resp.json()["path"] == backend_path
 
 
+def test_a_post_with_a_body_reaches_the_upstream_whole(idp, proxy, upstream):
+    """Laptops record runs with POSTs to the metadata service."""
+    token = idp.token(MEMBER)["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    first = http(f"{proxy}/metadata/flows/HelloFlow", data={"a": "1"}, headers=headers)
+    second = http(f"{proxy}/metadata/flows/HelloFlow/run", data={"b": "2"}, headers=headers)
+
+    assert (first.status, second.status) == (200, 200)
+    assert [(r.json()["method"], r.json()["path"], r.json()["body"]) for r in (first, second)] == [
+        ("POST", "/flows/HelloFlow", "a=1"), ("POST", "/flows/HelloFlow/run", "b=2")]
+
+
 def test_a_refreshed_token_passes_and_the_spent_refresh_token_is_refused(idp, proxy):
     first = idp.token(MEMBER)
     second = idp.refresh(first["refresh_token"])
