@@ -16,7 +16,7 @@ from .test_e2e_stack import deployments, install_local
 pytestmark = pytest.mark.cluster
 
 SIGNIN = ["--signin-issuer", "https://idp.example.com", "--signin-client-id", "metaflow",
-          "--signin-host", "metaflow.localtest.me", "--signin-tls-secret", "metaflow-tls",
+          "--signin-client-secret", "signin-client", "--signin-host", "metaflow.localtest.me", "--signin-tls-secret", "metaflow-tls",
           "--signin-group", "admins"]
 
 
