@@ -162,10 +162,11 @@ def run_server(cluster: Cluster, binary: Path, release_namespace: str,
                 raise TimeoutError(f"argo server for {release_namespace} not started after "
                                    f"{timeout:.0f}s:\n{server.tail()}")
             time.sleep(0.2)
-        # Its REST gateway dials the server's own gRPC port, which may not
-        # have been listening yet: until gRPC's reconnect, every API call
-        # answers 503. A 401 to a call without a token means it got through.
-        while _status(f"{server.url}/api/v1/version") == 503:
+        # Its REST gateway dials the server's own gRPC port, one connection
+        # per API service, before it listens (v3.6.10 argoserver.go): until
+        # gRPC's reconnect, each service answers 503. A 401 to a call
+        # without a token means the workflow service's got through.
+        while _status(f"{server.url}/api/v1/workflows/{flow_namespace}") == 503:
             procs.check()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"argo server for {release_namespace} answers 503 after "

@@ -52,6 +52,14 @@ def write_kubeconfig(
     return path
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in one step (a file written in place can be
+    read half-written: the API server then reloads an empty config)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def wait_for(check: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.2) -> T:
     """Poll ``check`` until it returns something truthy; fail naming ``what``."""
@@ -180,12 +188,12 @@ class Cluster:
             }],
         }
         text = yaml.safe_dump(config, sort_keys=False)
-        path.write_text(text)
+        _replace(path, text)
         try:
             self._wait_authentication_config(text, timeout, f"issuer {issuer}")
             yield
         finally:
-            path.write_text(before)
+            _replace(path, before)
             self._wait_authentication_config(before, timeout, "no issuer")
 
     def _wait_authentication_config(self, text: str, timeout: float, what: str) -> None:
@@ -193,11 +201,11 @@ class Cluster:
         mark = f'hash="sha256:{digest}"'
 
         def applied() -> bool:
-            metrics = self.api_client().call_api(
-                "/metrics", "GET", _preload_content=False, auth_settings=["BearerToken"])[0]
+            resp = self.api_client().call_api("GET", f"{self.server}/metrics")
+            resp.read()
             return any(line.startswith(
                 "apiserver_authentication_config_controller_last_config_info{")
-                and mark in line for line in metrics.data.decode().splitlines())
+                and mark in line for line in resp.data.decode().splitlines())
 
         try:
             wait_for(applied, timeout, f"the API server to apply its authentication "

@@ -17,12 +17,17 @@ account, which could have done all of it.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,10 +37,13 @@ from kubernetes import client
 from . import argo, argo_server
 from .controlplane import ROOT
 from .handle import Cluster
+from .pki import CertificateAuthority
 
 pytestmark = pytest.mark.cluster
 
 RELEASE = "metaflow"
+ARGO = {"group": "argoproj.io", "version": "v1alpha1"}
+ACCESS = ROOT / "tests" / "access"
 VALUES = yaml.safe_load((ROOT / "charts" / "metaflow" / "values.yaml").read_text())
 
 
@@ -139,3 +147,161 @@ def test_no_token_no_access_though_the_servers_account_could(
     status, body = _request(f"{server.url}/api/v1/workflows/{flows}",
                             body={"workflow": _workflow("anonymous")})
     assert status == 401, body
+
+
+# --- users signed in at the OIDC provider ---------------------------------------
+
+def _accesskit() -> ModuleType:
+    """tests/access/accesskit.py: the test OIDC provider and oauth2-proxy."""
+    if "accesskit" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("accesskit", ACCESS / "accesskit.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["accesskit"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["accesskit"]
+
+
+@dataclass
+class Signin:
+    idp: Any            # accesskit.Idp, serving HTTPS
+    ca: Path            # the CA its certificate chains to
+    member: str         # in data-scientists: bound to our data-scientists Role in flows
+    outsider: str       # in viewers only: no Argo rights in this module's namespaces
+
+    def access_token(self, user: str) -> str:
+        return str(self.idp.token(user)["access_token"])
+
+
+@pytest.fixture(scope="module")
+def signin(cluster: Cluster, namespaces: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signin]:
+    """The OIDC provider on HTTPS (Kubernetes trusts https issuers only),
+    trusted by the API server as AKS trusts Entra: audience = the client id
+    its access tokens carry (on AKS: the AKS server app, 6dae42f8-...),
+    username = preferred_username, groups unprefixed. Our chart's
+    data-scientists Role and binding for its data-scientists group, as
+    `mfhelm grant` leaves them, in the flow namespace."""
+    if cluster.authentication_config is None:
+        pytest.skip("the API server must be told to trust the test OIDC issuer: "
+                    "local control plane only")
+    kit = _accesskit()
+    try:
+        binary = kit.tool_binary("oidc-server")
+    except kit.ToolUnavailable as exc:
+        pytest.skip(reason=str(exc))
+    work = tmp_path_factory.mktemp("argo-signin")
+    (work / "pki").mkdir()
+    ca = CertificateAuthority(work / "pki", name="mfhelm-test-idp-ca")
+    serving = ca.issue("idp", "127.0.0.1", server_ips=("127.0.0.1",), client=False)
+    member, outsider = "alice@example.com", "vera@example.com"
+    with pytest.MonkeyPatch.context() as mp:
+        # The test's own HTTPS calls to the provider (accesskit uses urllib).
+        mp.setenv("SSL_CERT_FILE", str(ca.pair.cert))
+        idp = kit.start_idp(binary, work / "idp",
+                            {member: ["data-scientists"], outsider: ["viewers"]},
+                            ["data-scientists", "viewers"], tls=(serving.cert, serving.key))
+        try:
+            values = {**argo.chart_values(namespaces["release"], namespaces["flows"]),
+                      "dataScientists": {"groups": [idp.groups["data-scientists"]]}}
+            for obj in _chart_objects(values, namespaces["release"], "data-scientists"):
+                argo.apply(cluster, obj)
+            with cluster.trust_issuer(idp.issuer, ca.pair.cert.read_text(), idp.client_id,
+                                      username_claim="preferred_username"):
+                yield Signin(idp=idp, ca=ca.pair.cert, member=member, outsider=outsider)
+        finally:
+            kit.stop(idp.proc)
+
+
+def _chart_objects(values: dict[str, Any], release_namespace: str,
+                   component: str) -> list[dict[str, Any]]:
+    from chartlib import render
+
+    objs = render([argo.CI_LOCAL_VALUES], values, release=RELEASE, namespace=release_namespace)
+    return [o for o in objs
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+            == component]
+
+
+def _forbidden_for(body: dict[str, Any], user: str, verb: str) -> bool:
+    """The API server's own refusal, naming who it judged."""
+    return f'User "{user}" cannot {verb} resource "workflows"' in str(body.get("message"))
+
+
+def test_member_lists_and_submits_workflows_in_the_flow_namespace(
+        cluster: Cluster, server: argo_server.ArgoServer, namespaces: dict[str, str],
+        signin: Signin) -> None:
+    flows = namespaces["flows"]
+    seeded = f"seeded-{uuid.uuid4().hex[:6]}"
+    client.CustomObjectsApi(cluster.api_client()).create_namespaced_custom_object(
+        **ARGO, namespace=flows, plural="workflows", body=_workflow(seeded))
+    token = signin.access_token(signin.member)
+
+    def listed() -> bool:
+        status, body = _request(f"{server.url}/api/v1/workflows/{flows}", token)
+        assert status == 200, body
+        return seeded in {w["metadata"]["name"] for w in body.get("items") or []}
+
+    cluster.wait_for(listed, 30, f"{seeded} in the member's list")
+    name = f"by-member-{uuid.uuid4().hex[:6]}"
+    status, body = _request(f"{server.url}/api/v1/workflows/{flows}", token,
+                            body={"workflow": _workflow(name)})
+    assert status == 200, body
+    assert body["metadata"]["name"] == name
+
+
+def test_member_is_refused_in_another_namespace(
+        server: argo_server.ArgoServer, namespaces: dict[str, str], signin: Signin) -> None:
+    other = namespaces["other"]
+    token = signin.access_token(signin.member)
+    status, body = _request(f"{server.url}/api/v1/workflows/{other}", token)
+    assert status == 403, body
+    status, body = _request(f"{server.url}/api/v1/workflows/{other}", token,
+                            body={"workflow": _workflow("elsewhere")})
+    assert status == 403, body
+    assert _forbidden_for(body, signin.member, "create"), body
+
+
+def test_non_member_can_do_nothing(
+        cluster: Cluster, server: argo_server.ArgoServer, namespaces: dict[str, str],
+        signin: Signin) -> None:
+    flows = namespaces["flows"]
+    token = signin.access_token(signin.outsider)
+    status, body = _request(f"{server.url}/api/v1/workflows/{flows}", token)
+    assert status == 403, body
+    status, body = _request(f"{server.url}/api/v1/workflows/{flows}", token,
+                            body={"workflow": _workflow("outsider")})
+    assert status == 403, body
+    # Refused by the API server as the outsider, though the server's own
+    # account may create workflows there.
+    assert _forbidden_for(body, signin.outsider, "create"), body
+    assert cluster.service_account_can(server.namespace, server.service_account, "create",
+                                       "workflows", group="argoproj.io", namespace=flows)
+
+
+def test_member_acts_with_their_own_rights_not_the_servers(
+        cluster: Cluster, server: argo_server.ArgoServer, namespaces: dict[str, str],
+        signin: Signin) -> None:
+    """With every right of the server's account in the flow namespace taken
+    away, the member still submits a workflow there: the call was theirs."""
+    flows = namespaces["flows"]
+    binding = next(o for o in _chart_objects(
+        argo.chart_values(namespaces["release"], flows), namespaces["release"], "argo")
+        if o["kind"] == "RoleBinding" and o["metadata"]["namespace"] == flows
+        and o["metadata"]["name"].endswith("-argo-server"))
+    rbac = cluster.rbac()
+    rbac.delete_namespaced_role_binding(binding["metadata"]["name"], flows)
+    try:
+        cluster.wait_for(lambda: not cluster.service_account_can(
+            server.namespace, server.service_account, "create", "workflows",
+            group="argoproj.io", namespace=flows), 30, "the server's account to lose its rights")
+        name = f"own-rights-{uuid.uuid4().hex[:6]}"
+        status, body = _request(f"{server.url}/api/v1/workflows/{flows}",
+                                signin.access_token(signin.member),
+                                body={"workflow": _workflow(name)})
+        assert status == 200, body
+        got = client.CustomObjectsApi(cluster.api_client()).get_namespaced_custom_object(
+            **ARGO, namespace=flows, plural="workflows", name=name)
+        assert got["metadata"]["name"] == name
+    finally:
+        argo.apply(cluster, binding)
