@@ -234,8 +234,12 @@ def _location(resp: Response, step: str) -> str:
 
 
 def start_idp(binary: Path, workdir: Path, users: dict[str, list[str]],
-              groups: list[str], *, access_token_ttl: str = "5m") -> Idp:
-    """Start the provider with `users` (name -> group names) in `groups`.
+              groups: list[str], *, access_token_ttl: str = "5m",
+              tls: tuple[Path, Path] | None = None) -> Idp:
+    """Start the provider with `users` (name -> group names) in `groups`;
+    with `tls` (certificate, key) on HTTPS, as a Kubernetes API server
+    requires of an issuer (the caller makes urllib trust the certificate,
+    e.g. with SSL_CERT_FILE).
 
     Every user's password is random; group ids and the tenant id are fresh
     GUIDs, as Entra's are."""
@@ -255,11 +259,12 @@ def start_idp(binary: Path, workdir: Path, users: dict[str, list[str]],
         proc = subprocess.Popen(
             [str(binary), "-users", str(users_file), "-client-id", client_id,
              "-client-secret", client_secret, "-access-token-ttl", access_token_ttl,
-             "-redirect-uri", "http://127.0.0.1:*/**"],
+             "-redirect-uri", "http://127.0.0.1:*/**",
+             *(["-tls-cert", str(tls[0]), "-tls-key", str(tls[1])] if tls else [])],
             stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     issuer = proc.stdout.readline().decode().strip()
-    if not issuer.startswith("http://127.0.0.1:"):
+    if not issuer.startswith("https://127.0.0.1:" if tls else "http://127.0.0.1:"):
         stop(proc)
         raise RuntimeError(f"oidc-server did not start:\n{log.read_text()[-3000:]}")
     wait_for(f"{issuer}/.well-known/openid-configuration", proc, "oidc-server", log)
