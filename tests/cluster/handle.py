@@ -159,11 +159,13 @@ class Cluster:
     @contextlib.contextmanager
     def trust_issuer(self, issuer: str, ca_pem: str, audience: str, *,
                      username_claim: str = "sub", groups_claim: str = "groups",
+                     required_claims: tuple[str, ...] = (),
                      timeout: float = 120) -> Iterator[None]:
         """Have the API server accept JWTs from an OIDC issuer while inside,
         as AKS's API server accepts Entra tokens: ``audience`` is the `aud`
         it requires, users are named by ``username_claim`` and their groups
-        (no prefix, as on AKS) come from ``groups_claim``.
+        (no prefix, as on AKS) come from ``groups_claim``; a token without
+        one of ``required_claims`` is refused.
 
         The API server reloads the file it was started with
         (--authentication-config) and only swaps in an issuer whose
@@ -187,6 +189,10 @@ class Cluster:
                 },
             }],
         }
+        if required_claims:
+            config["jwt"][0]["claimValidationRules"] = [
+                {"expression": f"has(claims.{claim})", "message": f"no {claim} claim"}
+                for claim in required_claims]
         text = yaml.safe_dump(config, sort_keys=False)
         _replace(path, text)
         try:

@@ -22,6 +22,7 @@ import json
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -166,22 +167,29 @@ def _accesskit() -> ModuleType:
 class Signin:
     idp: Any            # accesskit.Idp, serving HTTPS
     ca: Path            # the CA its certificate chains to
+    api_scope: str      # the scope of the API server's tokens (AKS: 6dae42f8-.../user.read)
     member: str         # in data-scientists: bound to our data-scientists Role in flows
-    outsider: str       # in viewers only: no Argo rights in this module's namespaces
+    outsider: str       # in others: let through by the sign-in, bound to nothing here
 
     def access_token(self, user: str) -> str:
-        return str(self.idp.token(user)["access_token"])
+        return str(self.idp.token(user, scope=self.api_scope)["access_token"])
 
 
 @pytest.fixture(scope="module")
 def signin(cluster: Cluster, namespaces: dict[str, str],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Signin]:
     """The OIDC provider on HTTPS (Kubernetes trusts https issuers only),
-    trusted by the API server as AKS trusts Entra: audience = the client id
-    its access tokens carry (on AKS: the AKS server app, 6dae42f8-...),
-    username = preferred_username, groups unprefixed. Our chart's
-    data-scientists Role and binding for its data-scientists group, as
-    `mfhelm grant` leaves them, in the flow namespace."""
+    trusted by the API server as AKS's trusts Entra: only access tokens for
+    the API server's own audience. AKS's API server takes tokens whose `aud`
+    is its server app (6dae42f8-4368-4678-94ff-3960e28e3630), which the
+    sign-in's ID token (aud: the sign-in app) never is; the test provider
+    gives ID and access tokens one audience, so its stand-in for "a token
+    for the API server" is an access token with a `scp` (asked for with the
+    `api://<client>/.default` scope, as Entra's AKS token is with
+    `6dae42f8-.../user.read`). Users are named by preferred_username, their
+    groups unprefixed. Our chart's data-scientists Role and binding for the
+    data-scientists group, as `mfhelm grant` leaves them, in the flow
+    namespace."""
     if cluster.authentication_config is None:
         pytest.skip("the API server must be told to trust the test OIDC issuer: "
                     "local control plane only")
@@ -194,21 +202,23 @@ def signin(cluster: Cluster, namespaces: dict[str, str],
     (work / "pki").mkdir()
     ca = CertificateAuthority(work / "pki", name="mfhelm-test-idp-ca")
     serving = ca.issue("idp", "127.0.0.1", server_ips=("127.0.0.1",), client=False)
-    member, outsider = "alice@example.com", "vera@example.com"
+    member, outsider = "alice@example.com", "otto@example.com"
     with pytest.MonkeyPatch.context() as mp:
         # The test's own HTTPS calls to the provider (accesskit uses urllib).
         mp.setenv("SSL_CERT_FILE", str(ca.pair.cert))
         idp = kit.start_idp(binary, work / "idp",
-                            {member: ["data-scientists"], outsider: ["viewers"]},
-                            ["data-scientists", "viewers"], tls=(serving.cert, serving.key))
+                            {member: ["data-scientists"], outsider: ["others"]},
+                            ["data-scientists", "others"], tls=(serving.cert, serving.key))
         try:
             values = {**argo.chart_values(namespaces["release"], namespaces["flows"]),
                       "dataScientists": {"groups": [idp.groups["data-scientists"]]}}
             for obj in _chart_objects(values, namespaces["release"], "data-scientists"):
                 argo.apply(cluster, obj)
             with cluster.trust_issuer(idp.issuer, ca.pair.cert.read_text(), idp.client_id,
-                                      username_claim="preferred_username"):
-                yield Signin(idp=idp, ca=ca.pair.cert, member=member, outsider=outsider)
+                                      username_claim="preferred_username",
+                                      required_claims=("scp",)):
+                yield Signin(idp=idp, ca=ca.pair.cert, api_scope=f"api://{idp.client_id}/.default",
+                             member=member, outsider=outsider)
         finally:
             kit.stop(idp.proc)
 
@@ -305,3 +315,132 @@ def test_member_acts_with_their_own_rights_not_the_servers(
         assert got["metadata"]["name"] == name
     finally:
         argo.apply(cluster, binding)
+
+
+def test_the_sign_ins_id_token_is_not_a_kubernetes_credential(
+        server: argo_server.ArgoServer, namespaces: dict[str, str], signin: Signin) -> None:
+    """On AKS the sign-in's ID token is for the sign-in app, not the API
+    server: forwarded to Argo it gets nobody anywhere."""
+    tokens = signin.idp.token(signin.member, scope=signin.api_scope)
+    status, body = _request(f"{server.url}/api/v1/workflows/{namespaces['flows']}",
+                            tokens["id_token"])
+    assert status == 401, body
+    # ... while the access token of the same sign-in is.
+    status, body = _request(f"{server.url}/api/v1/workflows/{namespaces['flows']}",
+                            tokens["access_token"])
+    assert status == 200, body
+
+
+# --- through the sign-in proxy, as the chart configures it --------------------------
+
+def _chartproxy() -> ModuleType:
+    _accesskit()
+    if "chartproxy" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("chartproxy", ACCESS / "chartproxy.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["chartproxy"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["chartproxy"]
+
+
+@pytest.fixture(scope="module")
+def proxy(server: argo_server.ArgoServer, signin: Signin,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """oauth2-proxy v7.15.6 with the flags and alpha config our chart renders
+    for sign-in on the local profile (tests/access/chartproxy.py), every
+    route pointed at this Argo server; `access.scope` asks for the API
+    server's scope too, as the entra-id default asks for AKS's. The
+    data-scientists group and `others` (as access.adminGroups) get through
+    the sign-in; only the first holds Kubernetes rights here."""
+    kit, chartproxy = _accesskit(), _chartproxy()
+    try:
+        binary = kit.tool_binary("oauth2-proxy")
+    except kit.ToolUnavailable as exc:
+        pytest.skip(reason=str(exc))
+    work = tmp_path_factory.mktemp("argo-proxy")
+    chart = chartproxy.signin_proxy(
+        signin.idp, server.url, work / "chart",
+        {"adminGroups": ["others"], "dataScientists": ["data-scientists"]},
+        values={"access": {"scope": f"openid email profile groups {signin.api_scope}"}})
+    # The proxy reaches the provider over HTTPS: Go reads SSL_CERT_FILE.
+    started = kit.start_proxy(binary, work / "run", chart.args,
+                              {**chart.env, "SSL_CERT_FILE": str(signin.ca)}, port=chart.port)
+    try:
+        yield started.url
+    finally:
+        kit.stop(started.proc)
+
+
+def _sign_in(proxy: str, signin: Signin, user: str) -> str:
+    """Sign in through the proxy as a browser does (the provider's login
+    form posted over HTTP); returns the Cookie header the browser then sends.
+    Cookies are kept by hand: the chart's are Secure, which urllib's jar
+    keeps from http://127.0.0.1."""
+    kit = signin.idp
+    jar: dict[str, str] = {}
+
+    def get(url: str, data: dict[str, str] | None = None) -> str:
+        headers = {"Accept": "text/html"}
+        if url.startswith(proxy) and jar:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+        resp = _accesskit().http(url, data=data, headers=headers)
+        if url.startswith(proxy):
+            for cookie in resp.headers.get_all("Set-Cookie") or []:
+                name, _, value = cookie.split(";", 1)[0].partition("=")
+                jar[name] = value
+        assert resp.status in (302, 303), (url, resp.status, resp.text[:500])
+        return urllib.parse.urljoin(url, resp.headers["Location"])
+
+    login = get(get(f"{proxy}/oauth2/start?rd=/argo/"))
+    request_id = urllib.parse.parse_qs(urllib.parse.urlparse(login).query)["authRequestID"][0]
+    callback = get(f"{kit.issuer}/login/username",
+                   {"id": request_id, "username": user, "password": kit.users[user].password})
+    landing = get(get(callback))
+    assert landing == f"{proxy}/argo/", landing
+    return "; ".join(f"{k}={v}" for k, v in jar.items())
+
+
+def _through(proxy: str, path: str, cookie: str,
+             body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    headers = {"Cookie": cookie, "Accept": "application/json"}
+    data = None
+    if body is not None:
+        data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+    req = urllib.request.Request(f"{proxy}{path}", data=data, headers=headers,
+                                 method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text or b"{}")
+        except json.JSONDecodeError:
+            return exc.code, {"message": text.decode(errors="replace")}
+
+
+def test_signed_in_member_uses_argo_under_argo_with_no_second_login(
+        proxy: str, namespaces: dict[str, str], signin: Signin) -> None:
+    cookie = _sign_in(proxy, signin, signin.member)
+    flows = namespaces["flows"]
+    status, body = _through(proxy, f"/argo/api/v1/workflows/{flows}", cookie)
+    assert status == 200, body
+    name = f"via-proxy-{uuid.uuid4().hex[:6]}"
+    status, body = _through(proxy, f"/argo/api/v1/workflows/{flows}", cookie,
+                            {"workflow": _workflow(name)})
+    assert status == 200, body
+    status, body = _through(proxy, f"/argo/api/v1/workflows/{namespaces['other']}", cookie,
+                            {"workflow": _workflow("elsewhere")})
+    assert status == 403 and _forbidden_for(body, signin.member, "create"), body
+
+
+def test_signed_in_user_without_rights_can_do_nothing_through_the_proxy(
+        proxy: str, namespaces: dict[str, str], signin: Signin) -> None:
+    cookie = _sign_in(proxy, signin, signin.outsider)
+    flows = namespaces["flows"]
+    status, body = _through(proxy, f"/argo/api/v1/workflows/{flows}", cookie)
+    assert status == 403, body
+    status, body = _through(proxy, f"/argo/api/v1/workflows/{flows}", cookie,
+                            {"workflow": _workflow("outsider")})
+    assert status == 403 and _forbidden_for(body, signin.outsider, "create"), body
