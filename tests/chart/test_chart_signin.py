@@ -6,7 +6,10 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
 
 - `--upstream` routes a path prefix but passes the whole path on (the
   upstream URL's own path is dropped), so routes that lose their prefix
-  need the alpha config's `rewriteTarget`, a regular expression `path`;
+  need the alpha config's `rewriteTarget`, a regular expression `path`.
+  Only `$1` works there: the alpha config loader rewrites every `$<digits>`
+  to `$1` (normalizeSubstitution) before substituting environment variables
+  (tests/access/test_chart_proxy_config.py shows the stripped paths arrive);
   with `--alpha-config` the providers, upstreams and injected headers live
   only in that file (the legacy flags for them are unknown flags there).
 - An injected header with `preserveRequestValue: false` deletes every copy
@@ -27,6 +30,7 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 import tomllib
@@ -36,6 +40,8 @@ import jmespath
 import pytest
 import yaml
 from chartlib import ROOT, SCENARIOS, HelmError, by_kind, get, render
+
+from mfhelm import promises
 
 AZURE = SCENARIOS["azure"]
 AZURE_AIRFLOW = SCENARIOS["azure-airflow"]
@@ -131,10 +137,10 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
     assert got == {
         "ui": {"id": "ui", "path": "/", "uri": f"http://mf-ui.{svc}:3000"},
         "ui-api": {"id": "ui-api", "path": "/api/", "uri": f"http://mf-ui-backend.{svc}:8083"},
-        "metadata": {"id": "metadata", "path": "^/metadata(?:/|$)(.*)$", "rewriteTarget": "/$1",
+        "metadata": {"id": "metadata", "path": "^/metadata(?:/(.*))?$", "rewriteTarget": "/$1",
                      "uri": f"http://mf-metadata.{svc}:8080"},
         # argo-helm 0.45.20: <release>-argo-workflows-server on servicePort 2746.
-        "argo": {"id": "argo", "path": "^/argo(?:/|$)(.*)$", "rewriteTarget": "/$1",
+        "argo": {"id": "argo", "path": "^/argo(?:/(.*))?$", "rewriteTarget": "/$1",
                  "uri": f"http://mf-argo-workflows-server.{svc}:2746"},
         # Airflow chart 1.16.0: <release>-webserver on ports.airflowUI; its
         # base_url keeps the /airflow prefix, so the path is passed whole.
@@ -150,11 +156,12 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
 ])
 def test_the_rewrite_strips_the_prefix_as_go_regexp_would(path, backend_path):
     # Go's regexp.ReplaceAllString with `$1`; Python's re with `\1` is the
-    # same for these patterns (no named groups, no `$1x` ambiguity).
-    import re
+    # same for these patterns (no named groups, no `$1x` ambiguity). An
+    # unmatched optional group is empty in both.
     for u in routes(render([LOCAL_SIGNIN], release="mf")).values():
         if "rewriteTarget" in u and re.search(u["path"], path):
-            assert re.sub(u["path"], u["rewriteTarget"].replace("$", "\\"), path) == backend_path
+            target = u["rewriteTarget"].replace("$1", "\\g<1>")
+            assert re.sub(u["path"], target, path) == backend_path
             return
     pytest.fail(f"no rewriting route matches {path}")
 
@@ -182,14 +189,18 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert provider["microsoftEntraIDConfig"] == {"federatedTokenAuth": True,
                                                   "allowedTenants": [TENANT]}
     assert provider["oidcConfig"]["issuerURL"] == ISSUER
-    # Entra's v2 endpoint refuses a `groups` scope; its tokens always carry
-    # preferred_username, `email` only optionally. AKS's server app's scope
-    # makes the access token one AKS's API server accepts (the Argo server
-    # acts with it; tests/cluster/test_e2e_argo_server_auth.py).
+    # Entra's v2 endpoint refuses a `groups` scope, and scopes of two
+    # resources in one request; its tokens always carry preferred_username,
+    # `email` only optionally. AKS's server app's scope makes the access
+    # token one AKS's API server accepts (the Argo server acts with it;
+    # tests/cluster/test_e2e_argo_server_auth.py), so Graph's User.Read
+    # cannot be asked for too.
     assert provider["scope"] == (
         "openid email profile 6dae42f8-4368-4678-94ff-3960e28e3630/user.read")
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
-    assert provider["oidcConfig"]["userIDClaim"] == "preferred_username"
+    # Not set: in v7.15.6 it only renames the email claim (the proxy's own
+    # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
+    assert "userIDClaim" not in provider["oidcConfig"]
     assert provider["allowedGroups"] == [ADMINS]
     deployment = get(objs, "Deployment", "mf-signin")
     pod = deployment["spec"]["template"]
@@ -213,7 +224,10 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert provider["clientSecretFile"] == "/etc/oauth2-proxy/client/client-secret"
     assert provider["scope"] == "openid email profile groups"
     assert provider["oidcConfig"]["emailClaim"] == "email"
+    assert "userIDClaim" not in provider["oidcConfig"]
     assert "microsoftEntraIDConfig" not in provider
+    user = [h for h in alpha_config(objs)["injectRequestHeaders"] if h["name"] == "X-Forwarded-User"]
+    assert user[0]["values"] == [{"claimSource": {"claim": "preferred_username"}}]
     pod = get(objs, "Deployment", "mf-signin")["spec"]["template"]
     assert {"name": "client", "secret": {"secretName": "metaflow-signin-client"}} in pod["spec"]["volumes"]
     assert {"name": "client", "mountPath": "/etc/oauth2-proxy/client", "readOnly": True} in (
@@ -222,14 +236,11 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert "annotations" not in get(objs, "ServiceAccount", "mf-signin")["metadata"]
 
 
-def test_oidc_without_a_client_secret_mounts_none():
+def test_oidc_without_a_client_secret_is_refused():
     values = yaml.safe_load(LOCAL_SIGNIN.read_text())
     values["access"]["clientSecretName"] = ""
-    objs = render([], values, release="mf")
-    [provider] = alpha_config(objs)["providers"]
-    assert "clientSecretFile" not in provider
-    volumes = get(objs, "Deployment", "mf-signin")["spec"]["template"]["spec"]["volumes"]
-    assert [v["name"] for v in volumes] == ["config", "cookie"]
+    with pytest.raises(HelmError, match="access.provider oidc needs access.clientSecretName"):
+        render([], values, release="mf")
 
 
 def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
@@ -242,7 +253,7 @@ def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
 def test_backends_get_identity_headers_the_client_cannot_send():
     headers = {h["name"]: h for h in alpha_config(render([AZURE], ENTRA, release="mf"))["injectRequestHeaders"]}
     claims = {name: h["values"][0]["claimSource"]["claim"] for name, h in headers.items()}
-    assert claims == {"X-Forwarded-User": "user", "X-Forwarded-Email": "email",
+    assert claims == {"X-Forwarded-User": "preferred_username", "X-Forwarded-Email": "email",
                       "X-Forwarded-Groups": "groups",
                       "X-Forwarded-Preferred-Username": "preferred_username",
                       "Authorization": "access_token"}
@@ -390,10 +401,10 @@ def test_notes_print_the_https_urls():
      "access.issuerUrl must name one tenant, not common"),
     (_access(provider="oidc", issuerUrl="http://idp.example.com"), "must be an https:// URL"),
     (_access(adminGroups=[]), "access.enabled needs at least one allowed group"),
-    (_access(proxy={"extraArgs": ["--skip-auth-route=^/"]}),
-     "access.proxy.extraArgs: --skip-auth-route is refused"),
-    (_access(proxy={"extraArgs": ["--email-domain=*"]}),
-     "access.proxy.extraArgs: --email-domain is refused"),
+    (_access(proxy={"extraArgs": ["--upstream=http://elsewhere/"]}),
+     "access.proxy.extraArgs: --upstream is refused: the chart sets it"),
+    (_access(proxy={"extraArgs": ["--cookie-secure=false"]}),
+     "access.proxy.extraArgs: --cookie-secure is refused: the chart sets it"),
     ({"ingress": {"enabled": True}}, "ingress: was replaced by access:"),
 ])
 def test_bad_access_values_are_refused_with_one_line(values, message):
@@ -454,6 +465,49 @@ def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(
 
 
 @pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
-def test_oauth2_proxy_accepts_the_oidc_configuration(tmp_path):
-    done = _config_test(render([LOCAL_SIGNIN], release="mf"), tmp_path, {})
+def test_oauth2_proxy_accepts_the_oidc_configuration_and_needs_its_client_secret(tmp_path):
+    objs = render([LOCAL_SIGNIN], release="mf")
+    done = _config_test(objs, tmp_path, {})
     assert done.returncode == 0, done.stderr
+    # Why the chart requires clientSecretName for oidc.
+    cm = get(objs, "ConfigMap", "mf-signin")
+    alpha = yaml.safe_load(cm["data"]["oauth2-proxy.yaml"])
+    del alpha["providers"][0]["clientSecretFile"]
+    cm["data"]["oauth2-proxy.yaml"] = yaml.safe_dump(alpha)
+    done = _config_test(objs, tmp_path, {})
+    assert done.returncode != 0
+    assert "missing setting: client-secret or client-secret-file" in done.stderr
+
+
+def _chart_flags() -> list[str]:
+    tpl = (ROOT / "charts/metaflow/templates/_helpers.tpl").read_text()
+    block = tpl[tpl.index('define "metaflow.signinChartFlags"'):]
+    block = block[:block.index("{{- end -}}")]
+    return re.findall(r'"(--[a-z0-9-]+)"', block)
+
+
+def test_flags_that_open_the_proxy_are_mfhelms_promise_not_the_charts():
+    # A plain `helm install` may take them (like networkPolicy.enabled=false);
+    # mfhelm refuses them unless --allow-override (tests/unit/test_access.py).
+    assert not set(_chart_flags()) & set(promises.SIGNIN_OPENING_FLAGS)
+    objs = render([AZURE], _access(proxy={"extraArgs": ["--skip-auth-route=^/public/"]}),
+                  release="mf")
+    assert flags(objs)["--skip-auth-route"] == ["^/public/"]
+
+
+@pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
+def test_every_flag_named_is_one_oauth2_proxy_knows():
+    # The legacy flag set (what `--help` lists) holds every flag; with
+    # --alpha-config the provider and upstream ones are unknown flags.
+    done = subprocess.run([OAUTH2_PROXY, "--help"], capture_output=True, text=True, timeout=60)
+    known = set(re.findall(r"^\s+(--[a-z0-9-]+)", done.stdout + done.stderr, re.M))
+    assert "--skip-auth-route" in known  # the listing is what this test reads
+    named = set(_chart_flags()) | set(promises.SIGNIN_OPENING_FLAGS)
+    assert named - known == set()
+
+
+def test_rewrite_targets_use_only_dollar_one():
+    # oauth2-proxy v7.15.6 turns `$2` into `$1` when it loads the file.
+    for route in routes(render([LOCAL_SIGNIN], release="mf")).values():
+        if "rewriteTarget" in route:
+            assert re.findall(r"\$\d+", route["rewriteTarget"]) == ["$1"], route
