@@ -189,8 +189,8 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert provider["microsoftEntraIDConfig"] == {"federatedTokenAuth": True,
                                                   "allowedTenants": [TENANT]}
     assert provider["oidcConfig"]["issuerURL"] == ISSUER
-    # Entra's v2 endpoint refuses a `groups` scope, and scopes of two
-    # resources in one request; its tokens always carry preferred_username,
+    # Entra's v2 endpoint refuses a `groups` scope, and an access token
+    # serves one resource; its tokens always carry preferred_username,
     # `email` only optionally. AKS's server app's scope makes the access
     # token one AKS's API server accepts (the Argo server acts with it;
     # tests/cluster/test_e2e_argo_server_auth.py), so Graph's User.Read
