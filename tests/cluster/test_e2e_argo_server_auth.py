@@ -121,9 +121,11 @@ def namespaces(cluster: Cluster) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="module")
 def server(cluster: Cluster, argo_build: argo.ArgoBuild,
            namespaces: dict[str, str]) -> Iterator[argo_server.ArgoServer]:
+    from mfhelm.values import ARGO_SIGNIN_PATH  # what mfhelm sets with sign-in on
+
     binary, _ = argo_server.ensure_cli()
     with argo_server.run_server(cluster, binary, namespaces["release"], namespaces["flows"],
-                                release=RELEASE, base_href="/argo/") as srv:
+                                release=RELEASE, base_href=ARGO_SIGNIN_PATH) as srv:
         yield srv
 
 
