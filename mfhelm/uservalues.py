@@ -76,6 +76,8 @@ AZURE_PROTECTED: dict[str, str] = {
     "access.provider": "the azure profile (Entra ID through workload identity, no client secret)",
     "access.issuerUrl": "the deployment (tenantId: one tenant's issuer)",
     "access.clientId": "the deployment (signinClientId)",
+    "argo-workflows.server.baseHref":
+        "mfhelm.toml [access] host (the sign-in serves the Argo UI under /argo/)",
     "access.adminGroups": "mfhelm.toml [access] admin_groups",
 }
 

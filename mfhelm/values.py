@@ -187,6 +187,7 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
     }
     if settings.access.enabled:
         values["access"] = azure_access(settings.access, outputs)
+        values = argo_ui_behind_signin(values)
     if airflow:
         if not outputs["airflowLogsContainerName"]:
             raise MfhelmError("deployAirflow is true but the deployment has no logs container")
@@ -246,7 +247,23 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
     }
     if access is not None:
         values["access"] = access.values()
+        values = argo_ui_behind_signin(values)
     return values
+
+
+ARGO_SIGNIN_PATH = "/argo/"
+
+
+def argo_ui_behind_signin(values: dict[str, Any]) -> dict[str, Any]:
+    """The sign-in serves the Argo UI under /argo/ and strips that prefix
+    (the Argo server serves everything at /), so the UI's <base href> must
+    say /argo/ (argo-helm: server.baseHref). Without sign-in it stays at the
+    chart's `/`, for port-forward."""
+    argo = dict(values.get("argo-workflows") or {})
+    if argo.get("enabled") is False:
+        return values
+    argo["server"] = {**(argo.get("server") or {}), "baseHref": ARGO_SIGNIN_PATH}
+    return {**values, "argo-workflows": argo}
 
 
 def argo_watches_flow_namespace(values: dict[str, Any], release_namespace: str) -> dict[str, Any]:

@@ -283,13 +283,17 @@ def _b64int(n: int) -> str:
 
 def start_idp(binary: Path, workdir: Path, users: dict[str, list[str]],
               groups: list[str], *, access_token_ttl: str = "5m",
-              federated: tuple[WorkloadIdentity, str] | None = None) -> Idp:
+              federated: tuple[WorkloadIdentity, str] | None = None,
+              tls: tuple[Path, Path] | None = None) -> Idp:
     """Start the provider with `users` (name -> group names) in `groups`.
 
     Every user's password is random; group ids and the tenant id are fresh
     GUIDs, as Entra's are. `federated` = (cluster issuer, subject) gives the
     client a federated credential: the token endpoint then also accepts that
-    subject's service-account token as the client's assertion."""
+    subject's service-account token as the client's assertion. `tls` =
+    (certificate, key) serves it on HTTPS, as a Kubernetes API server
+    requires of an issuer (the caller makes urllib trust the certificate,
+    e.g. with SSL_CERT_FILE)."""
     workdir.mkdir(parents=True, exist_ok=True)
     group_ids = {g: str(uuid.uuid4()) for g in groups}
     people = {name: User(name=name, password=secrets.token_urlsafe(12),
@@ -311,11 +315,12 @@ def start_idp(binary: Path, workdir: Path, users: dict[str, list[str]],
         proc = subprocess.Popen(
             [str(binary), "-users", str(users_file), "-client-id", client_id,
              "-client-secret", client_secret, "-access-token-ttl", access_token_ttl,
-             "-redirect-uri", "http://127.0.0.1:*/**", *federation],
+             "-redirect-uri", "http://127.0.0.1:*/**", *federation,
+             *(["-tls-cert", str(tls[0]), "-tls-key", str(tls[1])] if tls else [])],
             stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     issuer = proc.stdout.readline().decode().strip()
-    if not issuer.startswith("http://127.0.0.1:"):
+    if not issuer.startswith("https://127.0.0.1:" if tls else "http://127.0.0.1:"):
         stop(proc)
         raise RuntimeError(f"oidc-server did not start:\n{log.read_text()[-3000:]}")
     wait_for(f"{issuer}/.well-known/openid-configuration", proc, "oidc-server", log)

@@ -59,6 +59,12 @@ def two_proxies(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str],
     signin = signin_proxy(idp, authz.url, tmp_path / "signin", ALLOWED)
     [provider] = signin.config["providers"]
     del provider["allowedGroups"]
+    # Between the two proxies the bearer is the ID token (it names the user
+    # by email); the chart's one proxy forwards the access token instead,
+    # the user's credential for the Argo server.
+    for header in signin.config["injectRequestHeaders"]:
+        if header["name"] == "Authorization":
+            header["values"][0]["claimSource"]["claim"] = "id_token"
     signin.config["upstreamConfig"]["upstreams"] = [
         {"id": "authz", "path": "/", "uri": authz.url}]
     signin.save()

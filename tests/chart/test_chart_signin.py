@@ -189,11 +189,14 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert provider["microsoftEntraIDConfig"] == {"federatedTokenAuth": True,
                                                   "allowedTenants": [TENANT]}
     assert provider["oidcConfig"]["issuerURL"] == ISSUER
-    # Entra's v2 endpoint refuses a `groups` scope; User.Read makes the
-    # session's access token a Graph one, for reading groups past the
-    # 200-group overage. Its tokens always carry preferred_username, `email`
-    # only optionally.
-    assert provider["scope"] == "openid email profile User.Read"
+    # Entra's v2 endpoint refuses a `groups` scope, and an access token
+    # serves one resource; its tokens always carry preferred_username,
+    # `email` only optionally. AKS's server app's scope makes the access
+    # token one AKS's API server accepts (the Argo server acts with it;
+    # tests/cluster/test_e2e_argo_server_auth.py), so Graph's User.Read
+    # cannot be asked for too.
+    assert provider["scope"] == (
+        "openid email profile 6dae42f8-4368-4678-94ff-3960e28e3630/user.read")
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
     # Not set: in v7.15.6 it only renames the email claim (the proxy's own
     # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
@@ -253,7 +256,7 @@ def test_backends_get_identity_headers_the_client_cannot_send():
     assert claims == {"X-Forwarded-User": "preferred_username", "X-Forwarded-Email": "email",
                       "X-Forwarded-Groups": "groups",
                       "X-Forwarded-Preferred-Username": "preferred_username",
-                      "Authorization": "id_token"}
+                      "Authorization": "access_token"}
     assert headers["Authorization"]["values"][0]["claimSource"]["prefix"] == "Bearer "
     assert all(h["preserveRequestValue"] is False for h in headers.values())
 

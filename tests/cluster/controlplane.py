@@ -49,6 +49,8 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
 POD_CIDR = "10.244.0.0/16"
 TOOLS = ("kubernetes", "etcd", "kwok")
+EMPTY_AUTHENTICATION_CONFIG = ("apiVersion: apiserver.config.k8s.io/v1\n"
+                               "kind: AuthenticationConfiguration\njwt: []\n")
 
 # pool -> (node name, labels, taints); shaped like the AKS pools.
 NODES: dict[str, tuple[str, dict[str, str], list[dict[str, str]]]] = {
@@ -277,8 +279,15 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         "--unsafe-no-fsync", "--log-level=warn",
     ])
 
+    # Structured authentication with no JWT issuer yet: a test that needs the
+    # API server to accept an OIDC issuer's tokens (as AKS accepts Entra's)
+    # writes one into this file, and the API server reloads it while running
+    # (Cluster.trust_issuer).
+    authn_config = workdir / "authentication-config.yaml"
+    authn_config.write_text(EMPTY_AUTHENTICATION_CONFIG)
     procs.start("kube-apiserver", [
         str(binaries["kube-apiserver"]),
+        f"--authentication-config={authn_config}",
         "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
         f"--secure-port={api_port}",
         f"--etcd-servers={etcd_url}",
@@ -369,7 +378,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         kubeconfig=admin_kc, server=server, backend="controlplane",
         nodes={pool: name for pool, (name, _l, _t) in NODES.items()},
         workdir=workdir, version=version, exec_mounts=mounts, _pod_root=pod_root,
-        node_agent_pid=procs.running["kwok"].pid,
+        node_agent_pid=procs.running["kwok"].pid, authentication_config=authn_config,
     )
     cluster.create_namespace("default")
     return cluster

@@ -6,11 +6,13 @@ the same `Cluster`, so a test does not care which one it runs on.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -50,6 +52,14 @@ def write_kubeconfig(
     return path
 
 
+def _replace(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` in one step (a file written in place can be
+    read half-written: the API server then reloads an empty config)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def wait_for(check: Callable[[], T | None], timeout: float, what: str,
              interval: float = 0.2) -> T:
     """Poll ``check`` until it returns something truthy; fail naming ``what``."""
@@ -82,6 +92,8 @@ class Cluster:
                 (always on kind; on KWOK where the host allows mount namespaces)
     node_agent_pid  the KWOK process, leader of its own process group (local
                 control plane only): stopping it silences every fake node
+    authentication_config  the API server's structured authentication file
+                (local control plane only), see trust_issuer
     """
 
     kubeconfig: Path
@@ -92,6 +104,7 @@ class Cluster:
     version: str
     exec_mounts: bool = True
     node_agent_pid: int | None = None
+    authentication_config: Path | None = None
     _pod_root: Path | None = None
     _api: Any = field(default=None, repr=False)
 
@@ -142,6 +155,72 @@ class Cluster:
         pair = ca.issue(f"user-{user}", user, orgs=groups)
         return write_kubeconfig(self.workdir / f"kubeconfig-{user}", self.server, pki / "ca.crt",
                                 pair.cert, pair.key, user=user)
+
+    @contextlib.contextmanager
+    def trust_issuer(self, issuer: str, ca_pem: str, audience: str, *,
+                     username_claim: str = "sub", groups_claim: str = "groups",
+                     required_claims: tuple[str, ...] = (),
+                     timeout: float = 120) -> Iterator[None]:
+        """Have the API server accept JWTs from an OIDC issuer while inside,
+        as AKS's API server accepts Entra tokens: ``audience`` is the `aud`
+        it requires, users are named by ``username_claim`` and their groups
+        (no prefix, as on AKS) come from ``groups_claim``; a token without
+        one of ``required_claims`` is refused.
+
+        The API server reloads the file it was started with
+        (--authentication-config) and only swaps in an issuer whose
+        discovery document and keys it could fetch. This returns once its
+        metrics show the file's exact content applied, and leaves after
+        the previous content is applied again. Local control plane only.
+        """
+        if self.authentication_config is None:
+            raise RuntimeError("trusting an OIDC issuer needs the local control plane")
+        path = self.authentication_config
+        before = path.read_text()
+        config = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AuthenticationConfiguration",
+            "jwt": [{
+                "issuer": {"url": issuer, "audiences": [audience],
+                           "certificateAuthority": ca_pem},
+                "claimMappings": {
+                    "username": {"claim": username_claim, "prefix": ""},
+                    "groups": {"claim": groups_claim, "prefix": ""},
+                },
+            }],
+        }
+        if required_claims:
+            config["jwt"][0]["claimValidationRules"] = [
+                {"expression": f"has(claims.{claim})", "message": f"no {claim} claim"}
+                for claim in required_claims]
+        text = yaml.safe_dump(config, sort_keys=False)
+        _replace(path, text)
+        try:
+            self._wait_authentication_config(text, timeout, f"issuer {issuer}")
+            yield
+        finally:
+            _replace(path, before)
+            self._wait_authentication_config(before, timeout, "no issuer")
+
+    def _wait_authentication_config(self, text: str, timeout: float, what: str) -> None:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        mark = f'hash="sha256:{digest}"'
+
+        def applied() -> bool:
+            resp = self.api_client().call_api("GET", f"{self.server}/metrics")
+            resp.read()
+            return any(line.startswith(
+                "apiserver_authentication_config_controller_last_config_info{")
+                and mark in line for line in resp.data.decode().splitlines())
+
+        try:
+            wait_for(applied, timeout, f"the API server to apply its authentication "
+                     f"config with {what}", interval=1)
+        except TimeoutError as exc:
+            log = self.workdir / "logs" / "kube-apiserver.log"
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            tail = "\n".join(line for line in lines if "authentication config" in line)[-3000:]
+            raise TimeoutError(f"{exc}\n{tail}") from None
 
     def create_namespace(self, name: str) -> str:
         from kubernetes import client

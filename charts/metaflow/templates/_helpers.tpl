@@ -352,3 +352,11 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The application id of AKS's Entra server app, the same in every tenant:
+     AKS's API server takes Entra tokens issued for it (aud), and the
+     sign-in asks for its `user.read` scope so the user's access token is
+     one (the Argo server acts with it). */}}
+{{- define "metaflow.aksServerApp" -}}
+6dae42f8-4368-4678-94ff-3960e28e3630
+{{- end -}}

@@ -321,6 +321,8 @@ func main() {
 	ttl := flag.Duration("access-token-ttl", 5*time.Minute, "access token lifetime")
 	var redirects repeated
 	flag.Var(&redirects, "redirect-uri", "allowed redirect URI glob (repeatable), e.g. http://127.0.0.1:*/oauth2/callback")
+	tlsCert := flag.String("tls-cert", "", "serve HTTPS with this certificate (PEM, with -tls-key); the issuer is then https://, which Kubernetes API servers require")
+	tlsKey := flag.String("tls-key", "", "the -tls-cert certificate's private key (PEM)")
 	fedIssuer := flag.String("federated-issuer", "", "federated credential: the assertion's issuer (e.g. the AKS OIDC issuer)")
 	fedSubject := flag.String("federated-subject", "", "federated credential: the assertion's subject (system:serviceaccount:<ns>:<name>)")
 	fedAudience := flag.String("federated-audience", "api://AzureADTokenExchange", "federated credential: the assertion's audience")
@@ -342,7 +344,11 @@ func main() {
 		logger.Error("cannot listen", "error", err)
 		os.Exit(1)
 	}
-	issuer := "http://" + listener.Addr().String()
+	scheme := "http"
+	if *tlsCert != "" {
+		scheme = "https"
+	}
+	issuer := scheme + "://" + listener.Addr().String()
 
 	storage.RegisterClients(storage.WebClient(*clientID, *clientSecret))
 	store := &entraStorage{
@@ -377,7 +383,11 @@ func main() {
 		_ = server.Shutdown(ctx)
 	}()
 	fmt.Println(issuer)
-	if err := server.Serve(listener); !errors.Is(err, http.ErrServerClosed) {
+	serve := func() error { return server.Serve(listener) }
+	if *tlsCert != "" {
+		serve = func() error { return server.ServeTLS(listener, *tlsCert, *tlsKey) }
+	}
+	if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 		logger.Error("server stopped", "error", err)
 		os.Exit(1)
 	}
