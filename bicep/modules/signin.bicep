@@ -30,6 +30,46 @@ param serviceAccountSubject string
 @description('Object ID of the deploying user or service principal, made an owner of the app so it can update it on the next deploy.')
 param ownerPrincipalId string
 
+// Delegated permissions the proxy asks for at sign-in: on Microsoft Graph
+// (00000003-...) OpenID Connect's openid, profile, email and offline_access;
+// on AKS's server app "Azure Kubernetes Service AAD Server" (6dae42f8-...)
+// user.read, whose access token the proxy hands the Argo server so each UI
+// call runs with the user's own Kubernetes rights. Declared so that an admin
+// can grant them once for the tenant; otherwise each user consents at first
+// sign-in.
+var signinPermissions = [
+  {
+    resourceAppId: '00000003-0000-0000-c000-000000000000'
+    resourceAccess: [
+      {
+        id: '37f7f235-527c-4136-accd-4a02d197296e'
+        type: 'Scope'
+      }
+      {
+        id: '14dad69e-099b-42c9-810b-d002981feec1'
+        type: 'Scope'
+      }
+      {
+        id: '64a6cdd6-aab1-4aaf-94b8-3cc8405e90d0'
+        type: 'Scope'
+      }
+      {
+        id: '7427e0e9-2fba-42fe-b0c0-848c9e6a8182'
+        type: 'Scope'
+      }
+    ]
+  }
+  {
+    resourceAppId: '6dae42f8-4368-4678-94ff-3960e28e3630'
+    resourceAccess: [
+      {
+        id: '34a47c2f-cd0d-47b4-a93c-2c41130c671c'
+        type: 'Scope'
+      }
+    ]
+  }
+]
+
 resource app 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
   displayName: displayName
@@ -58,6 +98,7 @@ resource app 'Microsoft.Graph/applications@v1.0' = {
       }
     ]
   }
+  requiredResourceAccess: signinPermissions
   owners: {
     relationships: [
       ownerPrincipalId

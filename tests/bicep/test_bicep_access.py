@@ -294,6 +294,22 @@ def test_app_is_single_tenant_with_the_proxy_redirect_and_security_groups():
     assert app["owners"]["relationships"] == ["ownerPrincipalId"]
 
 
+AKS_SERVER_APP = "6dae42f8-4368-4678-94ff-3960e28e3630"  # Azure Kubernetes Service AAD Server
+AKS_USER_READ = "34a47c2f-cd0d-47b4-a93c-2c41130c671c"   # its delegated scope user.read
+
+
+def test_app_declares_the_aks_scope_the_proxy_asks_for():
+    """The chart's entra-id proxy asks for <AKS server app>/user.read (the Argo server acts
+    with that token); the app declares it so an admin can consent once for the tenant."""
+    tpl, app = _graph(SIGNIN)
+    declared = R.evaluate(app["requiredResourceAccess"], tpl, {})
+    access = {r["resourceAppId"]: r["resourceAccess"] for r in declared}
+    assert {"id": AKS_USER_READ, "type": "Scope"} in access[AKS_SERVER_APP]
+    assert all(a["type"] == "Scope" for rs in access.values() for a in rs)  # delegated only
+    chart_values = (R.BICEP_DIR.parent / "charts/metaflow/values.yaml").read_text()
+    assert f"{AKS_SERVER_APP}/user.read" in chart_values
+
+
 def test_proxy_service_account_is_the_federated_credential():
     tpl, fic = _graph(SIGNIN, "app__proxyCredential")
     assert R.nested("app__proxyCredential", tpl)
@@ -552,7 +568,7 @@ def test_the_subject_is_the_same_in_bicep_mfhelm_deploy_and_doctor(main):
     assert main["parameters"]["releaseName"]["default"] == HelmSettings().release
     s = parse({"org_prefix": "acme", "location": "westeurope",
                "helm": {"release": "prod", "namespace": "mf"},
-               "access": {"host": HOST}})
+               "access": {"host": HOST, "tls_secret": "metaflow-tls"}})
     sent = {k: v["value"] for k, v in build_parameters(
         s, "3f2b8c1e-6a4d-4e1f-9b7a-2c5d8e9f0a1b")["parameters"].items()}
     subject = R.body(main["modules"]["signin"])["params"]["serviceAccountSubject"]

@@ -289,7 +289,7 @@ SUBJECT = "system:serviceaccount:metaflow:metaflow-signin"
 
 def run_access(fake, cred=None, **access):
     cred = cred or fake_arm.FakeCredential()
-    s = settings(access={"host": HOST, **access})
+    s = settings(access={"host": HOST, "tls_secret": "metaflow-tls", **access})
     checks = doctor.run_preflight(s, credential=cred, base_url=fake.base_url,
                                   subscription_id=SUB, graph_url=fake.base_url)
     return {c.name: c for c in checks if c.name.startswith("Entra app")}, cred
