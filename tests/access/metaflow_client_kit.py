@@ -52,9 +52,11 @@ class EntraFront:
     tenant: str
     client_id: str              # the workload identity's (the assertion's) client id
     federated_token: str
-    idp: Any                    # accesskit.Idp
+    idp: Any                    # accesskit.Idp; None: unsigned tokens for `api_client_id`
     user: str                   # whose tokens the API scope gets
     refuse_api: bool = False    # answer the API scope as Entra does when sign-in expired
+    api_client_id: str = ""     # without an IdP: the sign-in app
+    lifetime: int = 3600        # without an IdP: the tokens' lifetime
     url: str = ""
     requests: list[mfenv.Request] = field(default_factory=list)
     api_issued: list[tuple[float, str]] = field(default_factory=list)
@@ -64,10 +66,18 @@ class EntraFront:
 
     @property
     def scope(self) -> str:
-        return api_scope(self.idp.client_id)
+        return api_scope(self.idp.client_id if self.idp else self.api_client_id)
 
     def api_token(self) -> tuple[str, int]:
         """The user's current access token and its seconds left, refreshed when due."""
+        if self.idp is None:
+            now = time.time()
+            token = mfenv.unsigned_jwt({
+                "aud": self.api_client_id, "iss": f"https://login.microsoftonline.com/"
+                f"{self.tenant}/v2.0", "iat": int(now), "exp": int(now) + self.lifetime,
+                "preferred_username": self.user, "tid": self.tenant, "n": len(self.api_issued)})
+            self.api_issued.append((now, token))
+            return token, self.lifetime
         with self._lock:
             now = time.time()
             held = self._held

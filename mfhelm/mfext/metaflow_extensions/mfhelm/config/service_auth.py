@@ -12,7 +12,8 @@ serializes from it (`json.dumps(SERVICE_HEADERS)` into Kubernetes and Argo pod
 specs, `headers.update(SERVICE_HEADERS)` for Argo Events) carries none.
 
 The proxy's answers are read by a response hook on the provider's
-`requests.Session`: a 401 gets one retry with a newly asked token, then a 401,
+`requests.Session`: a 401 gets one retry if the credential now gives another
+token (clocks differ), then a 401,
 403 or a redirect to the sign-in page becomes a one-line error naming the fix.
 The error is a MetaflowInternalError, the one kind the provider's retry loop
 passes straight through.
@@ -107,13 +108,17 @@ class SignInProblem(Exception):
     """Why there is no token (kept until a request needs explaining)."""
 
 
-def _who(token):
-    """The signed-in user as the token names them, for messages only (not verified)."""
+def _claims(token):
+    """A JWT's claims, for messages only (the proxy verifies them)."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except Exception:
-        return None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def _who(claims):
     for key in ("preferred_username", "upn", "unique_name", "email", "oid", "sub"):
         if claims.get(key):
             return str(claims[key])
@@ -195,9 +200,12 @@ class ServiceToken:
             return None
         status = response.status_code
         sent = (request.headers.get("Authorization") or "")[len("Bearer "):]
-        if status == 401 and sent and not getattr(request, "mfhelm_retried", False):
+        # oauth2-proxy answers an expired bearer token with 403, like an outsider's.
+        if status in (401, 403) and sent and not getattr(request, "mfhelm_retried", False):
+            # Renewed early: our clock and the proxy's may differ. Only a different
+            # token is worth a second try (the credential may hand back its cached one).
             token = self.get(force=True)
-            if token:
+            if token and token != sent:
                 retry = request.copy()
                 retry.headers["Authorization"] = "Bearer " + token
                 retry.mfhelm_retried = True
@@ -217,8 +225,13 @@ class ServiceToken:
             why = self.problem or "the credential gave no token"
             return (f"no Entra token for {where} ({why}): run `az login` (in the deployment's "
                     "tenant) and retry")
-        who = _who(sent)
+        claims = _claims(sent)
+        who = _who(claims)
         as_who = f" as {who}" if who else ""
+        expires = claims.get("exp")
+        if isinstance(expires, (int, float)) and expires <= time.time():
+            return (f"{where} refused your Entra token{as_who} ({status}): it had expired and "
+                    "no newer one came from the credential: run `az login` and retry")
         if status == 403:
             return (f"{where} refused you{as_who} (403): you are not in a group allowed in; ask "
                     "the platform team to run `mfhelm grant --group <your team's group>`")
