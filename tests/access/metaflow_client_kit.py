@@ -16,17 +16,13 @@
   `metaflow-local-service` (PyPI, pinned in pyproject's test extra), which
   speaks the service's REST API (v2.5.0 in its /ping) over Metaflow's local
   metadata files. Netflix's metaflow-service is not on a registry.
-- `proxy_config` / `start_signin_proxy`: oauth2-proxy (tools.toml) configured
-  as charts/metaflow/templates/signin.yaml configures it for the metadata API:
-  alpha config with the `/metadata/` upstream and its prefix stripped, bearer
-  tokens accepted (`--skip-jwt-bearer-tokens`, no login fallback), 401 on
-  `/metadata` instead of a redirect, the allowed groups.
+
+The proxy is the chart's (tests/access/chartproxy.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import threading
@@ -36,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cluster import metaflow_env as mfenv
 from cluster.pki import CertificateAuthority
 
@@ -190,70 +185,6 @@ def start_metadata_service(workdir: Path) -> Service:
     service = Service(f"http://127.0.0.1:{port}", proc, log)
     try:
         _wait(f"{service.url}/ping", proc, "metadata service", log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
-
-
-# --- oauth2-proxy as the chart runs it in front of /metadata/ -------------------------
-
-def proxy_config(idp: Any, metadata_url: str, port: int, allowed_groups: list[str]
-                 ) -> dict[str, Any]:
-    """The alpha config signin.yaml renders, for the `oidc` provider and one upstream."""
-    return {
-        "server": {"bindAddress": f"127.0.0.1:{port}"},
-        "providers": [{
-            "id": "oidc", "provider": "oidc", "clientID": idp.client_id,
-            "clientSecret": idp.client_secret, "scope": "openid email profile groups",
-            "allowedGroups": allowed_groups,
-            "oidcConfig": {"issuerURL": idp.issuer, "groupsClaim": "groups",
-                           "audienceClaims": ["aud"], "emailClaim": "preferred_username",
-                           "userIDClaim": "preferred_username"},
-        }],
-        "upstreamConfig": {"upstreams": [
-            # No `$` in the path regex: oauth2-proxy runs the alpha config through
-            # envsubst (pkg/apis/options/load.go; only `$<digits>` is protected), and
-            # `^/metadata(/|$)(.*)$` with `/$2` reaches the upstream as `GET http://`.
-            {"id": "metadata", "path": "^/metadata/(.*)", "rewriteTarget": "/$1",
-             "uri": metadata_url},
-        ]},
-    }
-
-
-PROXY_ARGS = [
-    # The flags signin.yaml passes that matter to an API client.
-    "--cookie-secure=false",     # plain HTTP here
-    "--email-domain=*",
-    "--reverse-proxy=true",
-    "--skip-provider-button=true",
-    "--skip-jwt-bearer-tokens=true",
-    "--bearer-token-login-fallback=false",
-    "--api-route=^/metadata(/|$)",
-    "--silence-ping-logging=true",
-]
-
-
-def start_signin_proxy(binary: Path, workdir: Path, idp: Any, metadata_url: str,
-                       allowed_groups: list[str]) -> Service:
-    import base64
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = mfenv.free_port()
-    config = workdir / "oauth2-proxy.yaml"
-    config.write_text(yaml.safe_dump(proxy_config(idp, metadata_url, port, allowed_groups)))
-    url = f"http://127.0.0.1:{port}"
-    secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
-    log = workdir / "oauth2-proxy.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), f"--alpha-config={config}", f"--cookie-secret={secret}",
-             f"--redirect-url={url}/oauth2/callback", *PROXY_ARGS],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={"PATH": os.environ.get("PATH", "")}, start_new_session=True)
-    service = Service(url, proc, log)
-    try:
-        _wait(f"{url}/ping", proc, "oauth2-proxy", log)
     except BaseException:
         service.stop()
         raise

@@ -7,7 +7,8 @@ extension in mfhelm/mfext) and Azure credentials that azure-identity's
 DefaultAzureCredential finds. Its tokens for the API are a real IdP user's
 (metaflow_client_kit.EntraFront); oauth2-proxy checks their signature,
 audience, expiry and groups; artifacts go to Azurite over HTTPS with the same
-credential's storage tokens. The IdP's access tokens live 40 s, so a run with
+credential's storage tokens. The proxy runs with the flags and alpha config the chart renders
+(chartproxy.py). The IdP's access tokens live 40 s, so a run with
 a 50 s step and a notebook session that idles past a token's end only work
 if every process gets a new token when its own runs out.
 """
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import accesskit
 import metaflow_client_kit as kit
 import pytest
+from chartproxy import signin_proxy
 from cluster import metaflow_env as mfenv
 from cluster.pki import CertificateAuthority
 
@@ -83,7 +86,7 @@ print("again", [s.id for s in run], run["middle"].task.data.y, flush=True)
 class Stack:
     mf: mfenv.MetaflowEnv
     front: kit.EntraFront
-    proxy: kit.Service
+    proxy: accesskit.Proxy
     service: kit.Service
     idp: Any
 
@@ -131,14 +134,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, start_idp: Callable[..., Any
     ca = CertificateAuthority(work / "ca")
     outputs = fake_arm.sample_outputs() | {"signinClientId": idp.client_id}
     settings = parse({"org_prefix": "acme", "location": "westeurope",
-                      "access": {"host": HOST}})
+                      "access": {"host": HOST, "tls_secret": "metaflow-tls"}})
     azurite = mfenv.start_azurite(work / "azurite", ca, "metaflow-storage")
-    service = proxy = None
+    service: kit.Service | None = None
+    proxy: accesskit.Proxy | None = None
     try:
         service = kit.start_metadata_service(work / "service")
-        allowed = [idp.groups["data-scientists"], idp.groups["admins"]]
-        proxy = kit.start_signin_proxy(oauth2_proxy_binary, work / "proxy", idp, service.url,
-                                       allowed)
+        # oauth2-proxy with the flags and alpha config the chart renders (every
+        # backend route pointed at the metadata service; laptops use /metadata/).
+        chart = signin_proxy(idp, service.url, work / "chart",
+                             {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]})
+        proxy = accesskit.start_proxy(oauth2_proxy_binary, work / "proxy", chart.args,
+                                      chart.env, chart.port)
         front = kit.EntraFront(tenant=outputs["tenantId"],
                                client_id=outputs["identityClientId"],
                                federated_token=mfenv.federated_token(outputs), idp=idp,
@@ -154,9 +161,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, start_idp: Callable[..., Any
             (mf.home / "work" / "signin_flow.py").write_text(FLOW)
             yield Stack(mf, front, proxy, service, idp)
     finally:
-        for part in (proxy, service):
-            if part is not None:
-                part.stop()
+        if proxy is not None:
+            accesskit.stop(proxy.proc)
+        if service is not None:
+            service.stop()
         azurite.stop()
 
 
@@ -189,7 +197,9 @@ def test_a_run_records_through_the_proxy_across_token_renewals(stack: Stack) -> 
     tokens = stack.front.tokens_issued()[issued_before:]
     assert len(set(tokens)) >= 2, "no process asked for a new token after the first expired"
     log = [r for r in stack.proxy_log() if r[2].startswith("/metadata/")]
-    assert log and all(user == USER for user, *_ in log), log[:5]
+    # oauth2-proxy names a bearer's user by `sub`; every request was alice's.
+    sub = accesskit.jwt_claims(tokens[0])["sub"]
+    assert log and all(user == sub for user, *_ in log), log[:5]
     # 404s are Metaflow's get-before-create; nothing was refused.
     refused = [r for r in log if r[3] in (401, 403) or r[3] >= 500]
     assert not refused, refused

@@ -1,6 +1,5 @@
-"""`mfhelm config` with [access] on: the client-side keys mfhelm's Metaflow
-extension reads (mfhelm/mfext) and the UI links Metaflow prints; none of them
-is a token or secret."""
+"""`mfhelm config` with [access] on: the key mfhelm's Metaflow extension reads
+(mfhelm/mfext); no token or secret."""
 
 from __future__ import annotations
 
@@ -14,18 +13,16 @@ from mfhelm.settings import parse
 APP = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 OUTPUTS = fake_arm.sample_outputs() | {"signinClientId": APP}
 ON = parse({"org_prefix": "acme", "location": "westeurope",
-            "access": {"host": "metaflow.example.com"}})
+            "access": {"host": "metaflow.example.com", "tls_secret": "metaflow-tls"}})
 OFF = parse({"org_prefix": "acme", "location": "westeurope"})
 
 
-def test_access_on_writes_the_scope_and_the_ui_links() -> None:
+def test_access_on_writes_the_scope_beside_the_entry_points_urls() -> None:
     assert access_client_config(OUTPUTS, ON) == {
-        "METAFLOW_MFHELM_SERVICE_SCOPE": f"api://{APP}/.default",
-        "METAFLOW_UI_URL": "https://metaflow.example.com/",
-        "METAFLOW_ARGO_WORKFLOWS_UI_URL": "https://metaflow.example.com/argo/",
-    }
+        "METAFLOW_MFHELM_SERVICE_SCOPE": f"api://{APP}/.default"}
     config = build_config(OUTPUTS, ON)
     assert config[SERVICE_SCOPE_KEY] == f"api://{APP}/.default"
+    assert config["METAFLOW_SERVICE_URL"] == "https://metaflow.example.com/metadata"
     assert not any("TOKEN" in k or "SECRET" in k or "AUTH" in k for k in config)
 
 
@@ -36,7 +33,8 @@ def test_access_off_adds_nothing() -> None:
 
 def test_an_existing_app_named_in_the_settings_is_used_when_outputs_lack_it() -> None:
     settings = parse({"org_prefix": "acme", "location": "westeurope",
-                      "access": {"host": "metaflow.example.com", "client_id": APP}})
+                      "access": {"host": "metaflow.example.com", "client_id": APP,
+                                 "tls_secret": "metaflow-tls"}})
     outputs = fake_arm.sample_outputs()
     assert access_client_config(outputs, settings)[SERVICE_SCOPE_KEY] == f"api://{APP}/.default"
 
