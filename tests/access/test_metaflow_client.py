@@ -7,10 +7,10 @@ extension in mfhelm/mfext) and Azure credentials that azure-identity's
 DefaultAzureCredential finds. Its tokens for the API are a real IdP user's
 (metaflow_client_kit.EntraFront); oauth2-proxy checks their signature,
 audience, expiry and groups; artifacts go to Azurite over HTTPS with the same
-credential's storage tokens. The proxy runs with the flags and alpha config the chart renders
-(chartproxy.py). The IdP's access tokens live 40 s, so a run with
-a 50 s step and a notebook session that idles past a token's end only work
-if every process gets a new token when its own runs out.
+credential's storage tokens. The proxy runs with the flags and alpha config
+the chart renders (chartproxy.py). The IdP's access tokens live 60 s, so a
+run with a 75 s step and a notebook session that idles past a token's end
+only work if every process gets a new token when its own runs out.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from cluster.pki import CertificateAuthority
 
 pytestmark = pytest.mark.timeout(600)
 
-TOKEN_TTL = 40
+# Long enough that azure-identity (which reuses a token it got under 30 s ago)
+# answers our renewal, 15 s before the end, with a new one.
+TOKEN_TTL = 60
 USER = "alice@example.com"          # in data-scientists (allowed in)
 OUTSIDER = "olga@example.com"       # in outsiders (signs in, not allowed)
 HOST = "metaflow.example.com"
