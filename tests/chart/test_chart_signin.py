@@ -189,9 +189,11 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert provider["microsoftEntraIDConfig"] == {"federatedTokenAuth": True,
                                                   "allowedTenants": [TENANT]}
     assert provider["oidcConfig"]["issuerURL"] == ISSUER
-    # Entra's v2 endpoint refuses a `groups` scope; its tokens always carry
-    # preferred_username, `email` only optionally.
-    assert provider["scope"] == "openid email profile"
+    # Entra's v2 endpoint refuses a `groups` scope; User.Read makes the
+    # session's access token a Graph one, for reading groups past the
+    # 200-group overage. Its tokens always carry preferred_username, `email`
+    # only optionally.
+    assert provider["scope"] == "openid email profile User.Read"
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
     # Not set: in v7.15.6 it only renames the email claim (the proxy's own
     # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
@@ -231,14 +233,11 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert "annotations" not in get(objs, "ServiceAccount", "mf-signin")["metadata"]
 
 
-def test_oidc_without_a_client_secret_mounts_none():
+def test_oidc_without_a_client_secret_is_refused():
     values = yaml.safe_load(LOCAL_SIGNIN.read_text())
     values["access"]["clientSecretName"] = ""
-    objs = render([], values, release="mf")
-    [provider] = alpha_config(objs)["providers"]
-    assert "clientSecretFile" not in provider
-    volumes = get(objs, "Deployment", "mf-signin")["spec"]["template"]["spec"]["volumes"]
-    assert [v["name"] for v in volumes] == ["config", "cookie"]
+    with pytest.raises(HelmError, match="access.provider oidc needs access.clientSecretName"):
+        render([], values, release="mf")
 
 
 def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
@@ -463,9 +462,18 @@ def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(
 
 
 @pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
-def test_oauth2_proxy_accepts_the_oidc_configuration(tmp_path):
-    done = _config_test(render([LOCAL_SIGNIN], release="mf"), tmp_path, {})
+def test_oauth2_proxy_accepts_the_oidc_configuration_and_needs_its_client_secret(tmp_path):
+    objs = render([LOCAL_SIGNIN], release="mf")
+    done = _config_test(objs, tmp_path, {})
     assert done.returncode == 0, done.stderr
+    # Why the chart requires clientSecretName for oidc.
+    cm = get(objs, "ConfigMap", "mf-signin")
+    alpha = yaml.safe_load(cm["data"]["oauth2-proxy.yaml"])
+    del alpha["providers"][0]["clientSecretFile"]
+    cm["data"]["oauth2-proxy.yaml"] = yaml.safe_dump(alpha)
+    done = _config_test(objs, tmp_path, {})
+    assert done.returncode != 0
+    assert "missing setting: client-secret or client-secret-file" in done.stderr
 
 
 def _chart_flags() -> list[str]:

@@ -337,6 +337,8 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- end -}}
 {{- else if ne $a.provider "oidc" -}}
 {{- fail (printf "access.provider %s: use entra-id or oidc" $a.provider) -}}
+{{- else if not $a.clientSecretName -}}
+{{- fail "access.provider oidc needs access.clientSecretName (a Secret with the client secret): oauth2-proxy refuses an oidc client without one" -}}
 {{- end -}}
 {{- if not (include "metaflow.accessGroups" . | fromJsonArray) -}}
 {{- fail "access.enabled needs at least one allowed group (access.adminGroups, dataScientists.groups or viewers.groups): with none, every user of the issuer would get in" -}}
