@@ -61,6 +61,31 @@ def argo_events_config(release: str, flow_namespace: str) -> dict[str, str]:
     }
 
 
+# The client side of sign-in (README: "From a laptop or notebook"). With this key
+# set, mfhelm's Metaflow extension (mfhelm/mfext) sends an Entra access token for
+# the scope with every request to METAFLOW_SERVICE_URL; flow pods never get it.
+SERVICE_SCOPE_KEY = "METAFLOW_MFHELM_SERVICE_SCOPE"
+
+
+def signin_scope(client_id: str) -> str:
+    """What a laptop asks Entra for: the sign-in app's API, every scope it was granted."""
+    return f"api://{client_id}/.default"
+
+
+def access_client_config(outputs: dict[str, Any], settings: Settings) -> dict[str, str]:
+    """The laptop's key for the sign-in proxy in front of the metadata API: the
+    scope its Entra access tokens are for (the URLs are access_urls')."""
+    access = settings.access
+    if not access.enabled:
+        return {}
+    client_id = str(outputs.get("signinClientId") or access.client_id or "")
+    if not client_id:
+        raise MfhelmError("the deployment outputs have no signinClientId (the sign-in app): "
+                          "re-run `mfhelm deploy` with [access] host set, or set [access] "
+                          "client_id in mfhelm.toml")
+    return {SERVICE_SCOPE_KEY: signin_scope(client_id)}
+
+
 def is_service_url(url: str) -> bool:
     """http(s)://host[:port][/path]: a DNS name, IPv4 or [IPv6] host, ASCII
     throughout, no credentials, query or fragment, and nothing after it."""
@@ -153,6 +178,7 @@ def build_config(
     if argo_events_enabled(outputs, settings):
         config |= argo_events_config(helm.release, str(outputs["flowNamespace"]))
     config |= {k: v for k, v in urls.items() if k != "METAFLOW_SERVICE_URL"}
+    config |= access_client_config(outputs, settings)
     return config
 
 

@@ -204,8 +204,8 @@ def test_an_explicit_service_url_wins():
 def test_published_keys_follow_access_and_argo():
     assert published_config_keys({}) == PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG
     on = {"access": {"enabled": True}}
-    assert published_config_keys(on)[-2:] == (PUBLISHED_ACCESS_CONFIG
-                                              + PUBLISHED_ACCESS_ARGO_CONFIG)
+    access_keys = PUBLISHED_ACCESS_CONFIG + PUBLISHED_ACCESS_ARGO_CONFIG
+    assert published_config_keys(on)[-len(access_keys):] == access_keys
     no_argo = on | {"argo-workflows": {"enabled": False}, "argo-events": {"enabled": False}}
     assert published_config_keys(no_argo) == PUBLISHED_CONFIG + PUBLISHED_ACCESS_CONFIG
 
