@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 
 import accesskit
@@ -80,3 +81,24 @@ def test_health_endpoints_answer_without_sign_in(proxy, upstream):
     assert http(f"{proxy}/ping").status == 200
     assert http(f"{proxy}/ready").status == 200
     assert upstream.requests == []
+
+
+def test_a_browser_session_is_refreshed_with_its_refresh_token(
+        idp, upstream, start_proxy, tmp_path, browser):
+    # access.sessionRefresh short: the proxy redeems the session's refresh
+    # token (scope offline_access) and forwards the new ID token.
+    chart = signin_proxy(idp, upstream.url, tmp_path / "chart", ALLOWED,
+                         values={"access": {"sessionRefresh": "2s"}})
+    assert "--cookie-refresh=2s" in chart.args
+    proxy = start_proxy(chart.args, chart.env, port=chart.port)
+    accesskit.browser_sign_in(browser, idp, MEMBER, f"{proxy}/")
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+    first = http(f"{proxy}/api/whoami", headers={"Cookie": cookie}).json()["headers"]
+    time.sleep(3)
+    browser.get(f"{proxy}/")  # the refresh happens here, and sets new cookies
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+    second = http(f"{proxy}/api/whoami", headers={"Cookie": cookie}).json()["headers"]
+    assert second["Authorization"] != first["Authorization"]
+    claims = accesskit.jwt_claims(second["Authorization"].removeprefix("Bearer "))
+    assert claims["iat"] > accesskit.jwt_claims(first["Authorization"].removeprefix("Bearer "))["iat"]
+    assert second["X-Forwarded-User"] == MEMBER

@@ -193,7 +193,7 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     # session's access token a Graph one, for reading groups past the
     # 200-group overage. Its tokens always carry preferred_username, `email`
     # only optionally.
-    assert provider["scope"] == "openid email profile User.Read"
+    assert provider["scope"] == "openid email profile offline_access User.Read"
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
     # Not set: in v7.15.6 it only renames the email claim (the proxy's own
     # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
@@ -219,7 +219,7 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     [provider] = alpha_config(objs)["providers"]
     assert provider["provider"] == "oidc"
     assert provider["clientSecretFile"] == "/etc/oauth2-proxy/client/client-secret"
-    assert provider["scope"] == "openid email profile groups"
+    assert provider["scope"] == "openid email profile offline_access groups"
     assert provider["oidcConfig"]["emailClaim"] == "email"
     assert "userIDClaim" not in provider["oidcConfig"]
     assert "microsoftEntraIDConfig" not in provider
@@ -269,6 +269,9 @@ def test_proxy_flags():
         "--cookie-secure": ["true"],
         "--cookie-samesite": ["lax"],
         "--cookie-expire": ["12h"],
+        # The session's refresh token is redeemed this often: fresh tokens for
+        # the backends, and groups read again.
+        "--cookie-refresh": ["30m"],
         # Everyone the issuer signs in passes the email check; the groups decide.
         "--email-domain": ["*"],
         "--redirect-url": ["https://metaflow.example.com/oauth2/callback"],
@@ -419,8 +422,8 @@ def test_plain_http_issuer_is_allowed_for_oidc_on_the_local_profile_only():
 
 
 def test_harmless_extra_flags_pass():
-    objs = render([AZURE], _access(proxy={"extraArgs": ["--cookie-refresh=1h"]}), release="mf")
-    assert flags(objs)["--cookie-refresh"] == ["1h"]
+    objs = render([AZURE], _access(proxy={"extraArgs": ["--cookie-name=_metaflow"]}), release="mf")
+    assert flags(objs)["--cookie-name"] == ["_metaflow"]
 
 
 # --- the real proxy takes the rendered configuration ---------------------------------------------
