@@ -20,6 +20,12 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
   webhook sets it on pods labelled azure.workload.identity/use).
 - The OIDC provider requires an email in the session; Entra ID's v2 tokens
   carry `email` only optionally, `preferred_username` (the UPN) always.
+- The session's user is always the token's `sub` (`oidcConfig.userIDClaim`
+  only renames the email claim), so X-Forwarded-User is injected from a
+  claim; `oidc` clients need a client secret (`--config-test` refuses one
+  without); entra-id reads groups past the 200-group overage from Graph
+  with the session's access token (scope `User.Read`) and refreshes
+  sessions with the federated token too.
 - Bearer tokens (--skip-jwt-bearer-tokens) are verified against the
   provider's issuer and client id only: a single-tenant issuer keeps other
   tenants out.
