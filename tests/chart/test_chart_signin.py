@@ -402,9 +402,12 @@ def test_notes_print_the_https_urls():
     (_access(issuerUrl=""), "access.enabled needs access.issuerUrl"),
     (_access(clientId=""), "access.enabled needs access.clientId"),
     (_access(clientSecretName="s"), "access.clientSecretName is for the oidc provider only"),
-    (_access(issuerUrl="https://idp.example.com"), "is not an Entra ID issuer"),
+    (_access(issuerUrl="https://idp.example.com"), "is not an Entra ID v2.0 issuer"),
+    (_access(issuerUrl=f"https://sts.windows.net/{TENANT}/"), "is not an Entra ID v2.0 issuer"),
     (_access(issuerUrl="https://login.microsoftonline.com/common/v2.0"),
      "access.issuerUrl must name one tenant, not common"),
+    (_access(issuerUrl="https://login.microsoftonline.us/organizations/v2.0"),
+     "access.issuerUrl must name one tenant, not organizations"),
     (_access(provider="oidc", issuerUrl="http://idp.example.com"), "must be an https:// URL"),
     (_access(adminGroups=[]), "access.enabled needs at least one allowed group"),
     (_access(proxy={"extraArgs": ["--upstream=http://elsewhere/"]}),
@@ -425,6 +428,12 @@ def test_plain_http_issuer_is_allowed_for_oidc_on_the_local_profile_only():
     values["access"]["issuerUrl"] = "http://127.0.0.1:5556"
     [provider] = alpha_config(render([], values, release="mf"))["providers"]
     assert provider["oidcConfig"]["issuerURL"] == "http://127.0.0.1:5556"
+
+
+def test_a_sovereign_clouds_entra_issuer_is_taken():
+    issuer = f"https://login.microsoftonline.us/{TENANT}/v2.0"
+    [provider] = alpha_config(render([AZURE], _access(issuerUrl=issuer), release="mf"))["providers"]
+    assert provider["oidcConfig"]["issuerURL"] == issuer
 
 
 def test_harmless_extra_flags_pass():
