@@ -8,9 +8,9 @@
   over HTTP (the provider's own login form), no browser.
 - `Proxy`: oauth2-proxy (tools.toml [go.oauth2-proxy]) started with given args.
 - `Upstream`: a local HTTP server standing in for the backends behind the
-  proxy: every path answers with the request headers it got (JSON, or an HTML
-  page for a browser), and /api/ws is a WebSocket that greets with the
-  X-Forwarded-User it got and echoes what it is sent.
+  proxy: every path and method answers with the request headers (and body)
+  it got, as JSON or, to a browser, an HTML page; /api/ws is a WebSocket that
+  greets with the X-Forwarded-User it got and echoes what it is sent.
 
 tests/access/conftest.py makes fixtures of them; test files in tests/access
 import this module by name (pytest puts their directory on sys.path).
@@ -389,12 +389,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._websocket()
             return
         headers = dict(self.headers.items())
+        # Read what was sent (the connection is kept alive) and echo it.
+        sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if "text/html" in self.headers.get("Accept", ""):
             body = _PAGE.format(path=html.escape(self.path),
                                 headers=html.escape(json.dumps(headers, indent=1))).encode()
             ctype = "text/html; charset=utf-8"
         else:
-            body = json.dumps({"path": self.path, "headers": headers}).encode()
+            body = json.dumps({"method": self.command, "path": self.path, "headers": headers,
+                               "body": sent.decode("utf-8", "replace")}).encode()
             ctype = "application/json"
         self.send_response(200)
         self.send_header("Content-Type", ctype)
@@ -402,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_GET
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def _websocket(self) -> None:
         key = self.headers.get("Sec-WebSocket-Key")

@@ -37,11 +37,16 @@ class ChartProxy:
     env: dict[str, str]
     port: int
     config: dict[str, Any]       # the alpha config as the test runs it
+    alpha: Path                  # ... and its file
     rendered: list[dict]         # every object the chart rendered
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def save(self) -> None:
+        """Write `config` back after a test changed it."""
+        self.alpha.write_text(yaml.safe_dump(self.config))
 
 
 def render_signin(idp: Idp, allowed: dict[str, list[str]], *, provider: str = "oidc",
@@ -112,4 +117,4 @@ def signin_proxy(idp: Idp, upstream_url: str, workdir: Path, allowed: dict[str, 
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert labels.get("azure.workload.identity/use") == "true"
         env["AZURE_FEDERATED_TOKEN_FILE"] = str(federated_token_file)
-    return ChartProxy(args=args, env=env, port=port, config=config, rendered=objs)
+    return ChartProxy(args=args, env=env, port=port, config=config, alpha=alpha, rendered=objs)

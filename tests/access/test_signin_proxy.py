@@ -11,6 +11,7 @@ but is in neither.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import accesskit
@@ -170,6 +171,19 @@ def test_each_route_reaches_its_backend_path(idp, proxy, upstream, path, backend
     assert resp.json()["path"] == backend_path
 
 
+def test_a_post_with_a_body_reaches_the_upstream_whole(idp, proxy, upstream):
+    """Laptops record runs with POSTs to the metadata service."""
+    token = idp.token(MEMBER)["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    first = http(f"{proxy}/metadata/flows/HelloFlow", data={"a": "1"}, headers=headers)
+    second = http(f"{proxy}/metadata/flows/HelloFlow/run", data={"b": "2"}, headers=headers)
+
+    assert (first.status, second.status) == (200, 200)
+    assert [(r.json()["method"], r.json()["path"], r.json()["body"]) for r in (first, second)] == [
+        ("POST", "/flows/HelloFlow", "a=1"), ("POST", "/flows/HelloFlow/run", "b=2")]
+
+
 def test_a_refreshed_token_passes_and_the_spent_refresh_token_is_refused(idp, proxy):
     first = idp.token(MEMBER)
     second = idp.refresh(first["refresh_token"])
@@ -181,3 +195,25 @@ def test_a_refreshed_token_passes_and_the_spent_refresh_token_is_refused(idp, pr
     assert resp.status == 200
     with pytest.raises(RuntimeError, match="400"):
         idp.refresh(first["refresh_token"])
+
+
+def test_an_expired_access_token_is_refused_and_its_refreshed_successor_passes(
+        start_idp, upstream, start_proxy, tmp_path):
+    short = start_idp(access_token_ttl="2s")
+    chart = signin_proxy(short, upstream.url, tmp_path / "chart", ALLOWED)
+    proxy = start_proxy(chart.args, chart.env, port=chart.port)
+    first = short.token(MEMBER)
+    claims = jwt_claims(first["access_token"])
+    assert claims["exp"] - claims["iat"] <= 2
+
+    fresh = http(f"{proxy}/metadata/flows",
+                 headers={"Authorization": f"Bearer {first['access_token']}"})
+    time.sleep(claims["exp"] - time.time() + 1.5)
+    expired = http(f"{proxy}/metadata/flows",
+                   headers={"Authorization": f"Bearer {first['access_token']}"})
+    second = short.refresh(first["refresh_token"])
+    renewed = http(f"{proxy}/metadata/flows",
+                   headers={"Authorization": f"Bearer {second['access_token']}"})
+
+    assert (fresh.status, expired.status, renewed.status) == (200, 403, 200)
+    assert len(upstream.requests) == 2
