@@ -28,6 +28,7 @@ from chartlib import SCENARIOS, get, render
 RELEASE, NAMESPACE = "mf", "metaflow"
 HOST = "metaflow.localtest.me"
 ALPHA, COOKIE = "/etc/oauth2-proxy/oauth2-proxy.yaml", "/etc/oauth2-proxy/cookie/cookie-secret"
+TEMPLATES = "/etc/oauth2-proxy/templates"
 IN_CLUSTER = re.compile(rf"^http://[a-z0-9-]+\.{NAMESPACE}\.svc\.cluster\.local:\d+$")
 
 
@@ -103,9 +104,14 @@ def signin_proxy(idp: Idp, upstream_url: str, workdir: Path, allowed: dict[str, 
     alpha.write_text(yaml.safe_dump(config))
     cookie = workdir / "cookie-secret"
     cookie.write_text(secrets.token_urlsafe(24)[:32])
+    # The error page the chart mounts from its ConfigMap.
+    templates = workdir / "templates"
+    templates.mkdir(exist_ok=True)
+    (templates / "error.html").write_text(get(objs, "ConfigMap", name)["data"]["error.html"])
 
     swap = {f"--alpha-config={ALPHA}": f"--alpha-config={alpha}",
             f"--cookie-secret-file={COOKIE}": f"--cookie-secret-file={cookie}",
+            f"--custom-templates-dir={TEMPLATES}": f"--custom-templates-dir={templates}",
             f"--redirect-url=https://{HOST}/oauth2/callback": f"--redirect-url={url}/oauth2/callback",
             f"--whitelist-domain={HOST}": f"--whitelist-domain=127.0.0.1:{port}"}
     args = [swap.get(a, a) for a in container["args"]]

@@ -102,3 +102,11 @@ def test_a_browser_session_is_refreshed_with_its_refresh_token(
     claims = accesskit.jwt_claims(second["Authorization"].removeprefix("Bearer "))
     assert claims["iat"] > accesskit.jwt_claims(first["Authorization"].removeprefix("Bearer "))["iat"]
     assert second["X-Forwarded-User"] == MEMBER
+
+
+def test_the_403_page_is_the_charts_own(proxy, upstream, bearer):
+    resp = http(f"{proxy}/", headers={**bearer(OUTSIDER), "Accept": "text/html"})
+    assert resp.status == 403
+    # files/signin-templates/error.html, mounted by the chart, not the default page.
+    assert 'id="sign-out"' in resp.text
+    assert "not allowed here" in resp.text

@@ -217,6 +217,11 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert "clientSecret" not in text and "client-secret" not in text
     assert [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v] == [
         "mf-signin-cookie"]
+    # The error page comes from the chart's own file, byte for byte.
+    page = (ROOT / "charts/metaflow/files/signin-templates/error.html").read_text()
+    assert get(objs, "ConfigMap", "mf-signin")["data"]["error.html"] == page
+    assert {"name": "templates", "configMap": {"name": "mf-signin", "items": [
+        {"key": "error.html", "path": "error.html"}]}} in pod["spec"]["volumes"]
     assert "env" not in proxy_container(objs)
 
 
@@ -290,6 +295,8 @@ def test_proxy_flags():
         # An API client gets 401, not a redirect to a login page.
         "--api-route": ["^/metadata(/|$)"],
         "--silence-ping-logging": ["true"],
+        # The chart's error page (files/signin-templates/error.html).
+        "--custom-templates-dir": ["/etc/oauth2-proxy/templates"],
     }
 
 
@@ -458,8 +465,12 @@ def _config_test(objs: list[dict], tmp: Path, env: dict[str, str]) -> subprocess
     (tmp / "alpha.yaml").write_text(yaml.safe_dump(alpha))
     cookie = base64.b64decode(get(objs, "Secret", "mf-signin-cookie")["data"]["cookie-secret"])
     (tmp / "cookie").write_bytes(cookie)
+    (tmp / "templates").mkdir(exist_ok=True)
+    (tmp / "templates" / "error.html").write_text(
+        get(objs, "ConfigMap", "mf-signin")["data"]["error.html"])
     args = [a.replace("/etc/oauth2-proxy/oauth2-proxy.yaml", str(tmp / "alpha.yaml"))
              .replace("/etc/oauth2-proxy/cookie/cookie-secret", str(tmp / "cookie"))
+             .replace("/etc/oauth2-proxy/templates", str(tmp / "templates"))
             for a in proxy_container(objs)["args"]]
     return subprocess.run([OAUTH2_PROXY, *args, "--config-test"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
