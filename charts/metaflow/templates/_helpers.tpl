@@ -293,7 +293,7 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
      the sign-in (--skip-auth-route, --trusted-ip, ...) are mfhelm's
      security promise (mfhelm/promises.py), refused there with an override. */}}
 {{- define "metaflow.signinChartFlags" -}}
-{{- list "--alpha-config" "--config" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--client-secret" "--client-secret-file" "--allowed-group" "--scope" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--cookie-secure" "--cookie-expire" "--cookie-refresh" "--redirect-url" "--whitelist-domain" "--http-address" "--https-address" "--reverse-proxy" "--pass-user-headers" "--pass-authorization-header" "--pass-access-token" "--pass-basic-auth" "--skip-auth-strip-headers" | toJson -}}
+{{- list "--alpha-config" "--config" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--client-secret" "--client-secret-file" "--allowed-group" "--scope" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--cookie-secure" "--cookie-expire" "--cookie-refresh" "--cookie-name" "--redirect-url" "--whitelist-domain" "--http-address" "--https-address" "--reverse-proxy" "--pass-user-headers" "--pass-authorization-header" "--pass-access-token" "--pass-basic-auth" "--skip-auth-strip-headers" | toJson -}}
 {{- end -}}
 
 {{/* Guards for access: one clear line for each missing piece. */}}
