@@ -1,8 +1,9 @@
 """oauth2-proxy configured as the chart configures it.
 
 `signin_proxy()` renders the chart (the real helm, tests/chart/chartlib.py)
-with sign-in on, takes the proxy container's args and the alpha config from
-its ConfigMap, and changes only what points into the cluster or at files
+with sign-in on, takes its two proxy containers' args and alpha configs from
+its ConfigMap (the sign-in one in front of the authorize one, as in the
+pod), and changes only what points into the cluster or at files
 the pod mounts: the backends' in-cluster addresses (all become the test's
 upstream), the listen address, the host (https://<host> becomes the proxy's
 http://127.0.0.1:<port>; cookies stay Secure: Chromium keeps them for
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from chartlib import SCENARIOS, get, render
 RELEASE, NAMESPACE = "mf", "metaflow"
 HOST = "metaflow.localtest.me"
 ALPHA, COOKIE = "/etc/oauth2-proxy/oauth2-proxy.yaml", "/etc/oauth2-proxy/cookie/cookie-secret"
+TEMPLATES = "/etc/oauth2-proxy/templates"
 IN_CLUSTER = re.compile(rf"^http://[a-z0-9-]+\.{NAMESPACE}\.svc\.cluster\.local:\d+$")
 
 
@@ -39,6 +42,7 @@ class ChartProxy:
     config: dict[str, Any]       # the alpha config as the test runs it
     alpha: Path                  # ... and its file
     rendered: list[dict]         # every object the chart rendered
+    sidecar: ChartProxy | None = None  # the authorize container, for the sign-in one
 
     @property
     def url(self) -> str:
@@ -76,45 +80,72 @@ def render_signin(idp: Idp, allowed: dict[str, list[str]], *, provider: str = "o
 def signin_proxy(idp: Idp, upstream_url: str, workdir: Path, allowed: dict[str, list[str]],
                  *, provider: str = "oidc", values: dict | None = None,
                  federated_token_file: Path | None = None) -> ChartProxy:
+    """The pod's two containers, as the chart renders them: the returned
+    ChartProxy is the sign-in one (`oauth2-proxy`, the Service's port), its
+    `sidecar` the `authorize` one it passes everything to (127.0.0.1:4181 in
+    the pod, a free port here). Start both with `start()`."""
     objs = render_signin(idp, allowed, provider=provider, values=values)
     name = f"{RELEASE}-signin"
     deployment = get(objs, "Deployment", name)
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
-    assert container["name"] == "oauth2-proxy"
-    config = yaml.safe_load(get(objs, "ConfigMap", name)["data"]["oauth2-proxy.yaml"])
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    assert list(containers) == ["oauth2-proxy", "authorize"]
+    data = get(objs, "ConfigMap", name)["data"]
     workdir.mkdir(parents=True, exist_ok=True)
-
-    config["server"]["bindAddress"] = f"127.0.0.1:{port}"
-    for upstream in config["upstreamConfig"]["upstreams"]:
-        assert IN_CLUSTER.match(upstream["uri"]), upstream
-        upstream["uri"] = upstream_url
-    [prov] = config["providers"]
-    if provider == "entra-id":
-        prov["oidcConfig"]["issuerURL"] = idp.issuer
-    else:
-        assert prov["oidcConfig"]["issuerURL"] == idp.issuer
-    if "clientSecretFile" in prov:
-        secret = workdir / "client-secret"
-        secret.write_text(idp.client_secret)
-        prov["clientSecretFile"] = str(secret)
-    alpha = workdir / "oauth2-proxy.yaml"
-    alpha.write_text(yaml.safe_dump(config))
     cookie = workdir / "cookie-secret"
     cookie.write_text(secrets.token_urlsafe(24)[:32])
-
-    swap = {f"--alpha-config={ALPHA}": f"--alpha-config={alpha}",
-            f"--cookie-secret-file={COOKIE}": f"--cookie-secret-file={cookie}",
-            f"--redirect-url=https://{HOST}/oauth2/callback": f"--redirect-url={url}/oauth2/callback",
-            f"--whitelist-domain={HOST}": f"--whitelist-domain=127.0.0.1:{port}"}
-    args = [swap.get(a, a) for a in container["args"]]
-    leftover = [a for a in args if HOST in a or "/etc/oauth2-proxy" in a]
-    assert not leftover, f"chart flags this test does not know how to run locally: {leftover}"
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    # The error page the chart mounts from its ConfigMap.
+    templates = workdir / "templates"
+    templates.mkdir(exist_ok=True)
+    (templates / "error.html").write_text(data["error.html"])
+    env: dict[str, str] = {}
     if federated_token_file is not None:
-        # What the workload-identity webhook adds to a pod labelled for it.
+        # What the workload-identity webhook adds to every container of a
+        # pod labelled for it.
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert labels.get("azure.workload.identity/use") == "true"
         env["AZURE_FEDERATED_TOKEN_FILE"] = str(federated_token_file)
-    return ChartProxy(args=args, env=env, port=port, config=config, alpha=alpha, rendered=objs)
+
+    def one(container: str, key: str, port: int, upstreams: dict[str, str]) -> ChartProxy:
+        config = yaml.safe_load(data[key])
+        config["server"]["bindAddress"] = f"127.0.0.1:{port}"
+        for upstream in config["upstreamConfig"]["upstreams"]:
+            assert IN_CLUSTER.match(upstream["uri"]) or upstream["uri"] in upstreams, upstream
+            upstream["uri"] = upstreams.get(upstream["uri"], upstream_url)
+        [prov] = config["providers"]
+        if provider == "entra-id":
+            prov["oidcConfig"]["issuerURL"] = idp.issuer
+        else:
+            assert prov["oidcConfig"]["issuerURL"] == idp.issuer
+        if "clientSecretFile" in prov:
+            secret = workdir / "client-secret"
+            secret.write_text(idp.client_secret)
+            prov["clientSecretFile"] = str(secret)
+        alpha = workdir / key
+        alpha.write_text(yaml.safe_dump(config))
+        url = f"http://127.0.0.1:{port}"
+        swap = {f"--alpha-config=/etc/oauth2-proxy/{key}": f"--alpha-config={alpha}",
+                f"--cookie-secret-file={COOKIE}": f"--cookie-secret-file={cookie}",
+                f"--custom-templates-dir={TEMPLATES}": f"--custom-templates-dir={templates}",
+                f"--redirect-url=https://{HOST}/oauth2/callback":
+                    f"--redirect-url={url}/oauth2/callback",
+                f"--whitelist-domain={HOST}": f"--whitelist-domain=127.0.0.1:{port}"}
+        args = [swap.get(a, a) for a in containers[container]["args"]]
+        leftover = [a for a in args if HOST in a or "/etc/oauth2-proxy" in a]
+        assert not leftover, f"chart flags this test does not know how to run locally: {leftover}"
+        assert "env" not in containers[container]
+        return ChartProxy(args=args, env=dict(env), port=port, config=config, alpha=alpha,
+                          rendered=objs)
+
+    authorize = one("authorize", "authorize.yaml", free_port(), {})
+    signin = one("oauth2-proxy", ALPHA.rsplit("/", 1)[1], free_port(),
+                 {"http://127.0.0.1:4181": authorize.url})
+    signin.sidecar = authorize
+    return signin
+
+
+def start(chart: ChartProxy, start_proxy: Callable[..., str], extra: Sequence[str] = ()) -> str:
+    """Start the authorize container, then the sign-in one (`extra` flags go
+    to both, as access.proxy.extraArgs do); the sign-in one's URL."""
+    if chart.sidecar is not None:
+        start(chart.sidecar, start_proxy, extra)
+    return start_proxy([*chart.args, *extra], chart.env, port=chart.port)

@@ -1,7 +1,8 @@
 """More of the proxy as the chart configures it (chartproxy.signin_proxy:
 the real helm renders the local-signin scenario, the real oauth2-proxy runs
-its flags and alpha config against the test OpenID provider, in front of the
-local upstream): the checks test_signin_proxy.py does not make.
+both containers' flags and alpha configs against the test OpenID provider,
+in front of the local upstream): the checks test_signin_proxy.py does not
+make.
 
 Found with it, at v7.15.6: a rewriteTarget of `/$2` arrives as `/$1` (the
 config loader renumbers every `$<digits>`), so the chart's routes use `$1`
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 
 import accesskit
 import pytest
 from accesskit import Idp, Upstream, http
-from chartproxy import signin_proxy
+from chartproxy import signin_proxy, start
 
 ALLOWED = {"adminGroups": ["admins"], "dataScientists": ["data-scientists", "viewers"]}
 MEMBER, VIEWER, ADMIN, OUTSIDER = ("alice@example.com", "vera@example.com", "adam@example.com",
@@ -32,7 +34,7 @@ FORGED = {"X-Forwarded-User": "adam@example.com", "X-Forwarded-Email": "adam@exa
 @pytest.fixture
 def proxy(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str], tmp_path) -> str:
     chart = signin_proxy(idp, upstream.url, tmp_path / "chart", ALLOWED)
-    return start_proxy(chart.args, chart.env, port=chart.port)
+    return start(chart, start_proxy)
 
 
 @pytest.fixture
@@ -80,3 +82,32 @@ def test_health_endpoints_answer_without_sign_in(proxy, upstream):
     assert http(f"{proxy}/ping").status == 200
     assert http(f"{proxy}/ready").status == 200
     assert upstream.requests == []
+
+
+def test_a_browser_session_is_refreshed_with_its_refresh_token(
+        idp, upstream, start_proxy, tmp_path, browser):
+    # access.sessionRefresh short: the proxy redeems the session's refresh
+    # token (scope offline_access) and forwards the new ID token.
+    chart = signin_proxy(idp, upstream.url, tmp_path / "chart", ALLOWED,
+                         values={"access": {"sessionRefresh": "2s"}})
+    assert "--cookie-refresh=2s" in chart.args
+    proxy = start(chart, start_proxy)
+    accesskit.browser_sign_in(browser, idp, MEMBER, f"{proxy}/")
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+    first = http(f"{proxy}/api/whoami", headers={"Cookie": cookie}).json()["headers"]
+    time.sleep(3)
+    browser.get(f"{proxy}/")  # the refresh happens here, and sets new cookies
+    cookie = "; ".join(f"{c['name']}={c['value']}" for c in browser.get_cookies())
+    second = http(f"{proxy}/api/whoami", headers={"Cookie": cookie}).json()["headers"]
+    assert second["Authorization"] != first["Authorization"]
+    claims = accesskit.jwt_claims(second["Authorization"].removeprefix("Bearer "))
+    assert claims["iat"] > accesskit.jwt_claims(first["Authorization"].removeprefix("Bearer "))["iat"]
+    assert second["X-Forwarded-User"] == MEMBER
+
+
+def test_the_403_page_is_the_charts_own(proxy, upstream, bearer):
+    resp = http(f"{proxy}/", headers={**bearer(OUTSIDER), "Accept": "text/html"})
+    assert resp.status == 403
+    # files/signin-templates/error.html, mounted by the chart, not the default page.
+    assert 'id="sign-out"' in resp.text
+    assert "not allowed here" in resp.text

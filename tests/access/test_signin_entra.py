@@ -17,7 +17,7 @@ from pathlib import Path
 import accesskit
 import pytest
 from accesskit import Idp, Upstream, WorkloadIdentity, http
-from chartproxy import NAMESPACE, RELEASE, get, render_signin, signin_proxy
+from chartproxy import NAMESPACE, RELEASE, get, render_signin, signin_proxy, start
 
 ALLOWED = {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]}
 MEMBER, OUTSIDER = "alice@example.com", "olga@example.com"
@@ -39,7 +39,7 @@ def _proxy(entra: Idp, upstream: Upstream, start_proxy, workdir: Path, token: Pa
                          federated_token_file=token)
     assert "--client-secret" not in " ".join(chart.args)
     assert "clientSecret" not in str(chart.config)
-    return start_proxy(chart.args, chart.env, port=chart.port)
+    return start(chart, start_proxy)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import accesskit
 import pytest
 from accesskit import Idp, Upstream, http, jwt_claims
-from chartproxy import signin_proxy
+from chartproxy import signin_proxy, start
 
 ALLOWED = {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]}
 MEMBER, OUTSIDER = "alice@example.com", "olga@example.com"
@@ -33,7 +33,7 @@ def proxy(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str], tmp_pat
     """oauth2-proxy with the flags and alpha config the chart renders for the
     local profile's sign-in (provider oidc), pointed at the test's parts."""
     chart = signin_proxy(idp, upstream.url, tmp_path / "chart", ALLOWED)
-    return start_proxy(chart.args, chart.env, port=chart.port)
+    return start(chart, start_proxy)
 
 
 def _page_headers(browser) -> dict[str, str]:
@@ -201,7 +201,7 @@ def test_an_expired_access_token_is_refused_and_its_refreshed_successor_passes(
         start_idp, upstream, start_proxy, tmp_path):
     short = start_idp(access_token_ttl="2s")
     chart = signin_proxy(short, upstream.url, tmp_path / "chart", ALLOWED)
-    proxy = start_proxy(chart.args, chart.env, port=chart.port)
+    proxy = start(chart, start_proxy)
     first = short.token(MEMBER)
     claims = jwt_claims(first["access_token"])
     assert claims["exp"] - claims["iat"] <= 2

@@ -1,8 +1,10 @@
 """The HTTPS entry point and the sign-in proxy (templates/signin.yaml).
 
-Given access values, these are the Ingress, the proxy's flags and alpha
-config, its account, the NetworkPolicies around it, and the refusals. The
-oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
+Given access values, these are the Ingress, the two proxy containers' flags
+and alpha configs (`oauth2-proxy` signs in, `authorize` checks the groups
+and routes), their account, the NetworkPolicies around them, and the
+refusals. The oauth2-proxy facts behind them (read at v7.15.6) are pinned
+here:
 
 - `--upstream` routes a path prefix but passes the whole path on (the
   upstream URL's own path is dropped), so routes that lose their prefix
@@ -20,6 +22,16 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
   webhook sets it on pods labelled azure.workload.identity/use).
 - The OIDC provider requires an email in the session; Entra ID's v2 tokens
   carry `email` only optionally, `preferred_username` (the UPN) always.
+- The session's user is always the token's `sub` (`oidcConfig.userIDClaim`
+  only renames the email claim), so X-Forwarded-User is injected from a
+  claim; `oidc` clients need a client secret (`--config-test` refuses one
+  without); entra-id reads groups past the 200-group overage from Graph
+  with the session's access token (scope `User.Read`) and refreshes
+  sessions with the federated token too.
+- A proxy keeps no session for a user it refuses, so its 403 page cannot
+  name them: the chart's sign-in container checks no group (its
+  /oauth2/userinfo answers), the authorize container does
+  (tests/access/test_signin_whoami.py).
 - Bearer tokens (--skip-jwt-bearer-tokens) are verified against the
   provider's issuer and client id only: a single-tenant issuer keeps other
   tenants out.
@@ -63,20 +75,28 @@ def _access(**over) -> dict:
     return {"access": access}
 
 
-def proxy_container(objs: list[dict]) -> dict:
-    [container] = get(objs, "Deployment", "mf-signin")["spec"]["template"]["spec"]["containers"]
+SIGNIN, AUTHORIZE = "oauth2-proxy", "authorize"  # the pod's two containers
+CONFIG = {SIGNIN: "oauth2-proxy.yaml", AUTHORIZE: "authorize.yaml"}
+
+
+def proxy_container(objs: list[dict], name: str = SIGNIN) -> dict:
+    containers = get(objs, "Deployment", "mf-signin")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == [SIGNIN, AUTHORIZE]
+    [container] = [c for c in containers if c["name"] == name]
     return container
 
 
-def alpha_config(objs: list[dict]) -> dict:
-    return yaml.safe_load(get(objs, "ConfigMap", "mf-signin")["data"]["oauth2-proxy.yaml"])
+def alpha_config(objs: list[dict], name: str = AUTHORIZE) -> dict:
+    """A container's alpha config; by default the authorize one, which
+    holds the groups, the routes and the headers."""
+    return yaml.safe_load(get(objs, "ConfigMap", "mf-signin")["data"][CONFIG[name]])
 
 
-def flags(objs: list[dict]) -> dict[str, list[str]]:
+def flags(objs: list[dict], name: str = SIGNIN) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for arg in proxy_container(objs)["args"]:
-        name, _, value = arg.partition("=")
-        out.setdefault(name, []).append(value)
+    for arg in proxy_container(objs, name)["args"]:
+        name_, _, value = arg.partition("=")
+        out.setdefault(name_, []).append(value)
     return out
 
 
@@ -194,14 +214,18 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     # `email` only optionally. AKS's server app's scope makes the access
     # token one AKS's API server accepts (the Argo server acts with it;
     # tests/cluster/test_e2e_argo_server_auth.py), so Graph's User.Read
-    # cannot be asked for too.
+    # cannot be asked for too; offline_access keeps the session refreshable.
     assert provider["scope"] == (
-        "openid email profile 6dae42f8-4368-4678-94ff-3960e28e3630/user.read")
+        "openid email profile offline_access 6dae42f8-4368-4678-94ff-3960e28e3630/user.read")
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
     # Not set: in v7.15.6 it only renames the email claim (the proxy's own
     # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
     assert "userIDClaim" not in provider["oidcConfig"]
     assert provider["allowedGroups"] == [ADMINS]
+    # The sign-in container: the same provider, signing in anyone of the
+    # tenant (the authorize container checks the groups).
+    [signin] = alpha_config(objs, SIGNIN)["providers"]
+    assert signin == {k: v for k, v in provider.items() if k != "allowedGroups"}
     deployment = get(objs, "Deployment", "mf-signin")
     pod = deployment["spec"]["template"]
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
@@ -214,7 +238,12 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert "clientSecret" not in text and "client-secret" not in text
     assert [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v] == [
         "mf-signin-cookie"]
-    assert "env" not in proxy_container(objs)
+    # The error page comes from the chart's own file, byte for byte.
+    page = (ROOT / "charts/metaflow/files/signin-templates/error.html").read_text()
+    assert get(objs, "ConfigMap", "mf-signin")["data"]["error.html"] == page
+    assert {"name": "templates", "configMap": {"name": "mf-signin", "items": [
+        {"key": "error.html", "path": "error.html"}]}} in pod["spec"]["volumes"]
+    assert "env" not in proxy_container(objs) and "env" not in proxy_container(objs, AUTHORIZE)
 
 
 def test_oidc_reads_its_client_secret_from_the_named_secret():
@@ -222,7 +251,7 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     [provider] = alpha_config(objs)["providers"]
     assert provider["provider"] == "oidc"
     assert provider["clientSecretFile"] == "/etc/oauth2-proxy/client/client-secret"
-    assert provider["scope"] == "openid email profile groups"
+    assert provider["scope"] == "openid email profile offline_access groups"
     assert provider["oidcConfig"]["emailClaim"] == "email"
     assert "userIDClaim" not in provider["oidcConfig"]
     assert "microsoftEntraIDConfig" not in provider
@@ -230,8 +259,9 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert user[0]["values"] == [{"claimSource": {"claim": "preferred_username"}}]
     pod = get(objs, "Deployment", "mf-signin")["spec"]["template"]
     assert {"name": "client", "secret": {"secretName": "metaflow-signin-client"}} in pod["spec"]["volumes"]
-    assert {"name": "client", "mountPath": "/etc/oauth2-proxy/client", "readOnly": True} in (
-        proxy_container(objs)["volumeMounts"])
+    for name in (SIGNIN, AUTHORIZE):
+        assert {"name": "client", "mountPath": "/etc/oauth2-proxy/client", "readOnly": True} in (
+            proxy_container(objs, name)["volumeMounts"])
     assert "azure.workload.identity/use" not in pod["metadata"]["labels"]
     assert "annotations" not in get(objs, "ServiceAccount", "mf-signin")["metadata"]
 
@@ -261,6 +291,38 @@ def test_backends_get_identity_headers_the_client_cannot_send():
     assert all(h["preserveRequestValue"] is False for h in headers.values())
 
 
+def test_the_signin_container_passes_everything_to_the_authorize_one_with_the_token():
+    config = alpha_config(render([AZURE], ENTRA, release="mf"), SIGNIN)
+    assert config["server"] == {"bindAddress": "0.0.0.0:4180"}
+    assert config["upstreamConfig"] == {"upstreams": [
+        {"id": "authorize", "path": "/", "uri": "http://127.0.0.1:4181"}]}
+    # The ID token of the session (a laptop's own bearer token), never one
+    # the client sent: the only identity the authorize container believes.
+    assert config["injectRequestHeaders"] == [{
+        "name": "Authorization", "preserveRequestValue": False,
+        "values": [{"claimSource": {"claim": "id_token", "prefix": "Bearer "}}]}]
+    assert alpha_config(render([AZURE], ENTRA, release="mf"))["server"] == {
+        "bindAddress": "0.0.0.0:4181"}
+
+
+def test_authorize_flags():
+    objs = render([AZURE], ENTRA, release="mf")
+    assert flags(objs, AUTHORIZE) == {
+        "--alpha-config": ["/etc/oauth2-proxy/authorize.yaml"],
+        # Refusing a user it clears its own session cookie: never the
+        # sign-in container's.
+        "--cookie-name": ["_oauth2_proxy_authorize"],
+        "--reverse-proxy": ["true"],
+        "--cookie-secret-file": ["/etc/oauth2-proxy/cookie/cookie-secret"],
+        "--email-domain": ["*"],
+        # It only ever sees bearer tokens; an invalid one is a 403.
+        "--skip-jwt-bearer-tokens": ["true"],
+        "--bearer-token-login-fallback": ["false"],
+        "--silence-ping-logging": ["true"],
+        "--custom-templates-dir": ["/etc/oauth2-proxy/templates"],
+    }
+
+
 def test_proxy_flags():
     objs = render([AZURE], ENTRA, release="mf")
     container = proxy_container(objs)
@@ -272,6 +334,9 @@ def test_proxy_flags():
         "--cookie-secure": ["true"],
         "--cookie-samesite": ["lax"],
         "--cookie-expire": ["12h"],
+        # The session's refresh token is redeemed this often: fresh tokens for
+        # the backends, and groups read again.
+        "--cookie-refresh": ["30m"],
         # Everyone the issuer signs in passes the email check; the groups decide.
         "--email-domain": ["*"],
         "--redirect-url": ["https://metaflow.example.com/oauth2/callback"],
@@ -284,6 +349,8 @@ def test_proxy_flags():
         # An API client gets 401, not a redirect to a login page.
         "--api-route": ["^/metadata(/|$)"],
         "--silence-ping-logging": ["true"],
+        # The chart's error page (files/signin-templates/error.html).
+        "--custom-templates-dir": ["/etc/oauth2-proxy/templates"],
     }
 
 
@@ -294,13 +361,15 @@ def test_proxy_pod_runs_as_the_images_nonroot_user_read_only_on_the_services_poo
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["automountServiceAccountToken"] is False
     assert spec["nodeSelector"] == {"mfhelm.io/pool": "services"}
-    container = proxy_container(objs)
-    assert container["image"] == "quay.io/oauth2-proxy/oauth2-proxy:v7.15.6"
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
-    assert container["livenessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
-    assert container["ports"] == [{"name": "http", "containerPort": 4180, "protocol": "TCP"}]
+    for name, port in ((SIGNIN, 4180), (AUTHORIZE, 4181)):
+        container = proxy_container(objs, name)
+        assert container["image"] == "quay.io/oauth2-proxy/oauth2-proxy:v7.15.6"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["livenessProbe"]["httpGet"] == {"path": "/ping", "port": port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": port}
+        assert container["ports"] == [{"name": "http" if name == SIGNIN else "authorize",
+                                       "containerPort": port, "protocol": "TCP"}]
 
 
 def test_the_proxy_image_is_the_version_the_tests_build():
@@ -396,9 +465,12 @@ def test_notes_print_the_https_urls():
     (_access(issuerUrl=""), "access.enabled needs access.issuerUrl"),
     (_access(clientId=""), "access.enabled needs access.clientId"),
     (_access(clientSecretName="s"), "access.clientSecretName is for the oidc provider only"),
-    (_access(issuerUrl="https://idp.example.com"), "is not an Entra ID issuer"),
+    (_access(issuerUrl="https://idp.example.com"), "is not an Entra ID v2.0 issuer"),
+    (_access(issuerUrl=f"https://sts.windows.net/{TENANT}/"), "is not an Entra ID v2.0 issuer"),
     (_access(issuerUrl="https://login.microsoftonline.com/common/v2.0"),
      "access.issuerUrl must name one tenant, not common"),
+    (_access(issuerUrl="https://login.microsoftonline.us/organizations/v2.0"),
+     "access.issuerUrl must name one tenant, not organizations"),
     (_access(provider="oidc", issuerUrl="http://idp.example.com"), "must be an https:// URL"),
     (_access(adminGroups=[]), "access.enabled needs at least one allowed group"),
     (_access(proxy={"extraArgs": ["--upstream=http://elsewhere/"]}),
@@ -421,9 +493,17 @@ def test_plain_http_issuer_is_allowed_for_oidc_on_the_local_profile_only():
     assert provider["oidcConfig"]["issuerURL"] == "http://127.0.0.1:5556"
 
 
-def test_harmless_extra_flags_pass():
-    objs = render([AZURE], _access(proxy={"extraArgs": ["--cookie-refresh=1h"]}), release="mf")
-    assert flags(objs)["--cookie-refresh"] == ["1h"]
+def test_a_sovereign_clouds_entra_issuer_is_taken():
+    issuer = f"https://login.microsoftonline.us/{TENANT}/v2.0"
+    [provider] = alpha_config(render([AZURE], _access(issuerUrl=issuer), release="mf"))["providers"]
+    assert provider["oidcConfig"]["issuerURL"] == issuer
+
+
+def test_harmless_extra_flags_pass_to_both_containers():
+    objs = render([AZURE], _access(proxy={"extraArgs": ["--cookie-csrf-per-request=true"]}),
+                  release="mf")
+    for name in (SIGNIN, AUTHORIZE):
+        assert flags(objs, name)["--cookie-csrf-per-request"] == ["true"]
 
 
 # --- the real proxy takes the rendered configuration ---------------------------------------------
@@ -431,11 +511,12 @@ def test_harmless_extra_flags_pass():
 OAUTH2_PROXY = shutil.which("oauth2-proxy")
 
 
-def _config_test(objs: list[dict], tmp: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """`oauth2-proxy --config-test` with the rendered flags and files, the
-    mounted paths moved under `tmp`."""
+def _config_test(objs: list[dict], tmp: Path, env: dict[str, str],
+                 name: str = SIGNIN) -> subprocess.CompletedProcess:
+    """`oauth2-proxy --config-test` with a container's rendered flags and
+    files, the mounted paths moved under `tmp`."""
     assert OAUTH2_PROXY
-    alpha = alpha_config(objs)
+    alpha = alpha_config(objs, name)
     for provider in alpha["providers"]:
         if "clientSecretFile" in provider:
             provider["clientSecretFile"] = str(tmp / "client-secret")
@@ -443,23 +524,29 @@ def _config_test(objs: list[dict], tmp: Path, env: dict[str, str]) -> subprocess
     (tmp / "alpha.yaml").write_text(yaml.safe_dump(alpha))
     cookie = base64.b64decode(get(objs, "Secret", "mf-signin-cookie")["data"]["cookie-secret"])
     (tmp / "cookie").write_bytes(cookie)
-    args = [a.replace("/etc/oauth2-proxy/oauth2-proxy.yaml", str(tmp / "alpha.yaml"))
+    (tmp / "templates").mkdir(exist_ok=True)
+    (tmp / "templates" / "error.html").write_text(
+        get(objs, "ConfigMap", "mf-signin")["data"]["error.html"])
+    args = [a.replace(f"/etc/oauth2-proxy/{CONFIG[name]}", str(tmp / "alpha.yaml"))
              .replace("/etc/oauth2-proxy/cookie/cookie-secret", str(tmp / "cookie"))
-            for a in proxy_container(objs)["args"]]
+             .replace("/etc/oauth2-proxy/templates", str(tmp / "templates"))
+            for a in proxy_container(objs, name)["args"]]
     return subprocess.run([OAUTH2_PROXY, *args, "--config-test"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
 
 
 @pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
-def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(tmp_path):
+@pytest.mark.parametrize("name", [SIGNIN, AUTHORIZE])
+def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(tmp_path, name):
     objs = render([AZURE_AIRFLOW], _access(), release="mf")
     token = tmp_path / "token"
     token.write_text("projected-token")
-    done = _config_test(objs, tmp_path, {"AZURE_FEDERATED_TOKEN_FILE": str(token)})
+    done = _config_test(objs, tmp_path, {"AZURE_FEDERATED_TOKEN_FILE": str(token)}, name)
     assert done.returncode == 0, done.stderr
     assert "configuration is valid" in done.stdout
-    # Without the workload-identity webhook's variable it refuses to start.
-    done = _config_test(objs, tmp_path, {})
+    # Without the workload-identity webhook's variable it refuses to start
+    # (the webhook sets it in every container of the pod).
+    done = _config_test(objs, tmp_path, {}, name)
     assert done.returncode != 0
     assert "AZURE_FEDERATED_TOKEN_FILE variable is not set" in done.stderr
 
@@ -467,8 +554,9 @@ def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(
 @pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
 def test_oauth2_proxy_accepts_the_oidc_configuration_and_needs_its_client_secret(tmp_path):
     objs = render([LOCAL_SIGNIN], release="mf")
-    done = _config_test(objs, tmp_path, {})
-    assert done.returncode == 0, done.stderr
+    for name in (SIGNIN, AUTHORIZE):
+        done = _config_test(objs, tmp_path, {}, name)
+        assert done.returncode == 0, done.stderr
     # Why the chart requires clientSecretName for oidc.
     cm = get(objs, "ConfigMap", "mf-signin")
     alpha = yaml.safe_load(cm["data"]["oauth2-proxy.yaml"])

@@ -27,9 +27,9 @@ def test_signin_installs_and_keeps_its_cookie_secret_across_upgrades(cluster: Cl
     deps = deployments(cluster, namespace, "mf")
     signin = deps["mf-signin"]
     assert (signin.status.available_replicas or 0) >= 1
-    [container] = signin.spec.template.spec.containers
-    assert container.name == "oauth2-proxy"
-    assert "--redirect-url=https://metaflow.localtest.me/oauth2/callback" in container.args
+    signin_container, authorize = signin.spec.template.spec.containers
+    assert (signin_container.name, authorize.name) == ("oauth2-proxy", "authorize")
+    assert "--redirect-url=https://metaflow.localtest.me/oauth2/callback" in signin_container.args
     net = client.NetworkingV1Api(cluster.api_client())
     ingress = net.read_namespaced_ingress("mf-signin", namespace)
     assert ingress.spec.rules[0].host == "metaflow.localtest.me"
