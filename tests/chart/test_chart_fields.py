@@ -281,19 +281,6 @@ def test_flow_pods_steered_to_taskworkers():
     assert metadata["nodeSelector"] == {"mfhelm.io/pool": "services"}
 
 
-def test_ingress_routes_api_to_backend_and_root_to_static_ui():
-    objs = render([SCENARIOS["argo-off"]], release="mf")
-    paths = jmespath.search("spec.rules[0].http.paths", get(objs, "Ingress", "mf-ui"))
-    routes = {p["path"]: p["backend"]["service"]["name"] for p in paths}
-    assert routes == {"/api": "mf-ui-backend", "/": "mf-ui"}
-    static = get(objs, "Deployment", "mf-ui-static")
-    assert jmespath.search("spec.template.spec.containers[0].env[?name=='METAFLOW_SERVICE'].value | [0]",
-                           static) == "/api"
-    backend = get(objs, "Deployment", "mf-ui-backend")
-    assert jmespath.search("spec.template.spec.containers[0].env[?name=='PATH_PREFIX'].value | [0]",
-                           backend) == "/api"
-
-
 def test_no_ingress_and_port_forward_url_by_default():
     objs = render([AZURE], release="mf")
     assert not by_kind(objs, "Ingress")

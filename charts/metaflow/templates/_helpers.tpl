@@ -183,6 +183,7 @@ tolerations:
 
 {{/* Guards that turn bad combinations into one clear install error. */}}
 {{- define "metaflow.validate" -}}
+{{- include "metaflow.validateAccess" . -}}
 {{- if and (not (include "metaflow.isLocal" .)) .Values.database.password -}}
 {{- fail "database.password is for the local profile only; on azure put the password in a Secret and set database.existingSecret" -}}
 {{- end -}}
@@ -270,4 +271,81 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{/* True when Argo runs and flow pods live outside the release namespace. */}}
 {{- define "metaflow.argoElsewhere" -}}
 {{- if and (index .Values "argo-workflows" "enabled") (ne (include "metaflow.flowNamespace" .) .Release.Namespace) }}true{{ end -}}
+{{- end -}}
+
+{{/* The sign-in proxy's name: its Deployment, Service, ServiceAccount,
+     ConfigMap and Ingress (the Bicep's federated credential names the
+     account system:serviceaccount:<namespace>:<release>-signin). */}}
+{{- define "metaflow.signinName" -}}
+{{- printf "%s-signin" (include "metaflow.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The groups allowed in, as JSON: access.adminGroups, dataScientists.groups
+     and viewers.groups (the last two are mfhelm grant's). */}}
+{{- define "metaflow.accessGroups" -}}
+{{- $viewers := .Values.viewers | default dict -}}
+{{- $ds := .Values.dataScientists | default dict -}}
+{{- concat (.Values.access.adminGroups | default list) ($ds.groups | default list) ($viewers.groups | default list) | uniq | toJson -}}
+{{- end -}}
+
+{{/* Proxy flags that would let someone past the sign-in, or turn the proxy
+     into something else: refused in access.proxy.extraArgs (mfhelm's
+     promises table names the same list). */}}
+{{- define "metaflow.signinForbiddenFlags" -}}
+{{- list "--skip-auth-route" "--skip-auth-regex" "--skip-auth-preflight" "--trusted-ip" "--email-domain" "--authenticated-emails-file" "--htpasswd-file" "--extra-jwt-issuers" "--alpha-config" "--config" "--ssl-insecure-skip-verify" "--ssl-upstream-insecure-skip-verify" "--insecure-oidc-allow-unverified-email" "--insecure-oidc-skip-issuer-verification" "--allowed-group" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--client-secret" "--client-secret-file" "--whitelist-domain" "--redirect-url" | toJson -}}
+{{- end -}}
+
+{{/* Guards for access: one clear line for each missing piece. */}}
+{{- define "metaflow.validateAccess" -}}
+{{- if hasKey .Values "ingress" -}}
+{{- fail "ingress: was replaced by access: (HTTPS entry point with sign-in: access.enabled, access.host, access.tls); remove the ingress block" -}}
+{{- end -}}
+{{- $a := .Values.access -}}
+{{- if $a.enabled -}}
+{{- if not $a.host -}}
+{{- fail "access.enabled needs access.host (the host name users open, e.g. metaflow.example.com)" -}}
+{{- end -}}
+{{- if and $a.tls.keyVaultCertificateUri $a.tls.secretName -}}
+{{- fail "access.tls: set keyVaultCertificateUri or secretName, not both" -}}
+{{- end -}}
+{{- if not (or $a.tls.keyVaultCertificateUri $a.tls.secretName) -}}
+{{- fail "access.enabled needs a certificate for access.host: access.tls.keyVaultCertificateUri (a Key Vault certificate id) or access.tls.secretName (a kubernetes.io/tls Secret)" -}}
+{{- end -}}
+{{- if not $a.issuerUrl -}}
+{{- fail "access.enabled needs access.issuerUrl (for Entra ID https://login.microsoftonline.com/<tenant id>/v2.0)" -}}
+{{- end -}}
+{{- if not (hasPrefix "https://" $a.issuerUrl) -}}
+{{- if not (and (eq $a.provider "oidc") (include "metaflow.isLocal" .) (hasPrefix "http://" $a.issuerUrl)) -}}
+{{- fail (printf "access.issuerUrl %s must be an https:// URL (plain http only for the oidc provider on the local profile)" $a.issuerUrl) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $a.clientId -}}
+{{- fail "access.enabled needs access.clientId (the app registration users sign in to; Bicep output signinClientId)" -}}
+{{- end -}}
+{{- if eq $a.provider "entra-id" -}}
+{{- if $a.clientSecretName -}}
+{{- fail "access.clientSecretName is for the oidc provider only: entra-id signs in with the proxy's workload identity, no client secret" -}}
+{{- end -}}
+{{- if not (hasPrefix "https://login.microsoftonline.com/" $a.issuerUrl) -}}
+{{- fail (printf "access.issuerUrl %s is not an Entra ID issuer: use https://login.microsoftonline.com/<tenant id>/v2.0, or access.provider oidc" $a.issuerUrl) -}}
+{{- end -}}
+{{- range (list "common" "organizations" "consumers") -}}
+{{- if contains (printf "microsoftonline.com/%s/" .) $a.issuerUrl -}}
+{{- fail (printf "access.issuerUrl must name one tenant, not %s: bearer tokens are only checked against the issuer" .) -}}
+{{- end -}}
+{{- end -}}
+{{- else if ne $a.provider "oidc" -}}
+{{- fail (printf "access.provider %s: use entra-id or oidc" $a.provider) -}}
+{{- end -}}
+{{- if not (include "metaflow.accessGroups" . | fromJsonArray) -}}
+{{- fail "access.enabled needs at least one allowed group (access.adminGroups, dataScientists.groups or viewers.groups): with none, every user of the issuer would get in" -}}
+{{- end -}}
+{{- $forbidden := include "metaflow.signinForbiddenFlags" . | fromJsonArray -}}
+{{- range $a.proxy.extraArgs -}}
+{{- $flag := regexReplaceAll "=.*$" (toString .) "" -}}
+{{- if has $flag $forbidden -}}
+{{- fail (printf "access.proxy.extraArgs: %s is refused: the chart sets it, or it would let requests past the sign-in" $flag) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
