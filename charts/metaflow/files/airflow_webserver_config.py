@@ -42,6 +42,8 @@ AUTH_USER_REGISTRATION = False
 # Group object id -> Airflow roles; a user gets the union for their groups.
 AUTH_ROLES_MAPPING = {str(k): [str(r) for r in v] for k, v in MFHELM_SIGNIN["rolesByGroup"].items()}  # noqa: F821
 AUTH_ROLES_SYNC_AT_LOGIN = True
+# Airflow's session cookie only under its own path on the shared host.
+SESSION_COOKIE_PATH = str(MFHELM_SIGNIN["cookiePath"])  # noqa: F821
 
 _SIGN_OUT_URL = str(MFHELM_SIGNIN["signOutUrl"])  # noqa: F821
 # Not a werkzeug hash (it needs two '$'): check_password_hash is False for any password.
