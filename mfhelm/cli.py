@@ -452,6 +452,123 @@ def dag_push(
         typer.echo(f"pushed {final} to {where.pod}:{where.folder} (verified)")
 
 
+def _grant_context(local: bool, settings_file: Path | None, outputs_file: Path | None,
+                   subscription: str | None, kubeconfig: str | None, context: str | None,
+                   release: str | None, namespace: str | None, chart: str | None,
+                   chart_version: str | None, plain_http: bool, timeout: str) -> tuple[Any, ...]:
+    """The release grant/revoke change, its chart, and (azure) how to reach Azure."""
+    from mfhelm import settings as settings_mod
+    from mfhelm.grant import AzureSide
+    from mfhelm.oci import chart_source
+
+    settings_mod.check_timeout(timeout)
+    source = chart_source(chart, chart_version, plain_http=plain_http)
+    if isinstance(source, Path):
+        from mfhelm.helm import find_chart
+
+        find_chart(source)
+    target = _target(settings_file, kubeconfig, context, release, namespace, local)
+    if local:
+        return target, source, None
+    from mfhelm.azure.credentials import get_credential, resolve_subscription_id
+
+    s = settings_mod.load(settings_file)
+    sub = resolve_subscription_id(subscription)
+    outs = _outputs(outputs_file, s, sub)
+    return target, source, AzureSide(outs, get_credential(), sub)
+
+
+ChartOpt = typer.Option(None, "--chart",
+                        help="The chart the release was installed from (default: mfhelm's).")
+ChartVersionOpt = typer.Option(None, "--version", help="With --chart oci://...: its version.")
+PlainHttpOpt = typer.Option(False, "--plain-http",
+                            help="With --chart oci://...: the registry speaks plain HTTP.")
+GrantLocalOpt = typer.Option(False, "--local",
+                             help="A local-profile release: the Kubernetes part only.")
+
+
+@app.command()
+def grant(
+    group: str | None = typer.Option(None, "--group", "-g",
+                                     help="Entra group object id or display name."),
+    role: str = typer.Option("data-scientist", "--role",
+                             help="data-scientist (create and run flows) or viewer (read)."),
+    list_: bool = typer.Option(False, "--list", help="Show who has what."),
+    local: bool = GrantLocalOpt,
+    settings_file: Path | None = SettingsOpt,
+    outputs_file: Path | None = OutputsOpt,
+    subscription: str | None = SubOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release", help="Release name."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
+    chart: str | None = ChartOpt,
+    chart_version: str | None = ChartVersionOpt,
+    plain_http: bool = PlainHttpOpt,
+    timeout: str = typer.Option("10m", "--timeout", help="How long helm waits."),
+) -> None:
+    """Onboard a team: the Kubernetes Role in the flow namespace, sign-in,
+    Blob access on the Metaflow container and AKS cluster-user credentials."""
+    from mfhelm import grant as grant_mod
+
+    if list_ == (group is not None):
+        raise MfhelmError("give --group GROUP, or --list")
+    if group is not None:
+        grant_mod.check_group_ref(group)
+        grant_mod.check_role(role)
+    ctx = _grant_context(local, settings_file, outputs_file, subscription, kubeconfig, context,
+                         release, namespace, chart, chart_version, plain_http, timeout)
+    target, source, azure = ctx
+    step = _Steps()
+    try:
+        if list_:
+            lines = grant_mod.list_grants(target, azure=azure, chart=source, timeout=timeout,
+                                          progress=step)
+        else:
+            assert group is not None
+            lines = grant_mod.grant(target, group, role, azure=azure, chart=source,
+                                    timeout=timeout, progress=step).lines
+    finally:
+        step.close()
+    for line in lines:
+        typer.echo(line)
+
+
+@app.command()
+def revoke(
+    group: str = typer.Option(..., "--group", "-g",
+                              help="Entra group object id or display name."),
+    local: bool = GrantLocalOpt,
+    settings_file: Path | None = SettingsOpt,
+    outputs_file: Path | None = OutputsOpt,
+    subscription: str | None = SubOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release", help="Release name."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
+    chart: str | None = ChartOpt,
+    chart_version: str | None = ChartVersionOpt,
+    plain_http: bool = PlainHttpOpt,
+    timeout: str = typer.Option("10m", "--timeout", help="How long helm waits."),
+) -> None:
+    """Undo mfhelm grant: the group leaves the release's values and loses its
+    Azure role assignments on the container and the cluster."""
+    from mfhelm import grant as grant_mod
+
+    grant_mod.check_group_ref(group)
+    target, source, azure = _grant_context(local, settings_file, outputs_file, subscription,
+                                           kubeconfig, context, release, namespace, chart,
+                                           chart_version, plain_http, timeout)
+    step = _Steps()
+    try:
+        outcome = grant_mod.grant(target, group, None, azure=azure, chart=source,
+                                  timeout=timeout, progress=step)
+    finally:
+        step.close()
+    for line in outcome.lines:
+        typer.echo(line)
+
+
 @app.command()
 def doctor(
     settings_file: Path | None = SettingsOpt,

@@ -265,6 +265,7 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
             data.update(_airflow_secrets(api, target.namespace, conn))
         _prepare_namespaces(api, target, flow_ns, airflow=airflow)
         _apply_secrets(api, target.namespace, data)
+        values = _keep_grants(client, target, values, user_values)
         return _upgrade(client, api, target, prepared, values, progress)
 
 
@@ -333,7 +334,22 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
             data[values_mod.AIRFLOW_DB_SECRET]["password"] = passwords["airflow"]
         progress("writing the Secrets")
         _apply_secrets(api, target.namespace, data)
+        values = _keep_grants(client, local, values, user_values)
         return _upgrade(client, api, target, prepared, values, progress)
+
+
+def _keep_grants(client: helm_mod.Helm, target: Target, values: dict[str, Any],
+                 user_values: UserValues | None) -> dict[str, Any]:
+    """The groups `mfhelm grant` put in the installed release
+    (dataScientists.groups, viewers.groups) carried into this install, unless
+    the user's -f/--set set that list: then theirs is the list."""
+    from mfhelm import grant
+
+    if client.status(target.release, namespace=target.namespace) is None:
+        return values
+    previous = client.user_values(target.release, namespace=target.namespace)
+    return grant.keep_granted(previous, values,
+                              lambda key: user_values is not None and user_values.writes(key))
 
 
 def _local_chart(chart: ChartSource) -> Path | None:

@@ -488,6 +488,11 @@ class UserValues:
             f"security promise that {weak.rule.promise}{also}: remove it, or pass "
             f"--allow-override {key} if you mean it")
 
+    def writes(self, key: str) -> bool:
+        """Whether one of the user's layers writes the dotted `key` (or
+        replaces a map above it)."""
+        return self._culprit_at(tuple(key.split("."))) is not None
+
     def _culprit(self, key: str) -> str:
         """The last layer that writes `key` (or replaces a map above it)."""
         return self._culprit_at(tuple(key.split("."))) or "your values"

@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import re
 import ssl
 import threading
 import time
@@ -29,8 +30,10 @@ SUB = "00000000-1111-2222-3333-444444444444"
 TENANT = "99999999-8888-7777-6666-555555555555"
 TOKEN = "fake-arm-token"
 KV_TOKEN = "fake-kv-token"
+GRAPH_TOKEN = "fake-graph-token"
 ARM_SCOPE = "https://management.azure.com/.default"
 KV_SCOPE = "https://vault.azure.net/.default"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 
 
 class FakeCredential:
@@ -44,7 +47,8 @@ class FakeCredential:
         self.requests.append((scopes, tenant_id))
         if self.fail:
             raise ClientAuthenticationError("AADSTS700082: The refresh token has expired")
-        token = KV_TOKEN if KV_SCOPE in scopes else TOKEN
+        token = KV_TOKEN if KV_SCOPE in scopes else GRAPH_TOKEN if GRAPH_SCOPE in scopes \
+            else TOKEN
         return AccessToken(token, int(time.time()) + 3600)
 
 
@@ -54,6 +58,7 @@ class Recorded:
     path: str
     query: dict[str, list[str]]
     headers: dict[str, str]
+    body: Any = None
 
 
 Handler = Callable[[Recorded], tuple[int, Any]]
@@ -65,6 +70,9 @@ class FakeAzure:
     ca_file: Path | None = None
     # (METHOD, path) -> (status, json body) or a function of the request
     routes: dict[tuple[str, str], tuple[int, Any] | Handler] = field(default_factory=dict)
+    # (METHOD, regular expression over the lower-cased path) -> handler, tried
+    # in order when no exact route matches: for resources named by the caller.
+    patterns: list[tuple[str, re.Pattern[str], Handler]] = field(default_factory=list)
     requests: list[Recorded] = field(default_factory=list)
 
     def route(self, method: str, path: str, status: int = 200, body: Any = None) -> None:
@@ -72,6 +80,9 @@ class FakeAzure:
 
     def handle(self, method: str, path: str, fn: Handler) -> None:
         self.routes[(method.upper(), path.rstrip("/").lower())] = fn
+
+    def handle_pattern(self, method: str, pattern: str, fn: Handler) -> None:
+        self.patterns.append((method.upper(), re.compile(pattern, re.IGNORECASE), fn))
 
     def calls(self, path_contains: str) -> list[Recorded]:
         return [r for r in self.requests if path_contains.lower() in r.path.lower()]
@@ -101,11 +112,15 @@ def _make_handler(fake: FakeAzure) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")
             parts = urlsplit(self.path)
             path = unquote(parts.path)
-            rec = Recorded(self.command, path, parse_qs(parts.query), dict(self.headers.items()))
+            rec = Recorded(self.command, path, parse_qs(parts.query), dict(self.headers.items()),
+                           body)
             fake.requests.append(rec)
             auth = self.headers.get("Authorization", "")
             if path.startswith("/secrets/"):
@@ -122,6 +137,13 @@ def _make_handler(fake: FakeAzure) -> type[BaseHTTPRequestHandler]:
                         {"WWW-Authenticate": challenge},
                     )
                     return
+            elif path.startswith("/v1.0/"):
+                # Microsoft Graph: a token for Graph's audience, never ARM's.
+                if auth != f"Bearer {GRAPH_TOKEN}":
+                    self._reply(401, {"error": {
+                        "code": "InvalidAuthenticationToken",
+                        "message": "Access token validation failure. Invalid audience."}})
+                    return
             elif auth != f"Bearer {TOKEN}":
                 self._reply(
                     401,
@@ -132,6 +154,10 @@ def _make_handler(fake: FakeAzure) -> type[BaseHTTPRequestHandler]:
                 return
             entry = fake.routes.get((self.command, path.rstrip("/").lower()))
             if entry is None:
+                entry = next((fn for method, regex, fn in fake.patterns
+                              if method == self.command
+                              and regex.fullmatch(path.rstrip("/"))), None)
+            if entry is None:
                 self._reply(501, arm_error("NoRouteInFake", f"{self.command} {path}"))
                 return
             status, body = entry(rec) if callable(entry) else entry
@@ -140,6 +166,7 @@ def _make_handler(fake: FakeAzure) -> type[BaseHTTPRequestHandler]:
         do_GET = _serve
         do_POST = _serve
         do_PUT = _serve
+        do_DELETE = _serve
 
     return H
 
@@ -498,3 +525,213 @@ def healthy_subscription(fake: FakeAzure, location: str = "westeurope") -> None:
             },
         ),
     )
+
+
+# --- Microsoft Graph: a tenant's directory ---------------------------------------------
+
+def graph_error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message,
+                      "innerError": {"date": "2026-01-05T10:00:00", "request-id": "fake"}}}
+
+
+@dataclass
+class Directory:
+    """The objects of one Entra tenant as Graph v1.0 returns them."""
+
+    tenant: str = TENANT
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    denied: bool = False  # a guest whom the tenant does not let read the directory
+
+    def add_group(self, gid: str, name: str, security: bool = True) -> None:
+        self.objects[gid.lower()] = {"@odata.type": "#microsoft.graph.group", "id": gid,
+                                     "displayName": name, "securityEnabled": security,
+                                     "mailEnabled": not security}
+
+    def add_user(self, uid: str, name: str) -> None:
+        self.objects[uid.lower()] = {"@odata.type": "#microsoft.graph.user", "id": uid,
+                                     "displayName": name}
+
+
+def _selected(obj: dict[str, Any], req: Recorded) -> dict[str, Any]:
+    fields = (req.query.get("$select") or [""])[0]
+    if not fields:
+        return dict(obj)
+    return {k: v for k, v in obj.items() if k in fields.split(",") or k == "@odata.type"}
+
+
+def serve_directory(fake: FakeAzure, directory: Directory) -> None:
+    """/v1.0/organization, /v1.0/groups/{id}, /v1.0/groups?$filter=displayName eq '...',
+    /v1.0/directoryObjects/{id}: what Graph answers, 403 Authorization_RequestDenied
+    when `directory.denied`."""
+    ctx = "https://graph.microsoft.com/v1.0/$metadata"
+
+    def guard(fn: Handler) -> Handler:
+        def wrapped(req: Recorded) -> tuple[int, Any]:
+            if directory.denied:
+                return 403, graph_error("Authorization_RequestDenied",
+                                        "Insufficient privileges to complete the operation.")
+            return fn(req)
+        return wrapped
+
+    def organization(req: Recorded) -> tuple[int, Any]:
+        return 200, {"@odata.context": f"{ctx}#organization",
+                     "value": [{"id": directory.tenant, "displayName": "Contoso"}]}
+
+    def not_found(oid: str) -> tuple[int, Any]:
+        return 404, graph_error("Request_ResourceNotFound",
+                                f"Resource '{oid}' does not exist or one of its queried "
+                                "reference-property objects are not present.")
+
+    def group(req: Recorded) -> tuple[int, Any]:
+        oid = req.path.rstrip("/").rsplit("/", 1)[-1]
+        obj = directory.objects.get(oid.lower())
+        if obj is None or obj["@odata.type"] != "#microsoft.graph.group":
+            return not_found(oid)
+        return 200, {"@odata.context": f"{ctx}#groups/$entity", **_selected(obj, req)}
+
+    def directory_object(req: Recorded) -> tuple[int, Any]:
+        oid = req.path.rstrip("/").rsplit("/", 1)[-1]
+        obj = directory.objects.get(oid.lower())
+        if obj is None:
+            return not_found(oid)
+        return 200, {"@odata.context": f"{ctx}#directoryObjects/$entity", **_selected(obj, req)}
+
+    def groups(req: Recorded) -> tuple[int, Any]:
+        flt = (req.query.get("$filter") or [""])[0]
+        m = re.fullmatch(r"displayName eq '((?:[^']|'')*)'", flt)
+        if m is None:
+            return 400, graph_error("Request_UnsupportedQuery", f"Unsupported query: {flt}")
+        name = m[1].replace("''", "'")
+        found = [_selected(o, req) for o in directory.objects.values()
+                 if o["@odata.type"] == "#microsoft.graph.group"
+                 and o["displayName"].lower() == name.lower()]
+        return 200, {"@odata.context": f"{ctx}#groups", "value": found}
+
+    fake.handle("GET", "/v1.0/organization", guard(organization))
+    fake.handle("GET", "/v1.0/groups", guard(groups))
+    fake.handle_pattern("GET", r"/v1\.0/groups/[^/]+", guard(group))
+    fake.handle_pattern("GET", r"/v1\.0/directoryObjects/[^/]+", guard(directory_object))
+
+
+# --- Microsoft.Authorization: role assignments and the caller's permissions -------------
+
+_RA = "/providers/Microsoft.Authorization/roleAssignments"
+
+
+@dataclass
+class Authorization:
+    """Role assignments of a subscription, kept as ARM keeps them (api-version
+    2022-04-01): one per (scope, role, principal); a second is 409
+    RoleAssignmentExists, whatever its name. `actions`/`not_actions` are the
+    caller's permissions everywhere; `deny_writes_on` scopes (prefixes) answer
+    403 AuthorizationFailed to a PUT or DELETE, as an ABAC condition would."""
+
+    directory: Directory
+    sub: str = SUB
+    assignments: dict[str, dict[str, Any]] = field(default_factory=dict)  # id.lower() -> body
+    actions: list[str] = field(default_factory=lambda: ["*"])
+    not_actions: list[str] = field(default_factory=list)
+    deny_writes_on: list[str] = field(default_factory=list)
+
+    def held(self, principal: str) -> set[tuple[str, str]]:
+        """(scope, role GUID) the principal holds."""
+        return {(a["properties"]["scope"], a["properties"]["roleDefinitionId"].rsplit("/", 1)[-1])
+                for a in self.assignments.values()
+                if a["properties"]["principalId"] == principal}
+
+    def add(self, scope: str, role: str, principal: str, name: str) -> str:
+        """An assignment made outside mfhelm (the portal, az)."""
+        aid = f"{scope}{_RA}/{name}"
+        self.assignments[aid.lower()] = self._body(aid, scope, name, {
+            "roleDefinitionId": f"/subscriptions/{self.sub}/providers/Microsoft.Authorization/"
+                                f"roleDefinitions/{role}",
+            "principalId": principal, "principalType": "Group"})
+        return aid
+
+    def _body(self, aid: str, scope: str, name: str, props: dict[str, Any]) -> dict[str, Any]:
+        return {"id": aid, "type": "Microsoft.Authorization/roleAssignments", "name": name,
+                "properties": {**props, "scope": scope, "condition": None,
+                               "conditionVersion": None,
+                               "createdOn": "2026-01-05T10:00:00.0000000Z",
+                               "updatedOn": "2026-01-05T10:00:00.0000000Z",
+                               "createdBy": None, "updatedBy": "fake-caller",
+                               "delegatedManagedIdentityResourceId": None,
+                               "description": None}}
+
+    def _denied(self, scope: str, action: str) -> tuple[int, Any] | None:
+        if any(scope.lower().startswith(d.lower()) for d in self.deny_writes_on):
+            return 403, arm_error(
+                "AuthorizationFailed",
+                "The client 'me@contoso.example' with object id 'caller' does not have "
+                f"authorization to perform action '{action}' over scope '{scope}{_RA}' or "
+                "the scope is invalid. If access was recently granted, please refresh your "
+                "credentials.")
+        return None
+
+
+def serve_authorization(fake: FakeAzure, authz: Authorization) -> None:
+    def split(path: str) -> tuple[str, str]:
+        scope, _, name = path.rstrip("/").partition(_RA)
+        return scope, name.lstrip("/")
+
+    def put(req: Recorded) -> tuple[int, Any]:
+        scope, name = split(req.path)
+        denied = authz._denied(scope, "Microsoft.Authorization/roleAssignments/write")
+        if denied:
+            return denied
+        props = (req.body or {}).get("properties") if isinstance(req.body, dict) else None
+        if not isinstance(props, dict) or not props.get("roleDefinitionId") \
+                or not props.get("principalId"):
+            return 400, arm_error("InvalidRequestFormat", "Cannot parse the request.")
+        principal = props["principalId"]
+        if principal.lower() not in authz.directory.objects:
+            return 400, arm_error("PrincipalNotFound",
+                                  f"Principal {principal} does not exist in the directory "
+                                  f"{authz.directory.tenant}.")
+        role = props["roleDefinitionId"].rsplit("/", 1)[-1]
+        aid = f"{scope}{_RA}/{name}"
+        existing = authz.assignments.get(aid.lower())
+        if existing is not None and (existing["properties"]["principalId"] != principal or
+                                     not existing["properties"]["roleDefinitionId"]
+                                     .endswith(role)):
+            return 400, arm_error("RoleAssignmentUpdateNotPermitted",
+                                  "Tenant ID, application ID, principal ID, and scope are not "
+                                  "allowed to be updated.")
+        if (scope, role) in authz.held(principal):
+            return 409, arm_error("RoleAssignmentExists", "The role assignment already exists.")
+        body = authz._body(aid, scope, name, {
+            "roleDefinitionId": props["roleDefinitionId"], "principalId": principal,
+            "principalType": props.get("principalType", "User")})
+        authz.assignments[aid.lower()] = body
+        return 201, body
+
+    def delete(req: Recorded) -> tuple[int, Any]:
+        scope, _ = split(req.path)
+        denied = authz._denied(scope, "Microsoft.Authorization/roleAssignments/delete")
+        if denied:
+            return denied
+        body = authz.assignments.pop(req.path.rstrip("/").lower(), None)
+        return (200, body) if body is not None else (204, None)
+
+    def listing(req: Recorded) -> tuple[int, Any]:
+        scope, _ = split(req.path)
+        flt = (req.query.get("$filter") or [""])[0]
+        m = re.fullmatch(r"principalId eq '([^']*)'", flt)
+        if flt and m is None:
+            return 400, arm_error("UnsupportedQuery", f"The filter '{flt}' is not supported.")
+        here = scope.lower()
+        found = [a for a in authz.assignments.values()
+                 if (m is None or a["properties"]["principalId"] == m[1])
+                 and (here.startswith(a["properties"]["scope"].lower())
+                      or a["properties"]["scope"].lower().startswith(here))]
+        return 200, {"value": found}
+
+    def permissions(req: Recorded) -> tuple[int, Any]:
+        return 200, {"value": [{"actions": authz.actions, "notActions": authz.not_actions,
+                                "dataActions": [], "notDataActions": []}]}
+
+    fake.handle_pattern("PUT", rf"/subscriptions/.+{_RA}/[^/]+", put)
+    fake.handle_pattern("DELETE", rf"/subscriptions/.+{_RA}/[^/]+", delete)
+    fake.handle_pattern("GET", rf"/subscriptions/.+{_RA}", listing)
+    fake.handle_pattern("GET", r"/subscriptions/.+/providers/Microsoft\.Authorization/permissions",
+                        permissions)
