@@ -77,11 +77,7 @@ def test_mfhelm_values_serve_airflow_under_the_proxy_route():
 
 def test_groups_map_to_roles_with_admins_data_scientists_and_viewers():
     values = access_values(viewers={"groups": [VIEWERS, SCIENTISTS]})
-    try:
-        objs = render([AZURE_AIRFLOW], values, release="mf")
-    except HelmError as exc:  # before helper "grant" merges, viewers: is not in the schema
-        assert "viewers" in str(exc)
-        pytest.skip("viewers: is not in this branch's schema yet")
+    objs = render([AZURE_AIRFLOW], values, release="mf")
     settings = settings_of(webserver_config(objs))
     assert settings["rolesByGroup"] == {
         ADMINS: ["Admin"], SCIENTISTS: ["User", "Viewer"], VIEWERS: ["Viewer"]}

@@ -1,0 +1,285 @@
+"""The real Airflow webserver (gunicorn, Airflow 2.10.5 with the FAB provider
+the image ships; tools.toml pins both) running the webserver_config.py the
+chart renders, with the base_url mfhelm's values give it, Airflow's ProxyFix
+on (the Airflow chart 1.16.0 sets [webserver] enable_proxy_fix), and the admin
+account our hook creates.
+
+Two paths reach it, as in the cluster:
+- "through the proxy": a connection from a non-loopback address of this
+  host, standing for the sign-in proxy's pod (the only peer the NetworkPolicy
+  lets in), carrying the headers the proxy sets;
+- "break-glass": a connection over loopback, which is where `kubectl
+  port-forward` arrives (the container runtime dials localhost inside the
+  pod's network namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from chartlib import SCENARIOS, get, render
+from test_chart_airflow_signin import access_values
+
+AIRFLOW = shutil.which("airflow")
+pytestmark = pytest.mark.skipif(not AIRFLOW, reason="airflow not installed (tools.toml pins it; run `make test-tools`)")
+
+ADMINS = "0b8a2c4e-0000-4000-8000-00000000ad01"
+SCIENTISTS = "0b8a2c4e-0000-4000-8000-00000000d501"
+VIEWERS = "0b8a2c4e-0000-4000-8000-00000000e101"
+OTHER = "0b8a2c4e-0000-4000-8000-0000000000f1"
+PASSWORD = "break-Glass-" + secrets.token_hex(8)
+FORGED_ID_TOKEN = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
+
+
+def _host_address() -> str | None:
+    """A non-loopback address of this host (no packet is sent)."""
+    for probe in ("192.0.2.1", "10.255.255.255", "8.8.8.8"):
+        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((probe, 9))
+            addr = s.getsockname()[0]
+            if not addr.startswith("127."):
+                return addr
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Webserver:
+    proxied: str   # base URL through "the proxy" (non-loopback peer)
+    local: str     # base URL over loopback (port-forward)
+    db: Path
+    log: Path
+
+    def roles(self, username: str) -> list[str] | None:
+        with contextlib.closing(sqlite3.connect(self.db)) as con:
+            rows = con.execute(
+                "SELECT r.name FROM ab_user u LEFT JOIN ab_user_role ur ON ur.user_id = u.id "
+                "LEFT JOIN ab_role r ON r.id = ur.role_id WHERE lower(u.username) = lower(?)",
+                (username,)).fetchall()
+        return None if not rows else sorted(r for (r,) in rows if r)
+
+
+@pytest.fixture(scope="module")
+def webserver(tmp_path_factory):
+    address = _host_address()
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address to stand for the proxy's pod")
+    values = access_values(admin_groups=[ADMINS], viewers={"groups": [VIEWERS]},
+                           dataScientists={"groups": [SCIENTISTS]})
+    objs = render([SCENARIOS["azure-airflow"]], values, release="mf")
+    base_url = values["airflow"]["config"]["webserver"]["base_url"]
+    root = tmp_path_factory.mktemp("airflow-signin")
+    home = root / "home"
+    home.mkdir()
+    # Where the Airflow chart mounts the ConfigMap: $AIRFLOW_HOME/webserver_config.py.
+    cm = get(objs, "ConfigMap", values["airflow"]["webserver"]["webserverConfigConfigMapName"])
+    (home / "webserver_config.py").write_text(cm["data"]["webserver_config.py"])
+    scripts = root / "scripts"
+    scripts.mkdir()
+    (scripts / "airflow_admin.py").write_text(
+        get(objs, "ConfigMap", "mf-airflow-admin")["data"]["airflow_admin.py"])
+    env = {**os.environ, "AIRFLOW_HOME": str(home),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root}/airflow.db",
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+           "AIRFLOW__WEBSERVER__BASE_URL": base_url,
+           "AIRFLOW__WEBSERVER__ENABLE_PROXY_FIX": "True",
+           "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_hex(16)}
+    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    python = str(Path(os.path.realpath(AIRFLOW)).parent / "python")
+    proc = subprocess.run([python, str(scripts / "airflow_admin.py")], capture_output=True,
+                          text=True, timeout=300,
+                          env={**env, "MFHELM_AIRFLOW_ADMIN_USER": "admin",
+                               "MFHELM_AIRFLOW_ADMIN_PASSWORD": PASSWORD})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    port = _free_port()
+    log = root / "webserver.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([AIRFLOW, "webserver", "--port", str(port), "--workers", "1"],
+                                  env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, start_new_session=True)
+    path = "/" + base_url.split("/", 3)[3]
+    ws = Webserver(f"http://{address}:{port}{path}", f"http://127.0.0.1:{port}{path}",
+                   root / "airflow.db", log)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{ws.local}/health", timeout=5).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the webserver did not start:\n"
+                                   + log.read_text(errors="replace")[-4000:])
+            time.sleep(1)
+        yield ws
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            server.wait()
+
+
+def signed_in(user: str, *groups: str, email: str | None = None) -> requests.Session:
+    """A browser behind the proxy: every request carries the proxy's headers."""
+    s = requests.Session()
+    s.headers.update({
+        "X-Forwarded-User": user,
+        "X-Forwarded-Email": email if email is not None else user,
+        "X-Forwarded-Preferred-Username": user,
+        "X-Forwarded-Groups": ",".join(groups),
+        "Authorization": FORGED_ID_TOKEN,  # the proxy passes the ID token on; Airflow ignores it
+    })
+    return s
+
+
+def can_read_roles(session: requests.Session, base: str) -> int:
+    """Status of an Admin-only REST call (Roles: can read)."""
+    return session.get(f"{base}/api/v1/roles", timeout=30, allow_redirects=False).status_code
+
+
+def test_admin_group_member_is_admin_without_a_second_login(webserver):
+    s = signed_in("ada@example.com", OTHER, ADMINS)
+    home = s.get(f"{webserver.proxied}/home", timeout=30, allow_redirects=False)
+    assert home.status_code == 200, home.text[:500]
+    assert 'name="password"' not in home.text
+    assert webserver.roles("ada@example.com") == ["Admin"]
+    assert can_read_roles(s, webserver.proxied) == 200
+
+
+def test_data_scientist_gets_user_and_viewer_gets_viewer(webserver):
+    ds = signed_in("dora@example.com", SCIENTISTS)
+    assert ds.get(f"{webserver.proxied}/api/v1/dags", timeout=30).status_code == 200
+    assert webserver.roles("dora@example.com") == ["User"]
+    assert can_read_roles(ds, webserver.proxied) == 403
+
+    viewer = signed_in("vic@example.com", VIEWERS)
+    assert viewer.get(f"{webserver.proxied}/api/v1/dags", timeout=30).status_code == 200
+    assert webserver.roles("vic@example.com") == ["Viewer"]
+    # A Viewer may not pause a DAG (the User role may): the REST API says 403
+    # before it looks for the DAG.
+    assert viewer.patch(f"{webserver.proxied}/api/v1/dags/none", json={"is_paused": True},
+                        timeout=30).status_code == 403
+    assert ds.patch(f"{webserver.proxied}/api/v1/dags/none", json={"is_paused": True},
+                    timeout=30).status_code == 404
+
+
+def test_member_of_no_group_gets_403_naming_them_not_a_login_form(webserver):
+    s = signed_in("olga@example.com", OTHER, email="olga.o@example.com")
+    for path in ("/home", "/login/", "/api/v1/dags"):
+        r = s.get(f"{webserver.proxied}{path}", timeout=30, allow_redirects=False)
+        assert r.status_code == 403, (path, r.status_code)
+        assert "olga@example.com (olga.o@example.com)" in r.text
+        assert 'name="password"' not in r.text
+    assert webserver.roles("olga@example.com") is None  # no account made
+
+
+def test_roles_follow_group_changes(webserver):
+    s = signed_in("gus@example.com", VIEWERS)
+    assert can_read_roles(s, webserver.proxied) == 403
+    assert webserver.roles("gus@example.com") == ["Viewer"]
+    # Later, the proxy's session carries new groups: same Airflow session.
+    s.headers["X-Forwarded-Groups"] = f"{VIEWERS},{ADMINS}"
+    assert can_read_roles(s, webserver.proxied) == 200
+    assert webserver.roles("gus@example.com") == ["Admin", "Viewer"]
+    # A new login with fewer groups.
+    fresh = signed_in("gus@example.com", SCIENTISTS)
+    assert can_read_roles(fresh, webserver.proxied) == 403
+    assert webserver.roles("gus@example.com") == ["User"]
+    # Removed from every group: 403, and the account keeps no role, so the
+    # older session (with the admin groups it last saw) gets nothing either.
+    fresh.headers["X-Forwarded-Groups"] = OTHER
+    assert fresh.get(f"{webserver.proxied}/home", timeout=30).status_code == 403
+    assert webserver.roles("gus@example.com") == []
+    s.headers["X-Forwarded-Groups"] = OTHER
+    assert can_read_roles(s, webserver.proxied) == 403
+
+
+def _password_login(base: str, username: str, password: str) -> requests.Session:
+    s = requests.Session()
+    page = s.get(f"{base}/login/", timeout=30)
+    assert page.status_code == 200 and 'name="password"' in page.text, page.text[:500]
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text).group(1)
+    s.post(f"{base}/login/", data={"username": username, "password": password,
+                                   "csrf_token": token}, timeout=30)
+    return s
+
+
+def test_break_glass_admin_logs_in_with_the_password_over_port_forward(webserver):
+    s = _password_login(webserver.local, "admin", PASSWORD)
+    assert can_read_roles(s, webserver.local) == 200
+    wrong = _password_login(webserver.local, "admin", PASSWORD + "x")
+    assert can_read_roles(wrong, webserver.local) in (401, 403)
+
+
+def test_forged_headers_over_port_forward_grant_nothing(webserver):
+    s = signed_in("mallory@example.com", ADMINS)
+    # X-Forwarded-For makes ProxyFix report another REMOTE_ADDR: not the peer.
+    s.headers["X-Forwarded-For"] = "10.1.2.3"
+    home = s.get(f"{webserver.local}/home", timeout=30, allow_redirects=False)
+    assert home.status_code == 302 and "/login/" in home.headers["Location"]
+    assert can_read_roles(s, webserver.local) in (401, 403)
+    assert webserver.roles("mallory@example.com") is None
+
+
+def test_password_form_is_refused_through_the_proxy(webserver):
+    s = requests.Session()  # no proxy headers: only the probes come this way
+    page = s.get(f"{webserver.proxied}/login/", timeout=30)
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text).group(1)
+    r = s.post(f"{webserver.proxied}/login/", data={"username": "admin", "password": PASSWORD,
+                                                    "csrf_token": token}, timeout=30,
+               allow_redirects=False)
+    assert r.status_code == 403
+    assert can_read_roles(s, webserver.proxied) in (401, 403)
+
+
+def test_a_signed_in_name_never_takes_over_the_admin_account(webserver):
+    s = signed_in("ADMIN", ADMINS)
+    r = s.get(f"{webserver.proxied}/home", timeout=30, allow_redirects=False)
+    assert r.status_code == 403 and "password" in r.text
+    assert webserver.roles("admin") == ["Admin"]
+    assert can_read_roles(_password_login(webserver.local, "admin", PASSWORD),
+                          webserver.local) == 200
+
+
+def test_an_underscore_spelling_is_not_the_groups_header(webserver):
+    # The proxy strips the headers it sets; a client's X_Forwarded_Groups would
+    # pass it, and must not merge into X-Forwarded-Groups (gunicorn drops
+    # header names with underscores since 22.0).
+    s = signed_in("una@example.com", VIEWERS)
+    s.headers["X_Forwarded_Groups"] = ADMINS
+    assert can_read_roles(s, webserver.proxied) == 403
+    assert webserver.roles("una@example.com") == ["Viewer"]
+
+
+def test_log_out_through_the_proxy_signs_out_of_the_proxy(webserver):
+    s = signed_in("lou@example.com", SCIENTISTS)
+    home = s.get(f"{webserver.proxied}/home", timeout=30)
+    assert home.status_code == 200
+    cookie = next(c for c in s.cookies if c.name == "session")
+    assert cookie.path == "/airflow"  # not sent to the UI and the other backends
+    # The navigation bar's "Log out" posts a form with the page's CSRF token.
+    token = re.search(r'name="csrf_token" value="([^"]+)"', home.text).group(1)
+    r = s.post(f"{webserver.proxied}/logout/", data={"csrf_token": token}, timeout=30,
+               allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"].endswith("/oauth2/sign_out")
