@@ -24,14 +24,13 @@ import hashlib
 import ipaddress
 import json
 
+from airflow.providers.fab.auth_manager.security_manager.override import (
+    FabAirflowSecurityManagerOverride,
+)
 from flask import make_response, redirect, request, session
 from flask_appbuilder.const import AUTH_DB
 from flask_login import current_user, login_user, logout_user
 from markupsafe import escape
-
-from airflow.providers.fab.auth_manager.security_manager.override import (
-    FabAirflowSecurityManagerOverride,
-)
 
 # Airflow's own password database stays the login form (break-glass).
 AUTH_TYPE = AUTH_DB
@@ -40,7 +39,10 @@ WTF_CSRF_TIME_LIMIT = None
 # No self-registration form: with AUTH_DB it would let anyone create an account.
 AUTH_USER_REGISTRATION = False
 # Group object id -> Airflow roles; a user gets the union for their groups.
-AUTH_ROLES_MAPPING = {str(k): [str(r) for r in v] for k, v in MFHELM_SIGNIN["rolesByGroup"].items()}  # noqa: F821
+AUTH_ROLES_MAPPING = {
+    str(group): [str(role) for role in roles]
+    for group, roles in MFHELM_SIGNIN["rolesByGroup"].items()  # noqa: F821
+}
 AUTH_ROLES_SYNC_AT_LOGIN = True
 # Airflow's session cookie only under its own path on the shared host.
 SESSION_COOKIE_PATH = str(MFHELM_SIGNIN["cookiePath"])  # noqa: F821
@@ -73,7 +75,8 @@ def _identity() -> dict | None:
     user = request.headers.get("X-Forwarded-User", "").strip()
     if not user:
         return None
-    groups = sorted({g.strip() for g in request.headers.get("X-Forwarded-Groups", "").split(",")} - {""})
+    listed = request.headers.get("X-Forwarded-Groups", "").split(",")
+    groups = sorted({g.strip() for g in listed} - {""})
     return {
         "user": user,
         "email": request.headers.get("X-Forwarded-Email", "").strip(),
