@@ -151,11 +151,13 @@ class SigninSecurityManager(FabAirflowSecurityManagerOverride):
                 self.update_user(user)
             return None, "you are in none of the groups that may use Airflow"
         email = identity["email"] or f"{identity['user']}@signin.invalid"
+        # What Airflow shows (and its audit log records beside the username).
+        display = identity["name"] or identity["email"] or identity["user"]
         if user is None:
             user = self.add_user(
                 username=identity["user"],
-                first_name=identity["name"] or identity["user"],
-                last_name="-",
+                first_name=display,
+                last_name="",
                 email=email,
                 role=roles,
                 hashed_password=_NO_PASSWORD,
@@ -168,6 +170,7 @@ class SigninSecurityManager(FabAirflowSecurityManagerOverride):
             return None, "your Airflow account is deactivated"
         user.roles = roles
         user.email = email
+        user.first_name = display
         if not self.update_user(user):
             return None, "Airflow could not update your account"
         return user, ""
