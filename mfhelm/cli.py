@@ -127,6 +127,36 @@ AllowOpt = typer.Option(None, "--allow-override", metavar="KEY",
                         "deployment); repeatable.")
 
 
+SigninIssuerOpt = typer.Option(
+    None, "--signin-issuer", metavar="URL",
+    help="With --local: put the entry point and sign-in in front, against this OIDC issuer.")
+SigninClientIdOpt = typer.Option(None, "--signin-client-id", metavar="ID",
+                                 help="With --signin-issuer: the client id at that issuer.")
+SigninClientSecretOpt = typer.Option(
+    None, "--signin-client-secret", metavar="SECRET",
+    help="With --signin-issuer: a Secret (key client-secret) holding the client secret.")
+SigninHostOpt = typer.Option(None, "--signin-host", metavar="HOST",
+                             help="With --signin-issuer: the host name users open.")
+SigninTlsOpt = typer.Option(None, "--signin-tls-secret", metavar="SECRET",
+                            help="With --signin-issuer: the kubernetes.io/tls Secret for it.")
+SigninGroupOpt = typer.Option(None, "--signin-group", metavar="GROUP",
+                              help="With --signin-issuer: a group allowed in; repeatable.")
+
+
+def _local_access(local: bool, issuer: str | None, client_id: str | None,
+                  client_secret: str | None, host: str | None, tls_secret: str | None,
+                  groups: list[str] | None) -> Any:
+    from mfhelm.values import LocalAccess
+
+    access = LocalAccess.from_options(issuer=issuer, client_id=client_id, host=host,
+                                      tls_secret=tls_secret, groups=groups or (),
+                                      client_secret_name=client_secret)
+    if access is not None and not local:
+        raise MfhelmError("--signin-issuer is for --local; on azure sign-in comes from "
+                          "mfhelm.toml [access]")
+    return access
+
+
 def _target(settings_file: Path | None, kubeconfig: str | None, context: str | None,
             release: str | None, namespace: str | None, local: bool) -> Any:
     """Where a cluster command goes; every part checked before the first call."""
@@ -203,6 +233,12 @@ def render(
     airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="With --local: Airflow."),
     namespace: str | None = typer.Option(None, "--namespace", "-n",
                                          help="With --local: the release namespace."),
+    signin_issuer: str | None = SigninIssuerOpt,
+    signin_client_id: str | None = SigninClientIdOpt,
+    signin_client_secret: str | None = SigninClientSecretOpt,
+    signin_host: str | None = SigninHostOpt,
+    signin_tls_secret: str | None = SigninTlsOpt,
+    signin_group: list[str] | None = SigninGroupOpt,
     values_files: list[Path] | None = ValuesOpt,
     set_values: list[str] | None = SetOpt,
     allow_override: list[str] | None = AllowOpt,
@@ -219,11 +255,14 @@ def render(
     from mfhelm import values as values_mod
 
     user = uservalues.UserValues.read(values_files or (), set_values or (), allow_override or ())
+    access = _local_access(local, signin_issuer, signin_client_id, signin_client_secret,
+                           signin_host, signin_tls_secret, signin_group)
     if local:
         target = _target(settings_file, None, None, None, namespace, True)
         ns = target.namespace
         values = values_mod.local_values(argo=argo, airflow=airflow,
-                                         flow_namespace=values_mod.flows_namespace_for(ns))
+                                         flow_namespace=values_mod.flows_namespace_for(ns),
+                                         access=access)
         protected = uservalues.LOCAL_PROTECTED
     else:
         if namespace is not None:
@@ -258,6 +297,12 @@ def install(
     local: bool = typer.Option(False, "--local", help="Local profile into the current context."),
     argo: bool = typer.Option(True, "--argo/--no-argo", help="With --local: Argo Workflows."),
     airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="With --local: Airflow."),
+    signin_issuer: str | None = SigninIssuerOpt,
+    signin_client_id: str | None = SigninClientIdOpt,
+    signin_client_secret: str | None = SigninClientSecretOpt,
+    signin_host: str | None = SigninHostOpt,
+    signin_tls_secret: str | None = SigninTlsOpt,
+    signin_group: list[str] | None = SigninGroupOpt,
     settings_file: Path | None = SettingsOpt,
     outputs_file: Path | None = OutputsOpt,
     subscription: str | None = SubOpt,
@@ -289,12 +334,15 @@ def install(
 
         find_chart(source)  # its Chart.yaml and values.yaml, read and checked now
     user = UserValues.read(values_files or (), set_values or (), allow_override or ())
+    access = _local_access(local, signin_issuer, signin_client_id, signin_client_secret,
+                           signin_host, signin_tls_secret, signin_group)
     target = _target(settings_file, kubeconfig, context, release, namespace, local)
     step = _Steps()
     try:
         if local:
             info = stack.install_local(target, argo=argo, airflow=airflow, chart=source,
-                                       timeout=timeout, user_values=user, progress=step)
+                                       timeout=timeout, user_values=user, progress=step,
+                                       access=access)
         else:
             from mfhelm.azure.credentials import get_credential, resolve_subscription_id
 
@@ -371,8 +419,9 @@ def uninstall(
 def config(
     profile: str | None = typer.Option(None, "--profile", help="Write config_NAME.json."),
     print_only: bool = typer.Option(False, "--print", help="Print instead of writing."),
-    service_url: str = typer.Option("http://localhost:8080", "--service-url",
-                                    help="Metadata service URL as laptops reach it."),
+    service_url: str | None = typer.Option(
+        None, "--service-url", help="Metadata service URL as laptops reach it (default: "
+        "https://<[access] host>/metadata with the entry point, else http://localhost:8080)."),
     settings_file: Path | None = SettingsOpt,
     outputs_file: Path | None = OutputsOpt,
     subscription: str | None = SubOpt,
@@ -382,7 +431,8 @@ def config(
     from mfhelm import settings as settings_mod
 
     # The arguments first: a bad one is refused before Azure is asked.
-    metaflow_config.check_service_url(service_url)
+    if service_url is not None:
+        metaflow_config.check_service_url(service_url)
     metaflow_config.config_path(profile)
     s = settings_mod.load(settings_file)
     cfg = metaflow_config.build_config(_outputs(outputs_file, s, subscription), s,

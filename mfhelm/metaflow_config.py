@@ -91,10 +91,36 @@ def check_service_url(service_url: str) -> str:
     return service_url
 
 
+def access_urls(host: str, *, argo: bool) -> dict[str, str]:
+    """With the entry point on, what laptops reach through https://<host> (the
+    chart's ConfigMap publishes the same): the metadata API, and the UIs
+    Metaflow links to (`argo-workflows create` prints Argo's)."""
+    config = {
+        "METAFLOW_SERVICE_URL": f"https://{host}/metadata",
+        "METAFLOW_UI_URL": f"https://{host}/",
+    }
+    if argo:
+        config["METAFLOW_ARGO_WORKFLOWS_UI_URL"] = f"https://{host}/argo"
+    return config
+
+
+def _deploys_argo(outputs: dict[str, Any]) -> bool:
+    argo = outputs["deployArgo"]
+    return argo.lower() == "true" if isinstance(argo, str) else argo is True
+
+
 def build_config(
-    outputs: dict[str, Any], settings: Settings, *, service_url: str = DEFAULT_SERVICE_URL
+    outputs: dict[str, Any], settings: Settings, *, service_url: str | None = None
 ) -> dict[str, str]:
-    """Metaflow client settings for this stack, every value a string as Metaflow reads them."""
+    """Metaflow client settings for this stack, every value a string as Metaflow reads them.
+
+    `service_url` unset: https://<host>/metadata with the entry point on
+    (mfhelm.toml [access] host), else the port-forward's URL. Pods keep the
+    in-cluster URL either way."""
+    access = settings.access
+    urls = access_urls(access.host, argo=_deploys_argo(outputs)) if access.enabled else {}
+    if service_url is None:
+        service_url = urls.get("METAFLOW_SERVICE_URL", DEFAULT_SERVICE_URL)
     check_service_url(service_url)
     from mfhelm.azure.outputs import check_settings
 
@@ -126,6 +152,7 @@ def build_config(
 
     if argo_events_enabled(outputs, settings):
         config |= argo_events_config(helm.release, str(outputs["flowNamespace"]))
+    config |= {k: v for k, v in urls.items() if k != "METAFLOW_SERVICE_URL"}
     return config
 
 

@@ -48,8 +48,11 @@ NON_ROOT = ("containers run non-root, unprivileged, without privilege escalation
 NO_HOST = ("no pod uses the node's filesystem (hostPath), network, PID or IPC namespace or "
            "ports (Pod Security baseline)")
 DB_TLS = "on azure every connection to PostgreSQL uses TLS (sslmode require or stricter)"
+SIGNIN = ("with the entry point on, only members of the allowed groups get past the sign-in "
+          "proxy: no path, address or other issuer skips it")
 
-PROMISES = (ARGO_CLIENT_AUTH, NAMESPACED, AIRFLOW_PODS, NETWORK, NON_ROOT, NO_HOST, DB_TLS)
+PROMISES = (ARGO_CLIENT_AUTH, NAMESPACED, AIRFLOW_PODS, NETWORK, NON_ROOT, NO_HOST, DB_TLS,
+            SIGNIN)
 
 # What a check finds in one value: (the path below the rule's key, the value shown).
 Finding = tuple[tuple[str | int, ...], str]
@@ -175,6 +178,7 @@ OWN_CONTEXTS = (
     "argoEventsGlue.podSecurityContext",
     "argo-events.global.securityContext",
     "argo-events.controller.containerSecurityContext",
+    "access.proxy.podSecurityContext",
 )
 _KEPT_FIELDS = ("runAsNonRoot", "allowPrivilegeEscalation", "capabilities", "seccompProfile")
 # The documented exception (values.yaml): the migration container runs as uid 0.
@@ -243,6 +247,25 @@ def _cluster_objects(key: str, value: Any) -> list[Finding]:
             if isinstance(item, dict) and item.get("kind") in ("ClusterRole", "ClusterRoleBinding")]
 
 
+# oauth2-proxy v7.15.6 flags that let a request through without a session of
+# an allowed group: unauthenticated paths, preflights or addresses, other
+# users' lists, other token issuers, unverified TLS or emails. The chart
+# refuses outright the flags it sets itself (templates/_helpers.tpl).
+SIGNIN_OPENING_FLAGS = (
+    "--skip-auth-route", "--skip-auth-regex", "--skip-auth-preflight", "--trusted-ip",
+    "--authenticated-emails-file", "--htpasswd-file", "--htpasswd-user-group",
+    "--extra-jwt-issuers", "--ssl-insecure-skip-verify", "--ssl-upstream-insecure-skip-verify",
+    "--insecure-oidc-allow-unverified-email", "--insecure-oidc-skip-issuer-verification",
+    "--insecure-oidc-skip-nonce", "--skip-oidc-discovery", "--oidc-jwks-url",
+)
+
+
+def _signin_args(key: str, value: Any) -> list[Finding]:
+    """`--flag` or `--flag=value` for a flag in SIGNIN_OPENING_FLAGS."""
+    return [((i,), show(arg)) for i, arg in _args(value)
+            if arg.split("=", 1)[0] in SIGNIN_OPENING_FLAGS]
+
+
 # --- the table --------------------------------------------------------------------------------
 
 _AW = "argo-workflows"
@@ -294,6 +317,8 @@ RULES: tuple[Rule, ...] = (
     Rule(NO_HOST, _ANY + r"host(?:Network|PID|IPC)", _true,
          "`hostNetwork`, `hostPID`, `hostIPC` anywhere (not true)", pattern=True),
     Rule(NO_HOST, _ANY + r"hostPort", _host_port, "`hostPort` anywhere (none)", pattern=True),
+    Rule(SIGNIN, "access.proxy.extraArgs", _signin_args,
+         "`access.proxy.extraArgs` (no `" + "`, `".join(SIGNIN_OPENING_FLAGS) + "`)"),
     Rule(DB_TLS, "database.sslMode", _ssl_mode,
          "`database.sslMode` (not `disable`, `allow`, `prefer`)", profiles=("azure",)),
     Rule(DB_TLS, _ANY + r"extraEnv", _env_named("MF_METADATA_DB_SSL_MODE", _weak_ssl),

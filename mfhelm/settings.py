@@ -239,6 +239,9 @@ class AccessSettings(_Strict):
         if (self.tls_certificate or self.tls_secret or self.client_id
                 or self.admin_groups) and not self.host:
             raise ValueError("host is required when any other access setting is set")
+        if self.host and not (self.tls_certificate or self.tls_secret):
+            raise ValueError("host needs a certificate: tls_certificate (a Key Vault "
+                             "certificate id) or tls_secret (a kubernetes.io/tls Secret)")
         return self
 
     @property

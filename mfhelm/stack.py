@@ -234,14 +234,16 @@ def _apply_secrets(api: Any, namespace: str, secret_data: dict[str, dict[str, st
 
 def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSource = None,
                   timeout: str = "10m", user_values: UserValues | None = None,
-                  progress: Progress = _quiet) -> helm_mod.ReleaseInfo:
+                  progress: Progress = _quiet,
+                  access: values_mod.LocalAccess | None = None) -> helm_mod.ReleaseInfo:
     """The local profile into the current kube context: in-cluster PostgreSQL
     and Azurite. The password is generated once and kept across upgrades.
-    `user_values` (-f/--set) go over mfhelm's values, protected keys kept."""
+    `user_values` (-f/--set) go over mfhelm's values, protected keys kept.
+    `access`: the entry point and sign-in against an OIDC issuer."""
 
     values = values_mod.local_values(
         argo=argo, airflow=airflow,
-        flow_namespace=values_mod.flows_namespace_for(target.namespace))
+        flow_namespace=values_mod.flows_namespace_for(target.namespace), access=access)
     if user_values:
         values = with_user_values(values, user_values, LOCAL_PROTECTED, target.namespace, target,
                                   _local_chart(chart))

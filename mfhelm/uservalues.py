@@ -68,6 +68,15 @@ AZURE_PROTECTED: dict[str, str] = {
     "airflow.createUserJob.serviceAccount": f"{_SA} (serviceAccountAirflow)",
     "airflow.scheduler.nodeSelector": _POOL,
     "airflow.webserver.nodeSelector": _POOL,
+    # With mfhelm.toml [access] host: the entry point and Entra ID sign-in.
+    "access.enabled": "mfhelm.toml [access] host",
+    "access.host": "mfhelm.toml [access] host",
+    "access.tls.keyVaultCertificateUri": "mfhelm.toml [access] tls_certificate",
+    "access.tls.secretName": "mfhelm.toml [access] tls_secret",
+    "access.provider": "the azure profile (Entra ID through workload identity, no client secret)",
+    "access.issuerUrl": "the deployment (tenantId: one tenant's issuer)",
+    "access.clientId": "the deployment (signinClientId)",
+    "access.adminGroups": "mfhelm.toml [access] admin_groups",
 }
 
 # The Metaflow config the chart publishes (templates/metaflow-config.yaml), and
@@ -85,14 +94,28 @@ PUBLISHED_EVENTS_CONFIG = (
     "METAFLOW_ARGO_EVENTS_EVENT_SOURCE", "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT",
     "METAFLOW_ARGO_EVENTS_WEBHOOK_URL", "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL",
 )
+# With access on: the UIs through the entry point (Argo's with Argo on).
+PUBLISHED_ACCESS_CONFIG = ("METAFLOW_UI_URL",)
+PUBLISHED_ACCESS_ARGO_CONFIG = ("METAFLOW_ARGO_WORKFLOWS_UI_URL",)
+
+
+def _on(values: dict[str, Any], key: str, default: bool) -> bool:
+    found = _lookup(values, key)
+    return default if found is _MISSING else promises.truthy(found)
 
 
 def published_config_keys(values: dict[str, Any]) -> tuple[str, ...]:
-    """The keys the chart publishes with these values (Argo Events is on
-    unless the values turn it off: the chart's default)."""
-    events = _lookup(values, "argo-events.enabled")
-    on = events is _MISSING or promises.truthy(events)
-    return PUBLISHED_CONFIG + (PUBLISHED_EVENTS_CONFIG if on else ())
+    """The keys the chart publishes with these values (Argo Workflows and
+    Events are on unless the values turn them off, access off unless on:
+    the chart's defaults)."""
+    keys: tuple[str, ...] = PUBLISHED_CONFIG
+    if _on(values, "argo-events.enabled", True):
+        keys += PUBLISHED_EVENTS_CONFIG
+    if _on(values, "access.enabled", False):
+        keys += PUBLISHED_ACCESS_CONFIG
+        if _on(values, "argo-workflows.enabled", True):
+            keys += PUBLISHED_ACCESS_ARGO_CONFIG
+    return keys
 
 
 LOCAL_PROTECTED: dict[str, str] = {

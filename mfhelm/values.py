@@ -7,11 +7,12 @@ as a Kubernetes Secret that `mfhelm install` creates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from mfhelm.azure.outputs import validate_outputs
 from mfhelm.errors import MfhelmError
-from mfhelm.settings import Settings
+from mfhelm.settings import AccessSettings, Settings
 
 # Secrets `mfhelm install` writes from Key Vault; the values only name them.
 DB_SECRET = "metaflow-db"
@@ -38,6 +39,104 @@ AIRFLOW_SIGNIN_CONFIG = "metaflow-airflow-webserver-config"
 MFHELM_SECRETS = (DB_SECRET, AIRFLOW_DB_SECRET, AIRFLOW_WEBSERVER_SECRET, AIRFLOW_FERNET_SECRET,
                   AIRFLOW_ADMIN_SECRET)
 SERVICES_POOL = "services"
+ENTRA_LOGIN = "https://login.microsoftonline.com"
+
+
+def entra_issuer(tenant_id: str) -> str:
+    """The v2.0 issuer of one tenant: what the sign-in proxy verifies browser
+    and laptop tokens against (a single tenant keeps other tenants out)."""
+    return f"{ENTRA_LOGIN}/{tenant_id}/v2.0"
+
+
+def azure_access(access: AccessSettings, outputs: dict[str, Any]) -> dict[str, Any]:
+    """`access` values on azure: Entra ID through the proxy's workload
+    identity (no client secret), the app the deployment made or was given."""
+    client_id = str(outputs.get("signinClientId") or "")
+    if not client_id:
+        raise MfhelmError(
+            "mfhelm.toml [access] host is set but the deployment has no sign-in app "
+            "(output signinClientId is empty): run `mfhelm deploy` again with these settings")
+    if access.client_id and client_id != access.client_id:
+        raise MfhelmError(
+            f"mfhelm.toml [access] client_id {access.client_id} is not the deployment's sign-in "
+            f"app {client_id}: run `mfhelm deploy` again with these settings")
+    return {
+        "enabled": True,
+        "host": access.host,
+        "tls": {"keyVaultCertificateUri": access.tls_certificate,
+                "secretName": access.tls_secret},
+        "provider": "entra-id",
+        "issuerUrl": entra_issuer(str(outputs["tenantId"])),
+        "clientId": client_id,
+        "adminGroups": list(access.admin_groups),
+    }
+
+
+@dataclass(frozen=True)
+class LocalAccess:
+    """Sign-in on the local profile, against any OIDC issuer (`mfhelm install
+    --local --signin-issuer ...`): the same proxy and routes as on azure."""
+
+    issuer: str
+    client_id: str
+    host: str
+    tls_secret: str
+    groups: tuple[str, ...] = field(default_factory=tuple)
+    client_secret_name: str = ""
+
+    @classmethod
+    def from_options(cls, *, issuer: str | None, client_id: str | None, host: str | None,
+                     tls_secret: str | None, groups: list[str] | tuple[str, ...] = (),
+                     client_secret_name: str | None = None) -> LocalAccess | None:
+        """From `--signin-*` (None: sign-in off); every part checked, one
+        line naming the option on a bad or missing one."""
+        from mfhelm.metaflow_config import is_service_url
+        from mfhelm.settings import DNS_LABEL_RE, HOST_RE
+
+        given = {"--signin-client-id": client_id, "--signin-host": host,
+                 "--signin-tls-secret": tls_secret, "--signin-client-secret": client_secret_name,
+                 "--signin-group": list(groups) or None}
+        if not issuer:
+            named = [k for k, v in given.items() if v]
+            if named:
+                raise MfhelmError(f"{named[0]} needs --signin-issuer (the OIDC issuer URL that "
+                                  "turns sign-in on)")
+            return None
+        if not is_service_url(issuer):
+            raise MfhelmError(f"--signin-issuer {issuer!r} must be an http(s) URL such as "
+                              "https://idp.example.com")
+        for option in ("--signin-client-id", "--signin-host", "--signin-tls-secret",
+                       "--signin-group"):
+            if not given[option]:
+                raise MfhelmError(f"--signin-issuer needs {option}" + {
+                    "--signin-client-id": " (the client id registered at that issuer)",
+                    "--signin-host": " (the host name users open, e.g. metaflow.localtest.me)",
+                    "--signin-tls-secret": " (a kubernetes.io/tls Secret for that host)",
+                    "--signin-group": " (a group allowed in; repeat for more)",
+                }[option])
+        assert host is not None and tls_secret is not None and client_id is not None
+        if not HOST_RE.fullmatch(host):
+            raise MfhelmError(f"--signin-host {host!r} must be a lowercase DNS name such as "
+                              "metaflow.localtest.me (no scheme, port or path)")
+        for option, name in (("--signin-tls-secret", tls_secret),
+                             ("--signin-client-secret", client_secret_name or "")):
+            if name and not (DNS_LABEL_RE.fullmatch(name) and len(name) <= 63):
+                raise MfhelmError(f"{option} {name!r} must be a Kubernetes Secret name "
+                                  "(a DNS label)")
+        return cls(issuer=issuer, client_id=client_id, host=host, tls_secret=tls_secret,
+                   groups=tuple(groups), client_secret_name=client_secret_name or "")
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "enabled": True,
+            "host": self.host,
+            "tls": {"keyVaultCertificateUri": "", "secretName": self.tls_secret},
+            "provider": "oidc",
+            "issuerUrl": self.issuer,
+            "clientId": self.client_id,
+            "clientSecretName": self.client_secret_name,
+            "adminGroups": list(self.groups),
+        }
 
 
 def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -85,6 +184,8 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
         "argo-events": {"enabled": argo_events_enabled(outputs, settings)},
         "airflow": {"enabled": airflow},
     }
+    if settings.access.enabled:
+        values["access"] = azure_access(settings.access, outputs)
     if airflow:
         if not outputs["airflowLogsContainerName"]:
             raise MfhelmError("deployAirflow is true but the deployment has no logs container")
@@ -113,14 +214,15 @@ def flows_namespace_for(namespace: str) -> str:
 
 def local_values(settings: Settings | None = None, *, argo: bool = True,
                  airflow: bool = False, flow_namespace: str = "",
-                 argo_events: bool | None = None) -> dict[str, Any]:
+                 argo_events: bool | None = None,
+                 access: LocalAccess | None = None) -> dict[str, Any]:
     """Values for the local profile (in-cluster PostgreSQL and Azurite).
 
     The database password is not here: `mfhelm install --local` generates it
     into the Secret the values name, as on azure. Argo Events follows Argo
-    unless `argo_events` says otherwise.
+    unless `argo_events` says otherwise. Sign-in is off unless `access`.
     """
-    return {
+    values = {
         "profile": "local",
         "database": {"existingSecret": DB_SECRET, "existingSecretPasswordKey": DB_SECRET_KEY},
         "serviceNodeSelector": {},
@@ -141,6 +243,9 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
             "webserver": {"nodeSelector": {}},
         },
     }
+    if access is not None:
+        values["access"] = access.values()
+    return values
 
 
 def airflow_behind_signin(values: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,11 @@ of its binaries is not rebuilt, so repeat runs cost nothing; a missing or
 partial one is rebuilt from scratch; a marker written last tells a finished
 build from an interrupted one.
 
+System packages in the manifest's ``[debian]`` section (Chromium and its
+WebDriver for the browser tests) are installed with apt-get when missing and
+this runs as root; otherwise a note names them and the tests that need them
+skip. ``--only debian`` installs just those.
+
 Usage:
     install.py [--bin-dir DIR] [--only NAME ...]   install and link
     install.py --version-of NAME                  print a pinned version
@@ -52,11 +57,26 @@ def tool_entries(manifest: dict) -> dict[str, tuple[str, dict]]:
     return entries
 
 
+def _wrapper_sources(name: str) -> list[Path]:
+    """A gobuild wrapper's own Go files and module files, if it has Go files
+    (the OIDC server's main.go); the others only pin upstream modules."""
+    src = ROOT / "tests" / "tools" / "gobuild" / name
+    if not any(src.glob("*.go")):
+        return []
+    return sorted([*src.glob("*.go"), src / "go.mod", src / "go.sum"])
+
+
 def tool_home(name: str, entry: dict) -> Path:
     version = entry["version"]
     if entry.get("with"):  # a changed companion pin is a different build
         digest = hashlib.sha256("\n".join(sorted(entry["with"])).encode()).hexdigest()[:10]
         version = f"{version}-{digest}"
+    sources = _wrapper_sources(name)
+    if sources:  # so is a changed wrapper source
+        h = hashlib.sha256()
+        for path in sources:
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        version = f"{version}-{h.hexdigest()[:10]}"
     return cache_dir() / "tools" / f"{name}-{version}"
 
 
@@ -236,6 +256,44 @@ def link(home: Path, entry: dict, bin_dir: Path) -> None:
         dst.symlink_to(home / "bin" / binary)
 
 
+DEBIAN = "debian"
+
+
+def missing_debian_packages(manifest: dict) -> list[str]:
+    """The [debian] packages whose binaries are not on this machine."""
+    section = manifest.get(DEBIAN, {})
+    return [pkg for pkg in section.get("packages", [])
+            if not Path(section["binaries"][pkg]).exists()]
+
+
+def install_debian(manifest: dict) -> int:
+    """apt-get install the missing [debian] packages when root (0), or say
+    which are missing and what skips without them (also 0: a developer
+    without root still gets every other tool); 1 when apt-get fails."""
+    missing = missing_debian_packages(manifest)
+    if not missing:
+        return 0
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(f"mfhelm tools: {', '.join(missing)} not installed (needs root: apt-get install "
+              f"{' '.join(missing)}); the browser tests skip without them", file=sys.stderr)
+        return 0
+    print(f"mfhelm tools: installing {', '.join(missing)} with apt-get", file=sys.stderr,
+          flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        _run(["apt-get", "update", "-qq"], env=env)
+        _run(["apt-get", "install", "-y", "-qq", *missing], env=env, stdout=subprocess.DEVNULL)
+    except subprocess.CalledProcessError as exc:
+        print(f"mfhelm tools: apt-get failed: {exc}", file=sys.stderr)
+        return 1
+    still = missing_debian_packages(manifest)
+    if still:
+        print(f"mfhelm tools: apt-get installed {', '.join(still)} but its binaries are not "
+              f"where tools.toml says", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin-dir", type=Path, default=ROOT / ".venv" / "bin")
@@ -261,12 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no tool in tools.toml provides {args.path_of!r}", file=sys.stderr)
         return 2
 
-    wanted = args.only if args.only is not None else list(entries)
-    unknown = sorted(set(wanted) - set(entries))
+    wanted = args.only if args.only is not None else [*entries, DEBIAN]
+    unknown = sorted(set(wanted) - set(entries) - {DEBIAN})
     if unknown:
         print(f"unknown tools: {', '.join(unknown)}", file=sys.stderr)
         return 2
     for name in wanted:
+        if name == DEBIAN:
+            continue
         kind, entry = entries[name]
         try:
             home = install(name, kind, entry)
@@ -274,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mfhelm tools: building {name} failed: {exc}", file=sys.stderr)
             return 1
         link(home, entry, args.bin_dir)
+    if DEBIAN in wanted:
+        return install_debian(manifest)
     return 0
 
 

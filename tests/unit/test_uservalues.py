@@ -155,10 +155,18 @@ def test_values_file_that_is_not_a_mapping(tmp_path: Path):
 # --- protected keys ------------------------------------------------------------------------
 
 
+# With the entry point on (mfhelm.toml [access]), so its values are rendered too.
+ACCESS = {"host": "metaflow.example.com",
+          "tls_certificate": "https://acme-kv.vault.azure.net/certificates/metaflow",
+          "admin_groups": ["0a1b2c3d-0000-4000-8000-00000000a009"]}
+
+
 def azure_values(**overrides: Any) -> dict[str, Any]:
     outputs = fake_arm.sample_outputs() | {"deployAirflow": True,
-                                           "airflowLogsContainerName": "airflow-logs"} | overrides
-    s = settings.parse({"org_prefix": "acme", "location": "westeurope"})
+                                           "airflowLogsContainerName": "airflow-logs",
+                                           "signinClientId": "0a1b2c3d-0000-4000-8000-00000000a001",
+                                           } | overrides
+    s = settings.parse({"org_prefix": "acme", "location": "westeurope", "access": ACCESS})
     return values_mod.render_values(outputs, s)
 
 

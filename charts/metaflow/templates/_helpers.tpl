@@ -288,11 +288,12 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- concat (.Values.access.adminGroups | default list) ($ds.groups | default list) ($viewers.groups | default list) | uniq | toJson -}}
 {{- end -}}
 
-{{/* Proxy flags that would let someone past the sign-in, or turn the proxy
-     into something else: refused in access.proxy.extraArgs (mfhelm's
-     promises table names the same list). */}}
-{{- define "metaflow.signinForbiddenFlags" -}}
-{{- list "--skip-auth-route" "--skip-auth-regex" "--skip-auth-preflight" "--trusted-ip" "--email-domain" "--authenticated-emails-file" "--htpasswd-file" "--extra-jwt-issuers" "--alpha-config" "--config" "--ssl-insecure-skip-verify" "--ssl-upstream-insecure-skip-verify" "--insecure-oidc-allow-unverified-email" "--insecure-oidc-skip-issuer-verification" "--allowed-group" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--client-secret" "--client-secret-file" "--whitelist-domain" "--redirect-url" | toJson -}}
+{{/* Proxy flags the chart sets itself (or that alpha config replaces):
+     refused in access.proxy.extraArgs. Flags that would let requests past
+     the sign-in (--skip-auth-route, --trusted-ip, ...) are mfhelm's
+     security promise (mfhelm/promises.py), refused there with an override. */}}
+{{- define "metaflow.signinChartFlags" -}}
+{{- list "--alpha-config" "--config" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--client-secret" "--client-secret-file" "--allowed-group" "--scope" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--cookie-secure" "--redirect-url" "--whitelist-domain" "--http-address" "--https-address" "--reverse-proxy" "--pass-user-headers" "--pass-authorization-header" "--pass-access-token" "--pass-basic-auth" "--skip-auth-strip-headers" | toJson -}}
 {{- end -}}
 
 {{/* Guards for access: one clear line for each missing piece. */}}
@@ -340,11 +341,11 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- if not (include "metaflow.accessGroups" . | fromJsonArray) -}}
 {{- fail "access.enabled needs at least one allowed group (access.adminGroups, dataScientists.groups or viewers.groups): with none, every user of the issuer would get in" -}}
 {{- end -}}
-{{- $forbidden := include "metaflow.signinForbiddenFlags" . | fromJsonArray -}}
+{{- $chartFlags := include "metaflow.signinChartFlags" . | fromJsonArray -}}
 {{- range $a.proxy.extraArgs -}}
 {{- $flag := regexReplaceAll "=.*$" (toString .) "" -}}
-{{- if has $flag $forbidden -}}
-{{- fail (printf "access.proxy.extraArgs: %s is refused: the chart sets it, or it would let requests past the sign-in" $flag) -}}
+{{- if has $flag $chartFlags -}}
+{{- fail (printf "access.proxy.extraArgs: %s is refused: the chart sets it (or its alpha config replaces it)" $flag) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
