@@ -245,7 +245,7 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
     }
     if access is not None:
         values["access"] = access.values()
-    return values
+    return airflow_behind_signin(values)
 
 
 def airflow_behind_signin(values: dict[str, Any]) -> dict[str, Any]:
