@@ -1,38 +1,21 @@
-"""The real Airflow webserver (gunicorn, Airflow 2.10.5 with the FAB provider
-the image ships; tools.toml pins both) running the webserver_config.py the
-chart renders, with the base_url mfhelm's values give it, Airflow's ProxyFix
-on (the Airflow chart 1.16.0 sets [webserver] enable_proxy_fix), and the admin
-account our hook creates.
-
-Two paths reach it, as in the cluster:
-- "through the proxy": a connection from a non-loopback address of this
-  host, standing for the sign-in proxy's pod (the only peer the NetworkPolicy
-  lets in), carrying the headers the proxy sets;
-- "break-glass": a connection over loopback, which is where `kubectl
-  port-forward` arrives (the container runtime dials localhost inside the
-  pod's network namespace).
-"""
+"""The real Airflow webserver running the webserver_config.py the chart
+renders (airflow_signin.py: how it is set up, and the two paths that reach
+it): users through the proxy get their group's role with no second login,
+outsiders 403, roles follow group changes; over port-forward only the
+break-glass password counts. The real proxy in front of it:
+tests/access/test_airflow_signin.py."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import secrets
-import shutil
-import socket
-import sqlite3
-import subprocess
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
-from chartlib import SCENARIOS, get, render
+from airflow_signin import AIRFLOW, host_address, running_webserver
+from chartlib import SCENARIOS, render
 from test_chart_airflow_signin import access_values
 
-AIRFLOW = shutil.which("airflow")
 pytestmark = pytest.mark.skipif(not AIRFLOW, reason="airflow not installed (tools.toml pins it; run `make test-tools`)")
 
 ADMINS = "0b8a2c4e-0000-4000-8000-00000000ad01"
@@ -43,110 +26,27 @@ PASSWORD = "break-Glass-" + secrets.token_hex(8)
 FORGED_ID_TOKEN = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
 
 
-def _host_address() -> str | None:
-    """A non-loopback address of this host (no packet is sent)."""
-    for probe in ("192.0.2.1", "10.255.255.255", "8.8.8.8"):
-        with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((probe, 9))
-            addr = s.getsockname()[0]
-            if not addr.startswith("127."):
-                return addr
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Webserver:
-    proxied: str   # base URL through "the proxy" (non-loopback peer)
-    local: str     # base URL over loopback (port-forward)
-    db: Path
-    log: Path
-
-    def roles(self, username: str) -> list[str] | None:
-        with contextlib.closing(sqlite3.connect(self.db)) as con:
-            rows = con.execute(
-                "SELECT r.name FROM ab_user u LEFT JOIN ab_user_role ur ON ur.user_id = u.id "
-                "LEFT JOIN ab_role r ON r.id = ur.role_id WHERE lower(u.username) = lower(?)",
-                (username,)).fetchall()
-        return None if not rows else sorted(r for (r,) in rows if r)
-
-
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory):
-    address = _host_address()
+    address = host_address()
     if address is None:
         pytest.skip("this host has no non-loopback IPv4 address to stand for the proxy's pod")
     values = access_values(admin_groups=[ADMINS], viewers={"groups": [VIEWERS]},
                            dataScientists={"groups": [SCIENTISTS]})
     objs = render([SCENARIOS["azure-airflow"]], values, release="mf")
-    base_url = values["airflow"]["config"]["webserver"]["base_url"]
-    root = tmp_path_factory.mktemp("airflow-signin")
-    home = root / "home"
-    home.mkdir()
-    # Where the Airflow chart mounts the ConfigMap: $AIRFLOW_HOME/webserver_config.py.
-    cm = get(objs, "ConfigMap", values["airflow"]["webserver"]["webserverConfigConfigMapName"])
-    (home / "webserver_config.py").write_text(cm["data"]["webserver_config.py"])
-    scripts = root / "scripts"
-    scripts.mkdir()
-    (scripts / "airflow_admin.py").write_text(
-        get(objs, "ConfigMap", "mf-airflow-admin")["data"]["airflow_admin.py"])
-    env = {**os.environ, "AIRFLOW_HOME": str(home),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root}/airflow.db",
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "AIRFLOW__WEBSERVER__BASE_URL": base_url,
-           "AIRFLOW__WEBSERVER__ENABLE_PROXY_FIX": "True",
-           "AIRFLOW__WEBSERVER__SECRET_KEY": secrets.token_hex(16)}
-    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    python = str(Path(os.path.realpath(AIRFLOW)).parent / "python")
-    proc = subprocess.run([python, str(scripts / "airflow_admin.py")], capture_output=True,
-                          text=True, timeout=300,
-                          env={**env, "MFHELM_AIRFLOW_ADMIN_USER": "admin",
-                               "MFHELM_AIRFLOW_ADMIN_PASSWORD": PASSWORD})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    port = _free_port()
-    log = root / "webserver.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([AIRFLOW, "webserver", "--port", str(port), "--workers", "1"],
-                                  env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
-    path = "/" + base_url.split("/", 3)[3]
-    ws = Webserver(f"http://{address}:{port}{path}", f"http://127.0.0.1:{port}{path}",
-                   root / "airflow.db", log)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{ws.local}/health", timeout=5).status_code == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the webserver did not start:\n"
-                                   + log.read_text(errors="replace")[-4000:])
-            time.sleep(1)
+    with running_webserver(objs, values, tmp_path_factory.mktemp("airflow-signin"), PASSWORD,
+                           address) as ws:
         yield ws
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait()
 
 
-def signed_in(user: str, *groups: str, email: str | None = None) -> requests.Session:
+def signed_in(user: str, *groups: str, email: str | None = None,
+              name: str | None = None) -> requests.Session:
     """A browser behind the proxy: every request carries the proxy's headers."""
     s = requests.Session()
     s.headers.update({
         "X-Forwarded-User": user,
         "X-Forwarded-Email": email if email is not None else user,
-        "X-Forwarded-Preferred-Username": user,
+        "X-Forwarded-Preferred-Username": name if name is not None else user,
         "X-Forwarded-Groups": ",".join(groups),
         "Authorization": FORGED_ID_TOKEN,  # the proxy passes the ID token on; Airflow ignores it
     })
@@ -283,3 +183,18 @@ def test_log_out_through_the_proxy_signs_out_of_the_proxy(webserver):
     r = s.post(f"{webserver.proxied}/logout/", data={"csrf_token": token}, timeout=30,
                allow_redirects=False)
     assert r.status_code == 302 and r.headers["Location"].endswith("/oauth2/sign_out")
+
+
+def test_the_account_is_the_user_header_shown_by_the_preferred_name(webserver):
+    # On Entra the user is an opaque id; the preferred name is what people read.
+    s = signed_in("AAAAAAAAAAAAAAAAAAAAAKn1a_opaque", SCIENTISTS, email="kim@example.com",
+                  name="kim.lee@example.com")
+    assert s.get(f"{webserver.proxied}/home", timeout=30).status_code == 200
+    assert webserver.account("AAAAAAAAAAAAAAAAAAAAAKn1a_opaque") == (
+        "kim.lee@example.com", "kim@example.com")
+    # Renamed in the directory: the same account, its name updated.
+    s.headers["X-Forwarded-Preferred-Username"] = "kim.park@example.com"
+    s.headers["X-Forwarded-Email"] = "kim.park@example.com"
+    assert s.get(f"{webserver.proxied}/home", timeout=30).status_code == 200
+    assert webserver.account("AAAAAAAAAAAAAAAAAAAAAKn1a_opaque") == (
+        "kim.park@example.com", "kim.park@example.com")
