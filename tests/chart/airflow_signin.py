@@ -76,9 +76,13 @@ class Webserver:
                               (username,)).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def usernames(self) -> set[str]:
+    def username_of(self, name: str) -> str | None:
+        """The account shown as `name` (its preferred name or e-mail)."""
         with contextlib.closing(sqlite3.connect(self.db)) as con:
-            return {u for (u,) in con.execute("SELECT username FROM ab_user")}
+            rows = con.execute("SELECT username FROM ab_user WHERE first_name = ? OR email = ?",
+                               (name, name)).fetchall()
+        assert len(rows) <= 1, rows
+        return rows[0][0] if rows else None
 
 
 @contextlib.contextmanager
