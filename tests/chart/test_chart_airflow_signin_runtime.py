@@ -7,8 +7,10 @@ tests/access/test_airflow_signin.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import subprocess
 
 import pytest
 import requests
@@ -198,3 +200,24 @@ def test_the_account_is_the_user_header_shown_by_the_preferred_name(webserver):
     assert s.get(f"{webserver.proxied}/home", timeout=30).status_code == 200
     assert webserver.account("AAAAAAAAAAAAAAAAAAAAAKn1a_opaque") == (
         "kim.park@example.com", "kim.park@example.com")
+
+
+def test_airflow_answers_only_under_base_url_so_its_probes_need_the_prefix(webserver):
+    # Airflow 2.10.5 mounts the app at base_url's path only
+    # (init_wsgi_middlewares): the Airflow chart 1.16.0 prefixes the
+    # webserver's probes with that path, which is why base_url is a value of
+    # that chart and not only an environment variable of ours.
+    root = webserver.local.removesuffix("/airflow")
+    r = requests.get(f"{root}/health", timeout=30)
+    assert r.status_code == 404 and "not at this location" in r.text
+    assert requests.get(f"{webserver.local}/health", timeout=30).status_code == 200
+
+
+def test_airflow_reads_webserver_config_from_airflow_home(tmp_path):
+    # Where the Airflow chart mounts webserverConfigConfigMapName
+    # ($AIRFLOW_HOME/webserver_config.py) is Airflow's default config_file.
+    proc = subprocess.run([AIRFLOW, "config", "get-value", "webserver", "config_file"],
+                          env={**os.environ, "AIRFLOW_HOME": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"{tmp_path}/webserver_config.py"
