@@ -105,26 +105,30 @@ class LocalAccess:
         if not is_service_url(issuer):
             raise MfhelmError(f"--signin-issuer {issuer!r} must be an http(s) URL such as "
                               "https://idp.example.com")
-        for option in ("--signin-client-id", "--signin-host", "--signin-tls-secret",
-                       "--signin-group"):
+        for option in ("--signin-client-id", "--signin-client-secret", "--signin-host",
+                       "--signin-tls-secret", "--signin-group"):
             if not given[option]:
                 raise MfhelmError(f"--signin-issuer needs {option}" + {
                     "--signin-client-id": " (the client id registered at that issuer)",
+                    "--signin-client-secret": " (a Secret in the release namespace with key "
+                                              "client-secret: oauth2-proxy needs the client's "
+                                              "secret)",
                     "--signin-host": " (the host name users open, e.g. metaflow.localtest.me)",
                     "--signin-tls-secret": " (a kubernetes.io/tls Secret for that host)",
                     "--signin-group": " (a group allowed in; repeat for more)",
                 }[option])
         assert host is not None and tls_secret is not None and client_id is not None
+        assert client_secret_name is not None
         if not HOST_RE.fullmatch(host):
             raise MfhelmError(f"--signin-host {host!r} must be a lowercase DNS name such as "
                               "metaflow.localtest.me (no scheme, port or path)")
         for option, name in (("--signin-tls-secret", tls_secret),
-                             ("--signin-client-secret", client_secret_name or "")):
+                             ("--signin-client-secret", client_secret_name)):
             if name and not (DNS_LABEL_RE.fullmatch(name) and len(name) <= 63):
                 raise MfhelmError(f"{option} {name!r} must be a Kubernetes Secret name "
                                   "(a DNS label)")
         return cls(issuer=issuer, client_id=client_id, host=host, tls_secret=tls_secret,
-                   groups=tuple(groups), client_secret_name=client_secret_name or "")
+                   groups=tuple(groups), client_secret_name=client_secret_name)
 
     def values(self) -> dict[str, Any]:
         return {

@@ -8,9 +8,9 @@
   over HTTP (the provider's own login form), no browser.
 - `Proxy`: oauth2-proxy (tools.toml [go.oauth2-proxy]) started with given args.
 - `Upstream`: a local HTTP server standing in for the backends behind the
-  proxy: every path answers with the request headers it got (JSON, or an HTML
-  page for a browser), and /api/ws is a WebSocket that greets with the
-  X-Forwarded-User it got and echoes what it is sent.
+  proxy: every path and method answers with the request headers (and body)
+  it got, as JSON or, to a browser, an HTML page; /api/ws is a WebSocket that
+  greets with the X-Forwarded-User it got and echoes what it is sent.
 
 tests/access/conftest.py makes fixtures of them; test files in tests/access
 import this module by name (pytest puts their directory on sys.path).
@@ -233,12 +233,63 @@ def _location(resp: Response, step: str) -> str:
     return str(resp.headers["Location"])
 
 
+class WorkloadIdentity:
+    """An AKS cluster's OIDC issuer in miniature: an RSA key, its JWKS, and
+    service-account tokens like the ones the workload-identity webhook
+    projects into a pod (audience api://AzureADTokenExchange)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.issuer = f"https://oidc.aks.test/{uuid.uuid4()}/"
+        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._kid = secrets.token_hex(8)
+        numbers = self._key.public_key().public_numbers()
+        self.jwks = workdir / "aks-jwks.json"
+        self.jwks.write_text(json.dumps({"keys": [{
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": self._kid,
+            "n": _b64int(numbers.n), "e": _b64int(numbers.e)}]}))
+        self.workdir = workdir
+
+    def token_file(self, subject: str, audience: str = "api://AzureADTokenExchange",
+                   lifetime: int = 3600) -> Path:
+        """A projected service-account token for `subject`
+        (system:serviceaccount:<namespace>:<name>), written to a file."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        now = int(time.time())
+        header = {"alg": "RS256", "kid": self._kid, "typ": "JWT"}
+        claims = {"iss": self.issuer, "sub": subject, "aud": [audience],
+                  "iat": now, "nbf": now, "exp": now + lifetime}
+        signing_input = ".".join(_b64json(part) for part in (header, claims))
+        signature = self._key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        path = self.workdir / f"sa-token-{secrets.token_hex(4)}"
+        path.write_text(signing_input + "." + _b64(signature))
+        return path
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64json(obj: Any) -> str:
+    return _b64(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _b64int(n: int) -> str:
+    return _b64(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+
 def start_idp(binary: Path, workdir: Path, users: dict[str, list[str]],
-              groups: list[str], *, access_token_ttl: str = "5m") -> Idp:
+              groups: list[str], *, access_token_ttl: str = "5m",
+              federated: tuple[WorkloadIdentity, str] | None = None) -> Idp:
     """Start the provider with `users` (name -> group names) in `groups`.
 
     Every user's password is random; group ids and the tenant id are fresh
-    GUIDs, as Entra's are."""
+    GUIDs, as Entra's are. `federated` = (cluster issuer, subject) gives the
+    client a federated credential: the token endpoint then also accepts that
+    subject's service-account token as the client's assertion."""
     workdir.mkdir(parents=True, exist_ok=True)
     group_ids = {g: str(uuid.uuid4()) for g in groups}
     people = {name: User(name=name, password=secrets.token_urlsafe(12),
@@ -250,12 +301,17 @@ def start_idp(binary: Path, workdir: Path, users: dict[str, list[str]],
         {"username": u.name, "password": u.password, "name": u.name.split("@")[0].title(),
          "oid": u.oid, "groups": u.groups} for u in people.values()]}))
     client_id, client_secret = str(uuid.uuid4()), secrets.token_urlsafe(24)
+    federation: list[str] = []
+    if federated:
+        cluster, subject = federated
+        federation = ["-federated-issuer", cluster.issuer, "-federated-subject", subject,
+                      "-federated-jwks", str(cluster.jwks)]
     log = workdir / "oidc-server.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [str(binary), "-users", str(users_file), "-client-id", client_id,
              "-client-secret", client_secret, "-access-token-ttl", access_token_ttl,
-             "-redirect-uri", "http://127.0.0.1:*/**"],
+             "-redirect-uri", "http://127.0.0.1:*/**", *federation],
             stdout=subprocess.PIPE, stderr=err)
     assert proc.stdout is not None
     issuer = proc.stdout.readline().decode().strip()
@@ -289,20 +345,22 @@ class Proxy:
 
 
 def start_proxy(binary: Path, workdir: Path, args: list[str],
-                env: dict[str, str] | None = None) -> Proxy:
-    """oauth2-proxy on a free 127.0.0.1 port with `args`.
+                env: dict[str, str] | None = None, port: int | None = None) -> Proxy:
+    """oauth2-proxy on 127.0.0.1:`port` (default: a free one) with `args`.
 
-    Added unless given: --http-address (that port), --redirect-url (its
-    /oauth2/callback), --cookie-secret (random). Returns once /ping answers."""
-    port = free_port()
+    Added unless given: --http-address (that port; not with --alpha-config,
+    whose file has the address), --redirect-url (its /oauth2/callback),
+    --cookie-secret (random; not with --cookie-secret-file). Returns once
+    /ping answers."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     given = {a.split("=", 1)[0] for a in args}
     extra = []
-    if "--http-address" not in given:
+    if not given & {"--http-address", "--alpha-config"}:
         extra.append(f"--http-address=127.0.0.1:{port}")
     if "--redirect-url" not in given:
         extra.append(f"--redirect-url={url}/oauth2/callback")
-    if "--cookie-secret" not in given:
+    if not given & {"--cookie-secret", "--cookie-secret-file"}:
         extra.append("--cookie-secret=" + base64.urlsafe_b64encode(os.urandom(32)).decode())
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"oauth2-proxy-{port}.log"
@@ -331,12 +389,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._websocket()
             return
         headers = dict(self.headers.items())
+        # Read what was sent (the connection is kept alive) and echo it.
+        sent = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if "text/html" in self.headers.get("Accept", ""):
             body = _PAGE.format(path=html.escape(self.path),
                                 headers=html.escape(json.dumps(headers, indent=1))).encode()
             ctype = "text/html; charset=utf-8"
         else:
-            body = json.dumps({"path": self.path, "headers": headers}).encode()
+            body = json.dumps({"method": self.command, "path": self.path, "headers": headers,
+                               "body": sent.decode("utf-8", "replace")}).encode()
             ctype = "application/json"
         self.send_response(200)
         self.send_header("Content-Type", ctype)
@@ -344,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_POST = do_GET
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def _websocket(self) -> None:
         key = self.headers.get("Sec-WebSocket-Key")

@@ -8,10 +8,12 @@ Chromium (see accesskit.py and tests/README.md).
   `.token(user, scope=...)`, `.refresh(refresh_token)`.
 - `start_idp(users, groups, access_token_ttl=...)`: another provider, e.g.
   with short-lived access tokens for refresh tests.
-- `oauth2_proxy_binary`, `start_proxy(args, env=None) -> url`: oauth2-proxy
-  with `args` on a free port (accesskit.start_proxy adds the address, the
-  redirect URL and a cookie secret unless given); stopped after the test.
-  `accesskit.oidc_proxy_args(idp)` points it at the provider.
+- `oauth2_proxy_binary`, `start_proxy(args, env=None, port=None) -> url`:
+  oauth2-proxy with `args` on `port` or a free one (accesskit.start_proxy
+  adds the address, the redirect URL and a cookie secret unless given);
+  stopped after the test. `accesskit.oidc_proxy_args(idp)` points it at the
+  provider with plain flags; `chartproxy.signin_proxy(...)` gives the args
+  and files the chart renders for its sign-in Deployment.
 - `upstream`: the local backend stand-in (accesskit.Upstream).
 - `browser`: headless Chromium driven by Selenium; skips naming the Debian
   packages when they are missing.
@@ -79,8 +81,9 @@ def start_proxy(oauth2_proxy_binary: Path, tmp_path: Path
                 ) -> Iterator[Callable[..., str]]:
     started: list[accesskit.Proxy] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None) -> str:
-        proxy = accesskit.start_proxy(oauth2_proxy_binary, tmp_path / "proxy", args, env)
+    def start(args: list[str], env: dict[str, str] | None = None,
+              port: int | None = None) -> str:
+        proxy = accesskit.start_proxy(oauth2_proxy_binary, tmp_path / "proxy", args, env, port)
         started.append(proxy)
         return proxy.url
 

@@ -2,21 +2,24 @@
 pinned build) against the test OpenID provider, Chromium signing in through
 the redirect flow, and a local upstream standing in for the UI and APIs.
 
-Allowed in: the admins, data-scientists and viewers groups (the chart's
-adminGroups ∪ dataScientists.groups ∪ viewers.groups); olga signs in fine
-but is in none of them.
+The proxy runs with the flags and alpha config the chart renders
+(chartproxy.py). Allowed in: the admins and data-scientists groups (the
+chart's access.adminGroups and dataScientists.groups); olga signs in fine
+but is in neither.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import accesskit
 import pytest
 from accesskit import Idp, Upstream, http, jwt_claims
+from chartproxy import signin_proxy
 
-ALLOWED = ("admins", "data-scientists", "viewers")
+ALLOWED = {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]}
 MEMBER, OUTSIDER = "alice@example.com", "olga@example.com"
 FORGED = {
     "X-Forwarded-User": "adam@example.com",
@@ -25,21 +28,12 @@ FORGED = {
 }
 
 
-def proxy_args(idp: Idp, upstream: Upstream) -> list[str]:
-    """The proxy's flags: the provider, the groups allowed in, the upstream."""
-    return [
-        *accesskit.oidc_proxy_args(idp),
-        "--email-domain=*",
-        *(f"--allowed-group={idp.groups[g]}" for g in ALLOWED),
-        f"--upstream={upstream.url}/",
-        "--skip-provider-button",
-        "--skip-jwt-bearer-tokens",
-    ]
-
-
 @pytest.fixture
-def proxy(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str]) -> str:
-    return start_proxy(proxy_args(idp, upstream))
+def proxy(idp: Idp, upstream: Upstream, start_proxy: Callable[..., str], tmp_path) -> str:
+    """oauth2-proxy with the flags and alpha config the chart renders for the
+    local profile's sign-in (provider oidc), pointed at the test's parts."""
+    chart = signin_proxy(idp, upstream.url, tmp_path / "chart", ALLOWED)
+    return start_proxy(chart.args, chart.env, port=chart.port)
 
 
 def _page_headers(browser) -> dict[str, str]:
@@ -148,12 +142,46 @@ def test_an_outsiders_access_token_is_refused(idp, proxy, upstream):
     assert upstream.requests == []
 
 
-def test_no_token_and_no_session_is_sent_to_sign_in_not_through(idp, proxy, upstream):
-    resp = http(f"{proxy}/metadata/flows")
+def test_without_a_session_browsers_are_sent_to_sign_in_and_api_clients_get_401(
+        idp, proxy, upstream):
+    page = http(f"{proxy}/runs", headers={"Accept": "text/html"})
+    api = http(f"{proxy}/metadata/flows", headers={"Accept": "text/html"})
 
-    assert resp.status == 302
-    assert resp.headers["Location"].startswith(f"{idp.issuer}/auth?")
+    assert page.status == 302
+    assert page.headers["Location"].startswith(f"{idp.issuer}/auth?")
+    assert api.status == 401  # --api-route: no redirect a client could not follow
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("path, backend_path", [
+    ("/", "/"),
+    ("/runs/42", "/runs/42"),
+    ("/api/flows?_limit=5", "/api/flows?_limit=5"),
+    ("/metadata/flows/HelloFlow/runs", "/flows/HelloFlow/runs"),
+    ("/metadata", "/"),
+    ("/argo/api/v1/workflows/metaflow-flows", "/api/v1/workflows/metaflow-flows"),
+    ("/airflow/home", "/airflow/home"),
+])
+def test_each_route_reaches_its_backend_path(idp, proxy, upstream, path, backend_path):
+    token = idp.token(MEMBER)["access_token"]
+
+    resp = http(f"{proxy}{path}", headers={"Authorization": f"Bearer {token}"})
+
+    assert resp.status == 200, resp.text
+    assert resp.json()["path"] == backend_path
+
+
+def test_a_post_with_a_body_reaches_the_upstream_whole(idp, proxy, upstream):
+    """Laptops record runs with POSTs to the metadata service."""
+    token = idp.token(MEMBER)["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+
+    first = http(f"{proxy}/metadata/flows/HelloFlow", data={"a": "1"}, headers=headers)
+    second = http(f"{proxy}/metadata/flows/HelloFlow/run", data={"b": "2"}, headers=headers)
+
+    assert (first.status, second.status) == (200, 200)
+    assert [(r.json()["method"], r.json()["path"], r.json()["body"]) for r in (first, second)] == [
+        ("POST", "/flows/HelloFlow", "a=1"), ("POST", "/flows/HelloFlow/run", "b=2")]
 
 
 def test_a_refreshed_token_passes_and_the_spent_refresh_token_is_refused(idp, proxy):
@@ -167,3 +195,25 @@ def test_a_refreshed_token_passes_and_the_spent_refresh_token_is_refused(idp, pr
     assert resp.status == 200
     with pytest.raises(RuntimeError, match="400"):
         idp.refresh(first["refresh_token"])
+
+
+def test_an_expired_access_token_is_refused_and_its_refreshed_successor_passes(
+        start_idp, upstream, start_proxy, tmp_path):
+    short = start_idp(access_token_ttl="2s")
+    chart = signin_proxy(short, upstream.url, tmp_path / "chart", ALLOWED)
+    proxy = start_proxy(chart.args, chart.env, port=chart.port)
+    first = short.token(MEMBER)
+    claims = jwt_claims(first["access_token"])
+    assert claims["exp"] - claims["iat"] <= 2
+
+    fresh = http(f"{proxy}/metadata/flows",
+                 headers={"Authorization": f"Bearer {first['access_token']}"})
+    time.sleep(claims["exp"] - time.time() + 1.5)
+    expired = http(f"{proxy}/metadata/flows",
+                   headers={"Authorization": f"Bearer {first['access_token']}"})
+    second = short.refresh(first["refresh_token"])
+    renewed = http(f"{proxy}/metadata/flows",
+                   headers={"Authorization": f"Bearer {second['access_token']}"})
+
+    assert (fresh.status, expired.status, renewed.status) == (200, 403, 200)
+    assert len(upstream.requests) == 2

@@ -20,6 +20,12 @@ oauth2-proxy facts behind them (read at v7.15.6) are pinned here:
   webhook sets it on pods labelled azure.workload.identity/use).
 - The OIDC provider requires an email in the session; Entra ID's v2 tokens
   carry `email` only optionally, `preferred_username` (the UPN) always.
+- The session's user is always the token's `sub` (`oidcConfig.userIDClaim`
+  only renames the email claim), so X-Forwarded-User is injected from a
+  claim; `oidc` clients need a client secret (`--config-test` refuses one
+  without); entra-id reads groups past the 200-group overage from Graph
+  with the session's access token (scope `User.Read`) and refreshes
+  sessions with the federated token too.
 - Bearer tokens (--skip-jwt-bearer-tokens) are verified against the
   provider's issuer and client id only: a single-tenant issuer keeps other
   tenants out.
@@ -197,12 +203,14 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert provider["microsoftEntraIDConfig"] == {"federatedTokenAuth": True,
                                                   "allowedTenants": [TENANT]}
     assert provider["oidcConfig"]["issuerURL"] == ISSUER
-    # Entra's v2 endpoint refuses a `groups` scope; its tokens always carry
-    # preferred_username, `email` only optionally.
-    assert provider["scope"] == "openid email profile"
+    # Entra's v2 endpoint refuses a `groups` scope; User.Read makes the
+    # session's access token a Graph one, for reading groups past the
+    # 200-group overage. Its tokens always carry preferred_username, `email`
+    # only optionally.
+    assert provider["scope"] == "openid email profile offline_access User.Read"
     assert provider["oidcConfig"]["emailClaim"] == "preferred_username"
-    # Not set: in v7.15.6 it only renames the email claim (X-Forwarded-User
-    # is always `sub`).
+    # Not set: in v7.15.6 it only renames the email claim (the proxy's own
+    # user is always `sub`; X-Forwarded-User takes access.userClaim instead).
     assert "userIDClaim" not in provider["oidcConfig"]
     assert provider["allowedGroups"] == [ADMINS]
     deployment = get(objs, "Deployment", "mf-signin")
@@ -217,6 +225,11 @@ def test_entra_id_signs_in_with_workload_identity_and_no_client_secret():
     assert "clientSecret" not in text and "client-secret" not in text
     assert [v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v] == [
         "mf-signin-cookie"]
+    # The error page comes from the chart's own file, byte for byte.
+    page = (ROOT / "charts/metaflow/files/signin-templates/error.html").read_text()
+    assert get(objs, "ConfigMap", "mf-signin")["data"]["error.html"] == page
+    assert {"name": "templates", "configMap": {"name": "mf-signin", "items": [
+        {"key": "error.html", "path": "error.html"}]}} in pod["spec"]["volumes"]
     assert "env" not in proxy_container(objs)
 
 
@@ -225,10 +238,12 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     [provider] = alpha_config(objs)["providers"]
     assert provider["provider"] == "oidc"
     assert provider["clientSecretFile"] == "/etc/oauth2-proxy/client/client-secret"
-    assert provider["scope"] == "openid email profile groups"
+    assert provider["scope"] == "openid email profile offline_access groups"
     assert provider["oidcConfig"]["emailClaim"] == "email"
     assert "userIDClaim" not in provider["oidcConfig"]
     assert "microsoftEntraIDConfig" not in provider
+    user = [h for h in alpha_config(objs)["injectRequestHeaders"] if h["name"] == "X-Forwarded-User"]
+    assert user[0]["values"] == [{"claimSource": {"claim": "preferred_username"}}]
     pod = get(objs, "Deployment", "mf-signin")["spec"]["template"]
     assert {"name": "client", "secret": {"secretName": "metaflow-signin-client"}} in pod["spec"]["volumes"]
     assert {"name": "client", "mountPath": "/etc/oauth2-proxy/client", "readOnly": True} in (
@@ -237,14 +252,11 @@ def test_oidc_reads_its_client_secret_from_the_named_secret():
     assert "annotations" not in get(objs, "ServiceAccount", "mf-signin")["metadata"]
 
 
-def test_oidc_without_a_client_secret_mounts_none():
+def test_oidc_without_a_client_secret_is_refused():
     values = yaml.safe_load(LOCAL_SIGNIN.read_text())
     values["access"]["clientSecretName"] = ""
-    objs = render([], values, release="mf")
-    [provider] = alpha_config(objs)["providers"]
-    assert "clientSecretFile" not in provider
-    volumes = get(objs, "Deployment", "mf-signin")["spec"]["template"]["spec"]["volumes"]
-    assert [v["name"] for v in volumes] == ["config", "cookie"]
+    with pytest.raises(HelmError, match="access.provider oidc needs access.clientSecretName"):
+        render([], values, release="mf")
 
 
 def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
@@ -257,7 +269,7 @@ def test_allowed_groups_are_admins_data_scientists_and_viewers_once_each():
 def test_backends_get_identity_headers_the_client_cannot_send():
     headers = {h["name"]: h for h in alpha_config(render([AZURE], ENTRA, release="mf"))["injectRequestHeaders"]}
     claims = {name: h["values"][0]["claimSource"]["claim"] for name, h in headers.items()}
-    assert claims == {"X-Forwarded-User": "user", "X-Forwarded-Email": "email",
+    assert claims == {"X-Forwarded-User": "preferred_username", "X-Forwarded-Email": "email",
                       "X-Forwarded-Groups": "groups",
                       "X-Forwarded-Preferred-Username": "preferred_username",
                       "Authorization": "id_token"}
@@ -276,6 +288,9 @@ def test_proxy_flags():
         "--cookie-secure": ["true"],
         "--cookie-samesite": ["lax"],
         "--cookie-expire": ["12h"],
+        # The session's refresh token is redeemed this often: fresh tokens for
+        # the backends, and groups read again.
+        "--cookie-refresh": ["30m"],
         # Everyone the issuer signs in passes the email check; the groups decide.
         "--email-domain": ["*"],
         "--redirect-url": ["https://metaflow.example.com/oauth2/callback"],
@@ -288,6 +303,8 @@ def test_proxy_flags():
         # An API client gets 401, not a redirect to a login page.
         "--api-route": ["^/metadata(/|$)"],
         "--silence-ping-logging": ["true"],
+        # The chart's error page (files/signin-templates/error.html).
+        "--custom-templates-dir": ["/etc/oauth2-proxy/templates"],
     }
 
 
@@ -400,9 +417,12 @@ def test_notes_print_the_https_urls():
     (_access(issuerUrl=""), "access.enabled needs access.issuerUrl"),
     (_access(clientId=""), "access.enabled needs access.clientId"),
     (_access(clientSecretName="s"), "access.clientSecretName is for the oidc provider only"),
-    (_access(issuerUrl="https://idp.example.com"), "is not an Entra ID issuer"),
+    (_access(issuerUrl="https://idp.example.com"), "is not an Entra ID v2.0 issuer"),
+    (_access(issuerUrl=f"https://sts.windows.net/{TENANT}/"), "is not an Entra ID v2.0 issuer"),
     (_access(issuerUrl="https://login.microsoftonline.com/common/v2.0"),
      "access.issuerUrl must name one tenant, not common"),
+    (_access(issuerUrl="https://login.microsoftonline.us/organizations/v2.0"),
+     "access.issuerUrl must name one tenant, not organizations"),
     (_access(provider="oidc", issuerUrl="http://idp.example.com"), "must be an https:// URL"),
     (_access(adminGroups=[]), "access.enabled needs at least one allowed group"),
     (_access(proxy={"extraArgs": ["--upstream=http://elsewhere/"]}),
@@ -425,9 +445,15 @@ def test_plain_http_issuer_is_allowed_for_oidc_on_the_local_profile_only():
     assert provider["oidcConfig"]["issuerURL"] == "http://127.0.0.1:5556"
 
 
+def test_a_sovereign_clouds_entra_issuer_is_taken():
+    issuer = f"https://login.microsoftonline.us/{TENANT}/v2.0"
+    [provider] = alpha_config(render([AZURE], _access(issuerUrl=issuer), release="mf"))["providers"]
+    assert provider["oidcConfig"]["issuerURL"] == issuer
+
+
 def test_harmless_extra_flags_pass():
-    objs = render([AZURE], _access(proxy={"extraArgs": ["--cookie-refresh=1h"]}), release="mf")
-    assert flags(objs)["--cookie-refresh"] == ["1h"]
+    objs = render([AZURE], _access(proxy={"extraArgs": ["--cookie-name=_metaflow"]}), release="mf")
+    assert flags(objs)["--cookie-name"] == ["_metaflow"]
 
 
 # --- the real proxy takes the rendered configuration ---------------------------------------------
@@ -447,8 +473,12 @@ def _config_test(objs: list[dict], tmp: Path, env: dict[str, str]) -> subprocess
     (tmp / "alpha.yaml").write_text(yaml.safe_dump(alpha))
     cookie = base64.b64decode(get(objs, "Secret", "mf-signin-cookie")["data"]["cookie-secret"])
     (tmp / "cookie").write_bytes(cookie)
+    (tmp / "templates").mkdir(exist_ok=True)
+    (tmp / "templates" / "error.html").write_text(
+        get(objs, "ConfigMap", "mf-signin")["data"]["error.html"])
     args = [a.replace("/etc/oauth2-proxy/oauth2-proxy.yaml", str(tmp / "alpha.yaml"))
              .replace("/etc/oauth2-proxy/cookie/cookie-secret", str(tmp / "cookie"))
+             .replace("/etc/oauth2-proxy/templates", str(tmp / "templates"))
             for a in proxy_container(objs)["args"]]
     return subprocess.run([OAUTH2_PROXY, *args, "--config-test"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", **env}, timeout=60)
@@ -469,9 +499,18 @@ def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(
 
 
 @pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
-def test_oauth2_proxy_accepts_the_oidc_configuration(tmp_path):
-    done = _config_test(render([LOCAL_SIGNIN], release="mf"), tmp_path, {})
+def test_oauth2_proxy_accepts_the_oidc_configuration_and_needs_its_client_secret(tmp_path):
+    objs = render([LOCAL_SIGNIN], release="mf")
+    done = _config_test(objs, tmp_path, {})
     assert done.returncode == 0, done.stderr
+    # Why the chart requires clientSecretName for oidc.
+    cm = get(objs, "ConfigMap", "mf-signin")
+    alpha = yaml.safe_load(cm["data"]["oauth2-proxy.yaml"])
+    del alpha["providers"][0]["clientSecretFile"]
+    cm["data"]["oauth2-proxy.yaml"] = yaml.safe_dump(alpha)
+    done = _config_test(objs, tmp_path, {})
+    assert done.returncode != 0
+    assert "missing setting: client-secret or client-secret-file" in done.stderr
 
 
 def _chart_flags() -> list[str]:

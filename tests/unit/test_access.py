@@ -244,6 +244,6 @@ def test_a_flag_that_opens_the_proxy_is_refused(profile, flag):
 
 def test_harmless_proxy_flags_pass():
     base = values.render_values(outputs(), ON)
-    merged = UserValues.read(sets=["access.proxy.extraArgs={--cookie-refresh=1h}"]).apply(
+    merged = UserValues.read(sets=["access.proxy.extraArgs={--cookie-name=_metaflow}"]).apply(
         base, AZURE_PROTECTED)
-    assert merged["access"]["proxy"]["extraArgs"] == ["--cookie-refresh=1h"]
+    assert merged["access"]["proxy"]["extraArgs"] == ["--cookie-name=_metaflow"]

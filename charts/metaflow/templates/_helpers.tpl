@@ -293,7 +293,7 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
      the sign-in (--skip-auth-route, --trusted-ip, ...) are mfhelm's
      security promise (mfhelm/promises.py), refused there with an override. */}}
 {{- define "metaflow.signinChartFlags" -}}
-{{- list "--alpha-config" "--config" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--client-secret" "--client-secret-file" "--allowed-group" "--scope" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--cookie-secure" "--redirect-url" "--whitelist-domain" "--http-address" "--https-address" "--reverse-proxy" "--pass-user-headers" "--pass-authorization-header" "--pass-access-token" "--pass-basic-auth" "--skip-auth-strip-headers" | toJson -}}
+{{- list "--alpha-config" "--config" "--upstream" "--provider" "--oidc-issuer-url" "--client-id" "--client-secret" "--client-secret-file" "--allowed-group" "--scope" "--skip-jwt-bearer-tokens" "--bearer-token-login-fallback" "--cookie-secret" "--cookie-secret-file" "--cookie-secure" "--cookie-expire" "--cookie-refresh" "--redirect-url" "--whitelist-domain" "--http-address" "--https-address" "--reverse-proxy" "--pass-user-headers" "--pass-authorization-header" "--pass-access-token" "--pass-basic-auth" "--skip-auth-strip-headers" | toJson -}}
 {{- end -}}
 
 {{/* Guards for access: one clear line for each missing piece. */}}
@@ -327,16 +327,16 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- if $a.clientSecretName -}}
 {{- fail "access.clientSecretName is for the oidc provider only: entra-id signs in with the proxy's workload identity, no client secret" -}}
 {{- end -}}
-{{- if not (hasPrefix "https://login.microsoftonline.com/" $a.issuerUrl) -}}
-{{- fail (printf "access.issuerUrl %s is not an Entra ID issuer: use https://login.microsoftonline.com/<tenant id>/v2.0, or access.provider oidc" $a.issuerUrl) -}}
+{{- if not (hasSuffix "/v2.0" $a.issuerUrl) -}}
+{{- fail (printf "access.issuerUrl %s is not an Entra ID v2.0 issuer: use https://login.microsoftonline.com/<tenant id>/v2.0 (or your cloud's login host), or access.provider oidc" $a.issuerUrl) -}}
 {{- end -}}
-{{- range (list "common" "organizations" "consumers") -}}
-{{- if contains (printf "microsoftonline.com/%s/" .) $a.issuerUrl -}}
-{{- fail (printf "access.issuerUrl must name one tenant, not %s: bearer tokens are only checked against the issuer" .) -}}
-{{- end -}}
+{{- with regexFind "^https://[^/]+/(common|organizations|consumers)/" $a.issuerUrl -}}
+{{- fail (printf "access.issuerUrl must name one tenant, not %s: bearer tokens are only checked against the issuer" (regexReplaceAll "^https://[^/]+/([a-z]+)/$" . "${1}")) -}}
 {{- end -}}
 {{- else if ne $a.provider "oidc" -}}
 {{- fail (printf "access.provider %s: use entra-id or oidc" $a.provider) -}}
+{{- else if not $a.clientSecretName -}}
+{{- fail "access.provider oidc needs access.clientSecretName (a Secret with the client secret): oauth2-proxy refuses an oidc client without one" -}}
 {{- end -}}
 {{- if not (include "metaflow.accessGroups" . | fromJsonArray) -}}
 {{- fail "access.enabled needs at least one allowed group (access.adminGroups, dataScientists.groups or viewers.groups): with none, every user of the issuer would get in" -}}

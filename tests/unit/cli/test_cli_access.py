@@ -12,6 +12,7 @@ import yaml
 from conftest import assert_one_line_error, write_outputs
 
 SIGNIN = ["--signin-issuer", "https://idp.example.com", "--signin-client-id", "metaflow",
+          "--signin-client-secret", "mf-client",
           "--signin-host", "metaflow.localtest.me", "--signin-tls-secret", "mf-tls",
           "--signin-group", "admins", "--signin-group", "data-scientists"]
 APP = "0a1b2c3d-0000-4000-8000-00000000a001"
@@ -27,7 +28,7 @@ def test_local_render_has_no_signin_by_default(cli, workdir):
 
 
 def test_local_render_with_signin_against_an_oidc_issuer(cli, workdir):
-    result = cli("render", "--local", *SIGNIN, "--signin-client-secret", "mf-client")
+    result = cli("render", "--local", *SIGNIN)
     assert result.code == 0, result.err
     access = yaml.safe_load(result.out)["access"]
     assert access == {"enabled": True, "host": "metaflow.localtest.me",
@@ -40,13 +41,14 @@ def test_local_render_with_signin_against_an_oidc_issuer(cli, workdir):
 @pytest.mark.parametrize("args, fragments", [
     (["--signin-host", "mf.localtest.me"], ["--signin-host needs --signin-issuer"]),
     (SIGNIN[:2], ["--signin-issuer needs --signin-client-id"]),
-    (SIGNIN[:4], ["--signin-issuer needs --signin-host"]),
-    (SIGNIN[:6], ["--signin-issuer needs --signin-tls-secret"]),
-    (SIGNIN[:8], ["--signin-issuer needs --signin-group"]),
+    (SIGNIN[:4], ["--signin-issuer needs --signin-client-secret"]),
+    (SIGNIN[:6], ["--signin-issuer needs --signin-host"]),
+    (SIGNIN[:8], ["--signin-issuer needs --signin-tls-secret"]),
+    (SIGNIN[:10], ["--signin-issuer needs --signin-group"]),
     (["--signin-issuer", "idp.example.com", *SIGNIN[2:]], ["must be an http(s) URL"]),
-    ([*SIGNIN[:4], "--signin-host", "https://mf.localtest.me", *SIGNIN[6:]],
+    ([*SIGNIN[:6], "--signin-host", "https://mf.localtest.me", *SIGNIN[8:]],
      ["--signin-host 'https://mf.localtest.me' must be a lowercase DNS name"]),
-    ([*SIGNIN, "--signin-client-secret", "Bad_Name"],
+    ([*SIGNIN[:4], "--signin-client-secret", "Bad_Name", *SIGNIN[6:]],
      ["--signin-client-secret 'Bad_Name' must be a Kubernetes Secret name"]),
 ])
 def test_bad_signin_options_are_one_line(cli, workdir, args, fragments):
@@ -60,7 +62,7 @@ def test_signin_options_are_for_the_local_profile(cli, workdir):
 
 def test_install_refuses_bad_signin_options_before_the_cluster(cli, workdir,
                                                                 closed_port_kubeconfig):
-    result = cli("install", "--local", "--kubeconfig", closed_port_kubeconfig, *SIGNIN[:4])
+    result = cli("install", "--local", "--kubeconfig", closed_port_kubeconfig, *SIGNIN[:6])
     assert_one_line_error(result, "--signin-issuer needs --signin-host")
 
 

@@ -14,7 +14,13 @@
 //     `name`; access tokens have aud = the client id (as Entra's v2 tokens
 //     for an app that exposes an API) and `scp`; the code flow with
 //     `offline_access` returns a refresh token, rotated on each refresh;
-//   - the access token lifetime is -access-token-ttl (refresh tests).
+//   - the access token lifetime is -access-token-ttl (refresh tests);
+//   - like an Entra app's federated identity credential (-federated-*), the
+//     token endpoint accepts, instead of the client secret, a client
+//     assertion (urn:ietf:params:oauth:client-assertion-type:jwt-bearer)
+//     that is a JWT from the named issuer, subject and audience, signed by a
+//     key of the given JWKS: what oauth2-proxy's entra-id provider sends with
+//     its workload-identity token.
 package main
 
 import (
@@ -23,15 +29,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/zitadel/oidc/v3/example/server/exampleop"
 	"github.com/zitadel/oidc/v3/example/server/storage"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
@@ -221,6 +231,83 @@ func (s *entraStorage) CreateAccessAndRefreshTokens(ctx context.Context, req op.
 	return id, refresh, time.Now().Add(s.tokenTTL), err
 }
 
+// federated is the app's federated identity credential.
+type federated struct {
+	issuer, subject, audience string
+	keys                      jose.JSONWebKeySet
+	clientID, clientSecret    string
+}
+
+const jwtBearerAssertion = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+// verify checks a client assertion as Entra checks one against a federated
+// credential: signature (a key of the issuer's set), iss, sub, aud, expiry.
+func (f *federated) verify(assertion string) error {
+	tok, err := jwt.ParseSigned(assertion, []jose.SignatureAlgorithm{jose.RS256, jose.ES256})
+	if err != nil {
+		return err
+	}
+	if len(tok.Headers) != 1 {
+		return errors.New("one signature expected")
+	}
+	keys := f.keys.Key(tok.Headers[0].KeyID)
+	if len(keys) == 0 {
+		return fmt.Errorf("no key %q in the issuer's key set", tok.Headers[0].KeyID)
+	}
+	var claims jwt.Claims
+	if err := tok.Claims(keys[0].Public(), &claims); err != nil {
+		return err
+	}
+	return claims.ValidateWithLeeway(jwt.Expected{
+		Issuer: f.issuer, Subject: f.subject, AnyAudience: jwt.Audience{f.audience},
+		Time: time.Now(),
+	}, 30*time.Second)
+}
+
+// middleware turns a token request authenticated by a valid federated
+// assertion into one authenticated by the client's secret, which the
+// example storage knows; an invalid assertion is refused here.
+func (f *federated) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost || r.URL.Path != "/oauth/token" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if err := r.ParseForm(); err != nil || r.PostForm.Get("client_assertion_type") != jwtBearerAssertion {
+			next.ServeHTTP(w, r)
+			return
+		}
+		form := url.Values{}
+		for k, v := range r.PostForm {
+			form[k] = v
+		}
+		err := f.verify(form.Get("client_assertion"))
+		if err == nil && form.Get("client_id") != f.clientID {
+			err = fmt.Errorf("client_id %q has no federated credential", form.Get("client_id"))
+		}
+		if err != nil {
+			slog.Warn("federated client assertion refused", "error", err)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			_ = json.NewEncoder(w).Encode(map[string]string{
+				"error":             "invalid_client",
+				"error_description": "no matching federated identity record for the assertion: " + err.Error(),
+			})
+			return
+		}
+		form.Del("client_assertion")
+		form.Del("client_assertion_type")
+		form.Del("client_id")
+		body := form.Encode()
+		r.Body = io.NopCloser(strings.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.PostForm, r.Form = nil, nil
+		r.Header.Set("Content-Length", fmt.Sprint(len(body)))
+		r.SetBasicAuth(url.QueryEscape(f.clientID), url.QueryEscape(f.clientSecret))
+		next.ServeHTTP(w, r)
+	})
+}
+
 type repeated []string
 
 func (r *repeated) String() string     { return strings.Join(*r, ",") }
@@ -234,6 +321,10 @@ func main() {
 	ttl := flag.Duration("access-token-ttl", 5*time.Minute, "access token lifetime")
 	var redirects repeated
 	flag.Var(&redirects, "redirect-uri", "allowed redirect URI glob (repeatable), e.g. http://127.0.0.1:*/oauth2/callback")
+	fedIssuer := flag.String("federated-issuer", "", "federated credential: the assertion's issuer (e.g. the AKS OIDC issuer)")
+	fedSubject := flag.String("federated-subject", "", "federated credential: the assertion's subject (system:serviceaccount:<ns>:<name>)")
+	fedAudience := flag.String("federated-audience", "api://AzureADTokenExchange", "federated credential: the assertion's audience")
+	fedKeys := flag.String("federated-jwks", "", "federated credential: the issuer's key set (JWKS file)")
 	flag.Parse()
 	if *usersPath == "" || *clientID == "" || *clientSecret == "" || len(redirects) == 0 {
 		fmt.Fprintln(os.Stderr, "oidc-server: -users, -client-id, -client-secret and -redirect-uri are required")
@@ -261,8 +352,21 @@ func main() {
 		redirects: redirects,
 		tokenTTL:  *ttl,
 	}
-	router := exampleop.SetupServer(issuer, store, logger, false)
-	server := &http.Server{Handler: router, ReadHeaderTimeout: 10 * time.Second}
+	var handler http.Handler = exampleop.SetupServer(issuer, store, logger, false)
+	if *fedIssuer != "" {
+		fed := &federated{issuer: *fedIssuer, subject: *fedSubject, audience: *fedAudience,
+			clientID: *clientID, clientSecret: *clientSecret}
+		data, err := os.ReadFile(*fedKeys)
+		if err == nil {
+			err = json.Unmarshal(data, &fed.keys)
+		}
+		if err != nil || *fedSubject == "" || len(fed.keys.Keys) == 0 {
+			logger.Error("a federated credential needs -federated-subject and a -federated-jwks key set", "error", err)
+			os.Exit(2)
+		}
+		handler = fed.middleware(handler)
+	}
+	server := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
