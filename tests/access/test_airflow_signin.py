@@ -11,40 +11,29 @@ the proxy change nothing; someone outside the groups never reaches Airflow.
 
 from __future__ import annotations
 
-import base64
 import secrets
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import accesskit
 import pytest
 import requests
-import yaml
 from accesskit import Idp
+from airflow_signin import AIRFLOW, Webserver, host_address, running_webserver
+from chartproxy import HOST, ChartProxy, signin_proxy
 
-sys.path.insert(0, str(accesskit.ROOT / "tests" / "chart"))
-import chartlib  # noqa: E402
-from airflow_signin import AIRFLOW, Webserver, host_address, running_webserver  # noqa: E402
-
-from mfhelm.values import airflow_behind_signin  # noqa: E402
+from mfhelm.values import AIRFLOW_SIGNIN_CONFIG
 
 pytestmark = pytest.mark.skipif(not AIRFLOW, reason="airflow not installed (tools.toml pins it; run `make test-tools`)")
 
 ADMIN, MEMBER, VIEWER, OUTSIDER = ("adam@example.com", "alice@example.com", "vera@example.com",
                                    "olga@example.com")
+ALLOWED = {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]}
 PASSWORD = "break-Glass-" + secrets.token_hex(8)
-
-
-def chart_values(idp: Idp) -> dict:
-    values = yaml.safe_load(chartlib.SCENARIOS["local-signin"].read_text())
-    values["access"] |= {"issuerUrl": idp.issuer, "clientId": idp.client_id,
-                         "adminGroups": [idp.groups["admins"]]}
-    values["dataScientists"] = {"groups": [idp.groups["data-scientists"]], "users": []}
-    values["viewers"] = {"groups": [idp.groups["viewers"]], "users": []}
-    return airflow_behind_signin(values)
+# What mfhelm's values give the Airflow chart for this host (the local-signin
+# scenario the proxy is rendered from carries the same).
+AIRFLOW_VALUES = {"airflow": {"config": {"webserver": {"base_url": f"https://{HOST}/airflow"}},
+                              "webserver": {"webserverConfigConfigMapName": AIRFLOW_SIGNIN_CONFIG}}}
 
 
 @dataclass
@@ -54,45 +43,30 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(idp: Idp, oauth2_proxy_binary: Path, tmp_path_factory) -> Iterator[Stack]:
+def rendered(idp: Idp, tmp_path_factory) -> Iterator[tuple[ChartProxy, Webserver]]:
+    """The chart rendered once (proxy and Airflow from the same values), and
+    the webserver running it."""
     address = host_address()
     if address is None:
         pytest.skip("this host has no non-loopback IPv4 address to stand for the proxy's pod")
-    values = chart_values(idp)
-    objs = chartlib.render([], values, release="mf")
     tmp = tmp_path_factory.mktemp("airflow-behind-proxy")
+    chart = signin_proxy(idp, "http://127.0.0.1:9", tmp / "chart", ALLOWED,
+                         values={"viewers": {"groups": [idp.groups["viewers"]]}})
     (tmp / "airflow").mkdir()
-    with running_webserver(objs, values, tmp / "airflow", PASSWORD, address) as ws:
-        alpha = yaml.safe_load(chartlib.get(objs, "ConfigMap", "mf-signin")["data"][
-            "oauth2-proxy.yaml"])
-        port = accesskit.free_port()
-        alpha["server"]["bindAddress"] = f"127.0.0.1:{port}"
-        routes = {r["id"]: r for r in alpha["upstreamConfig"]["upstreams"]}
-        for route in routes.values():
-            route["uri"] = "http://127.0.0.1:9"  # only Airflow answers here
-        # The chart's route (path /airflow/, kept), to the webserver's address.
-        routes["airflow"]["uri"] = f"http://{ws.address}"
-        [provider] = alpha["providers"]
-        (tmp / "client-secret").write_text(idp.client_secret)
-        provider["clientSecretFile"] = str(tmp / "client-secret")
-        (tmp / "alpha.yaml").write_text(yaml.safe_dump(alpha))
-        secret = chartlib.get(objs, "Secret", "mf-signin-cookie")["data"]["cookie-secret"]
-        (tmp / "cookie").write_bytes(base64.b64decode(secret))
-        [container] = chartlib.get(objs, "Deployment", "mf-signin")["spec"]["template"]["spec"][
-            "containers"]
-        args = [a.replace("/etc/oauth2-proxy/oauth2-proxy.yaml", str(tmp / "alpha.yaml"))
-                 .replace("/etc/oauth2-proxy/cookie/cookie-secret", str(tmp / "cookie"))
-                for a in container["args"]]
-        log = tmp / "oauth2-proxy.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(oauth2_proxy_binary), *args], stdout=out,
-                                    stderr=subprocess.STDOUT, env={"PATH": "/usr/bin:/bin"})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            accesskit.wait_for(f"{url}/ready", proc, "oauth2-proxy", log)
-            yield Stack(url, ws)
-        finally:
-            accesskit.stop(proc)
+    with running_webserver(chart.rendered, AIRFLOW_VALUES, tmp / "airflow", PASSWORD,
+                           address) as ws:
+        yield chart, ws
+
+
+@pytest.fixture
+def stack(rendered, start_proxy: Callable[..., str]) -> Stack:
+    chart, ws = rendered
+    routes = {r["id"]: r for r in chart.config["upstreamConfig"]["upstreams"]}
+    # The chart's route (path /airflow/, kept) to the webserver's non-loopback
+    # address; every other route goes nowhere.
+    routes["airflow"]["uri"] = f"http://{ws.address}"
+    chart.save()
+    return Stack(start_proxy(chart.args, chart.env, port=chart.port), ws)
 
 
 def laptop(idp: Idp, user: str) -> requests.Session:
@@ -134,3 +108,13 @@ def test_someone_outside_the_groups_never_reaches_airflow(stack, idp):
     s = laptop(idp, OUTSIDER)
     assert s.get(f"{stack.proxy}/airflow/home", timeout=60).status_code == 403
     assert stack.airflow.username_of(OUTSIDER) is None
+
+
+def test_a_browser_signs_in_once_and_lands_in_airflow(stack, idp, browser):
+    from selenium.webdriver.common.by import By
+
+    accesskit.browser_sign_in(browser, idp, ADMIN, f"{stack.proxy}/airflow/home")
+    assert browser.current_url == f"{stack.proxy}/airflow/home"
+    assert not browser.find_elements(By.NAME, "password")  # no Airflow login form
+    assert "DAGs" in browser.title
+    assert stack.airflow.roles(stack.airflow.username_of(ADMIN)) == ["Admin"]
