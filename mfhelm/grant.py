@@ -168,17 +168,18 @@ def release(target: Any, azure: AzureSide | None, chart_source: Any, timeout: st
             raise MfhelmError(f"release {target.release} is on the local profile: pass --local")
         rel = Release(target, client, info, values, helm_bin=helm_bin)
         rel_chart = cleanup.enter_context(helm_mod.chart_dir(chart_source, helm=helm_bin))
-        rel.chart = _checked_chart(rel_chart, info)
+        rel.chart = _checked_chart(rel_chart, info.name, client.chart_version(
+            target.release, namespace=target.namespace))
         yield rel
 
 
-def _checked_chart(chart: Path, info: helm_mod.ReleaseInfo) -> Path:
+def _checked_chart(chart: Path, name: str, running: str) -> Path:
     from mfhelm import chartfiles
 
     version = str(chartfiles.chart_meta(chart).get("version"))
-    if version != info.chart_version:
+    if version != running:
         raise MfhelmError(
-            f"release {info.name} runs chart {info.chart_version}, but the chart here is "
+            f"release {name} runs chart {running}, but the chart here is "
             f"{version}: pass --chart with the chart it was installed from, or run "
             "mfhelm install with this one first")
     return chart

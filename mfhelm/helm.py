@@ -341,6 +341,15 @@ class Helm:
             raise MfhelmError(_helm_message(done.stderr))
         return dict(json.loads(done.stdout or "null") or {})
 
+    def chart_version(self, release: str, *, namespace: str) -> str:
+        """The version of the chart the current revision runs (`helm get
+        metadata`: `helm status -o json` leaves the chart out in Helm 4)."""
+        done = self._helm("get", "metadata", release, "--namespace", namespace,
+                          "--output", "json", what=f"helm get metadata {release}")
+        if done.returncode != 0:
+            raise MfhelmError(_helm_message(done.stderr))
+        return str((json.loads(done.stdout or "null") or {}).get("version") or "")
+
     def uninstall(self, release: str, *, namespace: str) -> None:
         """`helm uninstall --wait`, bounded by --timeout plus HELM_SLACK."""
         done = self._helm("uninstall", release, "--namespace", namespace, "--wait",

@@ -72,9 +72,10 @@ def test_built_in_role_ids_are_azures():
 
 def test_scopes_are_the_metaflow_container_and_the_cluster():
     rg = f"/subscriptions/{fake_arm.SUB}/resourceGroups/acme-metaflow-rg/providers"
-    assert CONTAINER == (f"{rg}/Microsoft.Storage/storageAccounts/acmemfstore1234567/"
+    container, cluster = access.scopes(OUTS)
+    assert container == (f"{rg}/Microsoft.Storage/storageAccounts/acmemfstore1234567/"
                          "blobServices/default/containers/metaflow-storage")
-    assert CLUSTER == f"{rg}/Microsoft.ContainerService/managedClusters/acme-metaflow-aks"
+    assert cluster == f"{rg}/Microsoft.ContainerService/managedClusters/acme-metaflow-aks"
 
 
 def test_assignment_names_are_deterministic_guids():
