@@ -221,3 +221,12 @@ def test_airflow_reads_webserver_config_from_airflow_home(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == f"{tmp_path}/webserver_config.py"
+
+
+def test_the_403_page_names_the_person_not_the_opaque_user_id(webserver):
+    s = signed_in("AAAAAAAAAAAAAAAAAAAAAOpaque_sub", OTHER, email="pat@example.com",
+                  name="pat.q@example.com")
+    r = s.get(f"{webserver.proxied}/home", timeout=30)
+    assert r.status_code == 403
+    assert "pat.q@example.com (pat@example.com)" in r.text
+    assert "Opaque_sub" not in r.text

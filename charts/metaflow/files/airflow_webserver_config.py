@@ -86,7 +86,10 @@ def _identity() -> dict | None:
 
 
 def _forbidden(identity: dict, why: str):
-    who = identity["user"] + (f" ({identity['email']})" if identity["email"] else "")
+    # The readable name (on Entra the user header is an opaque id).
+    who = identity["name"] or identity["user"]
+    if identity["email"] and identity["email"] != who:
+        who += f" ({identity['email']})"
     body = (
         "<!doctype html><title>403 Forbidden</title><h1>Forbidden</h1>"
         f"<p>You are signed in as <b>{escape(who)}</b>: {escape(why)}.</p>"
