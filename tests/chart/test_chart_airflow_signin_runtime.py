@@ -230,3 +230,23 @@ def test_the_403_page_names_the_person_not_the_opaque_user_id(webserver):
     assert r.status_code == 403
     assert "pat.q@example.com (pat@example.com)" in r.text
     assert "Opaque_sub" not in r.text
+
+
+def test_an_id_in_the_email_header_is_not_taken_for_an_address(webserver):
+    # A laptop's access token has no e-mail claim: oauth2-proxy then sends the
+    # user id as X-Forwarded-Email.
+    browser = signed_in("kai@example.com", SCIENTISTS, email="kai@example.com")
+    assert browser.get(f"{webserver.proxied}/home", timeout=30).status_code == 200
+    laptop = signed_in("kai@example.com", SCIENTISTS, email="sub-1f2e3d")
+    assert laptop.get(f"{webserver.proxied}/api/v1/dags", timeout=30).status_code == 200
+    assert webserver.account("kai@example.com") == ("kai@example.com", "kai@example.com")
+    fresh = signed_in("lin@example.com", SCIENTISTS, email="sub-9a8b7c")
+    assert fresh.get(f"{webserver.proxied}/api/v1/dags", timeout=30).status_code == 200
+    assert webserver.account("lin@example.com") == ("lin@example.com",
+                                                    "lin@example.com@signin.invalid")
+
+
+def test_without_a_user_header_the_preferred_name_is_the_user(webserver):
+    s = signed_in("", VIEWERS, email="", name="max@example.com")
+    assert s.get(f"{webserver.proxied}/home", timeout=30).status_code == 200
+    assert webserver.roles("max@example.com") == ["Viewer"]

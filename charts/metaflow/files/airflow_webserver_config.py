@@ -72,17 +72,18 @@ def _through_proxy() -> bool:
 
 
 def _identity() -> dict | None:
-    user = request.headers.get("X-Forwarded-User", "").strip()
+    headers = request.headers
+    name = headers.get("X-Forwarded-Preferred-Username", "").strip()
+    email = headers.get("X-Forwarded-Email", "").strip()
+    # oauth2-proxy puts the user id in the e-mail header when a token (a
+    # laptop's access token) has no e-mail claim: only an address counts.
+    email = email if "@" in email else ""
+    user = headers.get("X-Forwarded-User", "").strip() or name or email
     if not user:
         return None
-    listed = request.headers.get("X-Forwarded-Groups", "").split(",")
+    listed = headers.get("X-Forwarded-Groups", "").split(",")
     groups = sorted({g.strip() for g in listed} - {""})
-    return {
-        "user": user,
-        "email": request.headers.get("X-Forwarded-Email", "").strip(),
-        "name": request.headers.get("X-Forwarded-Preferred-Username", "").strip(),
-        "groups": groups,
-    }
+    return {"user": user, "email": email, "name": name, "groups": groups}
 
 
 def _forbidden(identity: dict, why: str):
@@ -153,7 +154,8 @@ class SigninSecurityManager(FabAirflowSecurityManagerOverride):
                 user.roles = []
                 self.update_user(user)
             return None, "you are in none of the groups that may use Airflow"
-        email = identity["email"] or f"{identity['user']}@signin.invalid"
+        email = identity["email"] or (user.email if user is not None else "") \
+            or f"{identity['user']}@signin.invalid"
         # What Airflow shows (and its audit log records beside the username).
         display = identity["name"] or identity["email"] or identity["user"]
         if user is None:
