@@ -457,7 +457,10 @@ def port_forward(
 
     target = _target(settings_file, kubeconfig, context, release, namespace, True)
     api = kube.api_client(target.kubeconfig, target.context)
-    forwards = portforward.plan(target.release, portforward.services(api, target.namespace))
+    present = portforward.services(api, target.namespace)
+    signin = (f"{target.release}-webserver" in present
+              and portforward.airflow_behind_signin(api, target.namespace))
+    forwards = portforward.plan(target.release, present, airflow_signin=signin)
     raise typer.Exit(portforward.run(forwards, target.namespace, kubeconfig=target.kubeconfig,
                                      context=target.context, echo=typer.echo))
 

@@ -30,9 +30,13 @@ class Forward:
     namespace: str = ""  # empty: the release namespace
 
 
-def plan(release: str, present: set[str]) -> list[Forward]:
+def plan(release: str, present: set[str], airflow_signin: bool = False) -> list[Forward]:
     """Forwards for the Services present, in a fixed order. The local ports
-    are the ones the UI and the Metaflow config expect."""
+    are the ones the UI and the Metaflow config expect. Behind the sign-in
+    (`airflow_signin`), Airflow answers only under /airflow/, and over
+    port-forward only its own admin password works (break-glass)."""
+    airflow = ("http://localhost:8081/airflow/ (break-glass: log in as the admin of the "
+               "metaflow-airflow-admin Secret)" if airflow_signin else "http://localhost:8081")
     wanted = [
         Forward("metadata service", f"{release}-metadata", 8080, 8080, "http://localhost:8080"),
         Forward("UI backend", f"{release}-ui-backend", 8083, 8083, "http://localhost:8083/api"),
@@ -41,7 +45,7 @@ def plan(release: str, present: set[str]) -> list[Forward]:
         # its login page takes "Bearer <your Kubernetes token>".
         Forward("Argo Workflows", f"{release}-argo-workflows-server", 2746, 2746,
                 "http://localhost:2746 (log in with: Bearer <your Kubernetes token>)"),
-        Forward("Airflow", f"{release}-webserver", 8081, 8080, "http://localhost:8081"),
+        Forward("Airflow", f"{release}-webserver", 8081, 8080, airflow),
     ]
     found = [f for f in wanted if f.service in present]
     # Argo Events' webhook (`<release>-webhook` event source), which
@@ -68,6 +72,21 @@ def services(api: Any, namespace: str) -> set[str]:
     except ApiException as exc:
         raise kube.api_error(exc, f"listing Services in {namespace}") from None
     return names | webhook_services(core, namespace)
+
+
+def airflow_behind_signin(api: Any, namespace: str) -> bool:
+    """Whether the chart rendered Airflow's sign-in webserver_config (access
+    and Airflow on): then Airflow serves under /airflow."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from mfhelm.values import AIRFLOW_SIGNIN_CONFIG
+
+    try:
+        client.CoreV1Api(api).read_namespaced_config_map(AIRFLOW_SIGNIN_CONFIG, namespace)
+    except ApiException:
+        return False
+    return True
 
 
 def webhook_services(core: Any, namespace: str) -> set[str]:

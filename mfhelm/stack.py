@@ -83,8 +83,8 @@ def with_user_values(values: dict[str, Any], user: UserValues, protected: dict[s
     install checks the prepared chart, subcharts included, again later."""
     from mfhelm.uservalues import check_schema
 
-    merged = values_mod.argo_watches_flow_namespace(user.apply(values, protected),
-                                                    release_namespace)
+    merged = values_mod.airflow_behind_signin(values_mod.argo_watches_flow_namespace(
+        user.apply(values, protected), release_namespace))
     source = chart or helm_mod.find_chart()
     check_schema(source, merged)
     helm_bin = helm_mod.helm_binary()

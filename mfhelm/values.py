@@ -32,6 +32,9 @@ AIRFLOW_FERNET_SECRET = "metaflow-airflow-fernet-key"
 AIRFLOW_FERNET_SECRET_KEY = "fernet-key"
 AIRFLOW_ADMIN_SECRET = "metaflow-airflow-admin"
 AIRFLOW_ADMIN_USER = "admin"
+# The ConfigMap with Airflow's webserver_config.py behind the sign-in proxy
+# (values.yaml airflowGlue.signin.configMapName).
+AIRFLOW_SIGNIN_CONFIG = "metaflow-airflow-webserver-config"
 # What `mfhelm uninstall --purge` deletes.
 MFHELM_SECRETS = (DB_SECRET, AIRFLOW_DB_SECRET, AIRFLOW_WEBSERVER_SECRET, AIRFLOW_FERNET_SECRET,
                   AIRFLOW_ADMIN_SECRET)
@@ -201,7 +204,7 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
             "migrateDatabaseJob": {"serviceAccount": {"create": False, "name": sa}},
             "createUserJob": {"serviceAccount": {"create": False, "name": sa}},
         })
-    return argo_watches_flow_namespace(values, outputs["serviceNamespace"])
+    return airflow_behind_signin(argo_watches_flow_namespace(values, outputs["serviceNamespace"]))
 
 
 def flows_namespace_for(namespace: str) -> str:
@@ -248,7 +251,25 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
     if access is not None:
         values["access"] = access.values()
         values = argo_ui_behind_signin(values)
-    return values
+    return airflow_behind_signin(values)
+
+
+def airflow_behind_signin(values: dict[str, Any]) -> dict[str, Any]:
+    """With the sign-in on, Airflow serves under https://<host>/airflow (the
+    proxy's /airflow/ route keeps the prefix; the Airflow chart prefixes its
+    probes with base_url's path) and mounts the webserver_config.py our chart
+    renders (groups to roles). Subchart values can't be derived inside the
+    chart, so they are set here; the chart refuses values without them."""
+    access = values.get("access") or {}
+    airflow = values.get("airflow") or {}
+    if not (access.get("enabled") and access.get("host") and airflow.get("enabled")):
+        return values
+    config = dict(airflow.get("config") or {})
+    config["webserver"] = {**(config.get("webserver") or {}),
+                           "base_url": f"https://{access['host']}/airflow"}
+    webserver = {**(airflow.get("webserver") or {}),
+                 "webserverConfigConfigMapName": AIRFLOW_SIGNIN_CONFIG}
+    return {**values, "airflow": {**airflow, "config": config, "webserver": webserver}}
 
 
 ARGO_SIGNIN_PATH = "/argo/"

@@ -75,6 +75,14 @@ def _access(**over) -> dict:
     return {"access": access}
 
 
+def _with_airflow(values: dict) -> dict:
+    """Airflow on behind the sign-in, as mfhelm's values give it (base_url and
+    the webserver_config ConfigMap: the chart refuses access without them)."""
+    from mfhelm.values import airflow_behind_signin
+
+    return airflow_behind_signin({**values, "airflow": {"enabled": True}})
+
+
 SIGNIN, AUTHORIZE = "oauth2-proxy", "authorize"  # the pod's two containers
 CONFIG = {SIGNIN: "oauth2-proxy.yaml", AUTHORIZE: "authorize.yaml"}
 
@@ -189,7 +197,7 @@ def test_the_rewrite_strips_the_prefix_as_go_regexp_would(path, backend_path):
 def test_argo_and_airflow_routes_only_when_they_run():
     got = routes(render([ARGO_OFF], release="mf"))
     assert set(got) == {"ui", "ui-api", "metadata"}
-    got = routes(render([AZURE_AIRFLOW], _access(), release="mf"))
+    got = routes(render([AZURE_AIRFLOW], _with_airflow(_access()), release="mf"))
     assert set(got) == {"ui", "ui-api", "metadata", "argo", "airflow"}
 
 
@@ -538,7 +546,7 @@ def _config_test(objs: list[dict], tmp: Path, env: dict[str, str],
 @pytest.mark.skipif(not OAUTH2_PROXY, reason="oauth2-proxy not built (run `make test-tools`)")
 @pytest.mark.parametrize("name", [SIGNIN, AUTHORIZE])
 def test_oauth2_proxy_accepts_the_entra_id_configuration_with_a_federated_token(tmp_path, name):
-    objs = render([AZURE_AIRFLOW], _access(), release="mf")
+    objs = render([AZURE_AIRFLOW], _with_airflow(_access()), release="mf")
     token = tmp_path / "token"
     token.write_text("projected-token")
     done = _config_test(objs, tmp_path, {"AZURE_FEDERATED_TOKEN_FILE": str(token)}, name)

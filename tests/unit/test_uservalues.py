@@ -183,6 +183,8 @@ NOT_PROTECTED = {
     "argo-workflows.server.extraArgs": "re-derived from flows.namespace after the merge",
     "argo-events.controller.rbac.managedNamespace":
         "re-derived from flows.namespace after the merge",
+    "airflow.config.webserver.base_url": "re-derived from access.host after the merge",
+    "airflow.webserver.webserverConfigConfigMapName": "re-set with access on after the merge",
 }
 
 
@@ -309,3 +311,19 @@ def test_values_file_with_data_helm_cannot_take(tmp_path: Path):
 def test_absurdly_nested_set_is_one_line():
     with pytest.raises(MfhelmError, match="nested too deeply"):
         UserValues.read(sets=["a" + "[0]" * 5000 + "=1"])
+
+
+def test_airflow_behind_the_sign_in_is_re_derived_after_the_users_values():
+    from mfhelm import stack
+
+    values = azure_values(flowNamespace="metaflow-flows")
+    assert values["airflow"]["config"]["webserver"]["base_url"] == \
+        f"https://{ACCESS['host']}/airflow"
+    user = UserValues.read((), ["airflow.config.webserver.base_url=https://elsewhere/x",
+                                "airflow.webserver.webserverConfigConfigMapName=mine"], ())
+    merged = stack.with_user_values(values, user, AZURE_PROTECTED, "metaflow",
+                                    stack.Target("metaflow", "metaflow"))
+    assert merged["airflow"]["config"]["webserver"]["base_url"] == \
+        f"https://{ACCESS['host']}/airflow"
+    assert merged["airflow"]["webserver"]["webserverConfigConfigMapName"] == \
+        values_mod.AIRFLOW_SIGNIN_CONFIG
