@@ -20,7 +20,7 @@ import pytest
 import requests
 from accesskit import Idp
 from airflow_signin import AIRFLOW, Webserver, host_address, running_webserver
-from chartproxy import HOST, ChartProxy, signin_proxy
+from chartproxy import HOST, ChartProxy, signin_proxy, start
 
 from mfhelm.values import AIRFLOW_SIGNIN_CONFIG
 
@@ -61,12 +61,16 @@ def rendered(idp: Idp, tmp_path_factory) -> Iterator[tuple[ChartProxy, Webserver
 @pytest.fixture
 def stack(rendered, start_proxy: Callable[..., str]) -> Stack:
     chart, ws = rendered
-    routes = {r["id"]: r for r in chart.config["upstreamConfig"]["upstreams"]}
+    # The backends are the authorize container's routes (the sign-in one has
+    # one upstream, the authorize container).
+    authorize = chart.sidecar
+    assert authorize is not None
+    routes = {r["id"]: r for r in authorize.config["upstreamConfig"]["upstreams"]}
     # The chart's route (path /airflow/, kept) to the webserver's non-loopback
     # address; every other route goes nowhere.
     routes["airflow"]["uri"] = f"http://{ws.address}"
-    chart.save()
-    return Stack(start_proxy(chart.args, chart.env, port=chart.port), ws)
+    authorize.save()
+    return Stack(start(chart, start_proxy), ws)
 
 
 def laptop(idp: Idp, user: str) -> requests.Session:

@@ -140,12 +140,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory, start_idp: Callable[..., Any
     azurite = mfenv.start_azurite(work / "azurite", ca, "metaflow-storage")
     service: kit.Service | None = None
     proxy: accesskit.Proxy | None = None
+    authorize: accesskit.Proxy | None = None
     try:
         service = kit.start_metadata_service(work / "service")
         # oauth2-proxy with the flags and alpha config the chart renders (every
         # backend route pointed at the metadata service; laptops use /metadata/).
         chart = signin_proxy(idp, service.url, work / "chart",
                              {"adminGroups": ["admins"], "dataScientists": ["data-scientists"]})
+        # The pod's two containers: the authorize one, then the sign-in one.
+        assert chart.sidecar is not None
+        authorize = accesskit.start_proxy(oauth2_proxy_binary, work / "authorize",
+                                          chart.sidecar.args, chart.sidecar.env,
+                                          chart.sidecar.port)
         proxy = accesskit.start_proxy(oauth2_proxy_binary, work / "proxy", chart.args,
                                       chart.env, chart.port)
         front = kit.EntraFront(tenant=outputs["tenantId"],
@@ -165,6 +171,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, start_idp: Callable[..., Any
     finally:
         if proxy is not None:
             accesskit.stop(proxy.proc)
+        if authorize is not None:
+            accesskit.stop(authorize.proc)
         if service is not None:
             service.stop()
         azurite.stop()

@@ -304,13 +304,25 @@ def test_the_signin_container_passes_everything_to_the_authorize_one_with_the_to
     assert config["server"] == {"bindAddress": "0.0.0.0:4180"}
     assert config["upstreamConfig"] == {"upstreams": [
         {"id": "authorize", "path": "/", "uri": "http://127.0.0.1:4181"}]}
-    # The ID token of the session (a laptop's own bearer token), never one
-    # the client sent: the only identity the authorize container believes.
+    # The access token of the session (a laptop's own bearer token), never one
+    # the client sent: the only identity the authorize container believes, and
+    # what it forwards (the Argo server acts with it; an ID token could not).
     assert config["injectRequestHeaders"] == [{
         "name": "Authorization", "preserveRequestValue": False,
-        "values": [{"claimSource": {"claim": "id_token", "prefix": "Bearer "}}]}]
+        "values": [{"claimSource": {"claim": "access_token", "prefix": "Bearer "}}]}]
     assert alpha_config(render([AZURE], ENTRA, release="mf"))["server"] == {
         "bindAddress": "0.0.0.0:4181"}
+    # On oidc the ID token by default (a generic issuer's access token may be
+    # opaque); access.forwardToken picks, and nothing else is taken.
+    local = alpha_config(render([LOCAL_SIGNIN], release="mf"), SIGNIN)
+    assert local["injectRequestHeaders"][0]["values"] == [
+        {"claimSource": {"claim": "id_token", "prefix": "Bearer "}}]
+    chosen = alpha_config(render([LOCAL_SIGNIN], {"access": {"forwardToken": "access_token"}},
+                                 release="mf"), SIGNIN)
+    assert chosen["injectRequestHeaders"][0]["values"][0]["claimSource"]["claim"] == \
+        "access_token"
+    with pytest.raises(HelmError):
+        render([LOCAL_SIGNIN], {"access": {"forwardToken": "refresh_token"}}, release="mf")
 
 
 def test_authorize_flags():
@@ -328,7 +340,13 @@ def test_authorize_flags():
         "--bearer-token-login-fallback": ["false"],
         "--silence-ping-logging": ["true"],
         "--custom-templates-dir": ["/etc/oauth2-proxy/templates"],
+        # On entra-id the session's access token is AKS's: a v1 token from the
+        # tenant's v1 issuer, trusted for that one audience only.
+        "--extra-jwt-issuers": [f"https://sts.windows.net/{TENANT}/="
+                                "6dae42f8-4368-4678-94ff-3960e28e3630"],
     }
+    # On oidc the session's access token is the issuer's own, for the client.
+    assert "--extra-jwt-issuers" not in flags(render([LOCAL_SIGNIN], release="mf"), AUTHORIZE)
 
 
 def test_proxy_flags():

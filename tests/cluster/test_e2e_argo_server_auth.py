@@ -364,14 +364,27 @@ def proxy(server: argo_server.ArgoServer, signin: Signin,
     chart = chartproxy.signin_proxy(
         signin.idp, server.url, work / "chart",
         {"adminGroups": ["others"], "dataScientists": ["data-scientists"]},
-        values={"access": {"scope": f"openid email profile groups {signin.api_scope}"}})
-    # The proxy reaches the provider over HTTPS: Go reads SSL_CERT_FILE.
-    started = kit.start_proxy(binary, work / "run", chart.args,
-                              {**chart.env, "SSL_CERT_FILE": str(signin.ca)}, port=chart.port)
+        values={"access": {"scope": f"openid email profile groups {signin.api_scope}",
+                           # As on entra-id: the access token is the credential
+                           # the API server takes (the test issuer's are JWTs).
+                           "forwardToken": "access_token"}})
+    # The pod's two containers: the authorize one first, then the sign-in one in
+    # front of it. Both reach the provider over HTTPS: Go reads SSL_CERT_FILE.
+    authorize = chart.sidecar
+    assert authorize is not None
+    inner = kit.start_proxy(binary, work / "authorize", authorize.args,
+                            {**authorize.env, "SSL_CERT_FILE": str(signin.ca)},
+                            port=authorize.port)
     try:
-        yield started.url
+        started = kit.start_proxy(binary, work / "run", chart.args,
+                                  {**chart.env, "SSL_CERT_FILE": str(signin.ca)},
+                                  port=chart.port)
+        try:
+            yield started.url
+        finally:
+            kit.stop(started.proc)
     finally:
-        kit.stop(started.proc)
+        kit.stop(inner.proc)
 
 
 def _sign_in(proxy: str, signin: Signin, user: str) -> str:
