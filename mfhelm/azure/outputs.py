@@ -67,6 +67,11 @@ BOOL_OUTPUTS: tuple[str, ...] = ("deployArgo", "deployAirflow")
 REQUIRED_OUTPUTS: tuple[str, ...] = STRING_OUTPUTS + BOOL_OUTPUTS
 # Empty is a legitimate value for these (Airflow off means no logs container).
 MAY_BE_EMPTY: frozenset[str] = frozenset({"airflowLogsContainerName"})
+# Added with the sign-in (issue 18): absent from older deployments, empty with
+# [access] off; when present, checked like the others (a client id goes into
+# the proxy's ServiceAccount annotation and config).
+OPTIONAL_STRING_OUTPUTS: tuple[str, ...] = ("signinClientId",)
+OPTIONAL_BOOL_OUTPUTS: tuple[str, ...] = ("appRoutingEnabled",)
 
 _NOT_DEPLOYED = "run `mfhelm deploy` first"
 
@@ -185,6 +190,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "location": (lambda v: bool(LOCATION_RE.fullmatch(v)),
                  "an Azure region name such as westeurope"),
     "tenantId": _GUID,
+    "signinClientId": _GUID,
     "subscriptionId": _GUID,
     "aksClusterName": (lambda v: bool(_AKS_NAME_RE.fullmatch(v)), "an AKS cluster name"),
     "aksOidcIssuerUrl": _HTTPS,
@@ -245,7 +251,14 @@ def validate_outputs(outputs: dict[str, Any], source: str,
         check, rule = _RULES[name]
         if value and not check(value):
             raise MfhelmError(f"{source}: output {name} must be {rule}, got {_shown(value)}")
-    for name in BOOL_OUTPUTS:
+    for name in OPTIONAL_STRING_OUTPUTS:
+        value = outputs.get(name, "")
+        if not isinstance(value, str):
+            raise MfhelmError(f"{source}: output {name} must be a string, got {_shown(value)}")
+        check, rule = _RULES[name]
+        if value and not check(value):
+            raise MfhelmError(f"{source}: output {name} must be {rule}, got {_shown(value)}")
+    for name in (*BOOL_OUTPUTS, *(n for n in OPTIONAL_BOOL_OUTPUTS if n in outputs)):
         value = outputs[name]
         if isinstance(value, str) and value.lower() in ("true", "false"):
             value = value.lower() == "true"

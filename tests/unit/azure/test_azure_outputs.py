@@ -152,3 +152,22 @@ def test_outputs_file_errors(tmp_path: Path, content: str | None, message: str):
         p.write_text(content)
     with pytest.raises(MfhelmError, match=message):
         load_outputs_file(p)
+
+
+@pytest.mark.parametrize("extra, ok", [
+    ({}, True),                                                    # an older deployment
+    ({"signinClientId": "", "appRoutingEnabled": False}, True),    # [access] off
+    ({"signinClientId": "0a1b2c3d-0000-4000-8000-000000000001", "appRoutingEnabled": "true"}, True),
+    ({"signinClientId": "metaflow\ninjected: true"}, False),       # goes into annotations
+    ({"signinClientId": 7}, False),
+    ({"appRoutingEnabled": "yes"}, False),
+])
+def test_sign_in_outputs_are_optional_but_checked(tmp_path, extra, ok):
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps({**sample_outputs(), **extra}))
+    if ok:
+        out = load_outputs_file(path)
+        assert out.get("appRoutingEnabled", False) in (True, False)
+    else:
+        with pytest.raises(MfhelmError, match="signinClientId|appRoutingEnabled"):
+            load_outputs_file(path)
