@@ -13,7 +13,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +331,13 @@ class Helm:
             if "release: not found" in done.stderr:
                 return None
             raise MfhelmError(_helm_message(done.stderr))
-        return _info(json.loads(done.stdout))
+        info = _info(json.loads(done.stdout))
+        if not info.chart_version:
+            # Helm 4's `helm status -o json` leaves the chart out.
+            meta = self._metadata(release, namespace=namespace)
+            info = replace(info, chart_version=str(meta.get("version") or ""),
+                           app_version=str(meta.get("appVersion") or ""))
+        return info
 
     def user_values(self, release: str, *, namespace: str) -> dict[str, Any]:
         """The values the current revision was installed with (`helm get values`)."""
@@ -344,11 +350,14 @@ class Helm:
     def chart_version(self, release: str, *, namespace: str) -> str:
         """The version of the chart the current revision runs (`helm get
         metadata`: `helm status -o json` leaves the chart out in Helm 4)."""
+        return str(self._metadata(release, namespace=namespace).get("version") or "")
+
+    def _metadata(self, release: str, *, namespace: str) -> dict[str, Any]:
         done = self._helm("get", "metadata", release, "--namespace", namespace,
                           "--output", "json", what=f"helm get metadata {release}")
         if done.returncode != 0:
             raise MfhelmError(_helm_message(done.stderr))
-        return str((json.loads(done.stdout or "null") or {}).get("version") or "")
+        return dict(json.loads(done.stdout or "null") or {})
 
     def uninstall(self, release: str, *, namespace: str) -> None:
         """`helm uninstall --wait`, bounded by --timeout plus HELM_SLACK."""

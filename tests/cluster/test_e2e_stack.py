@@ -123,6 +123,9 @@ def test_status_reports_the_real_state(cluster: Cluster, installed):
     proc = mfhelm(cluster, "status", "-n", ns, "--release", rel)
     assert proc.returncode == 0, proc.stderr
     assert f"release {rel} in {ns}: revision 1, deployed" in proc.stdout
+    # The chart's own versions (Helm 4's `helm status -o json` carries no chart).
+    chart = yaml.safe_load((ROOT / "charts/metaflow/Chart.yaml").read_text())
+    assert f", chart {chart['version']}, app {chart['appVersion']}\n" in proc.stdout
     for name in ("mf-metadata", "mf-ui-backend", "mf-ui-static", "mf-postgres"):
         assert any(name in line and "ready" in line for line in proc.stdout.splitlines()), name
 
