@@ -60,6 +60,12 @@ POSTGRES_TIERS = ("Burstable", "GeneralPurpose", "MemoryOptimized")
 PoolCount = Annotated[int, Field(ge=0, le=1000)]
 
 
+def _shown(value: Any) -> str:
+    """A bad value as an error line quotes it: its repr, cut to 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 class _Strict(BaseModel):
     # strict: TOML has real booleans and integers; "yes" or "5" is a mistake
     # to report, not a value to guess at.
@@ -89,10 +95,10 @@ class AksSettings(_Strict):
     @classmethod
     def _k8s_version(cls, v: str) -> str:
         if v and not K8S_VERSION_RE.fullmatch(v):
-            got = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
             raise ValueError(
-                f"must be major.minor such as 1.33, or empty for AKS's default, not {got} (AKS "
-                "keeps the patch current; a pinned patch would be a downgrade on the next deploy)")
+                f"must be major.minor such as 1.33, or empty for AKS's default, not {_shown(v)} "
+                "(AKS keeps the patch current; a pinned patch would be a downgrade on the next "
+                "deploy)")
         return v
 
     @field_validator("system_vm_size", "services_vm_size", "task_vm_size")
@@ -173,6 +179,18 @@ KEYVAULT_CERT_RE = re.compile(
     r"[A-Za-z0-9][-A-Za-z0-9]{0,126}(/[0-9a-f]{32})?\Z")
 
 
+# The [access] strings, each empty or matching its pattern (DNS_LABEL_RE holds
+# a Secret name to 63 characters).
+_ACCESS_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
+    "host": (HOST_RE, "must be a lowercase DNS name such as metaflow.example.com "
+                      "(no scheme, port or path), or empty for no entry point"),
+    "tls_certificate": (KEYVAULT_CERT_RE, "must be a Key Vault certificate id such as "
+                                          "https://<vault>.vault.azure.net/certificates/<name>"),
+    "tls_secret": (DNS_LABEL_RE, "must be a Kubernetes Secret name (a DNS label)"),
+    "client_id": (GUID_RE, "must be an Entra application (client) id, a lowercase GUID"),
+}
+
+
 class AccessSettings(_Strict):
     """The HTTPS entry point and Entra ID sign-in in front of the UIs and the API.
 
@@ -193,34 +211,12 @@ class AccessSettings(_Strict):
     # Entra group object ids whose members are Airflow admins (and get in).
     admin_groups: list[str] = []
 
-    @field_validator("host")
+    @field_validator("host", "tls_certificate", "tls_secret", "client_id")
     @classmethod
-    def _host(cls, v: str) -> str:
-        if v and not HOST_RE.fullmatch(v):
-            raise ValueError("must be a lowercase DNS name such as metaflow.example.com "
-                             "(no scheme, port or path), or empty for no entry point")
-        return v
-
-    @field_validator("tls_certificate")
-    @classmethod
-    def _cert(cls, v: str) -> str:
-        if v and not KEYVAULT_CERT_RE.fullmatch(v):
-            raise ValueError("must be a Key Vault certificate id such as "
-                             "https://<vault>.vault.azure.net/certificates/<name>")
-        return v
-
-    @field_validator("tls_secret")
-    @classmethod
-    def _secret(cls, v: str) -> str:
-        if v and not (DNS_LABEL_RE.fullmatch(v) and len(v) <= 63):
-            raise ValueError("must be a Kubernetes Secret name (a DNS label)")
-        return v
-
-    @field_validator("client_id")
-    @classmethod
-    def _client_id(cls, v: str) -> str:
-        if v and not GUID_RE.fullmatch(v):
-            raise ValueError("must be an Entra application (client) id, a lowercase GUID")
+    def _optional_pattern(cls, v: str, info: ValidationInfo) -> str:
+        pattern, rule = _ACCESS_PATTERNS[str(info.field_name)]
+        if v and not pattern.fullmatch(v):
+            raise ValueError(rule)
         return v
 
     @field_validator("admin_groups")
@@ -228,8 +224,8 @@ class AccessSettings(_Strict):
     def _groups(cls, v: list[str]) -> list[str]:
         for g in v:
             if not GUID_RE.fullmatch(g):
-                got = repr(g) if len(repr(g)) <= 40 else repr(g)[:37] + "..."
-                raise ValueError(f"must be Entra group object ids (lowercase GUIDs), not {got}")
+                raise ValueError(
+                    f"must be Entra group object ids (lowercase GUIDs), not {_shown(g)}")
         return v
 
     @model_validator(mode="after")
@@ -393,8 +389,7 @@ def _first_error(exc: ValidationError) -> str:
     elif err["type"] == "missing":
         msg = "is required"
     elif err["type"] in _TYPE_MESSAGES:
-        got = repr(err["input"])
-        msg = f"{_TYPE_MESSAGES[err['type']]}, got {got if len(got) <= 40 else got[:37] + '...'}"
+        msg = f"{_TYPE_MESSAGES[err['type']]}, got {_shown(err['input'])}"
     return f"{where}: {msg}"
 
 
