@@ -16,15 +16,14 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mfhelm.azure.entra import GRAPH_SCOPE, GRAPH_URL
 from mfhelm.errors import MfhelmError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 ARM_URL = "https://management.azure.com"
-GRAPH_URL = "https://graph.microsoft.com"
 ARM_SCOPE = "https://management.azure.com/.default"
-GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 AUTHZ_API = "2022-04-01"
 
 # Built-in role definitions: the same ids in every tenant (Azure's built-in

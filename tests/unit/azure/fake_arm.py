@@ -532,7 +532,6 @@ def healthy_subscription(fake: FakeAzure, location: str = "westeurope") -> None:
 # objects with @odata.context, collections as {"value": [...]} with @odata.nextLink pages,
 # errors as {"error": {"code", "message"}}.
 
-GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 GRAPH_CONTEXT = "https://graph.microsoft.com/v1.0/$metadata"
 
 
