@@ -266,6 +266,10 @@ _AZURITE_REQUEST = re.compile(
 _AZURITE_ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<url>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) ')
 
 
+# The blob names Azurite.mark uses: a HEAD of one of them is a test's own call.
+MARK_PREFIX = "mfhelm-test-mark-"
+
+
 @dataclass
 class AzuriteRequest:
     method: str
@@ -320,6 +324,31 @@ class Azurite:
                 out.append(AzuriteRequest(m["method"], urlsplit(m["url"]).path,
                                           json.loads(m["headers"])))
         return out
+
+    def mark(self, container: str, timeout: float = 60) -> tuple[int, int]:
+        """Where Azurite's two logs stand after every call made before this one.
+
+        Azurite writes both logs asynchronously (the debug log when a request arrives, the
+        access log when it is answered), so a count taken right after one's own calls can
+        still miss them, in both logs alike. So the mark is a call of its own: a HEAD of a
+        blob name used once. Calls made in sequence are logged in order, so once both logs
+        show it, everything made before it is behind the mark and everything after ahead.
+        Returns (access-log index, debug-log index) just past the mark's own request."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        path = f"/{AZURITE_ACCOUNT}/{container}/{MARK_PREFIX}{os.urandom(8).hex()}"
+        blob = path.rsplit("/", 1)[1]
+        with contextlib.suppress(ResourceNotFoundError):
+            self.service().get_blob_client(container, blob).get_blob_properties()
+        deadline = time.monotonic() + timeout
+        while True:
+            answered = [i for i, (_, p, _) in enumerate(self.responses()) if p == path]
+            arrived = [i for i, r in enumerate(self.requests()) if r.path == path]
+            if answered and arrived:
+                return answered[0] + 1, arrived[0] + 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Azurite did not log the mark {path} within {timeout:.0f}s")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         stop_group(self.proc, grace=10)
