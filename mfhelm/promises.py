@@ -3,8 +3,9 @@
 One table: each Rule names the keys that can weaken one promise (a dotted
 key, or a pattern over every key of the merged values, so that the same
 weakening is caught whichever component or subchart key carries it) and
-what, in the value found there, weakens it. README.md "Security promises"
-lists the same promises and keys; a unit test keeps the two in step.
+what, in the value found there, weakens it. charts/metaflow/README.md
+"Security promises" lists the same promises and keys; a unit test keeps the
+two in step.
 
 Only what the user's layers (-f, --set) wrote is judged: mfhelm's own values
 and the chart's defaults are the stack's, tested on their own. A value the
@@ -72,7 +73,7 @@ class Rule:
     promise: str
     key: str  # a dotted key, or with `pattern` a regular expression over keys
     check: Check
-    doc: str  # how README.md names the keys
+    doc: str  # how charts/metaflow/README.md names the keys
     pattern: bool = False
     profiles: tuple[str, ...] = ("azure", "local")
 

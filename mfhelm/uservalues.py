@@ -464,7 +464,7 @@ class UserValues:
             raise MfhelmError(
                 f"--allow-override {unknown[0]}: not a protected key or a security switch here; "
                 f"the protected keys are {', '.join(protected)}; the security switches are "
-                "listed in README.md (Security promises)")
+                "listed in charts/metaflow/README.md (Security promises)")
         merged = self.layer(base)
         changed = [k for k in protected if k not in self.allow
                    and not _same(_lookup(base, k), _lookup(merged, k))]
