@@ -22,8 +22,9 @@ help: ## list the targets
 # (the control plane, etcd, KWOK, Argo, checkov, Airflow, Azurite, ...).
 STAMP      := $(VENV)/.mfhelm-dev
 TEST_STAMP := $(VENV)/.mfhelm-test
-# The tools `make dev` installs: what the mfhelm CLI itself runs.
-DEV_TOOLS  := helm
+# The tools `make dev` installs: what the mfhelm CLI itself runs (kind: for
+# `mfhelm up`, which also needs Docker).
+DEV_TOOLS  := helm kind
 # uv installs no .pyc files, and with PYTHONDONTWRITEBYTECODE set (as in CI)
 # Python would compile the Kubernetes client's sources on every run: a second
 # or two of each `mfhelm install`. Compiled once here instead (files that are
