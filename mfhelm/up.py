@@ -265,6 +265,28 @@ def _remove_half_made(kind: str, name: str) -> None:
         delete(kind, name)
 
 
+# The label kind puts on a cluster's node containers (its provider's clusterLabelKey).
+KIND_CLUSTER_LABEL = "io.x-k8s.kind.cluster"
+
+
+def start_nodes(docker: str, name: str, progress: Progress = _quiet) -> list[str]:
+    """Start the cluster's node containers that are not running (stopped by
+    hand; kind's restart policy brings them back after a Docker restart)."""
+    listed = proc.run([docker, "ps", "-a", "--filter", f"label={KIND_CLUSTER_LABEL}={name}",
+                       "--format", "{{.Names}} {{.State}}"], timeout=QUICK, what="docker ps")
+    if listed.returncode != 0:
+        raise MfhelmError(f"docker ps failed: {_last_line(listed.stderr)}")
+    stopped = [line.split()[0] for line in listed.stdout.splitlines()
+               if line.strip() and line.split()[-1] != "running"]
+    if stopped:
+        progress(f"starting the stopped nodes: {', '.join(stopped)}")
+        started = proc.run([docker, "start", *stopped], timeout=QUICK * 2, what="docker start")
+        if started.returncode != 0:
+            raise MfhelmError(f"docker start {' '.join(stopped)} failed: "
+                              f"{_last_line(started.stderr)}")
+    return stopped
+
+
 def export_kubeconfig(kind: str, name: str) -> None:
     """The `kind-<name>` context in the user's kubeconfig, made again (kind
     create wrote it; the user may have removed it since)."""
@@ -361,7 +383,12 @@ def up(name: str, *, argo: bool, airflow: bool, timeout: str,
         present = False
     if present:
         progress(f"reusing kind cluster {name}")
-        export_kubeconfig(tools.kind, name)
+        try:
+            start_nodes(tools.docker, name, progress)
+            export_kubeconfig(tools.kind, name)
+        except MfhelmError as exc:
+            raise MfhelmError(f"{exc}; if kind cluster {name!r} is broken, `mfhelm down --name "
+                              f"{name}` deletes it and mfhelm up makes it again") from None
     else:
         progress(f"creating kind cluster {name} ({image}; nodes: control plane, "
                  f"{', '.join(p.name for p in pools.POOLS)})")
@@ -372,20 +399,33 @@ def up(name: str, *, argo: bool, airflow: bool, timeout: str,
     target = stack.Target(RELEASE, NAMESPACE, None, context)
     info = stack.install_local(target, argo=argo, airflow=airflow, timeout=timeout,
                                user_values=values_layer(), progress=progress)
-    progress("writing the Metaflow config")
-    return Outcome(name, context, present, info, write_config(target))
+    return Outcome(name, context, present, info, write_config(target, progress))
 
 
-def write_config(target: Any) -> Path | None:
-    """`mfhelm config --local` for this release (mfhelm.metaflow_config's
-    local builder); None where this mfhelm has none yet."""
-    from mfhelm import metaflow_config
+def write_config(target: Any, progress: Progress = _quiet) -> Path | None:
+    """What `mfhelm config --local --context kind-<name>` writes: the laptop's
+    Metaflow config for this release (and the local CA bundle it names), read
+    from the cluster by mfhelm.metaflow_config's local-profile functions.
+    None where this mfhelm has no such functions (up then prints the command
+    to run instead)."""
+    from mfhelm import kube
+    from mfhelm import metaflow_config as mc
 
-    write_local = getattr(metaflow_config, "write_local_config", None)
-    if write_local is None:
+    # Looked up by name: the local profile's config builder (issue 19 item 2)
+    # is made on another branch; these are its functions.
+    config: Any = mc
+    if not all(hasattr(config, f) for f in ("read_local_release", "build_local_config",
+                                            "local_ca_path", "write_local_config")):
         return None
-    path: Path = write_local(target)
-    return path
+    progress("writing the Metaflow config (mfhelm config --local)")
+    api = kube.api_client(target.kubeconfig, target.context)
+    published, client, ca, argo = config.read_local_release(api, target.release,
+                                                            target.namespace)
+    built = config.build_local_config(
+        published, release=target.release, ca_file=config.local_ca_path(mc.config_path(None)),
+        client=client, argo=argo)
+    written: Path = config.write_local_config(built, ca, None)
+    return written
 
 
 def down(name: str, *, progress: Progress = _quiet) -> None:
