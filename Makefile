@@ -46,8 +46,8 @@ $(TEST_STAMP): $(STAMP)
 	@$(COMPILE_BYTECODE)
 	@touch $@
 
-dev: $(STAMP) ## create .venv with mfhelm and the pinned helm (what a user needs)
-	@echo "ready: source $(VENV)/bin/activate  (mfhelm and helm inside)"
+dev: $(STAMP) ## create .venv with mfhelm, the pinned helm and kind (what a user needs)
+	@echo "ready: source $(VENV)/bin/activate  (mfhelm, helm and kind inside)"
 
 test-tools: $(TEST_STAMP) ## add the test deps and build every pinned test tool (cached)
 	@echo "test tools ready in $(BIN) (built into $${MFHELM_CACHE:-~/.cache/mfhelm})"
