@@ -22,8 +22,9 @@ help: ## list the targets
 # (the control plane, etcd, KWOK, Argo, checkov, Airflow, Azurite, ...).
 STAMP      := $(VENV)/.mfhelm-dev
 TEST_STAMP := $(VENV)/.mfhelm-test
-# The tools `make dev` installs: what the mfhelm CLI itself runs.
-DEV_TOOLS  := helm
+# The tools `make dev` installs: what the mfhelm CLI itself runs (kind: for
+# `mfhelm up`, which also needs Docker).
+DEV_TOOLS  := helm kind
 # uv installs no .pyc files, and with PYTHONDONTWRITEBYTECODE set (as in CI)
 # Python would compile the Kubernetes client's sources on every run: a second
 # or two of each `mfhelm install`. Compiled once here instead (files that are
@@ -45,8 +46,8 @@ $(TEST_STAMP): $(STAMP)
 	@$(COMPILE_BYTECODE)
 	@touch $@
 
-dev: $(STAMP) ## create .venv with mfhelm and the pinned helm (what a user needs)
-	@echo "ready: source $(VENV)/bin/activate  (mfhelm and helm inside)"
+dev: $(STAMP) ## create .venv with mfhelm, the pinned helm and kind (what a user needs)
+	@echo "ready: source $(VENV)/bin/activate  (mfhelm, helm and kind inside)"
 
 test-tools: $(TEST_STAMP) ## add the test deps and build every pinned test tool (cached)
 	@echo "test tools ready in $(BIN) (built into $${MFHELM_CACHE:-~/.cache/mfhelm})"

@@ -359,6 +359,44 @@ def install(
     typer.echo("next: mfhelm status; mfhelm port-forward; mfhelm config")
 
 
+UpNameOpt = typer.Option("mfhelm", "--name", help="The kind cluster's name "
+                         "(its kubeconfig context is kind-NAME).")
+
+
+@app.command()
+def up(
+    name: str = UpNameOpt,
+    argo: bool = typer.Option(True, "--argo/--no-argo", help="Argo Workflows and Argo Events."),
+    airflow: bool = typer.Option(False, "--airflow/--no-airflow", help="Airflow."),
+    timeout: str = typer.Option("15m", "--timeout",
+                                help="How long making the cluster, and the install, may take."),
+) -> None:
+    """A local stack in one command (needs Docker and kind): a kind cluster with
+    the AKS pools, install --local, config --local. Run again: reuses the cluster."""
+    from mfhelm import up as up_mod
+
+    step = _Steps()
+    try:
+        outcome = up_mod.up(name, argo=argo, airflow=airflow, timeout=timeout, progress=step)
+    finally:
+        step.close()
+    for line in outcome.lines():
+        typer.echo(line)
+
+
+@app.command()
+def down(name: str = UpNameOpt) -> None:
+    """Delete the kind cluster mfhelm up made, and the stack in it."""
+    from mfhelm import up as up_mod
+
+    step = _Steps()
+    try:
+        up_mod.down(name, progress=step)
+    finally:
+        step.close()
+    typer.echo(f"deleted kind cluster {name}")
+
+
 @app.command()
 def status(
     settings_file: Path | None = SettingsOpt,

@@ -25,6 +25,8 @@ from typing import Any
 
 from pycep import BicepParser
 
+from mfhelm import pools
+
 BICEP_DIR = Path(__file__).resolve().parents[2] / "bicep"
 
 # The deployment outputs mfhelm reads (CONTRACT in /work/shared/design, fixed).
@@ -43,9 +45,10 @@ CONTRACT_OUTPUTS = {
     # Issue 18: the sign-in app's client id ('' with access off) and the add-on switch.
     "signinClientId": "string", "appRoutingEnabled": "bool",
 }
-POOL_LABEL = "mfhelm.io/pool"
-TASK_TAINT = "mfhelm.io/pool=taskworkers:NoSchedule"
-SYSTEM_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+# The pools' label and taints as AKS writes them (k=v:Effect), from mfhelm.pools.
+POOL_LABEL = pools.POOL_LABEL
+TASK_TAINT = str(pools.TASKWORKERS_TAINT)
+SYSTEM_TAINT = str(pools.SYSTEM_TAINT)
 
 _PARSER: BicepParser | None = None
 

@@ -31,12 +31,11 @@ from typing import Any
 
 import yaml
 
+from mfhelm.pools import POOLS
+
 from .agents import FAKE_NODE_ANNOTATION, PROVISIONER, ExecDirectories, VolumeProvisioner
 from .handle import (
-    POOL_LABEL,
     STORAGE_CLASS,
-    SYSTEM_TAINT,
-    TASKWORKERS_TAINT,
     Cluster,
     wait_for,
     write_kubeconfig,
@@ -52,11 +51,10 @@ TOOLS = ("kubernetes", "etcd", "kwok")
 EMPTY_AUTHENTICATION_CONFIG = ("apiVersion: apiserver.config.k8s.io/v1\n"
                                "kind: AuthenticationConfiguration\njwt: []\n")
 
-# pool -> (node name, labels, taints); shaped like the AKS pools.
+# pool -> (node name, labels, taints): one KWOK node per AKS pool (mfhelm.pools).
 NODES: dict[str, tuple[str, dict[str, str], list[dict[str, str]]]] = {
-    "system": ("system-0", {"kubernetes.azure.com/mode": "system"}, [SYSTEM_TAINT]),
-    "services": ("services-0", {POOL_LABEL: "services"}, []),
-    "taskworkers": ("taskworkers-0", {POOL_LABEL: "taskworkers"}, [TASKWORKERS_TAINT]),
+    pool.name: (f"{pool.name}-0", dict(pool.labels), [t.as_dict() for t in pool.taints])
+    for pool in POOLS
 }
 
 

@@ -19,16 +19,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from mfhelm import pools
+
 if TYPE_CHECKING:
     from kubernetes import client as k8s
 
 T = TypeVar("T")
 
-# Node pools the fixture registers, mirroring the AKS pools (see
-# ARCHITECTURE.md): taints/labels a flow pod and a service pod must match.
-POOL_LABEL = "mfhelm.io/pool"
-TASKWORKERS_TAINT = {"key": POOL_LABEL, "value": "taskworkers", "effect": "NoSchedule"}
-SYSTEM_TAINT = {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoSchedule"}
+# Node pools the fixture registers: the AKS pools, from mfhelm.pools (as
+# `mfhelm up`'s kind cluster has them): taints/labels a flow pod and a
+# service pod must match. Taints as a Node's spec has them.
+POOL_LABEL = pools.POOL_LABEL
+TASKWORKERS_TAINT = pools.TASKWORKERS_TAINT.as_dict()
+SYSTEM_TAINT = pools.SYSTEM_TAINT.as_dict()
 STORAGE_CLASS = "standard"
 
 

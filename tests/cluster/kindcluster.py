@@ -3,7 +3,8 @@
 Chosen with MFHELM_TEST_KIND=1. kind brings what KWOK fakes (kubelets that
 run containers, exec into them, a default `standard` StorageClass backed by
 its local-path provisioner), so only the node pools need setting up: one
-worker per pool, labelled and tainted like the AKS pools.
+worker per pool, labelled and tainted like the AKS pools: the cluster
+`mfhelm up` makes (mfhelm.up.kind_config).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import yaml
 
+from mfhelm import up
+
 from .controlplane import _installer, kubernetes_version
-from .handle import POOL_LABEL, SYSTEM_TAINT, TASKWORKERS_TAINT, Cluster, wait_for
+from .handle import Cluster, wait_for
 
 
 class KindUnavailable(Exception):
@@ -54,36 +57,10 @@ def docker_works() -> None:
         raise KindUnavailable(f"kind needs a running Docker engine: {probe.stderr.strip()}")
 
 
-def _taint(t: dict[str, str]) -> str:
-    return f"{t['key']}={t['value']}:{t['effect']}"
-
-
 def kind_config() -> dict[str, object]:
-    """Control plane plus one worker per pool, labels and taints at registration."""
-
-    def worker(labels: dict[str, str], taints: list[dict[str, str]]) -> dict[str, object]:
-        node: dict[str, object] = {"role": "worker", "labels": labels}
-        if taints:
-            node["kubeadmConfigPatches"] = [yaml.safe_dump({
-                "kind": "JoinConfiguration",
-                "nodeRegistration": {"taints": [
-                    {"key": t["key"], "value": t["value"], "effect": t["effect"]}
-                    for t in taints
-                ]},
-            })]
-        return node
-
-    return {
-        "kind": "Cluster",
-        "apiVersion": "kind.x-k8s.io/v1alpha4",
-        "networking": {"apiServerAddress": "127.0.0.1"},
-        "nodes": [
-            {"role": "control-plane"},
-            worker({"kubernetes.azure.com/mode": "system"}, [SYSTEM_TAINT]),
-            worker({POOL_LABEL: "services"}, []),
-            worker({POOL_LABEL: "taskworkers"}, [TASKWORKERS_TAINT]),
-        ],
-    }
+    """The cluster `mfhelm up` makes: a control plane plus one worker per pool
+    of mfhelm.pools, labels and taints at registration."""
+    return up.kind_config()
 
 
 def kind_requested() -> bool:
@@ -98,7 +75,7 @@ def start_kind(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
     config = workdir / "kind.yaml"
     config.write_text(yaml.safe_dump(kind_config(), sort_keys=False))
     kubeconfig = workdir / "kubeconfig"
-    image = str(_kind_entry()["node_image"])
+    image = up.node_image()
 
     def stop() -> None:
         subprocess.run([kind, "delete", "cluster", "--name", name,
@@ -123,14 +100,10 @@ def start_kind(workdir: Path) -> tuple[Cluster, Callable[[], None]]:
 
 
 def _pools(cluster: Cluster) -> dict[str, str]:
+    """pool -> its node, found as `mfhelm up` finds them (mfhelm.up.pool_nodes)."""
     def find() -> dict[str, str] | None:
-        pools: dict[str, str] = {}
-        for node in cluster.core().list_node().items:
-            labels = node.metadata.labels or {}
-            if labels.get("kubernetes.azure.com/mode") == "system":
-                pools["system"] = node.metadata.name
-            elif labels.get(POOL_LABEL) in ("services", "taskworkers"):
-                pools[labels[POOL_LABEL]] = node.metadata.name
-        return pools if len(pools) == 3 else None
+        found = up.pool_nodes(cluster.core().list_node().items)
+        return {pool: names[0] for pool, names in found.items()} \
+            if all(found.values()) else None
 
     return wait_for(find, 120, "kind's labelled worker nodes")

@@ -100,3 +100,21 @@ def test_checkout_uses_the_repo_chart_and_bicep():
     assert helm.find_chart() == CHART
     assert bicep_deploy.TEMPLATE == BICEP / "main.bicep"
     assert bicep_deploy.find_template() == BICEP / "main.bicep"
+
+
+def test_wheel_carries_tools_toml_and_up_reads_its_kind_node_image(
+        installed_wheel: InstalledWheel, tmp_path: Path):
+    """`mfhelm up` from the wheel takes its kind node image from the
+    tools.toml the wheel carries, the checkout's own file."""
+    import tomllib
+
+    assert "mfhelm/tools.toml" in set(zipfile.ZipFile(installed_wheel.wheel).namelist())
+    read = subprocess.run(
+        [str(installed_wheel.python), "-c",
+         "from mfhelm import up; print(up.tools_manifest()); print(up.node_image())"],
+        capture_output=True, text=True, cwd=tmp_path, env=installed_wheel.env(), timeout=120)
+    assert read.returncode == 0, read.stderr
+    where, image = read.stdout.splitlines()
+    assert Path(where).is_relative_to(installed_wheel.venv)
+    pinned = tomllib.loads((ROOT / "tools.toml").read_text())["go"]["kind"]["node_image"]
+    assert image == pinned
