@@ -104,7 +104,7 @@ def test_install_creates_namespaces_at_the_stacks_level(cluster: Cluster):
         for pod in pods:
             assert pod.spec.enable_service_links is False, pod.metadata.name
         status = mfhelm(cluster, "status", "-n", ns, "--release", "mf")
-        assert "local profile: the UI lists flows and runs but cannot show artifacts" in status.stdout
+        assert "local profile: Blob is Azurite over HTTPS" in status.stdout
         # Flow pods run apart from the services' Secrets, by default.
         flows = f"{ns}-flows"
         assert cluster.core().read_namespace(flows).metadata.labels[PSA] == POD_SECURITY_LEVEL
