@@ -16,6 +16,9 @@ Secrets (all in the release namespace except the last):
   nears its end.
 - `<release>-entra-emulator`: tenant-id, client-id and client-assertion, the
   one client the emulator serves. The assertion is made once and kept.
+- `metaflow-airflow-local-ca`: ca.crt alone, for the Airflow chart's pods (its
+  `volumes` in values.yaml cannot name a release, like the chart's other
+  Airflow objects: one Airflow-enabled release per namespace).
 - `<release>-local-flows`, in the flow namespace: the environment flow pods
   get through METAFLOW_KUBERNETES_SECRETS (where their Blob endpoint and
   token endpoint are inside the cluster, and the CA).
@@ -47,6 +50,9 @@ SERVING_VALIDITY = datetime.timedelta(days=397)
 RENEW_BEFORE = datetime.timedelta(days=30)
 # A note on the serving certificate: which names it was issued for.
 NAMES_ANNOTATION = "mfhelm.io/serving-names"
+
+
+AIRFLOW_CA_SECRET = "metaflow-airflow-local-ca"
 
 
 def ca_secret(release: str) -> str:
@@ -248,6 +254,7 @@ def ensure(api: Any, release: str, namespace: str, flow_namespace: str) -> Local
         kube.apply_secret(api, namespace, tls_secret(release),
                           {"tls.crt": cert, "tls.key": key, "ca.crt": ca_cert}, labels)
     remember_secret(key)
+    kube.apply_secret(api, namespace, AIRFLOW_CA_SECRET, {"ca.crt": ca_cert}, labels)
     assertion = (kube.read_secret_value(api, namespace, emulator_secret(release),
                                         "client-assertion") or new_assertion())
     remember_secret(assertion)
@@ -267,7 +274,7 @@ def purge(api: Any, release: str, namespace: str, flow_namespace: str) -> list[s
     core = k8s.CoreV1Api(api)
     deleted = []
     for ns, name in ((namespace, ca_secret(release)), (namespace, tls_secret(release)),
-                     (namespace, emulator_secret(release)),
+                     (namespace, emulator_secret(release)), (namespace, AIRFLOW_CA_SECRET),
                      (flow_namespace, flows_secret(release))):
         try:
             core.delete_namespaced_secret(name, ns)

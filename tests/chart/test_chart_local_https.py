@@ -34,7 +34,7 @@ def test_the_emulator_never_renders_on_azure(scenario):
                   release=RELEASE, namespace=NS)
     text = json.dumps(objs)
     assert "entra-emulator" not in text and "entra_emulator" not in text
-    assert "local-tls" not in text and "local-ca" not in text
+    assert "local-tls" not in text and f"{RELEASE}-local-ca" not in text
     for _, spec in pod_specs(objs):
         for c in all_containers(spec):
             assert not {"REQUESTS_CA_BUNDLE", "AZURE_AUTHORITY_HOST"} & set(env_of(c)), c["name"]
@@ -188,3 +188,31 @@ def test_the_emulator_refuses_another_assertion_and_scope(emulator):
     url, ca = emulator
     assert "AADSTS700016: unexpected client_assertion" in _token(url, ca, "wrong")
     assert "AADSTS70011" in _token(url, ca, "the-assertion", "https://vault.azure.net/.default")
+
+
+def test_airflow_on_local_trusts_the_local_ca_for_its_task_logs():
+    import yaml
+
+    objs = render([SCENARIOS["local-airflow"]], release=RELEASE, namespace=NS)
+    env = get(objs, "ConfigMap", "metaflow-airflow-env")["data"]
+    airflow = yaml.safe_load((CHART / "values.yaml").read_text())["airflow"]
+    mount = next(m for m in airflow["volumeMounts"] if m["name"] == "mfhelm-local-ca")
+    volume = next(v for v in airflow["volumes"] if v["name"] == "mfhelm-local-ca")
+    assert volume["secret"] == {"secretName": localca.AIRFLOW_CA_SECRET, "optional": True}
+    assert env["REQUESTS_CA_BUNDLE"] == f"{mount['mountPath']}/ca.crt"
+    conn = json.loads(get(objs, "Secret", "metaflow-airflow-conn")["stringData"][
+        "AIRFLOW_CONN_WASB_LOGS"])["extra"]["connection_string"]
+    assert "DefaultEndpointsProtocol=https;" in conn
+    # On azure the variable is absent (the optional Secret does not exist there).
+    azure = render([SCENARIOS["azure-airflow"]], release=RELEASE, namespace=NS)
+    assert "REQUESTS_CA_BUNDLE" not in get(azure, "ConfigMap", "metaflow-airflow-env")["data"]
+
+
+def test_a_silent_connection_does_not_stop_the_emulator(emulator):
+    import socket
+
+    url, ca = emulator
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)):  # connects, never says a word
+        claims = json.loads(_token(url, ca, "the-assertion"))
+    assert claims["aud"] == "https://storage.azure.com"

@@ -104,6 +104,7 @@ def settings_from_env(env):
 def handler(settings):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 30
 
         def log_message(self, fmt, *args):
             # One line per request; form fields (the assertion) never logged.
@@ -134,13 +135,34 @@ def handler(settings):
     return Handler
 
 
+class TLSServer(ThreadingHTTPServer):
+    """The TLS handshake happens in each connection's own thread, with a
+    timeout: a client that connects and says nothing (a TCP probe, a port
+    scan) holds only its own thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler_class, context):
+        super().__init__(address, handler_class)
+        self.context = context
+
+    def finish_request(self, request, client_address):
+        request.settimeout(30)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except OSError:  # ssl.SSLError included: not TLS, or gone
+            return
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            tls.close()
+
+
 def serve(settings, ready=None):
-    server = ThreadingHTTPServer((settings["host"], settings["port"]), handler(settings))
-    server.daemon_threads = True
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(settings["cert"], settings["key"])
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server = TLSServer((settings["host"], settings["port"]), handler(settings), ctx)
     host, port, tenant = settings["host"], server.server_address[1], settings["tenant"]
     sys.stderr.write(f"entra-emulator listening on https://{host}:{port}/{tenant}/oauth2/v2.0/token\n")
     sys.stderr.flush()
