@@ -12,8 +12,8 @@ entra-emulator script with its Deployment's settings, and
 metaflow-local-service for the metadata service; then runs real Metaflow
 twice: as the laptop (HOME holding exactly what `mfhelm config --local`
 wrote, nothing else in the environment) and as a flow pod (no config file;
-the environment Metaflow's kubernetes plugin sets plus the Secret
-<release>-local-flows). Results go to argv[2] as JSON.
+the variables of the container Metaflow compiles for Argo Workflows, over
+the Secrets it names, <release>-local-flows among them). Results go to argv[2] as JSON.
 """
 
 import contextlib
@@ -58,10 +58,10 @@ def base_env():
     return {"PATH": spec["path"], "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
 
 
-def run(argv, env, cwd):
+def run(argv, env, cwd, keep=6000):
     done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
                           check=False)
-    return {"argv": argv[1:3], "rc": done.returncode, "stdout": done.stdout[-6000:],
+    return {"argv": argv[1:3], "rc": done.returncode, "stdout": done.stdout[-keep:],
             "stderr": done.stderr[-6000:]}
 
 
@@ -108,9 +108,34 @@ def main():
             results["laptop_read"] = run([sys.executable, "-c", READ, run_id], laptop,
                                          spec["flow_dir"])
 
-        # A flow pod: what the kubernetes plugin sets (the laptop's Blob URL
-        # among it), the Secret's variables, no config file.
-        pod = base_env() | {"HOME": spec["pod_home"], "USER": "pod"} | spec["pod_env"]
+        # The UI backend: Metaflow without mfhelm's settings (its image has no
+        # extension), DefaultAzureCredential with the Deployment's variables.
+        if run_id:
+            ui = base_env() | {"HOME": spec["pod_home"], "USER": "ui"} | spec["ui_env"]
+            results["ui_read"] = run([sys.executable, "-c", READ, run_id], ui, spec["flow_dir"])
+
+        # A flow pod: the container Metaflow compiles for Argo Workflows from
+        # this config (`argo-workflows create --only-json`): its explicit
+        # variables (the laptop's Blob URL among them) over its envFrom
+        # Secrets, as Kubernetes orders them; no config file.
+        compiled = run([sys.executable, spec["flow"], "--no-pylint", "argo-workflows", "create",
+                        "--only-json"], laptop, spec["flow_dir"], keep=10**7)
+        results["argo_json"] = {k: compiled[k] for k in ("rc", "stderr")}
+        if compiled["rc"] != 0:
+            return
+        out = compiled["stdout"]
+        template = json.loads(out[out.index("{"):])
+        container = next(t["container"] for t in template["spec"]["templates"]
+                         if t.get("name") == "start" and "container" in t)
+        refs = [e["secretRef"]["name"] for e in container.get("envFrom", []) if "secretRef" in e]
+        explicit = {e["name"]: e["value"] for e in container.get("env", [])
+                    if e.get("value") is not None}
+        results["pod_secret_refs"] = refs
+        results["pod_explicit_env"] = explicit
+        pod = base_env() | {"HOME": spec["pod_home"], "USER": "pod"}
+        for name in refs:
+            pod |= spec["secrets"].get(name, {})
+        pod |= explicit
         results["pod_run"] = run([sys.executable, spec["flow"], "--no-pylint", "run"], pod,
                                  spec["flow_dir"])
         pod_id = _run_id(results["pod_run"]["stdout"] + results["pod_run"]["stderr"])

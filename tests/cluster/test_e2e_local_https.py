@@ -4,7 +4,9 @@ the CA once (Secret <release>-local-ca, kept on upgrade, removed by
 client; `mfhelm config --local` writes the laptop's config and CA bundle from
 the cluster; real Metaflow then stores a run's artifact, log and card in the
 real Azurite over HTTPS with bearer tokens from the chart's entra-emulator,
-and its Client API reads them back, from the laptop and as a flow pod.
+and its Client API reads them back, from the laptop and as a flow pod (with
+the environment of the container Metaflow compiles for Argo Workflows from
+that config, over the Secrets it names).
 
 The cluster is the tests' control plane with KWOK nodes: its pods do not run
 containers. So Azurite and the emulator run on this host (local_https_scenario.py,
@@ -146,19 +148,26 @@ def _spec(cluster: Cluster, ns: str, work: Path, home: Path) -> dict[str, Any]:
              f"{RELEASE}-entra-emulator.{ns}.svc.cluster.local",
              f"{RELEASE}-metadata.{ns}.svc.cluster.local"]
     hosts.write_text("127.0.0.1 localhost " + " ".join(names) + "\n")
-    flows_env = _secret(cluster, flows_namespace_for(ns), localca.flows_secret(RELEASE))
-    # What Metaflow's kubernetes plugin sets on a flow pod (plugins/kubernetes/
-    # kubernetes.py, 2.19.39): among it the laptop's Blob URL, as configured.
-    pod_env = {
-        "METAFLOW_DEFAULT_DATASTORE": "azure",
-        "METAFLOW_DATASTORE_SYSROOT_AZURE": config["METAFLOW_DATASTORE_SYSROOT_AZURE"],
-        "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT":
-            config["METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT"],
-        "METAFLOW_SERVICE_URL": config["METAFLOW_SERVICE_INTERNAL_URL"],
-        "METAFLOW_DEFAULT_METADATA": "service",
-        "METAFLOW_KUBERNETES_WORKLOAD": "1",
-        "METAFLOW_RUNTIME_ENVIRONMENT": "kubernetes",
-    } | flows_env
+    # The UI backend's Blob side, as installed (Metaflow's own
+    # DefaultAzureCredential, workload-identity variables, the mounted CA).
+    [ui] = apps.read_namespaced_deployment(f"{RELEASE}-ui-backend", ns).spec.template.spec.containers
+    mounted = {"/var/run/mfhelm/entra/client-assertion": work / "client-assertion",
+               "/etc/mfhelm/local-ca/ca.crt": work / "ca.crt"}
+    (work / "client-assertion").write_text(
+        _secret(cluster, ns, localca.emulator_secret(RELEASE))["client-assertion"])
+    ui_env = {}
+    for e in ui.env:
+        if not e.name.startswith(("AZURE_", "METAFLOW_", "REQUESTS_CA_BUNDLE")):
+            continue
+        if e.value_from is not None:
+            ref = e.value_from.secret_key_ref
+            ui_env[e.name] = _secret(cluster, ns, ref.name)[ref.key]
+        else:
+            ui_env[e.name] = str(mounted.get(e.value, e.value))
+    assert set(mounted.values()) <= {Path(v) for v in ui_env.values()}, ui_env
+    # The flow pods' Secret, as the scenario's pod gets it through envFrom.
+    secrets = {localca.flows_secret(RELEASE):
+               _secret(cluster, flows_namespace_for(ns), localca.flows_secret(RELEASE))}
     (work / "pod-home").mkdir()
     flow_dir = work / "flows"
     flow_dir.mkdir()
@@ -171,7 +180,8 @@ def _spec(cluster: Cluster, ns: str, work: Path, home: Path) -> dict[str, Any]:
         "ca_file": str(work / "ca.crt"), "init_script": scripts["azurite_init.py"],
         "containers": [container], "emulator_script": scripts["entra_emulator.py"],
         "emulator_env": emulator_env, "metadata_serve": METADATA_SERVE,
-        "home": str(home), "pod_home": str(work / "pod-home"), "pod_env": pod_env,
+        "home": str(home), "pod_home": str(work / "pod-home"), "secrets": secrets,
+        "ui_env": ui_env,
         "flow": str(flow_dir / "local_profile_flow.py"), "flow_dir": str(flow_dir),
     }
 
@@ -204,6 +214,14 @@ def test_a_flow_keeps_its_artifact_log_and_card_in_azurite(cluster: Cluster, loc
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(out.read_text())
     assert results["init"]["rc"] == 0, results["init"]
+    # The pod's container as Metaflow compiles it: the Secret named, and the
+    # laptop's Blob URL set explicitly (which the extension moves in the pod).
+    assert results["argo_json"]["rc"] == 0, results["argo_json"]
+    assert localca.flows_secret(RELEASE) in results["pod_secret_refs"]
+    explicit = results["pod_explicit_env"]
+    assert explicit["METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT"] == \
+        "https://localhost:10000/devstoreaccount1/"
+    assert "METAFLOW_DEFAULT_AZURE_CLIENT_PROVIDER" not in explicit
     for who in ("laptop", "pod"):
         ran = results[f"{who}_run"]
         assert ran["rc"] == 0 and results[f"{who}_run_id"], ran
@@ -213,11 +231,18 @@ def test_a_flow_keeps_its_artifact_log_and_card_in_azurite(cluster: Cluster, loc
         assert got["answer"] == 42
         assert f"local-profile-log {results[f'{who}_run_id']}" in got["stdout"]
         assert got["cards"] == 1 and got["card_html"] > 0
+    # The UI backend reads the laptop's run as the UI shows it.
+    ui = results["ui_read"]
+    assert ui["rc"] == 0, ui
+    got = json.loads(ui["stdout"].strip().splitlines()[-1])
+    assert got["answer"] == 42 and got["cards"] == 1
+    assert f"local-profile-log {results['laptop_run_id']}" in got["stdout"]
     # Every Blob call of Metaflow's carried the emulator's token: the laptop's
     # through the port-forward's name, the pod's through the in-cluster one;
     # only the chart's init script used the shared key (Azurite's debug log has
     # each request's headers).
     by_host: dict[tuple[str, str], int] = {}
+    hosts_of: dict[str, set[tuple[str, str]]] = {"laptop": set(), "pod": set()}
     for line in (work / "azurite-debug.log").read_text(errors="replace").splitlines():
         m = _AZURITE_REQUEST.search(line)
         if m:
@@ -225,19 +250,31 @@ def test_a_flow_keeps_its_artifact_log_and_card_in_azurite(cluster: Cluster, loc
             scheme = (headers.get("authorization") or "none").split(" ")[0]
             key = (headers.get("host", ""), scheme)
             by_host[key] = by_host.get(key, 0) + 1
+            for who in hosts_of:  # the laptop's own writes; all of the pod's calls
+                if f"/{results[f'{who}_run_id']}/" in m["url"] and (
+                        who == "pod" or m["method"] == "PUT"):
+                    hosts_of[who].add(key)
     inside = f"{RELEASE}-azurite.{ns}.svc.cluster.local:10000"
     assert set(by_host) == {("localhost:10000", "Bearer"), (inside, "Bearer"),
                             (inside, "SharedKey")}, by_host
     assert by_host[(inside, "SharedKey")] == 1  # azurite_init.py's container PUT
-    assert by_host[("localhost:10000", "Bearer")] > 10 and by_host[(inside, "Bearer")] > 10
+    assert hosts_of == {"laptop": {("localhost:10000", "Bearer")},
+                        "pod": {(inside, "Bearer")}}, hosts_of
     emulator_log = (work / "entra-emulator.log").read_text()
     assert emulator_log.count('"POST /mfhelm-local/oauth2/v2.0/token HTTP/1.1" 200') >= 2
     assert " 401 " not in emulator_log and " 400 " not in emulator_log
 
 
-def test_uninstall_purge_removes_the_ca(cluster: Cluster, local_release: str):
+def test_uninstall_keeps_the_ca_and_purge_removes_it(cluster: Cluster, local_release: str):
     ns = local_release
-    proc = mfhelm(cluster, "uninstall", "-n", ns, "--release", RELEASE, "--purge")
+    ca = _secret(cluster, ns, localca.ca_secret(RELEASE))
+    proc = mfhelm(cluster, "uninstall", "-n", ns, "--release", RELEASE)
+    assert proc.returncode == 0, proc.stderr
+    assert _secret(cluster, ns, localca.ca_secret(RELEASE)) == ca
+    # Reinstalled onto the kept data: the same CA, so laptops' bundles still hold.
+    assert install_local(cluster, ns, RELEASE).returncode == 0
+    assert _secret(cluster, ns, localca.ca_secret(RELEASE)) == ca
+    proc = mfhelm(cluster, "uninstall", "-n", ns, "--release", RELEASE, "--purge", "--yes")
     assert proc.returncode == 0, proc.stderr
     left = {s.metadata.name for s in cluster.core().list_namespaced_secret(ns).items}
     assert not left & {localca.ca_secret(RELEASE), localca.tls_secret(RELEASE),
