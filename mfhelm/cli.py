@@ -463,6 +463,13 @@ def config(
     settings_file: Path | None = SettingsOpt,
     outputs_file: Path | None = OutputsOpt,
     subscription: str | None = SubOpt,
+    local: bool = typer.Option(False, "--local", help="A local-profile release, through "
+                               "`mfhelm port-forward` (read from the cluster)."),
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release", help="With --local: the release."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n",
+                                         help="With --local: the release namespace."),
 ) -> None:
     """Write the end-user Metaflow config (~/.metaflowconfig)."""
     from mfhelm import metaflow_config
@@ -472,6 +479,15 @@ def config(
     if service_url is not None:
         metaflow_config.check_service_url(service_url)
     metaflow_config.config_path(profile)
+    if local:
+        _config_local(profile, print_only, service_url, settings_file, outputs_file,
+                      subscription, kubeconfig, context, release, namespace)
+        return
+    for flag, value in (("--kubeconfig", kubeconfig), ("--context", context),
+                        ("--release", release), ("--namespace", namespace)):
+        if value is not None:
+            raise MfhelmError(f"{flag} is for --local; on azure the config comes from the "
+                              "deployment outputs")
     s = settings_mod.load(settings_file)
     cfg = metaflow_config.build_config(_outputs(outputs_file, s, subscription), s,
                                        service_url=service_url)
@@ -480,6 +496,34 @@ def config(
         return
     path = metaflow_config.write_config(cfg, profile)
     typer.echo(f"wrote {path}")
+
+
+def _config_local(profile: str | None, print_only: bool, service_url: str | None,
+                  settings_file: Path | None, outputs_file: Path | None,
+                  subscription: str | None, kubeconfig: str | None, context: str | None,
+                  release: str | None, namespace: str | None) -> None:
+    """`config --local`: the laptop config of a local-profile release, from the cluster."""
+    from mfhelm import kube, metaflow_config
+
+    for flag, value in (("--outputs", outputs_file), ("--subscription", subscription)):
+        if value is not None:
+            raise MfhelmError(f"{flag} is for the azure profile, not --local")
+    target = _target(settings_file, kubeconfig, context, release, namespace, True)
+    path = metaflow_config.config_path(profile)
+    api = kube.api_client(target.kubeconfig, target.context)
+    published, client, ca, argo = metaflow_config.read_local_release(
+        api, target.release, target.namespace)
+    cfg = metaflow_config.build_local_config(
+        published, release=target.release, ca_file=metaflow_config.local_ca_path(path),
+        client=client, argo=argo)
+    if service_url is not None:
+        cfg["METAFLOW_SERVICE_URL"] = service_url
+    if print_only:
+        typer.echo(metaflow_config.config_json(cfg), nl=False)
+        return
+    written = metaflow_config.write_local_config(cfg, ca, profile)
+    typer.echo(f"wrote {written} and {cfg[metaflow_config.LOCAL_CA_KEY]}\n"
+               "next: `mfhelm port-forward` (keep it running), then run flows")
 
 
 @app.command("port-forward")

@@ -266,3 +266,102 @@ def write_config(
         _backup(path)
     userfiles.write_text(path, config_json(merged), private=True)
     return path
+
+
+# --- the local profile, from a laptop through `mfhelm port-forward` ----------------------
+# The ports are portforward.plan's; what the keys mean is mfhelm/localca.py's and
+# mfhelm/mfext's (config/local_profile.py, plugins/local_azure.py).
+LOCAL_BLOB_URL = "https://localhost:10000/devstoreaccount1/"
+LOCAL_AUTHORITY = "https://localhost:8443"
+LOCAL_UI_URL = "http://localhost:3000"
+LOCAL_ARGO_UI_URL = "http://localhost:2746"
+LOCAL_CA_KEY = "METAFLOW_MFHELM_LOCAL_CA"
+
+
+def local_ca_path(config_file: Path) -> Path:
+    """The CA bundle beside the config it belongs to (config.json: config.ca.pem)."""
+    return config_file.with_name(f"{config_file.stem}.ca.pem")
+
+
+def build_local_config(published: dict[str, Any], *, release: str, ca_file: Path,
+                       client: dict[str, str], argo: bool) -> dict[str, str]:
+    """A laptop's config for a local-profile release: the release's published
+    config (`<release>-metaflow-config`) with the port-forwarded URLs, the
+    mfhelm-local Azure client provider and its emulator client, the CA bundle
+    file and the Secret that gives flow pods their side of it.
+
+    `client`: the Secret <release>-entra-emulator (tenant-id, client-id,
+    client-assertion)."""
+    from mfhelm import localca
+
+    missing = [k for k in ("tenant-id", "client-id", "client-assertion") if not client.get(k)]
+    if missing:
+        raise MfhelmError(f"Secret {localca.emulator_secret(release)} lacks {', '.join(missing)}: "
+                          "re-run `mfhelm install --local`")
+    config = {str(k): str(v) for k, v in published.items()}
+    urls = {"METAFLOW_UI_URL": LOCAL_UI_URL}
+    if argo:
+        urls["METAFLOW_ARGO_WORKFLOWS_UI_URL"] = LOCAL_ARGO_UI_URL
+    for key, url in urls.items():  # with the sign-in in front, the published ones stand
+        config.setdefault(key, url)
+    config.setdefault("METAFLOW_SERVICE_URL", DEFAULT_SERVICE_URL)
+    config |= {
+        "METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT": LOCAL_BLOB_URL,
+        "METAFLOW_DEFAULT_AZURE_CLIENT_PROVIDER": localca.CLIENT_PROVIDER,
+        "METAFLOW_MFHELM_LOCAL_AUTHORITY": LOCAL_AUTHORITY,
+        "METAFLOW_MFHELM_LOCAL_TENANT_ID": client["tenant-id"],
+        "METAFLOW_MFHELM_LOCAL_CLIENT_ID": client["client-id"],
+        "METAFLOW_MFHELM_LOCAL_CLIENT_ASSERTION": client["client-assertion"],
+        LOCAL_CA_KEY: str(ca_file),
+        "METAFLOW_KUBERNETES_SECRETS": localca.flows_secret(release),
+    }
+    return config
+
+
+def read_local_release(api: Any, release: str,
+                       namespace: str) -> tuple[dict[str, Any], dict[str, str], str, bool]:
+    """(published config, emulator client, CA certificate, Argo's server is
+    there) of a local-profile release, or a one-line error saying what is missing."""
+    from kubernetes import client as k8s
+    from kubernetes.client.exceptions import ApiException
+
+    from mfhelm import kube, localca
+
+    name = f"{release}-metaflow-config"
+    try:
+        cm = k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise MfhelmError(f"no ConfigMap {name} in namespace {namespace!r}: is release "
+                              f"{release!r} installed there (`mfhelm install --local`)?") from None
+        raise kube.api_error(exc, f"reading ConfigMap {namespace}/{name}") from None
+    try:
+        published = json.loads((cm.data or {}).get("config.json") or "")
+    except ValueError:
+        published = None
+    if not isinstance(published, dict):
+        raise MfhelmError(f"ConfigMap {namespace}/{name} has no config.json object; re-run "
+                          "`mfhelm install --local`")
+    ca = kube.read_secret_value(api, namespace, localca.ca_secret(release), "ca.crt")
+    if not ca:
+        raise MfhelmError(f"release {release!r} has no local CA (Secret "
+                          f"{localca.ca_secret(release)}): it is not a local-profile install, "
+                          "or predates it; run `mfhelm install --local`")
+    client = {k: kube.read_secret_value(api, namespace, localca.emulator_secret(release), k) or ""
+              for k in ("tenant-id", "client-id", "client-assertion")}
+    try:
+        k8s.CoreV1Api(api).read_namespaced_service(f"{release}-argo-workflows-server", namespace)
+        argo = True
+    except ApiException:
+        argo = False
+    return published, client, ca, argo
+
+
+def write_local_config(config: dict[str, str], ca: str, profile: str | None = None, *,
+                       home: str | os.PathLike[str] | None = None) -> Path:
+    """The CA bundle first (the config names it), then the config."""
+    path = config_path(profile, home=home)
+    userfiles.ensure_dir(path.parent)
+    userfiles.write_text(Path(config[LOCAL_CA_KEY]), ca if ca.endswith("\n") else ca + "\n",
+                         "CA bundle")
+    return write_config(config, profile, home=home)

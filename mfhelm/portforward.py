@@ -46,6 +46,12 @@ def plan(release: str, present: set[str], airflow_signin: bool = False) -> list[
         Forward("Argo Workflows", f"{release}-argo-workflows-server", 2746, 2746,
                 "http://localhost:2746 (log in with: Bearer <your Kubernetes token>)"),
         Forward("Airflow", f"{release}-webserver", 8081, 8080, airflow),
+        # The local profile's Blob and token endpoints, as `mfhelm config --local`
+        # names them (HTTPS under the local CA).
+        Forward("Azurite (Blob)", f"{release}-azurite", 10000, 10000,
+                "https://localhost:10000/devstoreaccount1/"),
+        Forward("Entra emulator", f"{release}-entra-emulator", 8443, 8443,
+                "https://localhost:8443 (tokens for Azurite)"),
     ]
     found = [f for f in wanted if f.service in present]
     # Argo Events' webhook (`<release>-webhook` event source), which

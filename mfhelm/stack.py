@@ -267,6 +267,11 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
             data.update(_airflow_secrets(api, target.namespace, conn))
         _prepare_namespaces(api, target, flow_ns, airflow=airflow)
         _apply_secrets(api, target.namespace, data)
+        # The local CA (made once, kept), Azurite's and the emulator's serving
+        # certificate, the emulator's client and the flow pods' side of it.
+        from mfhelm import localca
+
+        localca.ensure(api, target.release, target.namespace, flow_ns)
         values = _keep_grants(client, target, values, user_values)
         return _upgrade(client, api, target, prepared, values, progress)
 
@@ -525,11 +530,10 @@ def _temp_kubeconfig(content: bytes) -> Iterator[Path]:
         proc.remove_tree(tmp)
 
 
-# What the local profile cannot show, said by `mfhelm status` and the README.
+# What the local profile is, said by `mfhelm status` and the README.
 LOCAL_PROFILE_LIMITS = (
-    "local profile: the UI lists flows and runs but cannot show artifacts, logs or "
-    "cards (Metaflow reads Blob only with an Entra ID token over HTTPS; the local "
-    "Azurite serves plain HTTP with its development key)")
+    "local profile: Blob is Azurite over HTTPS (mfhelm's local CA) with tokens from the "
+    "entra-emulator; from this machine: `mfhelm config --local`, then `mfhelm port-forward`")
 
 
 @dataclass(frozen=True)
@@ -608,6 +612,9 @@ def uninstall(target: Target, *, purge: bool) -> list[str]:
     from kubernetes import client as k8s
     from kubernetes.client.exceptions import ApiException
 
+    from mfhelm import localca
+
+    deleted += localca.purge(api, target.release, target.namespace, flow_ns)
     core = k8s.CoreV1Api(api)
     for name in values_mod.MFHELM_SECRETS:
         try:

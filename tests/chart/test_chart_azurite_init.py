@@ -1,5 +1,7 @@
 """files/azurite_init.py (the local profile's container-creating Job) against
-a real Azurite, read back with the real Azure Blob SDK."""
+a real Azurite, read back with the real Azure Blob SDK. Azurite runs the
+Deployment's command over HTTPS, with a serving certificate mfhelm.localca
+issues from a CA of its own, as `mfhelm install --local` does."""
 
 import shutil
 import socket
@@ -27,13 +29,23 @@ def _free_port() -> int:
 
 def chart_azurite_command(port: int, data: Path) -> list[str]:
     """The Azurite command the local profile's Deployment runs, moved to a
-    loopback port and a temporary data directory."""
+    loopback port and a temporary data directory, its serving certificate
+    (mounted at /tls from <release>-local-tls) issued here into `data`."""
+    from mfhelm import localca
+
     objs = render([LOCAL])
     command = list(get(objs, "Deployment", "metaflow-azurite")["spec"]["template"]["spec"]
                    ["containers"][0]["command"])
     assert command[0] == "azurite-blob"
+    ca_cert, ca_key = localca.generate_ca("metaflow")
+    cert, key = localca.issue_serving(ca_cert, ca_key, *localca.serving_names("metaflow",
+                                                                              "metaflow"))
+    (data / "ca.crt").write_text(ca_cert)
+    (data / "tls.crt").write_text(cert)
+    (data / "tls.key").write_text(key)
     for flag, value in (("--blobHost", "127.0.0.1"), ("--blobPort", str(port)),
-                        ("--location", str(data))):
+                        ("--location", str(data)), ("--cert", str(data / "tls.crt")),
+                        ("--key", str(data / "tls.key"))):
         command[command.index(flag) + 1] = value
     return [AZURITE, *command[1:]]
 
@@ -58,13 +70,15 @@ def azurite(tmp_path_factory):
         proc.kill()
         pytest.fail("azurite did not start")
     AZURITE_DEBUG_LOG[0] = debug_log
-    yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
-           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    CA_FILE[0] = data / "ca.crt"
+    yield (f"DefaultEndpointsProtocol=https;AccountName=devstoreaccount1;AccountKey={KEY};"
+           f"BlobEndpoint=https://127.0.0.1:{port}/devstoreaccount1;")
     proc.terminate()
     proc.wait(10)
 
 
 AZURITE_DEBUG_LOG: list[Path] = [Path()]
+CA_FILE: list[Path] = [Path()]
 
 
 def test_chart_azurite_runs_without_telemetry(azurite):
@@ -76,8 +90,10 @@ def test_chart_azurite_runs_without_telemetry(azurite):
 
 
 def _run(conn: str, *containers: str) -> subprocess.CompletedProcess:
+    # The Job's REQUESTS_CA_BUNDLE (metaflow.localCaEnv) names the mounted CA.
     return subprocess.run([sys.executable, str(SCRIPT), *containers], capture_output=True,
-                          text=True, env={"AZURE_STORAGE_CONNECTION_STRING": conn, "WAIT_SECONDS": "5"})
+                          text=True, env={"AZURE_STORAGE_CONNECTION_STRING": conn, "WAIT_SECONDS": "5",
+                                          "REQUESTS_CA_BUNDLE": str(CA_FILE[0])})
 
 
 def test_creates_containers_then_is_idempotent(azurite):
@@ -89,7 +105,8 @@ def test_creates_containers_then_is_idempotent(azurite):
     second = _run(azurite, "metaflow-storage")
     assert second.returncode == 0, second.stderr
     assert "container metaflow-storage: exists" in second.stdout
-    names = {c.name for c in BlobServiceClient.from_connection_string(azurite).list_containers()}
+    names = {c.name for c in BlobServiceClient.from_connection_string(
+        azurite, connection_verify=str(CA_FILE[0])).list_containers()}
     assert {"metaflow-storage", "airflow-logs"} <= names
 
 

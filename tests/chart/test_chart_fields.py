@@ -213,7 +213,7 @@ def test_airflow_logging_points_at_airflow_logs_container():
 def test_local_airflow_logs_go_to_azurite():
     objs = render([LOCAL_AIRFLOW], release="mf")
     conn = json.loads(get(objs, "Secret", "metaflow-airflow-conn")["stringData"]["AIRFLOW_CONN_WASB_LOGS"])
-    assert "BlobEndpoint=http://mf-azurite:10000/devstoreaccount1;" in conn["extra"]["connection_string"]
+    assert "BlobEndpoint=https://mf-azurite.metaflow.svc.cluster.local:10000/devstoreaccount1;" in conn["extra"]["connection_string"]
     job = get(objs, "Job", "mf-azurite-init")
     assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == [
         "metaflow-storage", "airflow-logs"]
@@ -297,7 +297,7 @@ def test_local_profile_runs_postgres_and_azurite_in_cluster():
     env = env_of(get(objs, "Deployment", "mf-metadata")["spec"]["template"]["spec"]["containers"][0])
     assert env["MF_METADATA_DB_HOST"]["value"] == "mf-postgres"
     config = json.loads(get(objs, "ConfigMap", "mf-metaflow-config")["data"]["config.json"])
-    assert config["METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT"] == "http://mf-azurite:10000/devstoreaccount1/"
+    assert config["METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT"] == "https://mf-azurite.metaflow.svc.cluster.local:10000/devstoreaccount1/"
 
 
 def test_azure_profile_has_no_in_cluster_database():

@@ -100,11 +100,11 @@ def test_install_creates_namespaces_at_the_stacks_level(cluster: Cluster):
         pods = cluster.core().list_namespaced_pod(
             ns, label_selector="app.kubernetes.io/instance=mf").items
         assert {p.metadata.labels["app.kubernetes.io/component"] for p in pods} >= {
-            "metadata", "ui-backend", "ui-static", "postgres", "azurite"}
+            "metadata", "ui-backend", "ui-static", "postgres", "azurite", "entra-emulator"}
         for pod in pods:
             assert pod.spec.enable_service_links is False, pod.metadata.name
         status = mfhelm(cluster, "status", "-n", ns, "--release", "mf")
-        assert "local profile: the UI lists flows and runs but cannot show artifacts" in status.stdout
+        assert "local profile: Blob is Azurite over HTTPS" in status.stdout
         # Flow pods run apart from the services' Secrets, by default.
         flows = f"{ns}-flows"
         assert cluster.core().read_namespace(flows).metadata.labels[PSA] == POD_SECURITY_LEVEL

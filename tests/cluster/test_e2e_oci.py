@@ -161,7 +161,8 @@ def test_push_over_tls_with_login_then_install_from_the_registry(
     release = helm_release(env, namespace)
     assert release["chart"] == f"metaflow-{PARTIAL}" and release["status"] == "deployed"
     deps = deployments(cluster, namespace, "oc")
-    assert set(deps) == {"oc-metadata", "oc-ui-backend", "oc-ui-static", "oc-azurite"}
+    assert set(deps) == {"oc-metadata", "oc-ui-backend", "oc-ui-static", "oc-azurite",
+                         "oc-entra-emulator"}
     for name, d in deps.items():
         assert (d.status.available_replicas or 0) >= d.spec.replicas, name
 

@@ -81,7 +81,8 @@ def installed(cluster: Cluster) -> tuple[str, str]:
 def test_install_leaves_every_deployment_available(cluster: Cluster, installed):
     ns, rel = installed
     deps = deployments(cluster, ns, rel)
-    assert set(deps) == {"mf-metadata", "mf-ui-backend", "mf-ui-static", "mf-azurite"}
+    assert set(deps) == {"mf-metadata", "mf-ui-backend", "mf-ui-static", "mf-azurite",
+                         "mf-entra-emulator"}
     for name, d in deps.items():
         assert (d.status.available_replicas or 0) >= d.spec.replicas, name
     sts = cluster.apps().read_namespaced_stateful_set("mf-postgres", ns)

@@ -30,7 +30,8 @@ def test_install_local_from_the_wheel_deploys(cluster: Cluster, namespace: str,
     items = cluster.apps().list_namespaced_deployment(
         namespace, label_selector="app.kubernetes.io/instance=wh").items
     deps = {d.metadata.name: d for d in items}
-    assert set(deps) == {"wh-metadata", "wh-ui-backend", "wh-ui-static", "wh-azurite"}
+    assert set(deps) == {"wh-metadata", "wh-ui-backend", "wh-ui-static", "wh-azurite",
+                         "wh-entra-emulator"}
     for name, d in deps.items():
         assert (d.status.available_replicas or 0) >= d.spec.replicas, name
     sts = cluster.apps().read_namespaced_stateful_set("wh-postgres", namespace)

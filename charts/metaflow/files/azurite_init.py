@@ -4,12 +4,15 @@ Azurite starts empty and Metaflow does not create its container, so a hook
 Job runs this once per install/upgrade. Standard library only: it runs in
 the metadata-service image, which has Python but no Azure SDK. Requests are
 signed with the SharedKey scheme using Azurite's published development key.
+Azurite serves HTTPS under mfhelm's local CA, which REQUESTS_CA_BUNDLE names
+(the variable the Azure SDK's transport reads; urllib is told here).
 """
 
 import base64
 import hashlib
 import hmac
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -37,6 +40,10 @@ def _sign(account: str, key: str, verb: str, path: str, query: dict[str, str],
     return f"SharedKey {account}:{base64.b64encode(digest).decode()}"
 
 
+def _tls() -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
+
+
 def create_container(endpoint: str, account: str, key: str, name: str) -> bool:
     """PUT the container; True if created, False if it already existed."""
     base = endpoint.rstrip("/")
@@ -48,7 +55,7 @@ def create_container(endpoint: str, account: str, key: str, name: str) -> bool:
     req = urllib.request.Request(f"{base}/{name}?restype=container", method="PUT",
                                  headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=10):
+        with urllib.request.urlopen(req, timeout=10, context=_tls()):
             return True
     except urllib.error.HTTPError as exc:
         if exc.code == 409:  # ContainerAlreadyExists

@@ -137,7 +137,7 @@ password
 {{/* Blob endpoint and sysroot, per profile. */}}
 {{- define "metaflow.blobEndpoint" -}}
 {{- if include "metaflow.isLocal" . -}}
-{{- printf "http://%s-azurite:10000/devstoreaccount1/" (include "metaflow.fullname" .) -}}
+{{- printf "https://%s-azurite.%s.svc.cluster.local:10000/devstoreaccount1/" (include "metaflow.fullname" .) .Release.Namespace -}}
 {{- else -}}
 {{- required "storage.blobEndpoint is required on the azure profile (Bicep output storageBlobEndpoint)" .Values.storage.blobEndpoint -}}
 {{- end -}}
