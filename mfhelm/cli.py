@@ -509,13 +509,9 @@ def _config_local(profile: str | None, print_only: bool, service_url: str | None
         if value is not None:
             raise MfhelmError(f"{flag} is for the azure profile, not --local")
     target = _target(settings_file, kubeconfig, context, release, namespace, True)
-    path = metaflow_config.config_path(profile)
+    metaflow_config.config_path(profile)  # a bad --profile is refused before the cluster
     api = kube.api_client(target.kubeconfig, target.context)
-    published, client, ca, argo = metaflow_config.read_local_release(
-        api, target.release, target.namespace)
-    cfg = metaflow_config.build_local_config(
-        published, release=target.release, ca_file=metaflow_config.local_ca_path(path),
-        client=client, argo=argo)
+    cfg, ca = metaflow_config.local_config(api, target.release, target.namespace, profile)
     if service_url is not None:
         cfg["METAFLOW_SERVICE_URL"] = service_url
     if print_only:

@@ -357,6 +357,17 @@ def read_local_release(api: Any, release: str,
     return published, client, ca, argo
 
 
+def local_config(api: Any, release: str, namespace: str,
+                 profile: str | None = None) -> tuple[dict[str, str], str]:
+    """(the laptop's config, the CA certificate it trusts) for a local-profile
+    release, read from the cluster: what `mfhelm config --local` and `mfhelm up` write."""
+    published, client, ca, argo = read_local_release(api, release, namespace)
+    cfg = build_local_config(published, release=release,
+                             ca_file=local_ca_path(config_path(profile)),
+                             client=client, argo=argo)
+    return cfg, ca
+
+
 def write_local_config(config: dict[str, str], ca: str, profile: str | None = None, *,
                        home: str | os.PathLike[str] | None = None) -> Path:
     """The CA bundle first (the config names it), then the config."""

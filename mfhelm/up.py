@@ -347,7 +347,7 @@ class Outcome:
     context: str
     reused: bool
     release: Any  # helm.ReleaseInfo
-    config: Path | None
+    config: Path
 
     def lines(self) -> list[str]:
         r = self.release
@@ -356,10 +356,7 @@ class Outcome:
         out = [f"kind cluster {self.name}: {how} (kubeconfig context {self.context})",
                f"release {r.name} revision {r.revision}: {r.status} "
                f"(chart {r.chart_version}, app {r.app_version})"]
-        if self.config is not None:
-            out.append(f"wrote {self.config}")
-        else:
-            out.append(f"next: mfhelm config --local --context {self.context}")
+        out.append(f"wrote {self.config}")
         out += ["next: mfhelm port-forward --context " + self.context,
                 "      (leave it running), then in another terminal:",
                 "      mfhelm verify --local --context " + self.context,
@@ -402,30 +399,16 @@ def up(name: str, *, argo: bool, airflow: bool, timeout: str,
     return Outcome(name, context, present, info, write_config(target, progress))
 
 
-def write_config(target: Any, progress: Progress = _quiet) -> Path | None:
+def write_config(target: Any, progress: Progress = _quiet) -> Path:
     """What `mfhelm config --local --context kind-<name>` writes: the laptop's
-    Metaflow config for this release (and the local CA bundle it names), read
-    from the cluster by mfhelm.metaflow_config's local-profile functions.
-    None where this mfhelm has no such functions (up then prints the command
-    to run instead)."""
+    Metaflow config for this release and the local CA bundle it names."""
     from mfhelm import kube
     from mfhelm import metaflow_config as mc
 
-    # Looked up by name: the local profile's config builder (issue 19 item 2)
-    # is made on another branch; these are its functions.
-    config: Any = mc
-    if not all(hasattr(config, f) for f in ("read_local_release", "build_local_config",
-                                            "local_ca_path", "write_local_config")):
-        return None
     progress("writing the Metaflow config (mfhelm config --local)")
     api = kube.api_client(target.kubeconfig, target.context)
-    published, client, ca, argo = config.read_local_release(api, target.release,
-                                                            target.namespace)
-    built = config.build_local_config(
-        published, release=target.release, ca_file=config.local_ca_path(mc.config_path(None)),
-        client=client, argo=argo)
-    written: Path = config.write_local_config(built, ca, None)
-    return written
+    cfg, ca = mc.local_config(api, target.release, target.namespace)
+    return mc.write_local_config(cfg, ca, None)
 
 
 def down(name: str, *, progress: Progress = _quiet) -> None:

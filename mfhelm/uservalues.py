@@ -320,7 +320,10 @@ def _assign(text: _Text, data: dict[str, Any], depth: int) -> None:
         depth += 1
         if depth > MAX_NESTING:
             raise SetError(f"keys nest deeper than {MAX_NESTING} levels")
-        inner = data.get(key, {})
+        # A null (as the local profile's values hold for node selectors) is no
+        # map yet: helm's --set map replaces it, as it does a missing key.
+        inner = data.get(key)
+        inner = {} if inner is None else inner
         if not isinstance(inner, dict):
             raise SetError(f'"{key}" holds {_kind(inner)}, not a map, so "{key}." cannot '
                            "follow it")
@@ -331,7 +334,8 @@ def _assign(text: _Text, data: dict[str, Any], depth: int) -> None:
         return
     # stop == "[": a list element
     index = _index(text)
-    existing = data.get(key, [])
+    existing = data.get(key)
+    existing = [] if existing is None else existing
     if not isinstance(existing, list):
         raise SetError(f'"{key}" holds {_kind(existing)}, not a list, so "{key}[{index}]" '
                        "cannot follow it")

@@ -227,25 +227,28 @@ def local_values(settings: Settings | None = None, *, argo: bool = True,
     into the Secret the values name, as on azure. Argo Events follows Argo
     unless `argo_events` says otherwise. Sign-in is off unless `access`.
     """
-    values = {
+    # None, not {}: Helm merges an empty map over the chart's default map and
+    # keeps the default (services on `mfhelm.io/pool: services`, which a plain
+    # local cluster has no node for); null removes the key.
+    values: dict[str, Any] = {
         "profile": "local",
         "database": {"existingSecret": DB_SECRET, "existingSecretPasswordKey": DB_SECRET_KEY},
-        "serviceNodeSelector": {},
-        "flows": {"namespace": flow_namespace, "nodeSelector": {}, "tolerations": []},
+        "serviceNodeSelector": None,
+        "flows": {"namespace": flow_namespace, "nodeSelector": None, "tolerations": []},
         "airflowGlue": {"dags": {"accessMode": "ReadWriteOnce", "storageClassName": ""}},
         "argo-workflows": {
             "enabled": argo,
-            "controller": {"nodeSelector": {}},
-            "server": {"nodeSelector": {}},
+            "controller": {"nodeSelector": None},
+            "server": {"nodeSelector": None},
         },
         "argo-events": {
             "enabled": argo if argo_events is None else argo_events,
-            "controller": {"nodeSelector": {}},
+            "controller": {"nodeSelector": None},
         },
         "airflow": {
             "enabled": airflow,
-            "scheduler": {"nodeSelector": {}},
-            "webserver": {"nodeSelector": {}},
+            "scheduler": {"nodeSelector": None},
+            "webserver": {"nodeSelector": None},
         },
     }
     if access is not None:

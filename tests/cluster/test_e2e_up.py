@@ -15,6 +15,7 @@ its own (deleted at the end whatever happens).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -157,6 +158,13 @@ def test_up_makes_a_cluster_with_the_pools_and_reuses_it(laptop: Laptop) -> None
     assert f"mfhelm port-forward --context {context}" in first.stdout
     assert f"mfhelm verify --local --context {context}" in first.stdout
     assert laptop.name in laptop.clusters() and not laptop.marker().exists()
+    # The laptop's config, as `mfhelm config --local` writes it, and the CA it trusts.
+    written = laptop.root / "metaflowconfig" / "config.json"
+    assert f"wrote {written}" in first.stdout
+    config = json.loads(written.read_text())
+    assert config["METAFLOW_DEFAULT_AZURE_CLIENT_PROVIDER"] == "mfhelm-local"
+    assert Path(config["METAFLOW_MFHELM_LOCAL_CA"]).read_text().startswith(
+        "-----BEGIN CERTIFICATE-----")
 
     core = k8s.CoreV1Api(laptop.api())
     found = up.pool_nodes(core.list_node().items)

@@ -90,7 +90,7 @@ def test_up_covers_every_pool_key_the_local_profile_empties() -> None:
     local = _leaves(local_values(flow_namespace="metaflow-flows"))
     emptied = {path for path, value in local.items()
                if path[-1] in ("nodeSelector", "serviceNodeSelector", "tolerations")
-               and value in ({}, [])}
+               and value in ({}, [], None)}
     assert emptied and emptied <= set(_leaves(up.pool_values()))
 
 
@@ -141,15 +141,15 @@ def test_the_wheel_carries_tools_toml_where_up_reads_it() -> None:
     assert up.tools_manifest() == ROOT / "tools.toml"  # a checkout: the repo's copy
 
 
-def test_the_rendered_local_profile_on_up_runs_services_and_flows_on_their_pools() -> None:
-    """The chart rendered with what `up` installs (the local profile and
-    up's layer, through the checks `install --local -f` runs): every pod of
-    the stack selects the services pool, and the published config sends flow
-    pods to taskworkers with the toleration its taint needs (without up's
-    layer the local profile publishes no toleration: `[]`)."""
+def _render_local(layer: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The chart's workloads and published Metaflow config, rendered with the
+    local profile's values and `layer` on top, through the checks `install
+    --local -f` runs."""
+    import json
+
     from mfhelm import helm as helm_mod
     from mfhelm import proc, stack
-    from mfhelm.uservalues import LOCAL_PROTECTED
+    from mfhelm.uservalues import LOCAL_PROTECTED, UserValues
     from mfhelm.values import flows_namespace_for, local_values
 
     helm = helm_mod.find_helm()
@@ -158,7 +158,8 @@ def test_the_rendered_local_profile_on_up_runs_services_and_flows_on_their_pools
     target = stack.Target(up.RELEASE, up.NAMESPACE)
     values = stack.with_user_values(
         local_values(argo=True, airflow=False, flow_namespace=flows_namespace_for(up.NAMESPACE)),
-        up.values_layer(), LOCAL_PROTECTED, up.NAMESPACE, target)
+        layer if layer is not None else UserValues.read((), (), ()), LOCAL_PROTECTED,
+        up.NAMESPACE, target)
     chart = helm_mod.drop_missing_dependencies(helm_mod.find_chart())
     try:
         out = subprocess.run([helm, "template", up.RELEASE, str(chart), "-n", up.NAMESPACE,
@@ -168,17 +169,39 @@ def test_the_rendered_local_profile_on_up_runs_services_and_flows_on_their_pools
         if chart != helm_mod.find_chart():
             proc.remove_tree(chart.parent)
     docs = [d for d in yaml.safe_load_all(out) if d]
-    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+    workloads = [d for d in docs if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    config = next(d for d in docs if d["kind"] == "ConfigMap"
+                  and d["metadata"]["name"] == f"{up.RELEASE}-metaflow-config")
+    published = json.loads(config["data"]["config.json"]) if "config.json" in config["data"] \
+        else config["data"]
+    return workloads, published
+
+
+def test_the_rendered_local_profile_on_up_runs_services_and_flows_on_their_pools() -> None:
+    """The chart rendered with what `up` installs (the local profile and
+    up's layer): every pod of the stack selects the services pool, and the
+    published config sends flow pods to taskworkers with the toleration its
+    taint needs."""
+    import json
+
+    workloads, published = _render_local(up.values_layer())
     assert len(workloads) >= 3
     for w in workloads:
         assert w["spec"]["template"]["spec"].get("nodeSelector") == dict(pools.SERVICES.labels), \
             w["metadata"]["name"]
-    config = next(d for d in docs if d["kind"] == "ConfigMap"
-                  and d["metadata"]["name"] == f"{up.RELEASE}-metaflow-config")
-    import json
-
-    published = json.loads(config["data"]["config.json"]) if "config.json" in config["data"] \
-        else config["data"]
     assert published["METAFLOW_KUBERNETES_NODE_SELECTOR"] == f"{pools.POOL_LABEL}=taskworkers"
     assert json.loads(published["METAFLOW_KUBERNETES_TOLERATIONS"]) == [
         pools.TASKWORKERS_TAINT.toleration()]
+
+
+def test_the_plain_local_profile_selects_no_pool() -> None:
+    """`install --local` into any cluster (one without mfhelm's pools): no pod
+    of the stack and no flow pod selects a pool node, which such a cluster
+    does not have. An empty map in the values would keep the chart's default
+    selector (Helm merges maps), so the local profile removes the keys."""
+    workloads, published = _render_local()
+    assert len(workloads) >= 3
+    for w in workloads:
+        assert not w["spec"]["template"]["spec"].get("nodeSelector"), w["metadata"]["name"]
+    assert published["METAFLOW_KUBERNETES_NODE_SELECTOR"] == ""
+    assert published["METAFLOW_KUBERNETES_TOLERATIONS"] == "[]"

@@ -7,7 +7,7 @@ import json
 
 _FLOW_NAMESPACE = {{ include "metaflow.flowNamespace" . | quote }}
 _SERVICE_ACCOUNT = {{ .Values.serviceAccounts.flows.name | quote }}
-_NODE_SELECTOR = json.loads({{ toJson .Values.flows.nodeSelector | quote }})
+_NODE_SELECTOR = json.loads({{ toJson (.Values.flows.nodeSelector | default dict) | quote }})
 _TOLERATIONS = json.loads({{ toJson .Values.flows.tolerations | quote }})
 
 
