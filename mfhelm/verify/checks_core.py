@@ -35,6 +35,7 @@ ANSWER = 42
 HTTP_TIMEOUT = 30.0
 # The UI backend through `mfhelm port-forward` (mfhelm.portforward).
 UI_BACKEND_PORT_FORWARD = "http://localhost:8083/api"
+UI_PORT_FORWARD_PORT = 3000
 SCOPE_KEY = "METAFLOW_MFHELM_SERVICE_SCOPE"
 CREDENTIAL_KEY = "METAFLOW_MFHELM_SERVICE_CREDENTIAL"
 _LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -360,12 +361,14 @@ def check_local_run(stack: Stack, run: Run) -> str:
 # ------------------------------------------------------------------- "ui"
 
 def ui_backend_url(config: dict[str, str]) -> str:
-    """The UI backend's API as this machine reaches it: beside the UI behind the
-    entry point (https://<host>/api), else through `mfhelm port-forward`."""
+    """The UI backend's API as this machine reaches it: through `mfhelm
+    port-forward` when the config names no UI or the forwarded one
+    (localhost:3000), else beside the UI (https://<host>/api behind the entry
+    point, where the UI and its API share the host)."""
     ui = config.get("METAFLOW_UI_URL", "")
-    if ui and not _is_local(ui):
-        return ui.rstrip("/") + "/api"
-    return UI_BACKEND_PORT_FORWARD
+    if not ui or (_is_local(ui) and urlsplit(ui).port == UI_PORT_FORWARD_PORT):
+        return UI_BACKEND_PORT_FORWARD
+    return ui.rstrip("/") + "/api"
 
 
 def check_ui(stack: Stack, run: Run) -> str:

@@ -35,7 +35,7 @@ REQUIRED_CONFIG = ("METAFLOW_SERVICE_URL", "METAFLOW_DATASTORE_SYSROOT_AZURE",
 # Set for the Metaflow processes verify starts, not read from the user's environment.
 _OWN_ENV = ("METAFLOW_HOME", "METAFLOW_PROFILE")
 # After a stop, how long a check's thread has to notice (its children are gone).
-_THREAD_GRACE = 15.0
+_THREAD_GRACE = 5.0
 
 
 @dataclass
@@ -335,8 +335,7 @@ def copy_flows(workdir: Path) -> list[str]:
 def verify(target: Any, *, config_path: Path, local: bool, timeout: str, keep: bool,
            echo: Callable[[str], None], warn: Callable[[str], None],
            checks: Sequence[Check] | None = None) -> None:
-    """The whole command: raises MfhelmError naming the failed check (after the
-    table and the cleanups), Interrupted on Ctrl-C (likewise)."""
+    """The whole command: the stack resolved, then execute()."""
     from mfhelm import kube
     from mfhelm.settings import check_timeout, duration_seconds
 
@@ -344,13 +343,22 @@ def verify(target: Any, *, config_path: Path, local: bool, timeout: str, keep: b
     stack = resolve_stack(target, config_path=config_path, local=local)
     api = kube.api_client(target.kubeconfig, target.context)
     run = new_run(timeout_seconds=seconds, keep=keep, api=api)
+    execute(stack, run, all_checks() if checks is None else checks, timeout_text=timeout,
+            echo=echo, warn=warn)
+
+
+def execute(stack: Stack, run: Run, checks: Sequence[Check], *, timeout_text: str,
+            echo: Callable[[str], None], warn: Callable[[str], None],
+            progress: Progress | None = None) -> None:
+    """Run the checks, print the table, undo (unless run.keep). Raises
+    MfhelmError naming the failed check, or Interrupted on Ctrl-C, after both."""
     rows: list[Row] = []
-    progress = Progress()
+    progress = progress or Progress()
     failure = None
     interrupted: Interrupted | None = None
     try:
-        failure = run_checks(stack, run, all_checks() if checks is None else checks, rows,
-                             timeout_text=timeout, progress=progress)
+        failure = run_checks(stack, run, checks, rows, timeout_text=timeout_text,
+                             progress=progress)
     except Interrupted as exc:
         interrupted = exc
     finally:
@@ -363,7 +371,7 @@ def verify(target: Any, *, config_path: Path, local: bool, timeout: str, keep: b
     if interrupted is not None:
         signum = interrupted.args[0] if interrupted.args else 2
         raise Interrupted(signum, "verify stopped; " + (
-            "what it made is kept (--keep)" if keep else "what it made was removed"))
+            "what it made is kept (--keep)" if run.keep else "what it made was removed"))
     if failure is not None:
         name, failed = failure
         raise MfhelmError(f"{name}: {failed}")
