@@ -117,10 +117,12 @@ def service_headers(config: dict[str, str]) -> dict[str, str]:
     if scope:
         from metaflow_extensions.mfhelm.config.service_auth import ServiceToken
 
-        token = ServiceToken(scope, config.get(CREDENTIAL_KEY)).get()
+        asker = ServiceToken(scope, config.get(CREDENTIAL_KEY))
+        token = asker.get()
         if token is None:
-            raise Failed("no sign-in token", "sign in with `az login` (as a member of a group "
-                         "`mfhelm grant` let in)")
+            raise Failed(f"no sign-in token for {scope}: {asker.problem}",
+                         "sign in with `az login` (as a member of a group `mfhelm grant` "
+                         "let in)")
         headers["Authorization"] = f"Bearer {token}"
     return headers
 

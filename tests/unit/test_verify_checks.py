@@ -209,3 +209,45 @@ def test_blob_answers_become_the_failure_line(probe, saw, fix, tmp_path: Path):
 def test_a_blob_write_that_worked_explains_nothing(tmp_path: Path):
     assert checks_core.explain_blob(stack_with(CONFIG, tmp_path), {"ok": True}) is None
     assert checks_core.explain_blob(stack_with(CONFIG, tmp_path), {}) is None
+
+
+# ------------------------------------------------- what the service is sent
+
+class StaticCredential:
+    """A credential as METAFLOW_MFHELM_SERVICE_CREDENTIAL names one (module:callable)."""
+
+    def get_token(self, *scopes: str, **kwargs: object) -> object:
+        from azure.core.credentials import AccessToken
+
+        return AccessToken(f"token-for-{scopes[0]}", int(time.time()) + 3600)
+
+
+class NoCredential:
+    def get_token(self, *scopes: str, **kwargs: object) -> object:
+        raise RuntimeError("AADSTS50173: the sign-in has expired")
+
+
+def test_service_headers_carry_the_config_headers_key_and_token(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config = CONFIG | {
+        "METAFLOW_SERVICE_HEADERS": json.dumps({"x-team": "ds"}),
+        "METAFLOW_SERVICE_AUTH_KEY": "k-123",
+        "METAFLOW_MFHELM_SERVICE_SCOPE": "api://app/.default",
+        "METAFLOW_MFHELM_SERVICE_CREDENTIAL": "test_verify_checks:StaticCredential",
+    }
+    assert checks_core.service_headers(config) == {
+        "x-team": "ds", "x-api-key": "k-123",
+        "Authorization": "Bearer token-for-api://app/.default"}
+    assert checks_core.service_headers(CONFIG) == {}
+
+
+def test_no_sign_in_token_is_the_metadata_layers_failure(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    config = CONFIG | {"METAFLOW_MFHELM_SERVICE_SCOPE": "api://app/.default",
+                       "METAFLOW_MFHELM_SERVICE_CREDENTIAL": "test_verify_checks:NoCredential"}
+    with pytest.raises(Failed) as err:
+        checks_core.check_metadata_service(stack_with(config, tmp_path), a_run(tmp_path))
+    assert err.value.saw.startswith("no sign-in token for api://app/.default: ")
+    assert "AADSTS50173" in err.value.saw
+    assert err.value.fix.startswith("sign in with `az login`")
