@@ -363,7 +363,9 @@ def install(
     typer.echo(f"release {info.name} revision {info.revision}: {info.status} "
                f"(chart {info.chart_version}, app {info.app_version})")
     if verify_after:
-        _verify(target, local=local, config_profile=None, timeout="15m", keep=False)
+        from mfhelm.verify.cli import DEFAULT_TIMEOUT
+
+        _verify(target, local=local, config_profile=None, timeout=DEFAULT_TIMEOUT, keep=False)
         return
     typer.echo("next: mfhelm status; mfhelm port-forward; mfhelm config")
 

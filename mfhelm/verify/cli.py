@@ -10,13 +10,16 @@ DEFAULT_TIMEOUT = "15m"
 
 
 def check_arguments(*, timeout: str, config_profile: str | None) -> Any:
-    """--timeout and --config-profile, refused in one line before anything else;
-    returns the Metaflow config file to use."""
+    """--timeout, --config-profile and the Metaflow config it names, refused in
+    one line before the cluster is asked anything (for `install --verify`,
+    before anything is installed); returns the config file to use."""
     from mfhelm.settings import check_timeout
-    from mfhelm.verify.core import config_file
+    from mfhelm.verify.core import config_file, load_config
 
     check_timeout(timeout)
-    return config_file(config_profile)
+    path = config_file(config_profile)
+    load_config(path)
+    return path
 
 
 def verify(target: Any, *, local: bool, config_profile: str | None, timeout: str,
