@@ -247,7 +247,7 @@ print("mfhelm-verify-probe " + json.dumps(out))
 def probe_blob(stack: Stack, run: Run) -> dict[str, Any]:
     """What Azure Blob answers this machine's credential for a write into the
     config's container (the probe above); {} if the probe itself could not run."""
-    done = _metaflow(stack, run, [sys.executable, "-c", _BLOB_PROBE], "probing Blob")
+    done = run_metaflow(stack, run, [sys.executable, "-c", _BLOB_PROBE], "probing Blob")
     found = [ln for ln in done.stdout.splitlines() if ln.startswith("mfhelm-verify-probe ")]
     try:
         return dict(json.loads(found[-1].split(" ", 1)[1])) if found else {}
@@ -283,9 +283,7 @@ def explain_blob(stack: Stack, probe: dict[str, Any]) -> Failed | None:
                       "sign in with `az login` (local: `mfhelm port-forward` forwards the token "
                       "emulator)")
     if kind in ("ServiceRequestError", "ConnectionError") or "connect" in message.lower():
-        return Failed(f"cannot reach Blob at {endpoint} ({message})",
-                      "local: start `mfhelm port-forward` (it forwards Azurite); azure: check "
-                      "that the storage account's network rules let your address in")
+        return _blob_unreachable(endpoint, message)
     if "CERTIFICATE_VERIFY_FAILED" in message:
         return Failed(f"TLS to Blob at {endpoint}: {message}",
                       "the CA bundle does not match the endpoint's certificate: write the "
@@ -317,7 +315,7 @@ def _last_line(output: str) -> str:
     return " ".join(lines[-1].split())[:200] if lines else "no output"
 
 
-def _metaflow(stack: Stack, run: Run, argv: list[str], what: str) -> Any:
+def run_metaflow(stack: Stack, run: Run, argv: list[str], what: str) -> Any:
     from mfhelm.verify.core import metaflow_env
 
     try:
@@ -328,12 +326,40 @@ def _metaflow(stack: Stack, run: Run, argv: list[str], what: str) -> Any:
                      f"waits: {' '.join(argv)}") from None
 
 
+def _blob_unreachable(endpoint: str, why: str) -> Failed:
+    return Failed(f"cannot reach Blob at {endpoint} ({why})",
+                  "local: start `mfhelm port-forward` (it forwards Azurite); azure: check "
+                  "that the storage account's network rules let your address in")
+
+
+def check_blob_reachable(stack: Stack, run: Run) -> None:
+    """A TCP connection to the Blob endpoint, before Metaflow is started: its
+    Azure client retries a refused connection for minutes."""
+    import socket
+
+    endpoint = stack.config["METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT"]
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if not parts.hostname or not port:
+        raise Failed(f"METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT {endpoint!r} is not a URL",
+                     "write the config again with `mfhelm config`")
+    try:
+        socket.create_connection((parts.hostname, port),
+                                 timeout=min(HTTP_TIMEOUT, _left(run))).close()
+    except OSError as exc:
+        raise _blob_unreachable(endpoint, _reason(exc)) from None
+
+
 def check_local_run(stack: Stack, run: Run) -> str:
+    check_blob_reachable(stack, run)
     run_id_file = run.workdir / "local-run-id"
     flow = str(run.workdir / FLOW_FILE)
     argv = [sys.executable, flow, "--no-pylint", "run", "--run-id-file", str(run_id_file)]
     by_hand = f"cd {run.workdir} && {' '.join(argv[:-2])}"
-    done = _metaflow(stack, run, argv, "the local run")
+    done = run_metaflow(stack, run, argv, "the local run")
     output = f"{done.stdout}\n{done.stderr}"
     if done.returncode != 0:
         raise explain_run(stack, run, output, by_hand)
@@ -341,7 +367,7 @@ def check_local_run(stack: Stack, run: Run) -> str:
     if not run_id:
         raise Failed("the run ended without a run id", f"run it by hand: {by_hand}")
     run.notes["local run"] = run_id
-    read = _metaflow(stack, run, [sys.executable, "-c", _READ_BACK, FLOW_NAME, run_id],
+    read = run_metaflow(stack, run, [sys.executable, "-c", _READ_BACK, FLOW_NAME, run_id],
                      "reading the run back (Metaflow's Client API)")
     if read.returncode != 0:
         raise explain_run(stack, run, f"{read.stdout}\n{read.stderr}", by_hand)

@@ -47,14 +47,15 @@ def mfhelm_argv(*args: str) -> list[str]:
 
 
 def user_run(cluster: Cluster, home: verify_env.UserHome, *args: str, tmpdir: Path,
-             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+             timeout: float = 600, env: dict[str, str] | None = None
+             ) -> subprocess.CompletedProcess[str]:
     """mfhelm in the user's environment (their HOME and Azure sign-in), the
     test cluster's kubeconfig given as a flag, scratch space in `tmpdir`."""
     tmpdir.mkdir(parents=True, exist_ok=True)
-    env = dict(home.env, TMPDIR=str(tmpdir),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{home.env['PATH']}")
+    full = dict(home.env, TMPDIR=str(tmpdir),
+                PATH=f"{Path(sys.executable).parent}{os.pathsep}{home.env['PATH']}") | (env or {})
     return subprocess.run(mfhelm_argv(*args, "--kubeconfig", str(cluster.kubeconfig)),
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full)
 
 
 def verify_args(ns: str, *extra: str) -> list[str]:
@@ -178,6 +179,27 @@ def test_blob_refusing_the_token_fails_the_local_run(cluster: Cluster, installed
     assert table["local run"] == "FAILED"
     assert table["ui"] == "not run"
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_blob_out_of_reach_fails_before_metaflow_starts(cluster: Cluster, installed,
+                                                       home: verify_env.UserHome,
+                                                       tmp_path: Path):
+    """The local profile's usual slip, Azurite not forwarded: refused at once
+    (Metaflow's Azure client would retry the connection for minutes)."""
+    ns, _ = installed
+    endpoint = f"https://127.0.0.1:{mfenv.free_port()}/devstoreaccount1/"
+    user = verify_env.UserHome(home.env, tmp_path / "mf" / "config.json", dict(home.config))
+    user.config_file.parent.mkdir()
+    user.write(METAFLOW_AZURE_STORAGE_BLOB_SERVICE_ENDPOINT=endpoint)
+    start = time.monotonic()
+    proc = user_run(cluster, user, *verify_args(ns), tmpdir=tmp_path / "tmp",
+                    env={"METAFLOW_HOME": str(user.config_file.parent)})
+    assert time.monotonic() - start < 60
+    assert error_line(proc) == (
+        f"mfhelm: error: local run: cannot reach Blob at {endpoint} (connection refused); "
+        "local: start `mfhelm port-forward` (it forwards Azurite); azure: check that the "
+        "storage account's network rules let your address in")
+    assert rows(proc.stdout)["ui"] == "not run"
 
 
 def test_metadata_service_down(cluster: Cluster, installed, azurite_https: mfenv.Azurite,
