@@ -319,7 +319,10 @@ def run_metaflow(stack: Stack, run: Run, argv: list[str], what: str) -> Any:
     from mfhelm.verify.core import metaflow_env
 
     try:
-        return proc.run(argv, timeout=_left(run), what=what, env=metaflow_env(stack))
+        # In the scratch directory: Metaflow keeps .metaflow/ and its temporary
+        # files in the working directory, which is not the user's to litter.
+        return proc.run(argv, timeout=_left(run), what=what, env=metaflow_env(stack),
+                        cwd=run.workdir)
     except proc.TimedOut:
         raise Failed(f"{what} did not finish before the --timeout ran out",
                      "give verify longer (--timeout), or run it by hand to see where it "

@@ -47,15 +47,15 @@ def mfhelm_argv(*args: str) -> list[str]:
 
 
 def user_run(cluster: Cluster, home: verify_env.UserHome, *args: str, tmpdir: Path,
-             timeout: float = 600, env: dict[str, str] | None = None
-             ) -> subprocess.CompletedProcess[str]:
+             timeout: float = 600, env: dict[str, str] | None = None,
+             cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """mfhelm in the user's environment (their HOME and Azure sign-in), the
     test cluster's kubeconfig given as a flag, scratch space in `tmpdir`."""
     tmpdir.mkdir(parents=True, exist_ok=True)
     full = dict(home.env, TMPDIR=str(tmpdir),
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{home.env['PATH']}") | (env or {})
     return subprocess.run(mfhelm_argv(*args, "--kubeconfig", str(cluster.kubeconfig)),
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=full)
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd, env=full)
 
 
 def verify_args(ns: str, *extra: str) -> list[str]:
@@ -146,13 +146,18 @@ def test_install_verify_passes_on_a_healthy_stack(installed, service: verify_env
     assert all(ln.startswith("> ") for ln in proc.stderr.splitlines()), proc.stderr
 
 
-def test_verify_again_and_its_scratch_space_goes(cluster: Cluster, installed,
-                                                 home: verify_env.UserHome, tmp_path: Path):
+def test_verify_again_leaving_nothing_behind(cluster: Cluster, installed,
+                                             home: verify_env.UserHome, tmp_path: Path):
+    """Its scratch space goes, and Metaflow's .metaflow/ and temporary files
+    stay in it, out of the directory verify was started in."""
     ns, _ = installed
-    proc = user_run(cluster, home, *verify_args(ns), tmpdir=tmp_path / "tmp")
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = user_run(cluster, home, *verify_args(ns), tmpdir=tmp_path / "tmp", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rows(proc.stdout)["local run"].startswith("ok run ")
     assert list((tmp_path / "tmp").iterdir()) == []
+    assert list(cwd.iterdir()) == []
 
 
 def test_blob_refusing_the_token_fails_the_local_run(cluster: Cluster, installed,
