@@ -77,7 +77,7 @@ lint: $(TEST_STAMP) ## ruff over the tree, mypy over mfhelm/
 	@$(BIN)/ruff check mfhelm tests
 	@$(BIN)/mypy mfhelm
 
-bench: $(TEST_STAMP) ## time `mfhelm --help` and `mfhelm render` (median of several runs)
+bench: $(TEST_STAMP) ## time `mfhelm --help`, `mfhelm render`, install and `mfhelm verify` (medians)
 	@$(PY) tests/bench/bench_cli.py $(BENCH_ARGS)
 
 # `make chart-push REGISTRY=registry.example.com/charts`: helm package + helm

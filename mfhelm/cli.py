@@ -320,6 +320,8 @@ def install(
     set_values: list[str] | None = SetOpt,
     allow_override: list[str] | None = AllowOpt,
     timeout: str = typer.Option("10m", "--timeout", help="How long helm waits."),
+    verify_after: bool = typer.Option(False, "--verify",
+                                      help="Then run `mfhelm verify` against the release."),
 ) -> None:
     """Install or upgrade the stack; a failed upgrade rolls back."""
     from mfhelm import settings as settings_mod
@@ -328,6 +330,10 @@ def install(
     from mfhelm.uservalues import UserValues
 
     settings_mod.check_timeout(timeout)
+    if verify_after:
+        from mfhelm.verify.cli import DEFAULT_TIMEOUT, check_arguments
+
+        check_arguments(timeout=DEFAULT_TIMEOUT, config_profile=None)
     source = chart_source(chart, chart_version, plain_http=plain_http)
     if isinstance(source, Path):
         from mfhelm.helm import find_chart
@@ -356,6 +362,11 @@ def install(
         step.close()
     typer.echo(f"release {info.name} revision {info.revision}: {info.status} "
                f"(chart {info.chart_version}, app {info.app_version})")
+    if verify_after:
+        from mfhelm.verify.cli import DEFAULT_TIMEOUT
+
+        _verify(target, local=local, config_profile=None, timeout=DEFAULT_TIMEOUT, keep=False)
+        return
     typer.echo("next: mfhelm status; mfhelm port-forward; mfhelm config")
 
 
@@ -395,6 +406,39 @@ def down(name: str = UpNameOpt) -> None:
     finally:
         step.close()
     typer.echo(f"deleted kind cluster {name}")
+
+
+def _verify(target: Any, *, local: bool, config_profile: str | None, timeout: str,
+            keep: bool) -> None:
+    from mfhelm.verify.cli import verify as verify_cmd
+
+    verify_cmd(target, local=local, config_profile=config_profile, timeout=timeout, keep=keep,
+               echo=typer.echo, warn=_echo_err)
+
+
+@app.command()
+def verify(
+    local: bool = typer.Option(False, "--local", help="A local-profile release (no mfhelm.toml)."),
+    settings_file: Path | None = SettingsOpt,
+    kubeconfig: str | None = KubeconfigOpt,
+    context: str | None = ContextOpt,
+    release: str | None = typer.Option(None, "--release", help="Release name."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace."),
+    config_profile: str | None = typer.Option(
+        None, "--config-profile", metavar="P",
+        help="Run with the Metaflow config config_P.json (default: $METAFLOW_PROFILE, "
+        "else config.json)."),
+    timeout: str = typer.Option("15m", "--timeout", help="How long verify may take in all."),
+    keep: bool = typer.Option(False, "--keep",
+                              help="Leave what verify created (templates, DAG files, its "
+                              "scratch directory)."),
+) -> None:
+    """Run a small flow through every layer of the stack, stopping at the first that fails."""
+    from mfhelm.verify.cli import check_arguments
+
+    check_arguments(timeout=timeout, config_profile=config_profile)
+    target = _target(settings_file, kubeconfig, context, release, namespace, local)
+    _verify(target, local=local, config_profile=config_profile, timeout=timeout, keep=keep)
 
 
 @app.command()

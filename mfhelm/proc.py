@@ -108,14 +108,15 @@ def start(argv: Sequence[str], *, stdin: int | IO[Any] | None = subprocess.DEVNU
           stdout: int | IO[Any] | None = subprocess.PIPE,
           stderr: int | IO[Any] | None = subprocess.PIPE, text: bool = True,
           env: Mapping[str, str] | None = None,
-          pass_fds: Sequence[int] = ()) -> subprocess.Popen[Any]:
+          pass_fds: Sequence[int] = (),
+          cwd: str | os.PathLike[str] | None = None) -> subprocess.Popen[Any]:
     """Popen in a new session (its own process group), registered until reaped."""
     with deferred_signals():
         try:
             child: subprocess.Popen[Any] = subprocess.Popen(
                 list(argv), stdin=stdin, stdout=stdout, stderr=stderr, text=text,
                 env=dict(env) if env is not None else None, pass_fds=tuple(pass_fds),
-                start_new_session=True)
+                start_new_session=True, cwd=cwd)
         except OSError as exc:
             raise MfhelmError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         with _lock:
@@ -208,7 +209,8 @@ def stop_all(grace: float | None = None) -> None:
 def run(argv: Sequence[str], *, timeout: float, what: str, input: str | bytes | None = None,
         capture: bool = True, text: bool = True, env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
-        started: Callable[[], None] | None = None) -> subprocess.CompletedProcess[Any]:
+        started: Callable[[], None] | None = None,
+        cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[Any]:
     """Run a child to completion within `timeout` seconds. On the timeout its
     group is stopped and TimedOut raised; on anything else (an interrupt)
     its group is stopped and the exception goes on. `started` is called once
@@ -216,7 +218,7 @@ def run(argv: Sequence[str], *, timeout: float, what: str, input: str | bytes | 
     child = start(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                   stdout=subprocess.PIPE if capture else None,
                   stderr=subprocess.PIPE if capture else None, text=text, env=env,
-                  pass_fds=pass_fds)
+                  pass_fds=pass_fds, cwd=cwd)
     try:
         if started is not None:
             started()

@@ -2,7 +2,8 @@
 belong to, and how a check fails.
 
 A check is a function `(stack, run) -> str`: it returns a short detail for
-the table (a run id, a count) or raises `Failed(saw, fix)`. It registers an
+the table (a run id, a count) or raises `Failed(saw, fix)` (or `Skipped(why)`
+when its layer cannot be reached from here). It registers an
 undo for everything it creates with `run.on_cleanup` before creating it, so
 a failure or Ctrl-C part way leaves nothing behind (unless `--keep`).
 """
@@ -30,6 +31,15 @@ class Failed(MfhelmError):
         self.fix = fix
 
 
+class Skipped(MfhelmError):
+    """Raised by a check that finds its layer out of reach from here (the UI
+    backend not forwarded): the table says `skipped (<why>)`, verify goes on."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 @dataclass(frozen=True)
 class Stack:
     """The installed stack, resolved once before the first check."""
@@ -54,6 +64,8 @@ class Run:
     keep: bool = False
     cleanups: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     api: Any = None              # kubernetes ApiClient for the stack's cluster
+    # What one check found for a later one, e.g. notes["local run"] = the run id.
+    notes: dict[str, str] = field(default_factory=dict)
 
     def on_cleanup(self, what: str, undo: Callable[[], None]) -> None:
         """Register an undo; they run last-first when verify ends (not with --keep)."""

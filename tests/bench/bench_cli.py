@@ -1,5 +1,6 @@
 """`make bench`: whole-process wall time of `mfhelm --help` and `mfhelm render`,
-and of `mfhelm install --local` against a raw `helm upgrade --install --wait`.
+of `mfhelm install --local` against a raw `helm upgrade --install --wait`,
+and of `mfhelm verify` on the test cluster (bench_verify.py).
 
 Prints the median of several runs against the targets (0.3 s and 1 s, and an
 install at most 1.3x the raw helm). The install comparison runs on the test
@@ -49,6 +50,8 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--install-runs", type=int, default=4,
                     help="alternating install runs on the test control plane (0: skip)")
+    ap.add_argument("--verify-runs", type=int, default=3,
+                    help="`mfhelm verify` runs on the test control plane (0: skip)")
     args = ap.parse_args()
     mfhelm = str(Path(sys.executable).with_name("mfhelm"))
     # The venv's pinned helm first, however this script was started.
@@ -73,6 +76,10 @@ def main() -> int:
         print(f"({args.runs} runs each, {os.cpu_count()} cores)")
     if args.install_runs > 0:
         missed |= not bench_install(mfhelm, args.install_runs)
+    if args.verify_runs > 0:
+        from bench_verify import bench_verify
+
+        bench_verify(args.verify_runs)
     return 1 if missed and args.strict else 0
 
 
