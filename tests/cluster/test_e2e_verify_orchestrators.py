@@ -1,0 +1,361 @@
+"""`mfhelm verify`'s orchestrator checks (mfhelm/verify/checks_orchestrators.py)
+against the real parts: Argo's workflow controller (argo.py), Argo Events'
+controller (test_e2e_argo_events.py), real Metaflow with the config `mfhelm
+config` writes, Azurite over HTTPS and the Entra-shaped token endpoint
+(metaflow_env.py). Each check function is called directly with a Stack and a
+Run built here (the runner, mfhelm/verify/core.py, is another part's).
+
+What stands in, and why:
+- the metadata service is `metaflow-local-service` (PyPI; Netflix's service
+  is on no registry), as in tests/access;
+- KWOK runs no container: a step pod is completed without Metaflow running
+  in it, so a run on Argo reaches its end (the controller's real behaviour
+  for a start -> end flow) but stores no artifact and no log. The test pins
+  that `argo run` gets through the Workflow and the placement and stops at
+  the read-back, naming the run; the read-back itself is proven on a run
+  Metaflow really ran on this host with the same config (Azurite, the
+  service), read with the same function.
+- the Argo Events webhook, bus and Sensor do not run (their pods are KWOK's):
+  `argo events` is shown failing with the webhook down; its way to a started
+  run is test_e2e_argo_events.py's delivery test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from mfhelm.stack import Target
+from mfhelm.verify import checks_orchestrators as orch
+from mfhelm.verify.model import Failed, Run, Stack
+
+from . import argo
+from . import metaflow_env as mfenv
+from .handle import Cluster
+
+pytestmark = pytest.mark.cluster
+
+RELEASE_NS = "metaflow"     # the config's in-cluster URLs name it
+GROUP = "ml-team"
+
+
+# --- the stack ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def metadata_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from access.metaflow_client_kit import start_metadata_service
+
+    service = start_metadata_service(tmp_path_factory.mktemp("metadata-service"))
+    yield service.url
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.Azurite,
+         entra_endpoint: mfenv.FakeEntra, metadata_service: str,
+         stack_outputs: dict[str, Any]) -> mfenv.MetaflowEnv:
+    """The data scientist's machine: `mfhelm config`'s file, the metadata
+    service a port-forward would give, Blob on Azurite."""
+    from mfhelm.settings import parse
+
+    settings = parse({"org_prefix": "acme", "location": "westeurope"})
+    return mfenv.build_metaflow_env(
+        tmp_path_factory.mktemp("verify-user"), azurite=azurite_https, entra=entra_endpoint,
+        metadata=mfenv.FakeMetadata(url=metadata_service), outputs=stack_outputs,
+        settings=settings)
+
+
+@pytest.fixture
+def as_user(user: mfenv.MetaflowEnv, monkeypatch: pytest.MonkeyPatch) -> mfenv.MetaflowEnv:
+    """The process environment is the user's shell (verify runs in it)."""
+    for key in list(os.environ):
+        if key not in user.env:
+            monkeypatch.delenv(key)
+    for key, value in user.env.items():
+        monkeypatch.setenv(key, value)
+    return user
+
+
+def _chart_objects(cluster: Cluster, flow_ns: str, *components: str) -> list[dict[str, Any]]:
+    from .test_e2e_argo_events import apply, render_chart
+
+    objs = [o for o in render_chart("metaflow", RELEASE_NS, flow_ns,
+                                    {"dataScientists": {"groups": [GROUP]}})
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+            in components]
+    for obj in objs:
+        apply(cluster, obj)
+    return objs
+
+
+@pytest.fixture
+def release(cluster: Cluster, user: mfenv.MetaflowEnv) -> Iterator[str]:
+    """The release's flows account and data-scientist Role in the flow namespace."""
+    if cluster.backend != "controlplane":
+        pytest.skip("needs the local control plane's CA to issue a user certificate "
+                    "(kind keeps its CA inside its node)")
+    from .test_e2e_argo_events import delete_objects
+
+    flow_ns = user.flow_namespace
+    for ns in (RELEASE_NS, flow_ns):
+        cluster.create_namespace(ns)
+    objs = _chart_objects(cluster, flow_ns, "flows", "data-scientists")
+    yield flow_ns
+    delete_objects(cluster, objs)
+
+
+def make_stack(user: mfenv.MetaflowEnv, kubeconfig: Path, *, events: bool = False) -> Stack:
+    return Stack(target=Target("metaflow", RELEASE_NS, kubeconfig=str(kubeconfig)),
+                 profile="local", flow_namespace=user.flow_namespace,
+                 chart_app_version="test", argo=True, argo_events=events, airflow=False,
+                 config=user.config, config_file=user.config_file)
+
+
+@contextlib.contextmanager
+def verify_run(cluster: Cluster, tmp_path: Path, timeout: float = 600) -> Iterator[Run]:
+    """A Run as the runner makes one; its cleanups run at the end (as without --keep)."""
+    run = Run(workdir=tmp_path / f"verify-{uuid.uuid4().hex[:6]}",
+              deadline=time.monotonic() + timeout, api=cluster.api_client())
+    run.workdir.mkdir(parents=True)
+    try:
+        yield run
+    finally:
+        for _what, undo in reversed(run.cleanups):
+            undo()
+
+
+def _templates(cluster: Cluster, ns: str) -> list[str]:
+    items = client.CustomObjectsApi(cluster.api_client()).list_namespaced_custom_object(
+        **orch.ARGO, namespace=ns, plural="workflowtemplates")["items"]
+    return [t["metadata"]["name"] for t in items]
+
+
+# --- argo create -------------------------------------------------------------------------
+
+def test_argo_create_lands_the_template_in_the_flow_namespace_and_cleans_up(
+        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user, tmp_path: Path):
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice)
+    with verify_run(cluster, tmp_path) as run:
+        detail = orch.argo_create(stack, run)
+        name = orch.template_name(run)
+        assert name.startswith("mfhelm-verify-")
+        assert detail == f"WorkflowTemplate {name} in {release}"
+        assert name in _templates(cluster, release)
+        # The undo was registered before the template was made.
+        assert [w for w, _ in run.cleanups] == [f"Workflows of {name}",
+                                                f"WorkflowTemplate {name}"]
+    assert name not in _templates(cluster, release)
+
+
+def test_argo_create_without_the_data_scientist_role_fails_with_the_403(
+        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user, tmp_path: Path):
+    bob = cluster.user_kubeconfig("bob", ("another-team",))  # no Role binds this group
+    stack = make_stack(as_user, bob)
+    with verify_run(cluster, tmp_path) as run, pytest.raises(Failed) as failed:
+        orch.argo_create(stack, run)
+    saw, fix = failed.value.saw, failed.value.fix
+    print(f"\nargo create as bob: {failed.value}")
+    assert saw.startswith("argo-workflows create: 403, bob cannot "), saw
+    assert "argoproj.io/workflowtemplates" in saw and release in saw, saw
+    assert "data-scientist Role" in fix and "mfhelm grant" in fix, fix
+
+
+# --- argo run ------------------------------------------------------------------------------
+
+@pytest.fixture
+def controller(cluster: Cluster, argo_build: argo.ArgoBuild, release: str
+               ) -> Iterator[argo.ArgoController]:
+    with argo.run_controller(cluster, argo_build, RELEASE_NS, release) as ctl:
+        yield ctl
+
+
+def test_argo_run_reaches_the_end_on_taskworkers_and_reads_back(
+        cluster: Cluster, controller: argo.ArgoController, release: str, as_user,
+        tmp_path: Path):
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice)
+    with verify_run(cluster, tmp_path) as run:
+        orch.argo_create(stack, run)
+        with pytest.raises(Failed) as failed:
+            orch.argo_run(stack, run)
+        name = orch.template_name(run)
+        [wf] = orch.workflows_of(run, release, name)
+        workflow = wf["metadata"]["name"]
+        # The real controller ran the flow to its end; its step pods were on
+        # the taskworkers node.
+        assert wf["status"]["phase"] == "Succeeded", wf["status"]
+        nodes = {n["displayName"]: n["phase"] for n in wf["status"]["nodes"].values()
+                 if n["type"] == "Pod"}
+        assert nodes == {"start": "Succeeded", "end": "Succeeded"}, nodes
+        assert orch.check_placement(stack, run, workflow) == [cluster.nodes["taskworkers"]]
+        # KWOK ran no container: nothing recorded the run. The check gets
+        # exactly to the read-back and names the run it looked for.
+        print(f"\nargo run on KWOK: {failed.value}")
+        assert failed.value.saw.startswith(f"MfhelmVerifyFlow/argo-{workflow}: "), failed.value
+    assert orch.workflows_of(run, release, name) == []
+    assert name not in _templates(cluster, release)
+
+
+def test_read_back_reads_the_artifact_and_log_of_a_run_metaflow_ran(
+        cluster: Cluster, as_user, tmp_path: Path, azurite_https: mfenv.Azurite):
+    """What `argo run` reads once its steps ran: here a run Metaflow ran on this
+    host with the same config (service, Blob over HTTPS with the Entra token)."""
+    stack = make_stack(as_user, cluster.kubeconfig)
+    with verify_run(cluster, tmp_path) as run:
+        done = orch.metaflow(stack, run, orch.FLOW_FILE, "run", what="a local run")
+        assert done.returncode == 0, done.stderr[-3000:]
+        run_id = next(line.split()[-1] for line in (done.stdout + done.stderr).splitlines()
+                      if " mfhelm-verify " in f" {line}")
+        assert orch.read_back(stack, run, f"MfhelmVerifyFlow/{run_id}") == "answer=42, log read"
+        # A run the service does not know fails with what was looked for.
+        with pytest.raises(Failed) as failed:
+            orch.read_back(stack, run, "MfhelmVerifyFlow/argo-nosuchrun")
+        assert failed.value.saw.startswith("MfhelmVerifyFlow/argo-nosuchrun: "), failed.value
+    container, _ = as_user.sysroot
+    assert any("/MfhelmVerifyFlow/" in b for b in azurite_https.blob_names(container))
+
+
+@contextlib.contextmanager
+def cordoned(cluster: Cluster, node: str) -> Iterator[None]:
+    core = cluster.core()
+    core.patch_node(node, {"spec": {"unschedulable": True}})
+    try:
+        yield
+    finally:
+        core.patch_node(node, {"spec": {"unschedulable": None}})
+
+
+def test_argo_run_with_the_taskworkers_node_cordoned_names_the_scheduler_and_quota(
+        cluster: Cluster, controller: argo.ArgoController, release: str, as_user,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    # No autoscaler here to say TriggeredScaleUp or not: the grace runs out.
+    monkeypatch.setattr(orch, "SCALE_UP_GRACE", 15.0)
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice)
+    with verify_run(cluster, tmp_path) as run:
+        orch.argo_create(stack, run)
+        with cordoned(cluster, cluster.nodes["taskworkers"]), pytest.raises(Failed) as failed:
+            orch.argo_run(stack, run)
+    saw, fix = failed.value.saw, failed.value.fix
+    print(f"\nargo run, taskworkers cordoned: {failed.value}")
+    assert saw.startswith("flow pod mfhelm-verify-"), saw
+    assert "Pending for" in saw and "nodes are available" in saw, saw
+    assert "unschedulable" in saw, saw
+    assert fix.startswith("no taskworkers node can take it; check the vCPU quota with "
+                          "`mfhelm doctor`"), fix
+
+
+def test_argo_run_without_the_flows_account_reports_the_argo_node_message(
+        cluster: Cluster, controller: argo.ArgoController, release: str, as_user,
+        tmp_path: Path):
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice)
+    account = as_user.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]
+    with verify_run(cluster, tmp_path) as run:
+        orch.argo_create(stack, run)
+        cluster.core().delete_namespaced_service_account(account, release)
+        with pytest.raises(Failed) as failed:
+            orch.argo_run(stack, run)
+    saw, fix = failed.value.saw, failed.value.fix
+    print(f"\nargo run without {account}: {failed.value}")
+    assert saw.startswith("Argo workflow mfhelm-verify-"), saw
+    assert ": start Error: " in saw and f'serviceaccount "{account}" not found' in saw, saw
+    assert fix == (f"the flows ServiceAccount is missing in {release}; "
+                   "`mfhelm install` makes it again"), fix
+
+
+# --- argo events -------------------------------------------------------------------------
+
+def test_argo_events_with_the_webhook_down_fails_at_publishing(
+        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import yaml
+
+    from .controlplane import ToolchainMissing
+    from .test_e2e_argo_events import (
+        COMPONENTS,
+        RELEASE,
+        delete_objects,
+        drop_events_objects,
+        ensure_events,
+        run_controller,
+    )
+
+    try:
+        build = ensure_events()
+    except ToolchainMissing as exc:
+        pytest.skip(reason=str(exc))
+    for doc in build.crd_files():
+        argo.apply(cluster, yaml.safe_load(doc.read_text()))
+    cluster.wait_for(lambda: _served(cluster, "sensors.argoproj.io") or None, 60,
+                     "the Sensor CRD to be served")
+    objs = _chart_objects(cluster, release, *COMPONENTS)
+    # Nothing listens where the config's webhook URL (a port-forward) points.
+    down = f"http://127.0.0.1:{mfenv.free_port()}/metaflow-event"
+    monkeypatch.setenv("METAFLOW_ARGO_EVENTS_WEBHOOK_URL", down)
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice, events=True)
+    try:
+        with run_controller(cluster, build, RELEASE, RELEASE_NS, release), \
+                verify_run(cluster, tmp_path) as run:
+            with pytest.raises(Failed) as failed:
+                orch.argo_events(stack, run)
+            name = orch.trigger_template_name(run)
+            sensors = client.CustomObjectsApi(cluster.api_client()).list_namespaced_custom_object(
+                **orch.ARGO, namespace=release, plural="sensors")["items"]
+            assert name in [s["metadata"]["name"] for s in sensors]
+    finally:
+        drop_events_objects(cluster, release)
+        delete_objects(cluster, objs)
+    saw, fix = failed.value.saw, failed.value.fix
+    print(f"\nargo events, webhook down: {failed.value}")
+    assert saw.startswith(f"the webhook {down} did not take the event: "), saw
+    assert "Connection refused" in saw, saw
+    assert "mfhelm port-forward" in fix, fix
+
+
+def _served(cluster: Cluster, crd: str) -> bool:
+    ext = client.ApiextensionsV1Api(cluster.api_client())
+    try:
+        got = ext.read_custom_resource_definition(crd)
+    except ApiException:
+        return False
+    return any(c.type == "Established" and c.status == "True"
+               for c in got.status.conditions or [])
+
+
+# --- which layers run --------------------------------------------------------------------
+
+def test_the_layers_in_order_and_when_they_run():
+    assert [c.name for c in orch.CHECKS] == ["argo create", "argo run", "argo events",
+                                             "airflow run"]
+    stack = Stack(target=Target("metaflow", RELEASE_NS), profile="local",
+                  flow_namespace="metaflow-flows", chart_app_version="test", argo=True,
+                  argo_events=False, airflow=False, config={},
+                  config_file=Path("config.json"))
+    on = {c.name: c.enabled(stack) for c in orch.CHECKS}
+    assert on == {"argo create": True, "argo run": True, "argo events": False,
+                  "airflow run": False}
+
+
+def test_the_shipped_flows_are_metaflow_flows():
+    for name, cls in ((orch.FLOW_FILE, orch.FLOW_CLASS),
+                      (orch.TRIGGER_FILE, orch.TRIGGER_CLASS)):
+        done = subprocess.run([sys.executable, str(orch.FLOWS_DIR / name), "--no-pylint",
+                               "show"], capture_output=True, text=True, check=False,
+                              env=mfenv.clean_environ() | {"USER": "ada"}, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"executing {cls}" in done.stderr, done.stderr
+        assert "Step start" in done.stdout and "Step end" in done.stdout, done.stdout
