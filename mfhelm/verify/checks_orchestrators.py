@@ -274,7 +274,7 @@ def _events_of(run: Run, ns: str, pod: str) -> list[Any]:
 
 
 def pending_problem(pod: Any, events: list[Any], now: float, created: float,
-                    grace: float = SCALE_UP_GRACE) -> Failed | None:
+                    grace: float | None = None) -> Failed | None:
     """A flow pod that will not get a node: the scheduler's reason and the fix.
     Waiting is fine while the autoscaler is adding a node (TriggeredScaleUp)."""
     from mfhelm import kube
@@ -298,7 +298,7 @@ def pending_problem(pod: Any, events: list[Any], now: float, created: float,
     if "NotTriggerScaleUp" in reasons:
         why = kube._scheduler_text(reasons["NotTriggerScaleUp"].message or "")
         return Failed(f"flow pod {name} Pending: {said}; the autoscaler: {why}", fix)
-    if "TriggeredScaleUp" in reasons or now - created < grace:
+    if "TriggeredScaleUp" in reasons or now - created < (grace or SCALE_UP_GRACE):
         return None
     return Failed(f"flow pod {name} Pending for {now - created:.0f}s: {said}", fix)
 
@@ -319,16 +319,20 @@ def node_failure(wf: dict[str, Any], stack: Stack) -> Failed:
         saw = f"Argo workflow {name} {wf['status'].get('phase')}" + (
             f": {message}" if message else "")
     ns = stack.flow_namespace
+    fix = pod_refusal_fix(message, ns, "the Argo controller") or (
+        f"see the step's log: `kubectl -n {ns} logs -l "
+        f"workflows.argoproj.io/workflow={name} -c main`")
+    return Failed(saw, fix)
+
+
+def pod_refusal_fix(message: str, ns: str, who: str) -> str | None:
+    """The fix for a flow pod the API server refused to create, if that is what it says."""
     low = message.lower()
     if "serviceaccount" in low and "not found" in low:
-        fix = (f"the flows ServiceAccount is missing in {ns}; `mfhelm install` makes it again")
-    elif "forbidden" in low:
-        fix = (f"the Argo controller or the flows account lacks its Role in {ns}; "
-               "`mfhelm install` makes it again")
-    else:
-        fix = (f"see the step's log: `kubectl -n {ns} logs -l "
-               f"workflows.argoproj.io/workflow={name} -c main`")
-    return Failed(saw, fix)
+        return f"the flows ServiceAccount is missing in {ns}; `mfhelm install` makes it again"
+    if "forbidden" in low:
+        return f"{who} lacks its Role in {ns}; `mfhelm install` makes it again"
+    return None
 
 
 def _workflow_pods(run: Run, ns: str, name: str) -> list[Any]:
@@ -634,18 +638,34 @@ def task_log(stack: Stack, run: Run, dag: str, run_id: str, task: str) -> str:
     return out
 
 
-def dag_failure(dag: str, run_id: str, tasks: dict[str, str | None], log: str) -> Failed:
+# The API server's reason in a task log: the Kubernetes client logs the
+# response body ({"kind":"Status",...,"message":"pods \"x\" is forbidden: ..."}).
+_STATUS_MESSAGE = re.compile(r'"message":\s*"((?:[^"\\]|\\.)*)"')
+
+
+def log_reason(log: str) -> str:
+    """What a failed task's log says went wrong, in one line."""
+    for line in reversed(log.splitlines()):
+        m = _STATUS_MESSAGE.search(line)
+        if m and ("HTTP response body" in line or '"kind":"Status"' in line):
+            return " ".join(json.loads(f'"{m.group(1)}"').split())[:300]
+    for line in reversed(log.splitlines()):
+        if " ERROR - " in line or "Exception" in line or "Error:" in line:
+            return " ".join(line.split(" ERROR - ")[-1].split())[:300]
+    return ""
+
+
+def dag_failure(dag: str, run_id: str, tasks: dict[str, str | None], log: str,
+                flow_ns: str) -> Failed:
     failed = sorted(t for t, s in tasks.items() if s in ("failed", "upstream_failed"))
     first = next((t for t in failed if tasks[t] == "failed"), failed[0] if failed else "")
     states = ", ".join(f"{t} {s}" for t, s in sorted(tasks.items()))
-    said = ""
-    for line in reversed(log.splitlines()):
-        if "ERROR" in line or "Error" in line or "Exception" in line:
-            said = " ".join(line.split())[:200]
-            break
+    said = log_reason(log)
+    fix = pod_refusal_fix(said, flow_ns, "the Airflow scheduler's account") or (
+        f"read task {first}'s log in the Airflow UI; a step pod that cannot start is "
+        f"shown by `kubectl -n {flow_ns} get events`")
     return Failed(f"DAG run {dag}/{run_id} failed ({states})" + (f": {said}" if said else ""),
-                  f"read task {first}'s log in the Airflow UI; a step pod that cannot start "
-                  "is shown by `kubectl -n <flow namespace> get events`")
+                  fix)
 
 
 def airflow_run(stack: Stack, run: Run) -> str:
@@ -682,7 +702,7 @@ def airflow_run(stack: Stack, run: Run) -> str:
         if state["state"] == "failed":
             failed = [t for t, s in state["tasks"].items() if s == "failed"]
             log = task_log(stack, run, dag, run_id, failed[0]) if failed else ""
-            raise dag_failure(dag, run_id, state["tasks"], log)
+            raise dag_failure(dag, run_id, state["tasks"], log, stack.flow_namespace)
         if time.monotonic() > run.deadline:
             raise Failed(f"DAG run {dag}/{run_id} still {state['state']} at the deadline "
                          f"({state['tasks']})",

@@ -257,6 +257,20 @@ def test_argo_run_with_the_taskworkers_node_cordoned_names_the_scheduler_and_quo
                           "`mfhelm doctor`"), fix
 
 
+@contextlib.contextmanager
+def without_account(cluster: Cluster, ns: str, account: str) -> Iterator[None]:
+    """The release's flows ServiceAccount deleted while inside, put back after."""
+    core = cluster.core()
+    kept = core.read_namespaced_service_account(account, ns)
+    core.delete_namespaced_service_account(account, ns)
+    try:
+        yield
+    finally:
+        core.create_namespaced_service_account(ns, client.V1ServiceAccount(
+            metadata=client.V1ObjectMeta(name=account, labels=kept.metadata.labels,
+                                         annotations=kept.metadata.annotations)))
+
+
 def test_argo_run_without_the_flows_account_reports_the_argo_node_message(
         cluster: Cluster, controller: argo.ArgoController, release: str, as_user,
         tmp_path: Path):
@@ -265,8 +279,7 @@ def test_argo_run_without_the_flows_account_reports_the_argo_node_message(
     account = as_user.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]
     with verify_run(cluster, tmp_path) as run:
         orch.argo_create(stack, run)
-        cluster.core().delete_namespaced_service_account(account, release)
-        with pytest.raises(Failed) as failed:
+        with without_account(cluster, release, account), pytest.raises(Failed) as failed:
             orch.argo_run(stack, run)
     saw, fix = failed.value.saw, failed.value.fix
     print(f"\nargo run without {account}: {failed.value}")
@@ -359,3 +372,85 @@ def test_the_shipped_flows_are_metaflow_flows():
         assert done.returncode == 0, done.stderr[-2000:]
         assert f"executing {cls}" in done.stderr, done.stderr
         assert "Step start" in done.stdout and "Step end" in done.stdout, done.stdout
+
+
+# --- airflow run ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def airflow(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
+            azurite_https: mfenv.Azurite, entra_endpoint: mfenv.FakeEntra,
+            metadata_service: str, stack_outputs: dict[str, Any]) -> Iterator[Any]:
+    import shutil
+
+    import pgserver
+
+    from .verify_airflow import airflow_stack
+
+    if pgserver.pg_bin() is None or not shutil.which("psql"):
+        pytest.skip("PostgreSQL server not installed (Debian package postgresql)")
+    if not cluster.exec_mounts:
+        pytest.skip("exec onto volumes requires mount namespaces (`unshare --mount`) on this host")
+    with airflow_stack(cluster, tmp_path_factory.mktemp("verify-airflow"),
+                       azurite=azurite_https, entra=entra_endpoint,
+                       metadata_url=metadata_service, outputs=stack_outputs) as stack:
+        yield stack
+
+
+def airflow_stack_of(af: Any) -> Stack:
+    return Stack(target=Target(af.release, af.namespace), profile="local",
+                 flow_namespace=af.flow_namespace, chart_app_version="test", argo=False,
+                 argo_events=False, airflow=True, config=af.user.config,
+                 config_file=af.user.config_file)
+
+
+@pytest.fixture
+def as_airflow_user(airflow: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for key in list(os.environ):
+        if key not in airflow.user.env:
+            monkeypatch.delenv(key)
+    for key, value in airflow.user.env.items():
+        monkeypatch.setenv(key, value)
+    return airflow
+
+
+def _dag_files(cluster: Cluster, af: Any) -> list[str]:
+    from .test_e2e_airflow_scheduler import _dag_folder
+
+    return sorted(p.name for p in _dag_folder(cluster, af.namespace).glob("*.py"))
+
+
+def test_airflow_run_succeeds_and_reads_the_task_log_from_blob(
+        cluster: Cluster, as_airflow_user: Any, tmp_path: Path, azurite_https: mfenv.Azurite):
+    af = as_airflow_user
+    stack = airflow_stack_of(af)
+    with verify_run(cluster, tmp_path) as run:
+        try:
+            detail = orch.airflow_run(stack, run)
+        except Failed:
+            print(af.scheduler_log.read_text(errors="replace")[-4000:])
+            raise
+        dag = orch.dag_id(run)
+        assert f"{dag}.py" in _dag_files(cluster, af)
+    print(f"\nairflow run: {detail}")
+    assert detail == (f"{dag}/{dag} success; start's log read from airflow-logs")
+    blobs = azurite_https.blob_names("airflow-logs", f"wasb-logs/dag_id={dag}/")
+    assert f"wasb-logs/dag_id={dag}/run_id={dag}/task_id=start/attempt=1.log" in blobs, blobs
+    assert f"{dag}.py" not in _dag_files(cluster, af)  # cleaned up
+
+
+def test_airflow_run_whose_dag_fails_names_the_task_and_its_error(
+        cluster: Cluster, as_airflow_user: Any, tmp_path: Path):
+    af = as_airflow_user
+    stack = airflow_stack_of(af)
+    account = af.user.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]
+    with without_account(cluster, af.flow_namespace, account), \
+            verify_run(cluster, tmp_path) as run, pytest.raises(Failed) as failed:
+        orch.airflow_run(stack, run)
+    saw, fix = failed.value.saw, failed.value.fix
+    print(f"\nairflow run without {account}: {failed.value}")
+    dag = orch.dag_id(run)
+    assert saw.startswith(f"DAG run {dag}/{dag} failed (end upstream_failed, start failed): "), saw
+    assert "is forbidden: error looking up service account" in saw, saw
+    assert f'serviceaccount "{account}" not found' in saw, saw
+    assert fix == (f"the flows ServiceAccount is missing in {af.flow_namespace}; "
+                   "`mfhelm install` makes it again"), fix
