@@ -39,6 +39,9 @@ LOGS_CONTAINER = "airflow-logs"
 # says at once (TriggeredScaleUp) that it is getting one.
 SCALE_UP_GRACE = 90.0
 SENSOR_GRACE = 180.0
+# An event published before the Sensor has subscribed is lost: publish a moment
+# after its pod is up, and again if no run has started a while later.
+SETTLE, REPUBLISH = 5.0, 60.0
 POLL = 2.0
 
 
@@ -534,17 +537,24 @@ def argo_events(stack: Stack, run: Run) -> str:
     sensor = name.replace(".", "-")
     wait_sensor(stack, run, sensor)
     before = {w["metadata"]["name"] for w in workflows_of(run, stack.flow_namespace, name)}
-    publish(stack, run, {"mfhelm_verify": tag(run)})
+    # A Sensor takes events from the bus once it has subscribed, a moment after
+    # its pod is up (no readiness tells when): an event that came first is not
+    # seen, so it is published again until a run starts.
+    time.sleep(SETTLE)
     waited = time.monotonic()
+    published = 0
     while True:
+        if time.monotonic() >= waited + published * REPUBLISH:
+            publish(stack, run, {"mfhelm_verify": tag(run)})
+            published += 1
         started = [w for w in workflows_of(run, stack.flow_namespace, name)
                    if w["metadata"]["name"] not in before]
         if started:
             return f"argo-{started[0]['metadata']['name']} started by event {EVENT}"
         if time.monotonic() > min(run.deadline, waited + SENSOR_GRACE):
             raise Failed(
-                f"the webhook took event {EVENT} but Sensor {sensor} started no run in "
-                f"{time.monotonic() - waited:.0f}s",
+                f"the webhook took event {EVENT} ({published}x) but Sensor {sensor} started "
+                f"no run in {time.monotonic() - waited:.0f}s",
                 f"see the Sensor's log: `kubectl -n {stack.flow_namespace} logs -l "
                 f"sensor-name={sensor}` (event bus down? the sensors account's Role?)")
         time.sleep(POLL)

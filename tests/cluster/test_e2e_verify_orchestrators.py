@@ -22,10 +22,14 @@ What stands in, and why:
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,11 +91,12 @@ def as_user(user: mfenv.MetaflowEnv, monkeypatch: pytest.MonkeyPatch) -> mfenv.M
     return user
 
 
-def _chart_objects(cluster: Cluster, flow_ns: str, *components: str) -> list[dict[str, Any]]:
+def _chart_objects(cluster: Cluster, flow_ns: str, *components: str,
+                   extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     from .test_e2e_argo_events import apply, render_chart
 
     objs = [o for o in render_chart("metaflow", RELEASE_NS, flow_ns,
-                                    {"dataScientists": {"groups": [GROUP]}})
+                                    {"dataScientists": {"groups": [GROUP]}, **(extra or {})})
             if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
             in components]
     for obj in objs:
@@ -291,9 +296,10 @@ def test_argo_run_without_the_flows_account_reports_the_argo_node_message(
 
 # --- argo events -------------------------------------------------------------------------
 
-def test_argo_events_with_the_webhook_down_fails_at_publishing(
-        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@contextlib.contextmanager
+def events_release(cluster: Cluster, flow_ns: str, extra: dict[str, Any]
+                   ) -> Iterator[tuple[Any, Any]]:
+    """Argo Events' CRDs, the chart's events objects and the real controller."""
     import yaml
 
     from .controlplane import ToolchainMissing
@@ -314,29 +320,176 @@ def test_argo_events_with_the_webhook_down_fails_at_publishing(
         argo.apply(cluster, yaml.safe_load(doc.read_text()))
     cluster.wait_for(lambda: _served(cluster, "sensors.argoproj.io") or None, 60,
                      "the Sensor CRD to be served")
-    objs = _chart_objects(cluster, release, *COMPONENTS)
+    objs = _chart_objects(cluster, flow_ns, *COMPONENTS, extra=extra)
+    try:
+        with run_controller(cluster, build, RELEASE, RELEASE_NS, flow_ns) as ctl:
+            yield build, ctl
+    finally:
+        drop_events_objects(cluster, flow_ns)
+        delete_objects(cluster, objs)
+
+
+def _sensor_names(cluster: Cluster, ns: str) -> list[str]:
+    return [s["metadata"]["name"] for s in client.CustomObjectsApi(cluster.api_client())
+            .list_namespaced_custom_object(**orch.ARGO, namespace=ns, plural="sensors")["items"]]
+
+
+def test_argo_events_with_the_webhook_down_fails_at_publishing(
+        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Nothing listens where the config's webhook URL (a port-forward) points.
     down = f"http://127.0.0.1:{mfenv.free_port()}/metaflow-event"
     monkeypatch.setenv("METAFLOW_ARGO_EVENTS_WEBHOOK_URL", down)
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     stack = make_stack(as_user, alice, events=True)
-    try:
-        with run_controller(cluster, build, RELEASE, RELEASE_NS, release), \
-                verify_run(cluster, tmp_path) as run:
-            with pytest.raises(Failed) as failed:
-                orch.argo_events(stack, run)
-            name = orch.trigger_template_name(run)
-            sensors = client.CustomObjectsApi(cluster.api_client()).list_namespaced_custom_object(
-                **orch.ARGO, namespace=release, plural="sensors")["items"]
-            assert name in [s["metadata"]["name"] for s in sensors]
-    finally:
-        drop_events_objects(cluster, release)
-        delete_objects(cluster, objs)
+    extra = {"argoEventsGlue": {"eventBus": {"replicas": 1}}}
+    with events_release(cluster, release, extra), verify_run(cluster, tmp_path) as run:
+        with pytest.raises(Failed) as failed:
+            orch.argo_events(stack, run)
+        name = orch.trigger_template_name(run)
+        assert name in _sensor_names(cluster, release)
+        assert name in _templates(cluster, release)
+    assert name not in _sensor_names(cluster, release)
     saw, fix = failed.value.saw, failed.value.fix
     print(f"\nargo events, webhook down: {failed.value}")
     assert saw.startswith(f"the webhook {down} did not take the event: "), saw
     assert "Connection refused" in saw, saw
     assert "mfhelm port-forward" in fix, fix
+
+
+def test_argo_events_an_event_published_to_the_webhook_starts_the_trigger_flow(
+        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The bus's NATS server, the webhook and the Sensor run on this host as
+    the controller specified their pods (test_e2e_argo_events.py's delivery
+    test does the same); the check publishes with Metaflow's ArgoEvent."""
+    from .controlplane import Processes, ToolchainMissing, ensure_tool
+    from .test_e2e_argo_events import NATS_TOOL
+
+    try:
+        nats_home, _ = ensure_tool(NATS_TOOL, "the Argo Events delivery test (the bus's server)")
+    except ToolchainMissing as exc:
+        pytest.skip(reason=str(exc))
+    port = mfenv.free_port()
+    url = f"http://127.0.0.1:{port}/metaflow-event"
+    monkeypatch.setenv("METAFLOW_ARGO_EVENTS_WEBHOOK_URL", url)
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice, events=True)
+    extra = {"argoEventsGlue": {"eventBus": {"replicas": 1},
+                                "webhook": {"port": port, "url": url}}}
+    procs = Processes(cluster.workdir / "logs")
+    try:
+        with events_release(cluster, release, extra) as (build, _ctl), \
+                verify_run(cluster, tmp_path) as run:
+            host = HostEvents(cluster, release, build, nats_home, procs,
+                              tmp_path / "host-pods")
+            host.start_bus()
+            delivery = threading.Thread(target=host.deliver,
+                                        args=(orch.trigger_template_name(run),), daemon=True)
+            delivery.start()
+            try:
+                detail = orch.argo_events(stack, run)
+            except Failed:
+                print("\n".join(f"{n}:\n{procs.tail(n, 15)}" for n in procs.running))
+                raise
+            finally:
+                delivery.join(timeout=30)
+            assert host.errors == []
+            name = orch.trigger_template_name(run)
+            [wf] = orch.workflows_of(run, release, name)
+            assert detail == f"argo-{wf['metadata']['name']} started by event mfhelm_verify"
+            assert json.loads(wf["metadata"]["annotations"]["metaflow/triggered_by"]) == \
+                [{"name": "mfhelm_verify", "type": "event"}]
+        assert orch.workflows_of(run, release, name) == []
+    finally:
+        procs.stop()
+    print(f"\nargo events: {detail}")
+
+
+class HostEvents:
+    """The bus, webhook and a Sensor of the flow namespace as host processes,
+    from the pod specs the real controller wrote (see test_e2e_argo_events.py)."""
+
+    def __init__(self, cluster: Cluster, ns: str, build: Any, nats_home: Path,
+                 procs: Any, workdir: Path) -> None:
+        self.cluster, self.ns, self.build, self.procs = cluster, ns, build, procs
+        self.nats_home, self.workdir = nats_home, workdir
+        self.service = f"eventbus-metaflow-eventbus-js-svc.{ns}.svc"
+        self.client_port = mfenv.free_port()
+        self.errors: list[BaseException] = []
+
+    def _spec(self, kind: str, selector: str) -> dict[str, Any]:
+        apps, api = self.cluster.apps(), self.cluster.api_client()
+
+        def found() -> Any:
+            if kind == "bus":
+                items = apps.list_namespaced_stateful_set(self.ns, label_selector=selector).items
+                items = [s for s in items if s.spec.replicas == 1]
+            else:
+                items = apps.list_namespaced_deployment(self.ns, label_selector=selector).items
+            return items[0] if items else None
+
+        workload = self.cluster.wait_for(found, 120, f"the controller's {kind} ({selector})")
+        return dict(api.sanitize_for_serialization(workload.spec.template.spec))
+
+    def _events_pod(self, spec: dict[str, Any], pod_name: str, sensor: bool) -> Any:
+        from .test_e2e_argo_events import SA_DIR, SENSOR_ACCOUNT, _host_pod
+
+        pod = _host_pod(self.cluster, self.ns, pod_name, spec, "main", self.workdir,
+                        {"/bin/argo-events": self.build.binary})
+        bus = json.loads(base64.b64decode(pod.env["EVENTBUS_CONFIG"]))
+        bus["jetstream"]["url"] = f"nats://{self.service}:{self.client_port}"
+        pod.env["EVENTBUS_CONFIG"] = base64.b64encode(json.dumps(bus).encode()).decode()
+        hosts = self.workdir / "hosts"
+        hosts.write_text(f"127.0.0.1 localhost {self.service} {self.service}.cluster.local\n")
+        pod.binds.append((hosts, "/etc/hosts"))
+        if sensor:
+            sa_dir = self.workdir / "sensor-account"
+            sa_dir.mkdir(parents=True, exist_ok=True)
+            (sa_dir / "token").write_text(
+                argo.service_account_token(self.cluster, self.ns, SENSOR_ACCOUNT))
+            (sa_dir / "namespace").write_text(self.ns)
+            shutil.copyfile(self.cluster.workdir / "pki" / "ca.crt", sa_dir / "ca.crt")
+            host, _, api_port = self.cluster.server.removeprefix("https://").rpartition(":")
+            pod.binds.append((sa_dir, SA_DIR))
+            pod.env.update(KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=api_port)
+        return pod
+
+    def start_bus(self) -> None:
+        from .test_e2e_argo_events import _host_pod, _log_has, _start_host_pod
+
+        nats = _host_pod(self.cluster, self.ns, "eventbus-metaflow-eventbus-js-0",
+                         self._spec("bus", "controller=eventbus-controller"), "main",
+                         self.workdir, {"/nats-server": self.nats_home / "bin" / "nats-server"})
+        conf = next(src for src, dst in nats.binds if dst == "/etc/nats-config") / "nats-js.conf"
+        conf.write_text(conf.read_text().replace("port: 4222", f"port: {self.client_port}")
+                        .replace("http: 8222", f"http: {mfenv.free_port()}"))
+        _start_host_pod(self.procs, "verify-nats", nats, self.workdir)
+        _log_has(self.procs, "verify-nats", "Server is ready", 30)
+
+    def deliver(self, sensor: str) -> None:
+        """The webhook and the Sensor bind the same metrics port (:7777), so on
+        one host they take turns, as in the delivery test: the Sensor once (its
+        durable consumer then exists on the bus), the webhook until it has put
+        the check's event on the bus, the Sensor again to take it off."""
+        from .test_e2e_argo_events import _log_has, _start_host_pod, _stop
+
+        try:
+            pod = self._events_pod(self._spec("sensor", f"sensor-name={sensor}"),
+                                   f"{sensor}-sensor-host", sensor=True)
+            _start_host_pod(self.procs, "verify-sensor", pod, self.workdir)
+            _log_has(self.procs, "verify-sensor", "started subscribing to events for trigger", 60)
+            _stop(self.procs, "verify-sensor")
+            webhook = self._events_pod(
+                self._spec("webhook", "eventsource-name=metaflow-webhook"),
+                "metaflow-webhook-host", sensor=False)
+            _start_host_pod(self.procs, "verify-webhook", webhook, self.workdir)
+            _log_has(self.procs, "verify-webhook", "Succeeded to publish an event", 120)
+            _stop(self.procs, "verify-webhook")
+            _start_host_pod(self.procs, "verify-sensor-again", pod, self.workdir)
+        except BaseException as exc:  # the check then fails; the test shows this too
+            self.errors.append(exc)
+            raise
 
 
 def _served(cluster: Cluster, crd: str) -> bool:
