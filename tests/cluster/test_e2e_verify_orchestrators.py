@@ -607,3 +607,62 @@ def test_airflow_run_whose_dag_fails_names_the_task_and_its_error(
     assert f'serviceaccount "{account}" not found' in saw, saw
     assert fix == (f"the flows ServiceAccount is missing in {af.flow_namespace}; "
                    "`mfhelm install` makes it again"), fix
+
+
+# --- a Pending flow pod, with what the cluster autoscaler says -----------------------------
+# No autoscaler runs here: these are the shapes of its events (reasons and
+# messages of cluster-autoscaler's TriggeredScaleUp and NotTriggerScaleUp)
+# on a pod the scheduler refused, as the API returns them.
+
+def _pending_pod(waiting: str | None = None) -> client.V1Pod:
+    statuses = None
+    if waiting:
+        statuses = [client.V1ContainerStatus(
+            name="main", image="x", image_id="", ready=False, restart_count=0,
+            state=client.V1ContainerState(waiting=client.V1ContainerStateWaiting(
+                reason=waiting, message='failed to pull image "acr.example/x:1"')))]
+    return client.V1Pod(metadata=client.V1ObjectMeta(name="wf-start-1"),
+                        spec=client.V1PodSpec(containers=[]),
+                        status=client.V1PodStatus(phase="Pending",
+                                                  container_statuses=statuses))
+
+
+def _event(reason: str, message: str) -> client.CoreV1Event:
+    return client.CoreV1Event(involved_object=client.V1ObjectReference(name="wf-start-1"),
+                              metadata=client.V1ObjectMeta(), reason=reason, message=message)
+
+
+SCHEDULER = ("0/3 nodes are available: 1 node(s) had untolerated taint(s), 2 node(s) didn't "
+             "match Pod's node affinity/selector. preemption: 0/3 nodes are available")
+
+
+def test_a_pending_flow_pod_waits_while_the_autoscaler_adds_a_node():
+    pod = _pending_pod()
+    refused = _event("FailedScheduling", SCHEDULER)
+    assert orch.pending_problem(pod, [refused], now=10, created=0, grace=90) is None
+    scaling = _event("TriggeredScaleUp", "pod triggered scale-up: [{taskworkers 0->1 (max: 3)}]")
+    assert orch.pending_problem(pod, [refused, scaling], now=500, created=0, grace=90) is None
+    late = orch.pending_problem(pod, [refused], now=120, created=0, grace=90)
+    assert late is not None and late.saw == (
+        "flow pod wf-start-1 Pending for 120s: 0/3 nodes are available: 1 node(s) had "
+        "untolerated taint(s), 2 node(s) didn't match Pod's node affinity/selector")
+
+
+def test_a_flow_pod_the_autoscaler_will_not_place_fails_at_once_with_its_reason():
+    pod = _pending_pod()
+    events = [_event("FailedScheduling", SCHEDULER),
+              _event("NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group "
+                     "size reached")]
+    failed = orch.pending_problem(pod, events, now=5, created=0, grace=90)
+    assert failed is not None
+    assert failed.saw.endswith("; the autoscaler: pod didn't trigger scale-up: 1 max node "
+                               "group size reached"), failed.saw
+    assert "check the vCPU quota with `mfhelm doctor`" in failed.fix
+
+
+def test_a_flow_pod_whose_image_cannot_be_pulled_says_so():
+    failed = orch.pending_problem(_pending_pod("ErrImagePull"), [], now=1, created=0)
+    assert failed is not None
+    assert failed.saw == ('flow pod wf-start-1 container main ErrImagePull (failed to pull '
+                          'image "acr.example/x:1")'), failed.saw
+    assert "cannot pull the flow image" in failed.fix
