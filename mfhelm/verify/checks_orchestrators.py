@@ -455,7 +455,10 @@ def argo_run(stack: Stack, run: Run) -> str:
                     "--run-id-file", str(run_id_file), what="argo-workflows trigger")
     if done.returncode != 0:
         raise metaflow_failure("argo-workflows trigger", done, stack)
-    run_id = run_id_file.read_text().strip()
+    run_id = run_id_file.read_text().strip() if run_id_file.exists() else ""
+    if not run_id.startswith("argo-"):
+        raise Failed(f"argo-workflows trigger wrote no run id: {_last_line(done.stderr)}",
+                     "run it by hand in the verify directory (--keep) to see the whole output")
     workflow = run_id.removeprefix("argo-")
     wait_workflow(stack, run, workflow)
     nodes = check_placement(stack, run, workflow)
@@ -706,7 +709,11 @@ def airflow_run(stack: Stack, run: Run) -> str:
         if code != 0:
             raise Failed(f"reading DAG run {dag}/{run_id} failed: {_last_line(err)}",
                          "see `mfhelm status` for the scheduler")
-        state = json.loads(out.strip().splitlines()[-1])
+        try:
+            state = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise Failed(f"reading DAG run {dag}/{run_id}: no answer from the scheduler pod "
+                         f"({_last_line(err)})", "see `mfhelm status` for the scheduler") from None
         if state["state"] == "success":
             break
         if state["state"] == "failed":

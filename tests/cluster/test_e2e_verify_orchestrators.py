@@ -296,26 +296,35 @@ def test_argo_run_without_the_flows_account_reports_the_argo_node_message(
 
 # --- argo events -------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def events_tools(cluster: Cluster) -> tuple[Any, Path]:
+    """Argo Events' build and the bus's NATS server, found in the tool cache
+    (under the tester's HOME) before a test makes HOME the user's."""
+    from .controlplane import ToolchainMissing, ensure_tool
+    from .test_e2e_argo_events import NATS_TOOL, ensure_events
+
+    try:
+        build = ensure_events()
+        nats_home, _ = ensure_tool(NATS_TOOL, "the Argo Events delivery test (the bus's server)")
+    except ToolchainMissing as exc:
+        pytest.skip(reason=str(exc))
+    return build, nats_home
+
+
 @contextlib.contextmanager
-def events_release(cluster: Cluster, flow_ns: str, extra: dict[str, Any]
-                   ) -> Iterator[tuple[Any, Any]]:
+def events_release(cluster: Cluster, build: Any, flow_ns: str, extra: dict[str, Any]
+                   ) -> Iterator[Any]:
     """Argo Events' CRDs, the chart's events objects and the real controller."""
     import yaml
 
-    from .controlplane import ToolchainMissing
     from .test_e2e_argo_events import (
         COMPONENTS,
         RELEASE,
         delete_objects,
         drop_events_objects,
-        ensure_events,
         run_controller,
     )
 
-    try:
-        build = ensure_events()
-    except ToolchainMissing as exc:
-        pytest.skip(reason=str(exc))
     for doc in build.crd_files():
         argo.apply(cluster, yaml.safe_load(doc.read_text()))
     cluster.wait_for(lambda: _served(cluster, "sensors.argoproj.io") or None, 60,
@@ -323,7 +332,7 @@ def events_release(cluster: Cluster, flow_ns: str, extra: dict[str, Any]
     objs = _chart_objects(cluster, flow_ns, *COMPONENTS, extra=extra)
     try:
         with run_controller(cluster, build, RELEASE, RELEASE_NS, flow_ns) as ctl:
-            yield build, ctl
+            yield ctl
     finally:
         drop_events_objects(cluster, flow_ns)
         delete_objects(cluster, objs)
@@ -335,15 +344,16 @@ def _sensor_names(cluster: Cluster, ns: str) -> list[str]:
 
 
 def test_argo_events_with_the_webhook_down_fails_at_publishing(
-        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+        cluster: Cluster, argo_build: argo.ArgoBuild, events_tools: tuple[Any, Path],
+        release: str, as_user, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # Nothing listens where the config's webhook URL (a port-forward) points.
     down = f"http://127.0.0.1:{mfenv.free_port()}/metaflow-event"
     monkeypatch.setenv("METAFLOW_ARGO_EVENTS_WEBHOOK_URL", down)
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     stack = make_stack(as_user, alice, events=True)
     extra = {"argoEventsGlue": {"eventBus": {"replicas": 1}}}
-    with events_release(cluster, release, extra), verify_run(cluster, tmp_path) as run:
+    with events_release(cluster, events_tools[0], release, extra), \
+            verify_run(cluster, tmp_path) as run:
         with pytest.raises(Failed) as failed:
             orch.argo_events(stack, run)
         name = orch.trigger_template_name(run)
@@ -358,18 +368,14 @@ def test_argo_events_with_the_webhook_down_fails_at_publishing(
 
 
 def test_argo_events_an_event_published_to_the_webhook_starts_the_trigger_flow(
-        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user,
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+        cluster: Cluster, argo_build: argo.ArgoBuild, events_tools: tuple[Any, Path],
+        release: str, as_user, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The bus's NATS server, the webhook and the Sensor run on this host as
     the controller specified their pods (test_e2e_argo_events.py's delivery
     test does the same); the check publishes with Metaflow's ArgoEvent."""
-    from .controlplane import Processes, ToolchainMissing, ensure_tool
-    from .test_e2e_argo_events import NATS_TOOL
+    from .controlplane import Processes
 
-    try:
-        nats_home, _ = ensure_tool(NATS_TOOL, "the Argo Events delivery test (the bus's server)")
-    except ToolchainMissing as exc:
-        pytest.skip(reason=str(exc))
+    build, nats_home = events_tools
     port = mfenv.free_port()
     url = f"http://127.0.0.1:{port}/metaflow-event"
     monkeypatch.setenv("METAFLOW_ARGO_EVENTS_WEBHOOK_URL", url)
@@ -379,7 +385,7 @@ def test_argo_events_an_event_published_to_the_webhook_starts_the_trigger_flow(
                                 "webhook": {"port": port, "url": url}}}
     procs = Processes(cluster.workdir / "logs")
     try:
-        with events_release(cluster, release, extra) as (build, _ctl), \
+        with events_release(cluster, build, release, extra), \
                 verify_run(cluster, tmp_path) as run:
             host = HostEvents(cluster, release, build, nats_home, procs,
                               tmp_path / "host-pods")
