@@ -321,7 +321,7 @@ def run_metaflow(stack: Stack, run: Run, argv: list[str], what: str) -> Any:
     try:
         # In the scratch directory: Metaflow keeps .metaflow/ and its temporary
         # files in the working directory, which is not the user's to litter.
-        return proc.run(argv, timeout=_left(run), what=what, env=metaflow_env(stack),
+        return proc.run(argv, timeout=_left(run), what=what, env=metaflow_env(stack, run),
                         cwd=run.workdir)
     except proc.TimedOut:
         raise Failed(f"{what} did not finish before the --timeout ran out",

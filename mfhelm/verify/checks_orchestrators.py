@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -70,41 +69,6 @@ def _left(run: Run) -> float:
     return run.deadline - time.monotonic()
 
 
-def _kubeconfig(stack: Stack, run: Run) -> str | None:
-    """The target's kubeconfig; with a context, a copy whose current context
-    is that one (Metaflow's Kubernetes client takes the current context)."""
-    path = stack.target.kubeconfig or os.environ.get("KUBECONFIG")
-    if not stack.target.context:
-        return path
-    import yaml
-
-    source = Path(path or Path.home() / ".kube" / "config").expanduser()
-    doc = yaml.safe_load(source.read_text())
-    doc["current-context"] = stack.target.context
-    copy = run.workdir / "kubeconfig"
-    copy.write_text(yaml.safe_dump(doc))
-    copy.chmod(0o600)
-    return str(copy)
-
-
-def metaflow_env(stack: Stack, run: Run) -> dict[str, str]:
-    """The user's environment with the Metaflow config verify checks: its
-    directory as METAFLOW_HOME, its profile (config_<p>.json) as METAFLOW_PROFILE."""
-    env = dict(os.environ)
-    env["METAFLOW_HOME"] = str(stack.config_file.parent)
-    profile = re.fullmatch(r"config_(.+)\.json", stack.config_file.name)
-    if profile:
-        env["METAFLOW_PROFILE"] = profile.group(1)
-    else:
-        env.pop("METAFLOW_PROFILE", None)
-    kubeconfig = _kubeconfig(stack, run)
-    if kubeconfig:
-        env["KUBECONFIG"] = kubeconfig
-    env.setdefault("USERNAME", env.get("USER") or "mfhelm-verify")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def flow_path(run: Run, name: str) -> Path:
     """The shipped flow in the run's directory (copied there if not yet)."""
     target = run.workdir / name
@@ -114,35 +78,23 @@ def flow_path(run: Run, name: str) -> Path:
     return target
 
 
-def _timeout(run: Run, what: str) -> float:
-    left = _left(run)
-    if left <= 0:
-        raise Failed(f"no time left for {what}", "give verify more time with --timeout")
-    return left
-
-
 def metaflow(stack: Stack, run: Run, flow: str, *args: str, what: str
              ) -> subprocess.CompletedProcess[str]:
     """`python <flow> --no-pylint <args>` in the run's directory, as the user would."""
+    from mfhelm.verify.checks_core import run_metaflow
+
     argv = [sys.executable, str(flow_path(run, flow)), "--no-pylint", *args]
-    try:
-        return subprocess.run(argv, cwd=run.workdir, env=metaflow_env(stack, run),
-                              capture_output=True, text=True, check=False,
-                              timeout=_timeout(run, what))
-    except subprocess.TimeoutExpired:
-        raise Failed(f"{what} did not finish before the deadline",
-                     "give verify more time with --timeout") from None
+    done: subprocess.CompletedProcess[str] = run_metaflow(stack, run, argv, what)
+    return done
 
 
 def python(stack: Stack, run: Run, code: str, *args: str, what: str
            ) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run([sys.executable, "-c", code, *args], cwd=run.workdir,
-                              env=metaflow_env(stack, run), capture_output=True, text=True,
-                              check=False, timeout=_timeout(run, what))
-    except subprocess.TimeoutExpired:
-        raise Failed(f"{what} did not finish before the deadline",
-                     "give verify more time with --timeout") from None
+    from mfhelm.verify.checks_core import run_metaflow
+
+    done: subprocess.CompletedProcess[str] = run_metaflow(
+        stack, run, [sys.executable, "-c", code, *args], what)
+    return done
 
 
 def _last_line(text: str) -> str:
@@ -225,8 +177,25 @@ def workflows_of(run: Run, ns: str, template: str) -> list[dict[str, Any]]:
 
 
 def _delete_workflows(run: Run, ns: str, template: str) -> None:
-    for wf in workflows_of(run, ns, template):
-        _delete_argo(run, ns, "workflows", wf["metadata"]["name"])
+    """The runs verify started. The data-scientist Role may not delete
+    Workflows (runs are shared history), so as a data scientist they stay,
+    and the line says who can remove them."""
+    from kubernetes.client.exceptions import ApiException
+
+    from mfhelm.errors import MfhelmError
+
+    names = [wf["metadata"]["name"] for wf in workflows_of(run, ns, template)]
+    for i, name in enumerate(names):
+        try:
+            _delete_argo(run, ns, "workflows", name)
+        except ApiException as exc:
+            if exc.status != 403:
+                raise
+            left = " ".join(names[i:])
+            raise MfhelmError(f"you may not delete Workflows in {ns} (the data-scientist Role "
+                              f"does not), so verify's runs stay: {left}; someone with the "
+                              f"right removes them with `kubectl delete workflows -n {ns} "
+                              f"{left}`") from None
 
 
 def _undo_template(stack: Stack, run: Run, name: str, *, sensor: bool = False) -> None:
@@ -314,7 +283,10 @@ def node_failure(wf: dict[str, Any], stack: Stack) -> Failed:
            and n.get("type") in ("Pod", "Retry")]
     bad = bad or [n for n in nodes if n.get("phase") in ("Failed", "Error") and n.get("message")]
     if bad:
-        node = sorted(bad, key=lambda n: n.get("startedAt") or "")[0]
+        # A step before Metaflow's hooks (its error-capture hook fails with the
+        # same refusal in the same second).
+        node = sorted(bad, key=lambda n: ("hook" in str(n.get("displayName")),
+                                          n.get("startedAt") or ""))[0]
         message = " ".join(str(node["message"]).split())[:300]
         saw = f"Argo workflow {name}: {node.get('displayName')} {node['phase']}: {message}"
     else:
@@ -515,6 +487,8 @@ ArgoEvent(sys.argv[1]).publish(json.loads(sys.argv[2]), ignore_errors=False)
 
 
 def webhook_url(stack: Stack, run: Run) -> str:
+    from mfhelm.verify.core import metaflow_env
+
     env = metaflow_env(stack, run)
     return env.get("METAFLOW_ARGO_EVENTS_WEBHOOK_URL") or stack.config.get(
         "METAFLOW_ARGO_EVENTS_WEBHOOK_URL", "")

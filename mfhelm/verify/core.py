@@ -105,9 +105,11 @@ def load_config(path: Path) -> dict[str, str]:
     return config
 
 
-def metaflow_env(stack: Stack) -> dict[str, str]:
+def metaflow_env(stack: Stack, run: Run | None = None) -> dict[str, str]:
     """The environment of a Metaflow process verify starts: the user's, with
-    Metaflow pointed at the config verify checked (its directory, its profile)."""
+    Metaflow pointed at the config verify checked (its directory, its profile)
+    and, given the run, at the stack's cluster (Metaflow's Kubernetes client
+    takes the kubeconfig's current context)."""
     env = dict(os.environ)
     env["METAFLOW_HOME"] = str(stack.config_file.parent)
     name = stack.config_file.name
@@ -115,8 +117,32 @@ def metaflow_env(stack: Stack) -> dict[str, str]:
         env["METAFLOW_PROFILE"] = name.removeprefix("config_").removesuffix(".json")
     else:
         env.pop("METAFLOW_PROFILE", None)
+    if run is not None:
+        kubeconfig = _kubeconfig(stack, run)
+        if kubeconfig:
+            env["KUBECONFIG"] = kubeconfig
+    env.setdefault("USERNAME", env.get("USER") or "mfhelm-verify")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _kubeconfig(stack: Stack, run: Run) -> str | None:
+    """The target's kubeconfig; with --context, a copy in the run's directory
+    whose current context is that one."""
+    path = stack.target.kubeconfig or os.environ.get("KUBECONFIG")
+    if not stack.target.context:
+        return path
+    import yaml
+
+    copy = run.workdir / "kubeconfig"
+    if not copy.exists():
+        source = Path(path or Path.home() / ".kube" / "config").expanduser()
+        doc = yaml.safe_load(source.read_text())
+        doc["current-context"] = stack.target.context
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        copy.touch(mode=0o600)
+        copy.write_text(yaml.safe_dump(doc))
+    return str(copy)
 
 
 # ------------------------------------------------------------- the release

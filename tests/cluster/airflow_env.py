@@ -108,7 +108,10 @@ def read_chart_settings(cluster: Cluster, ns: str) -> ChartSettings:
     env.update(extra)
     env["AIRFLOW__CORE__EXECUTOR"] = AIRFLOW_VALUES["executor"]
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    (mount,) = AIRFLOW_VALUES["volumeMounts"]
+    # Our airflow_local_settings.py (the chart also mounts the local CA, which
+    # the tests give the scheduler through REQUESTS_CA_BUNDLE instead).
+    (mount,) = [m for m in AIRFLOW_VALUES["volumeMounts"]
+                if m["mountPath"].endswith("/airflow_local_settings.py")]
     (volume,) = [v for v in AIRFLOW_VALUES["volumes"] if v["name"] == mount["name"]]
     local = _configmap(cluster, ns, volume["configMap"]["name"])[mount["subPath"]]
     return ChartSettings(env, extra, local, mount["mountPath"])

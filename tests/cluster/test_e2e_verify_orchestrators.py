@@ -40,6 +40,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from mfhelm.errors import MfhelmError
 from mfhelm.stack import Target
 from mfhelm.verify import checks_orchestrators as orch
 from mfhelm.verify.model import Failed, Run, Stack
@@ -209,6 +210,18 @@ def test_argo_run_reaches_the_end_on_taskworkers_and_reads_back(
         # exactly to the read-back and names the run it looked for.
         print(f"\nargo run on KWOK: {failed.value}")
         assert failed.value.saw.startswith(f"MfhelmVerifyFlow/argo-{workflow}: "), failed.value
+        # As alice (the data-scientist Role: no delete on Workflows) the run
+        # stays, and the cleanup's line names it and who can remove it.
+        from kubernetes import config as kube_config
+
+        as_alice = Run(workdir=run.workdir, deadline=run.deadline,
+                       api=kube_config.new_client_from_config(config_file=str(alice)))
+        with pytest.raises(MfhelmError) as refused:
+            orch._delete_workflows(as_alice, release, name)
+        assert str(refused.value).startswith(
+            f"you may not delete Workflows in {release} (the data-scientist Role does not), "
+            f"so verify's runs stay: {workflow}; "), refused.value
+        assert orch.workflows_of(run, release, name) != []
     assert orch.workflows_of(run, release, name) == []
     assert name not in _templates(cluster, release)
 
