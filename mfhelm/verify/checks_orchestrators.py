@@ -627,7 +627,7 @@ def task_log(stack: Stack, run: Run, dag: str, run_id: str, task: str) -> str:
 
 # The API server's reason in a task log: the Kubernetes client logs the
 # response body ({"kind":"Status",...,"message":"pods \"x\" is forbidden: ..."}).
-_STATUS_MESSAGE = re.compile(r'"message":\s*"((?:[^"\\]|\\.)*)"')
+_STATUS_MESSAGE = re.compile(r'"message":\s*"((?:[^"\\]|\\.)*)"', re.ASCII)
 
 
 def log_reason(log: str) -> str:

@@ -460,13 +460,14 @@ def _create_storage_class(api: Any) -> None:
 
 # The system and services pools' one fake node each stands for an autoscaled
 # pool that holds, here, the releases of every test at once (each test installs
-# its own stack and many stay up until the session ends): sized as one VM, the
+# its own stack and many stay up until the session ends; 8 CPUs filled up once the
+# local profile gained its token emulator and verify's tests came): sized as one VM, the
 # services node filled up and later installs waited out their --timeout with
 # pods Pending. What one VM bounds is a single pod, and the pods that come near
 # that bound are flow steps: the taskworkers node is one VM of its size.
 SERVICE_POOL_ROOM = {
-    "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "128Gi"},
-    "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "118Gi"},
+    "capacity": {"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "256Gi"},
+    "allocatable": {"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "236Gi"},
 }
 
 

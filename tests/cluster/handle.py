@@ -240,6 +240,17 @@ class Cluster:
                  60, f"service account default in namespace {name}")
         return name
 
+    def delete_namespace(self, name: str) -> None:
+        """Delete a test's namespace and what is in it (not waited for): its
+        pods stop holding the fake nodes' room for the tests after it."""
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core().delete_namespace(name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def pod_dir(self, namespace: str, pod: str) -> Path | None:
         """Host directory where `exec` into the pod runs (None on kind: real containers)."""
         if self._pod_root is None:

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,14 @@ def _namespaces_usable() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def local_release(cluster: Cluster) -> str:
+def local_release(cluster: Cluster) -> Iterator[str]:
     ns = cluster.create_namespace(f"lhttps-{uuid.uuid4().hex[:6]}")
-    proc = install_local(cluster, ns, RELEASE)
-    assert proc.returncode == 0, proc.stderr
-    return ns
+    try:
+        proc = install_local(cluster, ns, RELEASE)
+        assert proc.returncode == 0, proc.stderr
+        yield ns
+    finally:
+        cluster.delete_namespace(ns)
 
 
 def _secret(cluster: Cluster, ns: str, name: str) -> dict[str, str]:

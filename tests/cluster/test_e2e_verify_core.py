@@ -111,15 +111,18 @@ def home(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.Azurite,
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster, home: verify_env.UserHome,
               tmp_path_factory: pytest.TempPathFactory
-              ) -> tuple[str, subprocess.CompletedProcess[str]]:
+              ) -> Iterator[tuple[str, subprocess.CompletedProcess[str]]]:
     """One local release, installed with --verify (so the first verify is
     install's), shared by the tests below."""
     ns = cluster.create_namespace(f"vfy-{uuid.uuid4().hex[:6]}")
-    proc = user_run(cluster, home, "install", "--local", "--no-argo", "-n", ns, "--release",
-                    RELEASE, "--timeout", "5m", "--verify",
-                    tmpdir=tmp_path_factory.mktemp("install-tmp"), timeout=900)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return ns, proc
+    try:
+        proc = user_run(cluster, home, "install", "--local", "--no-argo", "-n", ns,
+                        "--release", RELEASE, "--timeout", "5m", "--verify",
+                        tmpdir=tmp_path_factory.mktemp("install-tmp"), timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        yield ns, proc
+    finally:
+        cluster.delete_namespace(ns)
 
 
 def test_install_verify_passes_on_a_healthy_stack(installed, service: verify_env.Service,

@@ -111,58 +111,61 @@ def airflow_stack(cluster: Cluster, work: Path, *, azurite: mfenv.Azurite,
     )
 
     ns = cluster.create_namespace(f"afv-{uuid.uuid4().hex[:6]}")
-    flow_ns = values.flows_namespace_for(ns)
-    settings = parse({"org_prefix": "acme", "location": "westeurope", "deploy_airflow": True,
-                      "helm": {"release": RELEASE, "namespace": ns, "flow_namespace": flow_ns}})
-    outputs = {**outputs, "serviceNamespace": ns, "flowNamespace": flow_ns,
-               "deployAirflow": True, "airflowLogsContainerName": LOGS_CONTAINER}
-    _install(cluster, ns, flow_ns, values.render_values(outputs, settings)["flows"])
-    user = mfenv.build_metaflow_env(work / "user", azurite=azurite, entra=entra,
-                                    metadata=mfenv.FakeMetadata(url=metadata_url),
-                                    outputs=outputs, settings=settings)
-    dags = _dag_folder(cluster, ns)
-    chart = afenv.read_chart_settings(cluster, ns)
-    with pgserver.running_server() as pg:
-        db_url = chart.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-        parts = urlsplit(db_url)
-        db_user, password = unquote(parts.username or ""), unquote(parts.password or "")
-        database = parts.path.lstrip("/")
-        admin = (pgserver.ADMIN, pgserver.ADMIN_PASSWORD, "postgres")
-        pg.psql(*admin, f"CREATE ROLE {db_user} LOGIN PASSWORD '{password}'")
-        pg.psql(*admin, f"GRANT {db_user} TO {pgserver.ADMIN}")
-        pg.psql(*admin, f"CREATE DATABASE {database} OWNER {db_user}")
-        home = work / "airflow-home"
-        (home / "config").mkdir(parents=True)
-        (home / "config" / "airflow_local_settings.py").write_text(
-            chart.local_settings + KWOK_LOG_POLICY)
-        conn_var = next(k for k in chart.from_extra_env if k.startswith("AIRFLOW_CONN_"))
-        conn = json.loads(chart.env[conn_var])
-        conn["extra"]["connection_string"] = afenv.move_blob_endpoint(
-            conn["extra"]["connection_string"], azurite.account_url)
-        moved_db = afenv.move_database(db_url, pg.host, pg.port)
-        env = mfenv.clean_environ() | chart.env | {
-            conn_var: json.dumps(conn),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": moved_db,
-            "AIRFLOW_CONN_AIRFLOW_DB": moved_db,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": DAG_FOLDER,
-            "HOME": str(home),
-            "PATH": f"{afenv.airflow_bin()}:/usr/bin:/bin",
-            "REQUESTS_CA_BUNDLE": str(azurite.ca_file),
-            "SSL_CERT_FILE": str(azurite.ca_file),
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": cluster.server.rsplit(":", 1)[1],
-        }
-        _ensure_container(azurite, LOGS_CONTAINER)
-        migrated = afenv.run_airflow(env, "db", "migrate")
-        if migrated.returncode != 0:
-            raise RuntimeError(migrated.stderr[-3000:])
-        pod = scheduler_pod(RELEASE)
-        pod.metadata.annotations[EXEC_PATH_ANNOTATION] = str(
-            _python_wrapper(work / "scheduler-pod-bin", env))
-        cluster.core().create_namespaced_pod(ns, pod)
-        cluster.wait_pod_ready(ns, pod.metadata.name, timeout=120)
-        sa = afenv.service_account_files(cluster, ns, "metaflow-airflow", work / "sa")
-        with _scheduler(env, home, sa, dags) as log:
-            yield AirflowStack(RELEASE, ns, flow_ns, env, user, log)
-    shutil.rmtree(home / "logs", ignore_errors=True)
+    try:
+        flow_ns = values.flows_namespace_for(ns)
+        settings = parse({"org_prefix": "acme", "location": "westeurope", "deploy_airflow": True,
+                          "helm": {"release": RELEASE, "namespace": ns, "flow_namespace": flow_ns}})
+        outputs = {**outputs, "serviceNamespace": ns, "flowNamespace": flow_ns,
+                   "deployAirflow": True, "airflowLogsContainerName": LOGS_CONTAINER}
+        _install(cluster, ns, flow_ns, values.render_values(outputs, settings)["flows"])
+        user = mfenv.build_metaflow_env(work / "user", azurite=azurite, entra=entra,
+                                        metadata=mfenv.FakeMetadata(url=metadata_url),
+                                        outputs=outputs, settings=settings)
+        dags = _dag_folder(cluster, ns)
+        chart = afenv.read_chart_settings(cluster, ns)
+        with pgserver.running_server() as pg:
+            db_url = chart.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+            parts = urlsplit(db_url)
+            db_user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            database = parts.path.lstrip("/")
+            admin = (pgserver.ADMIN, pgserver.ADMIN_PASSWORD, "postgres")
+            pg.psql(*admin, f"CREATE ROLE {db_user} LOGIN PASSWORD '{password}'")
+            pg.psql(*admin, f"GRANT {db_user} TO {pgserver.ADMIN}")
+            pg.psql(*admin, f"CREATE DATABASE {database} OWNER {db_user}")
+            home = work / "airflow-home"
+            (home / "config").mkdir(parents=True)
+            (home / "config" / "airflow_local_settings.py").write_text(
+                chart.local_settings + KWOK_LOG_POLICY)
+            conn_var = next(k for k in chart.from_extra_env if k.startswith("AIRFLOW_CONN_"))
+            conn = json.loads(chart.env[conn_var])
+            conn["extra"]["connection_string"] = afenv.move_blob_endpoint(
+                conn["extra"]["connection_string"], azurite.account_url)
+            moved_db = afenv.move_database(db_url, pg.host, pg.port)
+            env = mfenv.clean_environ() | chart.env | {
+                conn_var: json.dumps(conn),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": moved_db,
+                "AIRFLOW_CONN_AIRFLOW_DB": moved_db,
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": DAG_FOLDER,
+                "HOME": str(home),
+                "PATH": f"{afenv.airflow_bin()}:/usr/bin:/bin",
+                "REQUESTS_CA_BUNDLE": str(azurite.ca_file),
+                "SSL_CERT_FILE": str(azurite.ca_file),
+                "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                "KUBERNETES_SERVICE_PORT": cluster.server.rsplit(":", 1)[1],
+            }
+            _ensure_container(azurite, LOGS_CONTAINER)
+            migrated = afenv.run_airflow(env, "db", "migrate")
+            if migrated.returncode != 0:
+                raise RuntimeError(migrated.stderr[-3000:])
+            pod = scheduler_pod(RELEASE)
+            pod.metadata.annotations[EXEC_PATH_ANNOTATION] = str(
+                _python_wrapper(work / "scheduler-pod-bin", env))
+            cluster.core().create_namespaced_pod(ns, pod)
+            cluster.wait_pod_ready(ns, pod.metadata.name, timeout=120)
+            sa = afenv.service_account_files(cluster, ns, "metaflow-airflow", work / "sa")
+            with _scheduler(env, home, sa, dags) as log:
+                yield AirflowStack(RELEASE, ns, flow_ns, env, user, log)
+        shutil.rmtree(home / "logs", ignore_errors=True)
+    finally:
+        cluster.delete_namespace(ns)
