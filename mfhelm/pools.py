@@ -64,10 +64,36 @@ class Pool:
 SYSTEM_TAINT = Taint("CriticalAddonsOnly", "true")
 TASKWORKERS_TAINT = Taint(POOL_LABEL, "taskworkers")
 
+# The GPU pool (off by default) is part of the task workers: it carries their
+# label and taint, so the Metaflow config's one node selector and toleration
+# reach it, plus a taint keyed by the GPU resource name. Kubernetes'
+# ExtendedResourceToleration admission plugin (on in AKS's API server, see
+# AKS's FAQ) gives a pod that requests nvidia.com/gpu the toleration for that
+# key: a `@kubernetes(gpu=1)` step may land there with no argument of its own,
+# and a CPU step never does.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT = Taint(GPU_RESOURCE, "true")
+ACCELERATOR_LABEL = "mfhelm.io/accelerator"
+# AKS labels and taints the nodes of a Spot pool itself (scaleSetPriority Spot);
+# the Bicep declares the same taint so that a re-deploy sees no drift.
+SPOT_PRIORITY_LABEL = "kubernetes.azure.com/scalesetpriority"
+SPOT_TAINT = Taint(SPOT_PRIORITY_LABEL, "spot")
+
 SYSTEM = Pool("system", {AKS_MODE_LABEL: "system"}, (SYSTEM_TAINT,))
 SERVICES = Pool("services", {POOL_LABEL: "services"})
 TASKWORKERS = Pool("taskworkers", {POOL_LABEL: "taskworkers"}, (TASKWORKERS_TAINT,))
+GPU = Pool("gpu", {POOL_LABEL: "taskworkers", ACCELERATOR_LABEL: "nvidia"},
+           (TASKWORKERS_TAINT, GPU_TAINT))
+# A step goes to Spot with @kubernetes(node_selector="mfhelm.io/pool=spot"):
+# the Metaflow config tolerates the Spot taint, and the default node selector
+# (mfhelm.io/pool=taskworkers) keeps every other step off these nodes.
+SPOT = Pool("spot", {POOL_LABEL: "spot", SPOT_PRIORITY_LABEL: "spot"}, (SPOT_TAINT,))
+SPOT_NODE_SELECTOR = f"{POOL_LABEL}=spot"
+# The pools every mfhelm cluster has; `mfhelm up` makes one kind worker each.
 POOLS: tuple[Pool, ...] = (SYSTEM, SERVICES, TASKWORKERS)
+# Off by default on AKS ([aks] gpu_enabled, spot_enabled); the test cluster
+# has one fake node of each.
+OPTIONAL_POOLS: tuple[Pool, ...] = (GPU, SPOT)
 
 
 def pool_of(node_labels: Mapping[str, str] | None,
@@ -75,7 +101,8 @@ def pool_of(node_labels: Mapping[str, str] | None,
     """The pool a node belongs to, or None (e.g. kind's control-plane node).
     Taints given as dicts (key, value, effect), as on a Node's spec."""
     taints = list(node_taints or ())
-    for pool in POOLS:
+    # The GPU pool holds every label and taint of taskworkers: test it first.
+    for pool in (*OPTIONAL_POOLS, *POOLS):
         if pool.holds(node_labels, taints):
             return pool
     return None

@@ -90,6 +90,15 @@ class AksSettings(_Strict):
     task_vm_size: str = "Standard_D4s_v5"
     task_min_count: PoolCount = 0
     task_max_count: Annotated[int, Field(ge=1, le=1000)] = 5
+    # Optional pools (mfhelm.pools GPU, SPOT); both scale from zero.
+    gpu_enabled: bool = False
+    gpu_vm_size: str = "Standard_NC4as_T4_v3"
+    gpu_min_count: PoolCount = 0
+    gpu_max_count: Annotated[int, Field(ge=1, le=1000)] = 2
+    spot_enabled: bool = False
+    spot_vm_size: str = "Standard_D4s_v5"
+    spot_min_count: PoolCount = 0
+    spot_max_count: Annotated[int, Field(ge=1, le=1000)] = 5
 
     @field_validator("kubernetes_version")
     @classmethod
@@ -101,7 +110,8 @@ class AksSettings(_Strict):
                 "deploy)")
         return v
 
-    @field_validator("system_vm_size", "services_vm_size", "task_vm_size")
+    @field_validator("system_vm_size", "services_vm_size", "task_vm_size", "gpu_vm_size",
+                     "spot_vm_size")
     @classmethod
     def _vm_size(cls, v: str) -> str:
         if not VM_SIZE_RE.fullmatch(v):
@@ -116,6 +126,10 @@ class AksSettings(_Strict):
             raise ValueError("services_min_count must not exceed services_max_count")
         if self.task_min_count > self.task_max_count:
             raise ValueError("task_min_count must not exceed task_max_count")
+        if self.gpu_min_count > self.gpu_max_count:
+            raise ValueError("gpu_min_count must not exceed gpu_max_count")
+        if self.spot_min_count > self.spot_max_count:
+            raise ValueError("spot_min_count must not exceed spot_max_count")
         return self
 
 
@@ -245,6 +259,39 @@ class AccessSettings(_Strict):
         return bool(self.host)
 
 
+class RegistrySettings(_Strict):
+    """The stack's Azure Container Registry (bicep/modules/registry.bicep): where
+    `mfhelm image build` builds the flow image and AKS pulls it from."""
+
+    enabled: bool = True
+
+
+# A flow image by digest, as `mfhelm image build` records it:
+# <registry host>/<repository>@sha256:<64 hex digits>.
+IMAGE_REFERENCE_RE = re.compile(
+    r"\A[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?(:[0-9]{1,5})?"
+    r"/[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"@sha256:[0-9a-f]{64}\Z")
+
+
+class ImageSettings(_Strict):
+    """The flow image Metaflow's task pods start from. `mfhelm image build` sets
+    `reference`; `mfhelm config` writes it as METAFLOW_KUBERNETES_CONTAINER_IMAGE.
+    Empty: Metaflow's default (python:<minor>, dependencies pip-installed at
+    every task start)."""
+
+    reference: str = ""
+
+    @field_validator("reference")
+    @classmethod
+    def _reference(cls, v: str) -> str:
+        if v and not IMAGE_REFERENCE_RE.fullmatch(v):
+            raise ValueError(
+                "must be an image by digest, <registry>/<repository>@sha256:<64 hex digits>, "
+                f"as `mfhelm image build` records it, not {_shown(v)}")
+        return v
+
+
 class Settings(_Strict):
     """The whole `mfhelm.toml`."""
 
@@ -261,6 +308,8 @@ class Settings(_Strict):
     postgres: PostgresSettings = PostgresSettings()
     helm: HelmSettings = HelmSettings()
     access: AccessSettings = AccessSettings()
+    registry: RegistrySettings = RegistrySettings()
+    image: ImageSettings = ImageSettings()
 
     @model_validator(mode="before")
     @classmethod

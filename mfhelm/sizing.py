@@ -36,6 +36,7 @@ _KUBE_RESERVED_MILLICPU = {1: 60, 2: 100, 4: 140, 8: 180, 16: 260, 32: 420, 64: 
 class VmSize:
     vcpus: int
     memory_gib: int
+    gpus: int = 0
 
 
 # The sizes mfhelm defaults to (D2s_v5 system/services, D4s_v5 taskworkers) or
@@ -50,6 +51,12 @@ VM_SIZES: dict[str, VmSize] = {
     "standard_e4s_v5": VmSize(4, 32),
     "standard_e8s_v5": VmSize(8, 64),
     "standard_e16s_v5": VmSize(16, 128),
+    # NCasT4_v3 (NVIDIA T4): the GPU pool's default and its next steps up
+    # (Azure's "NCasT4_v3-series" size page).
+    "standard_nc4as_t4_v3": VmSize(4, 28, 1),
+    "standard_nc8as_t4_v3": VmSize(8, 56, 1),
+    "standard_nc16as_t4_v3": VmSize(16, 110, 1),
+    "standard_nc64as_t4_v3": VmSize(64, 440, 4),
 }
 
 
