@@ -38,6 +38,8 @@ import pytest
 from chartlib import SCENARIOS, render, renderable_chart
 from kubernetes import client
 
+from mfhelm.verify.checks_orchestrators import AIRFLOW_LOG
+
 from . import airflow_env as afenv
 from . import metaflow_env as mfenv
 from .handle import Cluster
@@ -52,26 +54,10 @@ RUN_ID = "mfhelm-e2e-1"
 LOGS_CONTAINER = "airflow-logs"
 RELEASE = "afe"
 
-# Reads a task's log the way the webserver's log view does (TaskLogReader
-# with the task from the serialized DAG); prints the handler's messages and
-# the log text.
-READ_LOG = """
-import sys
-from airflow.models import TaskInstance
-from airflow.models.dagbag import DagBag
-from airflow.utils.log.log_reader import TaskLogReader
-from airflow.utils.session import create_session
-
-dag_id, run_id, task_id = sys.argv[1:4]
-dag = DagBag(read_dags_from_db=True).get_dag(dag_id)
-with create_session() as session:
-    ti = session.query(TaskInstance).filter_by(
-        dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=-1).one()
-    ti.task = dag.get_task(task_id)
-    chunks, _ = TaskLogReader().read_log_chunks(ti, ti.try_number, {})
-for host, text in chunks[0]:
-    print(text)
-"""
+# Reads a task's log the way the webserver's log view does: the script
+# `mfhelm verify` runs in the scheduler (TaskLogReader with the task from the
+# serialized DAG); prints the handler's messages and the log text.
+READ_LOG = AIRFLOW_LOG
 
 
 # The one thing added to the chart's airflow_local_settings.py. A kubelet ends
