@@ -203,7 +203,10 @@ def _quota_checks(
                 f"check Usage + quotas for {key} in {loc} in the Azure portal",
             ))
             continue
-        detail = f"need {need} at max pool sizes, {usage.free} free ({usage.current}/{usage.limit})"
+        spot_note = " (the Spot pool counts in lowPriorityCores)" \
+            if key == "cores" and spot is not None else ""
+        detail = (f"need {need} at max pool sizes{spot_note}, {usage.free} free "
+                  f"({usage.current}/{usage.limit})")
         if need <= usage.free:
             checks.append(Check(name, True, detail))
         else:

@@ -505,7 +505,8 @@ def test_spot_pool_needs_spot_quota_and_not_the_standard_ones(fake):
     checks = by_name(run(fake, settings(aks=SPOT_ON)))
     assert failing(checks.values()) == []
     assert checks["vCPU quota standardDSv5Family"].detail.startswith("need 32 ")
-    assert checks["vCPU quota (regional total)"].detail.startswith("need 32 ")
+    assert checks["vCPU quota (regional total)"].detail == (
+        "need 32 at max pool sizes (the Spot pool counts in lowPriorityCores), 36 free (4/40)")
     # 5 nodes x 4 vCPUs at spot_max_count: exactly the 20 free
     assert checks["vCPU quota lowPriorityCores (Spot, regional)"].detail == (
         "need 20 at max pool sizes, 20 free (0/20)")

@@ -10,6 +10,7 @@ kube-reserved memory = min(20 MiB x max pods + 50 MiB, 25% of memory); then the
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -144,8 +145,10 @@ def test_the_bicep_defaults_are_the_settings_defaults():
 def test_the_printed_decorator_asks_kubernetes_for_what_fits_and_no_more(size):
     # The @resources line doctor prints, through Metaflow's own translation into a pod's
     # requests (metaflow 2.19.39, kube_utils) and Kubernetes' own quantity parser.
-    from kubernetes.utils.quantity import parse_quantity
-    from metaflow.plugins.kubernetes.kube_utils import qos_requests_and_limits
+    with warnings.catch_warnings():  # the kubernetes package imports PyYAML's old `_yaml`
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kubernetes.utils.quantity import parse_quantity
+        from metaflow.plugins.kubernetes.kube_utils import qos_requests_and_limits
 
     m = re.search(r"@resources\((?:gpu=(\d+), )?cpu=([0-9.]+), memory=(\d+)\)$",
                   sizing.largest_step(size))
