@@ -76,14 +76,37 @@ def check_helm() -> Check:
 
 # --- Azure ------------------------------------------------------------------------------
 
-def _pools(settings: Settings) -> list[tuple[str, str, int]]:
-    """(pool, VM size, max node count): the most the autoscaler may ask for."""
+@dataclass(frozen=True)
+class NodePool:
+    """One AKS node pool as the settings size it: the most the autoscaler may ask for."""
+
+    name: str  # the pool's name in the Bicep: system, services, taskworkers, gpu, spot
+    key: str  # its settings' prefix in [aks]: system_vm_size, task_max_count, ...
+    vm_size: str
+    max_count: int
+    spot: bool = False  # Spot VMs: their vCPUs count against lowPriorityCores only
+    steps: bool = False  # flow steps run there
+
+    @property
+    def size_setting(self) -> str:
+        return f"[aks] {self.key}_vm_size"
+
+
+def node_pools(settings: Settings) -> list[NodePool]:
+    """The pools a deployment with these settings creates; the GPU and Spot pools
+    only when enabled."""
     aks = settings.aks
-    return [
-        ("system", aks.system_vm_size, aks.system_max_count),
-        ("services", aks.services_vm_size, aks.services_max_count),
-        ("taskworkers", aks.task_vm_size, aks.task_max_count),
+    pools = [
+        NodePool("system", "system", aks.system_vm_size, aks.system_max_count),
+        NodePool("services", "services", aks.services_vm_size, aks.services_max_count),
+        NodePool("taskworkers", "task", aks.task_vm_size, aks.task_max_count, steps=True),
     ]
+    if aks.gpu_enabled:
+        pools.append(NodePool("gpu", "gpu", aks.gpu_vm_size, aks.gpu_max_count, steps=True))
+    if aks.spot_enabled:
+        pools.append(NodePool("spot", "spot", aks.spot_vm_size, aks.spot_max_count,
+                              spot=True, steps=True))
+    return pools
 
 
 def _provider_check(states: dict[str, str]) -> Check:
@@ -97,15 +120,13 @@ def _provider_check(states: dict[str, str]) -> Check:
 
 def _sku_checks(settings: Settings, skus: dict[str, VmSku]) -> list[Check]:
     loc = settings.location
-    by_size: dict[str, list[str]] = {}
-    for pool, size, _ in _pools(settings):
-        by_size.setdefault(size, []).append(pool)
+    by_size: dict[str, list[NodePool]] = {}
+    for pool in node_pools(settings):
+        by_size.setdefault(pool.vm_size, []).append(pool)
     checks = []
     for size, pools in by_size.items():
-        name = f"VM size {size} ({', '.join(pools)})"
-        setting = " / ".join(
-            f"[aks] {'task' if p == 'taskworkers' else p}_vm_size" for p in pools
-        )
+        name = f"VM size {size} ({', '.join(p.name for p in pools)})"
+        setting = " / ".join(p.size_setting for p in pools)
         sku = skus.get(size.lower())
         if sku is None:
             checks.append(Check(
@@ -124,27 +145,57 @@ def _sku_checks(settings: Settings, skus: dict[str, VmSku]) -> list[Check]:
             note = f"; zones {', '.join(sku.restricted_zones)} restricted" \
                 if sku.restricted_zones else ""
             zones = f", zones {', '.join(usable)}" if usable else ""
-            checks.append(Check(name, True, f"{sku.vcpus} vCPUs, {sku.family}{zones}{note}"))
+            gpus = f", {sku.gpus} GPU{'s' if sku.gpus > 1 else ''}" if sku.gpus else ""
+            checks.append(Check(
+                name, True, f"{sku.vcpus} vCPUs{gpus}, {sku.family}{zones}{note}"))
+            if any(p.spot for p in pools) and sku.spot_capable is False:
+                checks.append(Check(
+                    f"Spot VM size {size}", False,
+                    f"offered in {loc}, but not as a Spot VM (LowPriorityCapable is False)",
+                    "choose another size for [aks] spot_vm_size (Azure offers no Spot VMs of "
+                    "the B-series or of promo sizes)",
+                ))
     return checks
+
+
+SPOT_QUOTA = "lowPriorityCores"
 
 
 def _quota_checks(
     settings: Settings, skus: dict[str, VmSku], usages: dict[str, Usage]
 ) -> list[Check]:
+    """Regular VMs draw on two quotas at once, their family's and the regional
+    total (`cores`); Spot VMs on a third alone, the regional Spot total
+    (lowPriorityCores), whatever their family (Azure's "Increase spot vCPU
+    family quotas": standard quotas apply to pay-as-you-go and reserved VMs,
+    Spot quotas to Spot VMs across all VM families)."""
     loc = settings.location
     need_by_family: dict[str, int] = {}
     total = 0
-    for _, size, count in _pools(settings):
-        sku = skus.get(size.lower())
+    spot: int | None = None
+    for pool in node_pools(settings):
+        sku = skus.get(pool.vm_size.lower())
         if sku is None or not sku.family:
             continue  # the SKU check already failed
-        need_by_family[sku.family] = need_by_family.get(sku.family, 0) + sku.vcpus * count
-        total += sku.vcpus * count
+        vcpus = sku.vcpus * pool.max_count
+        if pool.spot:
+            spot = (spot or 0) + vcpus
+            continue
+        need_by_family[sku.family] = need_by_family.get(sku.family, 0) + vcpus
+        total += vcpus
     checks = []
-    wanted = [(fam, need) for fam, need in need_by_family.items()]
-    wanted.append(("cores", total))
-    for key, need in wanted:
-        name = "vCPU quota (regional total)" if key == "cores" else f"vCPU quota {key}"
+    lower = "lower the *_max_count values in [aks]"
+    wanted = [(fam, need, lower) for fam, need in need_by_family.items()]
+    wanted.append(("cores", total, lower))
+    if spot is not None:
+        wanted.append((SPOT_QUOTA, spot, "lower [aks] spot_max_count"))
+    for key, need, fewer in wanted:
+        if key == "cores":
+            name = "vCPU quota (regional total)"
+        elif key == SPOT_QUOTA:
+            name = f"vCPU quota {SPOT_QUOTA} (Spot, regional)"
+        else:
+            name = f"vCPU quota {key}"
         usage = usages.get(key.lower())
         if usage is None:
             checks.append(Check(
@@ -152,14 +203,17 @@ def _quota_checks(
                 f"check Usage + quotas for {key} in {loc} in the Azure portal",
             ))
             continue
-        detail = f"need {need} at max pool sizes, {usage.free} free ({usage.current}/{usage.limit})"
+        spot_note = " (the Spot pool counts in lowPriorityCores)" \
+            if key == "cores" and spot is not None else ""
+        detail = (f"need {need} at max pool sizes{spot_note}, {usage.free} free "
+                  f"({usage.current}/{usage.limit})")
         if need <= usage.free:
             checks.append(Check(name, True, detail))
         else:
             checks.append(Check(
                 name, False, detail,
                 f"request quota for {usage.name} in {loc}: need {need} vCPUs, {usage.free} free "
-                "(portal: Quotas > Compute), or lower the *_max_count values in [aks]",
+                f"(portal: Quotas > Compute), or {fewer}",
             ))
     return checks
 
@@ -299,10 +353,10 @@ def pool_size_checks(settings: Settings) -> list[Check]:
     from mfhelm.sizing import largest_step
 
     return [
-        Check(f"{pool} pool", True,
-              largest_step(size, "step" if pool == "taskworkers" else "pod"),
-              "" if pool != "taskworkers" else "bigger steps: a larger [aks] task_vm_size")
-        for pool, size, _ in _pools(settings)
+        Check(f"{pool.name} pool", True,
+              largest_step(pool.vm_size, "step" if pool.steps else "pod"),
+              f"bigger steps: a larger {pool.size_setting}" if pool.steps else "")
+        for pool in node_pools(settings)
     ]
 
 

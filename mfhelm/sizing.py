@@ -8,6 +8,12 @@ Sources (read 2026-12):
 - vCPUs and memory: Azure's VM size pages, "Dv5 and Dsv5-series" and
   "Ev5 and Esv5-series" (learn.microsoft.com/azure/virtual-machines/sizes).
   Memory is the nominal GiB Azure publishes; a real node reports a little less.
+- GPUs: Azure's "NCasT4_v3-series" page: NC4as_T4_v3 4 vCPUs, 28 GiB, 1 T4;
+  NC8as 8, 56, 1; NC16as 16, 110, 1; NC64as 64, 440, 4 (16 GiB per T4).
+- Metaflow's units: @resources/@kubernetes `memory=N` becomes the request
+  `<N>M` (kube_utils.qos_requests_and_limits, Metaflow 2.19.39): decimal
+  megabytes, 10^6 bytes, not MiB; `cpu` may be fractional; `gpu=N` requests
+  N `nvidia.com/gpu`, which a node advertises one per physical GPU.
 - Reservation: AKS "Node resource reservations"
   (learn.microsoft.com/azure/aks/node-resource-reservations), AKS 1.29+ Linux:
   kube-reserved CPU by core count from its table; kube-reserved memory is the
@@ -80,13 +86,24 @@ def allocatable(name: str, max_pods: int = BICEP_MAX_PODS) -> tuple[int, int] | 
     return cpu, memory
 
 
+def metaflow_memory(mib: int) -> int:
+    """MiB as the largest Metaflow `memory=` (megabytes of 10^6 bytes) that fits in it."""
+    return mib * 1024 * 1024 // 1_000_000
+
+
 def largest_step(name: str, what: str = "step", max_pods: int = BICEP_MAX_PODS) -> str:
-    """One line for `mfhelm doctor`: the biggest @resources a pool can place."""
+    """One line for `mfhelm doctor`: the biggest pod a pool can place; for a
+    pool of flow steps, as the @resources a data scientist writes."""
     got = allocatable(name, max_pods)
-    if got is None:
+    size = vm_size(name)
+    if got is None or size is None:
         return (f"largest {what} unknown: {name} is not in mfhelm's size table "
                 "(its vCPUs and memory less AKS's reservation)")
     cpu, mib = got
     gib = math.floor(mib * 10 / 1024) / 10  # rounded down: never promise more than fits
-    return (f"largest {what}: {cpu / 1000:g} CPU, {gib:g} GiB "
-            f"({name} less AKS's reservation)")
+    gpus = f"{size.gpus} GPU{'s' if size.gpus > 1 else ''}, " if size.gpus else ""
+    line = f"largest {what}: {gpus}{cpu / 1000:g} CPU, {gib:g} GiB ({name} less AKS's reservation)"
+    if what != "step":
+        return line
+    gpu_arg = f"gpu={size.gpus}, " if size.gpus else ""
+    return f"{line}: at most @resources({gpu_arg}cpu={cpu / 1000:g}, memory={metaflow_memory(mib)})"

@@ -49,6 +49,10 @@ class VmSku:
     location_restricted: bool = False
     restricted_zones: tuple[str, ...] = ()
     reason: str = ""
+    gpus: int = 0
+    # The SKU's LowPriorityCapable capability: whether it can run as a Spot VM
+    # (None when ARM does not say).
+    spot_capable: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -149,10 +153,7 @@ def vm_skus(
         if text(sku.resource_type).lower() != "virtualmachines" or not sku.name:
             continue
         caps = {c.name: c.value for c in sku.capabilities or [] if c.name}
-        try:
-            vcpus = int(caps.get("vCPUs") or 0)
-        except ValueError:
-            vcpus = 0
+        spot = str(caps.get("LowPriorityCapable") or "").lower()
         zones: tuple[str, ...] = ()
         for info in sku.location_info or []:
             if text(info.location).lower() == location.lower():
@@ -171,13 +172,23 @@ def vm_skus(
         result[sku.name.lower()] = VmSku(
             name=sku.name,
             family=text(sku.family),
-            vcpus=vcpus,
+            vcpus=_count(caps.get("vCPUs")),
             zones=zones,
             location_restricted=location_restricted,
             restricted_zones=tuple(sorted(set(restricted_zones))),
             reason=", ".join(sorted(set(reasons))),
+            gpus=_count(caps.get("GPUs")),
+            spot_capable={"true": True, "false": False}.get(spot),
         )
     return result
+
+
+def _count(value: Any) -> int:
+    """A SKU capability that counts something (vCPUs, GPUs); 0 when absent or unreadable."""
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def compute_usage(
@@ -188,7 +199,8 @@ def compute_usage(
     base_url: str | None = None,
 ) -> dict[str, Usage]:
     """Compute quotas in `location`, keyed by lower-cased usage name (`cores` is the
-    regional vCPU total; VM families look like `standarddsv5family`)."""
+    regional vCPU total of regular VMs; VM families look like `standarddsv5family`;
+    `lowprioritycores` is the regional Spot vCPU total, which no family shares)."""
     from azure.mgmt.compute import ComputeManagementClient
 
     client = ComputeManagementClient(credential, subscription_id, base_url=base_url)

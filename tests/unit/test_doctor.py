@@ -268,7 +268,8 @@ def test_a_row_per_pool_states_the_largest_pod_it_takes(tmp_path, monkeypatch):
     # D8s_v5: 8 vCPUs - 180m = 7.82; 32768 MiB - (20*110+50 = 2250) - 100 = 30418 MiB,
     # 29.70 GiB.
     assert rows["taskworkers pool"].detail == (
-        "largest step: 7.82 CPU, 29.7 GiB (Standard_D8s_v5 less AKS's reservation)")
+        "largest step: 7.82 CPU, 29.7 GiB (Standard_D8s_v5 less AKS's reservation): "
+        "at most @resources(cpu=7.82, memory=31895)")
     assert "task_vm_size" in rows["taskworkers pool"].fix
     # D2s_v5: 2 vCPUs - 100m = 1.9; 8192 MiB - min(2250, 2048) - 100 = 6044 MiB, 5.90 GiB.
     assert rows["system pool"].detail == (
@@ -276,6 +277,8 @@ def test_a_row_per_pool_states_the_largest_pod_it_takes(tmp_path, monkeypatch):
     assert rows["services pool"].detail.startswith("largest pod unknown: Standard_X9_v9")
     assert all(r.ok for r in rows.values())
     assert "largest step: 7.82 CPU" in rendered(list(rows.values()))
+    # The optional pools are off by default: no rows for them.
+    assert set(rows) == {"system pool", "services pool", "taskworkers pool"}
 
 
 # --- the sign-in app registration (issue 18) ------------------------------------------------
@@ -395,3 +398,168 @@ def test_an_object_id_given_as_client_id_names_the_right_one(fake):
     assert not row.ok
     assert row.detail == (f"{APP_OBJECT} is an app registration's object id, not its client "
                           f'id; set [access] client_id = "{APP_ID}"')
+
+
+# --- the GPU and Spot pools (issue 20) ------------------------------------------------------
+
+GPU_ON = {"gpu_enabled": True}  # Standard_NC4as_T4_v3, max 2 nodes: 8 vCPUs
+SPOT_ON = {"spot_enabled": True}  # Standard_D4s_v5, max 5 nodes: 20 vCPUs
+
+
+def serve_optional_pools(fake, skus=None, **usages):
+    """The healthy subscription plus the T4 size and the T4 family and Spot quotas."""
+    extra = [fake_arm.t4_sku()] if skus is None else skus
+    fake_arm.serve_skus(fake, fake_arm.default_skus() + extra)
+    fake.route("GET", fake_arm.usages_path(LOC), 200,
+               {"value": fake_arm.optional_pool_usages(**usages)})
+
+
+def quota_rows(checks):
+    return {c.name: c for c in checks if "quota" in c.name}
+
+
+@needs_helm
+def test_disabled_pools_add_no_rows_and_ask_for_no_quota(fake):
+    serve_optional_pools(fake, t4_family=(0, 0), spot=(0, 0))  # both would fail if asked
+    checks = run(fake)
+    assert failing(checks) == []
+    assert not [c for c in checks if "NC4as" in c.name or "lowPriority" in c.name
+                or c.name in ("gpu pool", "spot pool")]
+
+
+@needs_helm
+def test_gpu_pool_sku_family_quota_and_largest_step(fake):
+    serve_optional_pools(fake, t4_family=(0, 8))
+    checks = by_name(run(fake, settings(aks=GPU_ON)))
+    assert failing(checks.values()) == []
+    sku = checks["VM size Standard_NC4as_T4_v3 (gpu)"]
+    assert sku.detail == "4 vCPUs, 1 GPU, standardNCASv3_T4Family, zones 1, 2, 3"
+    # 2 nodes x 4 vCPUs at gpu_max_count: exactly the 8 free is enough
+    assert checks["vCPU quota standardNCASv3_T4Family"].detail == (
+        "need 8 at max pool sizes, 8 free (0/8)")
+    # 32 vCPUs of the CPU pools + 8 of the GPU pool against the regional total
+    assert checks["vCPU quota (regional total)"].detail.startswith("need 40 at max pool sizes")
+    gpu = checks["gpu pool"]
+    assert gpu.ok and gpu.detail == (
+        "largest step: 1 GPU, 3.86 CPU, 25.7 GiB (Standard_NC4as_T4_v3 less AKS's "
+        "reservation): at most @resources(gpu=1, cpu=3.86, memory=27600)")
+    assert gpu.fix == "bigger steps: a larger [aks] gpu_vm_size"
+    assert "spot pool" not in checks
+
+
+@needs_helm
+def test_gpu_family_quota_short_says_how_much_in_the_quota_rows_words(fake):
+    # New subscriptions usually get no GPU family quota at all.
+    serve_optional_pools(fake, t4_family=(0, 0))
+    (bad,) = failing(run(fake, settings(aks=GPU_ON | {"gpu_max_count": 3})))
+    assert bad.name == "vCPU quota standardNCASv3_T4Family"
+    assert bad.detail == "need 12 at max pool sizes, 0 free (0/0)"
+    assert bad.fix == (
+        "request quota for standardNCASv3_T4Family in westeurope: need 12 vCPUs, 0 free "
+        "(portal: Quotas > Compute), or lower the *_max_count values in [aks]")
+
+
+@needs_helm
+def test_gpu_pool_counts_in_the_regional_total(fake):
+    serve_optional_pools(fake)
+    usages = fake_arm.optional_pool_usages()
+    usages[1] = fake_arm.usage("cores", "Total Regional vCPUs", 4, 40)  # 36 free
+    fake.route("GET", fake_arm.usages_path(LOC), 200, {"value": usages})
+    assert failing(run(fake)) == []  # 32 without the GPU pool
+    (bad,) = failing(run(fake, settings(aks=GPU_ON)))  # 32 + 8 = 40 > 36
+    assert bad.name == "vCPU quota (regional total)"
+    assert bad.fix.startswith("request quota for cores in westeurope: need 40 vCPUs, 36 free")
+
+
+@needs_helm
+def test_gpu_size_not_offered_or_restricted(fake):
+    serve_optional_pools(fake, skus=[])
+    checks = run(fake, settings(aks=GPU_ON))
+    (bad,) = failing(checks)  # no family quota row: the family is unknown
+    assert bad.name == "VM size Standard_NC4as_T4_v3 (gpu)"
+    assert bad.detail == "not offered in westeurope"
+    assert bad.fix == ("choose another size for [aks] gpu_vm_size "
+                       "(az vm list-skus -l westeurope -o table)")
+    # the regional total still counts the pools whose size is known
+    assert by_name(checks)["vCPU quota (regional total)"].detail.startswith("need 32 ")
+
+    serve_optional_pools(fake, skus=[fake_arm.t4_sku(
+        restrictions=[fake_arm.location_restriction(LOC)])])
+    (bad,) = failing(run(fake, settings(aks=GPU_ON)))
+    assert bad.name == "VM size Standard_NC4as_T4_v3 (gpu)"
+    assert bad.detail == ("restricted for this subscription in westeurope "
+                          "(NotAvailableForSubscription)")
+    assert bad.fix.startswith("choose another size for [aks] gpu_vm_size, another location")
+
+
+@needs_helm
+def test_spot_pool_needs_spot_quota_and_not_the_standard_ones(fake):
+    # DSv5 has 96 free and the regional total 96: the CPU pools need 32, and the 20 Spot
+    # vCPUs of the same family would overflow both if they counted there (Azure:
+    # standard quotas cover pay-as-you-go and reserved VMs, Spot VMs their own).
+    serve_optional_pools(fake, spot=(0, 20))
+    usages = fake_arm.optional_pool_usages(spot=(0, 20))
+    usages[1] = fake_arm.usage("cores", "Total Regional vCPUs", 4, 40)
+    usages[2] = fake_arm.usage("standardDSv5Family", "Standard DSv5 Family vCPUs", 4, 40)
+    fake.route("GET", fake_arm.usages_path(LOC), 200, {"value": usages})
+    checks = by_name(run(fake, settings(aks=SPOT_ON)))
+    assert failing(checks.values()) == []
+    assert checks["vCPU quota standardDSv5Family"].detail.startswith("need 32 ")
+    assert checks["vCPU quota (regional total)"].detail == (
+        "need 32 at max pool sizes (the Spot pool counts in lowPriorityCores), 36 free (4/40)")
+    # 5 nodes x 4 vCPUs at spot_max_count: exactly the 20 free
+    assert checks["vCPU quota lowPriorityCores (Spot, regional)"].detail == (
+        "need 20 at max pool sizes, 20 free (0/20)")
+    # the Spot pool shares its size with the task workers: one SKU row names both
+    assert checks["VM size Standard_D4s_v5 (taskworkers, spot)"].ok
+    spot = checks["spot pool"]
+    assert spot.detail.endswith("at most @resources(cpu=3.86, memory=14715)")
+    assert spot.fix == "bigger steps: a larger [aks] spot_vm_size"
+
+
+@needs_helm
+def test_spot_quota_short_says_how_much(fake):
+    serve_optional_pools(fake, spot=(3, 10))
+    s = settings(aks=SPOT_ON | {"spot_vm_size": "Standard_E4s_v5", "spot_max_count": 4})
+    (bad,) = failing(run(fake, s))
+    assert bad.name == "vCPU quota lowPriorityCores (Spot, regional)"
+    assert bad.detail == "need 16 at max pool sizes, 7 free (3/10)"
+    assert bad.fix == (
+        "request quota for lowPriorityCores in westeurope: need 16 vCPUs, 7 free "
+        "(portal: Quotas > Compute), or lower [aks] spot_max_count")
+
+
+@needs_helm
+def test_spot_quota_missing_from_the_list_fails(fake):
+    fake_arm.serve_skus(fake, fake_arm.default_skus())
+    (bad,) = failing(run(fake, settings(aks=SPOT_ON)))  # default usages: no lowPriorityCores
+    assert bad.name == "vCPU quota lowPriorityCores (Spot, regional)"
+    assert bad.detail == "no quota entry for lowPriorityCores in westeurope"
+
+
+@needs_helm
+def test_a_size_that_takes_no_spot_vms_fails_for_the_spot_pool_only(fake):
+    d4 = fake_arm.with_capabilities(fake_arm.vm_sku("Standard_D4s_v5", "standardDSv5Family", 4),
+                                    LowPriorityCapable="False")
+    skus = [fake_arm.vm_sku("Standard_D2s_v5", "standardDSv5Family", 2), d4]
+    fake_arm.serve_skus(fake, skus)
+    fake.route("GET", fake_arm.usages_path(LOC), 200,
+               {"value": fake_arm.optional_pool_usages()})
+    assert failing(run(fake)) == []  # regular task workers of that size are fine
+    checks = run(fake, settings(aks=SPOT_ON))
+    (bad,) = failing(checks)
+    assert bad.name == "Spot VM size Standard_D4s_v5"
+    assert "LowPriorityCapable is False" in bad.detail
+    assert "[aks] spot_vm_size" in bad.fix
+    assert by_name(checks)["VM size Standard_D4s_v5 (taskworkers, spot)"].ok
+
+
+@needs_helm
+def test_both_pools_on_fail_and_pass_independently(fake):
+    serve_optional_pools(fake, t4_family=(0, 4), spot=(0, 40))
+    checks = run(fake, settings(aks=GPU_ON | SPOT_ON))
+    (bad,) = failing(checks)
+    assert bad.name == "vCPU quota standardNCASv3_T4Family"
+    names = [c.name for c in checks]
+    assert names[-5:] == ["system pool", "services pool", "taskworkers pool", "gpu pool",
+                          "spot pool"]

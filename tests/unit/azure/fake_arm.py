@@ -845,3 +845,29 @@ def serve_authorization(fake: FakeAzure, authz: Authorization) -> None:
     fake.handle_pattern("GET", rf"/subscriptions/.+{_RA}", listing)
     fake.handle_pattern("GET", r"/subscriptions/.+/providers/Microsoft\.Authorization/permissions",
                         permissions)
+
+
+# --- GPU and Spot pools (issue 20: doctor's SKU and quota rows) -----------------------------
+# ARM's resource SKU list names a GPU size's family (standardNCASv3_T4Family for NCasT4_v3)
+# and gives `GPUs` and `LowPriorityCapable` (whether it can run as a Spot VM) among its
+# capabilities; the Compute usage list counts Spot vCPUs in `lowPriorityCores`.
+
+def with_capabilities(sku: dict[str, Any], **caps: str) -> dict[str, Any]:
+    """The SKU with these capabilities added or replaced (values as ARM sends them: strings)."""
+    kept = [c for c in sku["capabilities"] if c["name"] not in caps]
+    return sku | {"capabilities": kept + [{"name": k, "value": v} for k, v in caps.items()]}
+
+
+def t4_sku(location: str = "westeurope", **over: Any) -> dict[str, Any]:
+    """Standard_NC4as_T4_v3 (4 vCPUs, 28 GiB, 1 T4) as ARM lists it."""
+    sku = vm_sku("Standard_NC4as_T4_v3", "standardNCASv3_T4Family", 4, location, **over)
+    return with_capabilities(sku, MemoryGB="28", GPUs="1", LowPriorityCapable="True")
+
+
+def optional_pool_usages(t4_family: tuple[int, int] = (0, 8),
+                         spot: tuple[int, int] = (0, 20)) -> list[dict[str, Any]]:
+    """default_usages() plus the T4 family and Spot quotas, each (current, limit)."""
+    return default_usages() + [
+        usage("standardNCASv3_T4Family", "Standard NCASv3_T4 Family vCPUs", *t4_family),
+        usage("lowPriorityCores", "Total Regional Low-priority vCPUs", *spot),
+    ]

@@ -107,3 +107,30 @@ def test_unknown_location_error_is_one_line(fake_azure, credential):
     )
     with pytest.raises(MfhelmError, match="could not read compute quota in nowhere: No registered"):
         preflight.compute_usage(SUB, "nowhere", **kw(fake_azure, credential))
+
+
+def test_vm_skus_read_gpus_and_whether_spot_is_offered(fake_azure, credential):
+    from fake_arm import t4_sku, with_capabilities
+
+    b2 = with_capabilities(vm_sku("Standard_B2s", "standardBSFamily", 2),
+                           LowPriorityCapable="False")
+    serve_skus(fake_azure, [t4_sku(), b2, vm_sku("Standard_D4s_v5", "standardDSv5Family", 4)])
+    got = preflight.vm_skus(SUB, LOC, **kw(fake_azure, credential))
+    t4 = got["standard_nc4as_t4_v3"]
+    assert (t4.family, t4.vcpus, t4.gpus, t4.spot_capable) == (
+        "standardNCASv3_T4Family", 4, 1, True)
+    assert (got["standard_b2s"].gpus, got["standard_b2s"].spot_capable) == (0, False)
+    assert got["standard_d4s_v5"].spot_capable is None  # ARM did not say
+
+
+def test_compute_usage_reads_gpu_family_and_spot_quota(fake_azure, credential):
+    from fake_arm import optional_pool_usages
+
+    fake_azure.route("GET", usages_path(LOC), 200,
+                     {"value": optional_pool_usages(t4_family=(4, 8), spot=(6, 20))})
+    got = preflight.compute_usage(SUB, LOC, **kw(fake_azure, credential))
+    t4 = got["standardncasv3_t4family"]
+    assert (t4.name, t4.free) == ("standardNCASv3_T4Family", 4)
+    spot = got["lowprioritycores"]
+    assert (spot.name, spot.display_name, spot.free) == (
+        "lowPriorityCores", "Total Regional Low-priority vCPUs", 14)
