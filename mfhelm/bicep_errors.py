@@ -143,6 +143,17 @@ def explain(failure: Failure) -> str:
     """One paragraph (no line breaks): what happened and the fix."""
     node = failure.node
     location = _first(_LOCATION_RE, node.message) or "this region"
+    if failure.kind == QUOTA and "lowprioritycores" in node.message.lower():
+        # Spot VMs count only against the regional Spot quota, whatever their
+        # family (Azure's "spot vCPU quotas" page).
+        return (
+            f"Azure refused to create the Spot pool because the Spot (low-priority) vCPU quota "
+            f"of your subscription in {location} is too small ({node.code}). Fix: request a "
+            "higher Spot quota in that region (Azure portal > Quotas > Compute, \"Total "
+            "Regional Spot vCPUs\"), or lower [aks] spot_max_count or choose a smaller "
+            "spot_vm_size in mfhelm.toml (`mfhelm doctor` shows what the pool needs), then run "
+            "`mfhelm deploy` again."
+        )
     if failure.kind == QUOTA:
         family = _first(_FAMILY_RE, node.message)
         what = f"the {family} vCPU quota" if family else "the regional vCPU quota"
@@ -160,7 +171,8 @@ def explain(failure: Failure) -> str:
             f"Azure has no free capacity for {what} in {location} right now ({node.code}); this "
             "is a temporary shortage in the region, not an error in your settings. Fix: set a "
             "different size for that pool under [aks] in mfhelm.toml (system_vm_size, "
-            "services_vm_size or task_vm_size) or choose another location, then run "
+            "services_vm_size, task_vm_size, gpu_vm_size or spot_vm_size) or choose another "
+            "location, then run "
             "`mfhelm deploy` again; retrying later with the same size may also work."
         )
     if failure.kind == SKU_UNAVAILABLE:

@@ -22,7 +22,8 @@ import pytest
 from pycep import BicepParser
 
 from mfhelm import bicep_deploy as bd
-from mfhelm.bicep_errors import explain_failure
+from mfhelm.bicep_errors import QUOTA as QUOTA_KIND
+from mfhelm.bicep_errors import classify, explain_failure
 from mfhelm.errors import MfhelmError
 from mfhelm.settings import parse
 
@@ -430,6 +431,20 @@ def test_explain_quota_names_family_region_and_fix():
     text = _one_paragraph(explain_failure(QUOTA))
     assert "standardDSv5Family" in text and "westeurope" in text
     assert "quota" in text.lower() and "[aks]" in text
+
+
+def test_explain_spot_quota_names_the_spot_quota_not_a_family():
+    # The message ARM gives when a Spot pool's VMs exceed the regional Spot quota.
+    spot = {"code": "DeploymentFailed", "message": "At least one resource deployment failed.",
+            "details": [{"code": "QuotaExceeded", "message": "Operation could not be completed "
+                         "as it results in exceeding approved LowPriorityCores quota. Additional "
+                         "details - Deployment Model: Resource Manager, Location: westeurope, "
+                         "Current Limit: 0, Current Usage: 0, Additional Required: 20."}]}
+    failure = classify(spot)
+    assert failure is not None and failure.kind == QUOTA_KIND
+    text = _one_paragraph(explain_failure(spot))
+    assert "Spot" in text and "spot_max_count" in text and "westeurope" in text
+    assert "family" not in text
 
 
 def test_explain_accepts_az_stderr_text_and_embedded_json_messages():
