@@ -44,6 +44,9 @@ CONTRACT_OUTPUTS = {
     "deployArgo": "bool", "deployAirflow": "bool",
     # Issue 18: the sign-in app's client id ('' with access off) and the add-on switch.
     "signinClientId": "string", "appRoutingEnabled": "bool",
+    # Issue 20: the flow image's registry ('' when [registry] is off) and the optional pools.
+    "registryName": "string", "registryLoginServer": "string",
+    "gpuPoolEnabled": "bool", "spotPoolEnabled": "bool",
 }
 # The pools' label and taints as AKS writes them (k=v:Effect), from mfhelm.pools.
 POOL_LABEL = pools.POOL_LABEL
@@ -920,6 +923,10 @@ SECURE_INPUTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "microsoft.network/privatednszones": (),
     "microsoft.network/privatednszones/virtualnetworklinks": (),
     "microsoft.containerservice/managedclusters": (),
+    "microsoft.containerservice/managedclusters/agentpools": (),
+    # registries@2025-11-01: the only {sensitive} property of the provider is a webhook's
+    # serviceUri; this stack creates no webhook.
+    "microsoft.containerregistry/registries": (),
     "microsoft.managedidentity/userassignedidentities": (),
     "microsoft.managedidentity/userassignedidentities/federatedidentitycredentials": (),
     "microsoft.storage/storageaccounts": (),
