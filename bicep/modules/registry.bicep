@@ -49,9 +49,7 @@ var tasksContributorRoleId = 'fb382eab-e894-4461-af04-94435c366c3f'
 
 resource registry 'Microsoft.ContainerRegistry/registries@2025-11-01' = {
   // checkov:skip=CKV_AZURE_139:the AKS nodes and ACR's build service reach the registry over its public endpoint (private endpoints need Premium and a private DNS zone); every request needs an Entra token
-  // checkov:skip=CKV_AZURE_163:vulnerability scanning is Microsoft Defender for Containers, a subscription plan the operator chooses, not a registry property
   // checkov:skip=CKV_AZURE_166:quarantine needs Premium and a scanner that releases each image; the flow image is built here from a pinned Dockerfile
-  // checkov:skip=CKV_AZURE_233:zone redundancy needs Premium; a registry outage delays new pods, it loses no data
   name: '${orgPrefix}acr${nameSuffix}'
   location: location
   tags: tags
