@@ -268,3 +268,17 @@ def test_the_pool_rule_flags_each_optional_pool_mistake(name, body, expected):
     problems = [p for p in R.node_pools_follow_contract(tpl) if not p.startswith("no ")]
     assert len(problems) == len(expected), problems
     assert all(p.startswith(e) for p, e in zip(problems, expected, strict=True)), problems
+
+
+def test_every_output_mfhelm_reads_is_one_main_bicep_writes(main):
+    """mfhelm.azure.outputs' lists (required and optional) are main.bicep's outputs, with
+    their types: an output mfhelm reads but the template does not write would be 'absent',
+    which for an optional one silently means off."""
+    from mfhelm.azure import outputs as mo
+
+    kinds = {**{n: "string" for n in (*mo.STRING_OUTPUTS, *mo.OPTIONAL_STRING_OUTPUTS)},
+             **{n: "bool" for n in (*mo.BOOL_OUTPUTS, *mo.OPTIONAL_BOOL_OUTPUTS)}}
+    assert kinds == R.CONTRACT_OUTPUTS
+    assert {n: o["type"] for n, o in main["outputs"].items()} == kinds
+    assert {"registryName", "registryLoginServer"} <= set(mo.OPTIONAL_STRING_OUTPUTS)
+    assert {"gpuPoolEnabled", "spotPoolEnabled"} <= set(mo.OPTIONAL_BOOL_OUTPUTS)
