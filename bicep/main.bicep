@@ -72,6 +72,41 @@ param taskMinCount int = 0
 @maxValue(1000)
 param taskMaxCount int = 5
 
+@description('Whether to create the GPU pool (off by default): NVIDIA task workers where only steps that request a GPU land.')
+param gpuPoolEnabled bool = false
+
+@description('VM size of the GPU pool, an NVIDIA size (the default has one T4).')
+param gpuVmSize string = 'Standard_NC4as_T4_v3'
+
+@description('Minimum node count of the GPU pool (0 lets it scale to zero).')
+@minValue(0)
+@maxValue(1000)
+param gpuMinCount int = 0
+
+@description('Maximum node count of the GPU pool.')
+@minValue(1)
+@maxValue(1000)
+param gpuMaxCount int = 2
+
+@description('Whether to create the Spot pool (off by default): Spot VMs for retryable steps that select mfhelm.io/pool=spot.')
+param spotPoolEnabled bool = false
+
+@description('VM size of the Spot pool.')
+param spotVmSize string = 'Standard_D4s_v5'
+
+@description('Minimum node count of the Spot pool (0 lets it scale to zero).')
+@minValue(0)
+@maxValue(1000)
+param spotMinCount int = 0
+
+@description('Maximum node count of the Spot pool.')
+@minValue(1)
+@maxValue(1000)
+param spotMaxCount int = 5
+
+@description('Whether to create the stack\'s container registry, where `mfhelm image build` builds the flow image and the nodes pull it from.')
+param registryEnabled bool = true
+
 @description('Current node count of each AKS pool that already exists, keyed by pool name. mfhelm reads it from the cluster before a re-deploy so the deploy keeps what the autoscaler chose; empty on the first deploy.')
 param existingPoolCounts object = {}
 
@@ -229,6 +264,14 @@ module aks 'modules/aks.bicep' = {
     taskVmSize: taskVmSize
     taskMinCount: taskMinCount
     taskMaxCount: taskMaxCount
+    gpuPoolEnabled: gpuPoolEnabled
+    gpuVmSize: gpuVmSize
+    gpuMinCount: gpuMinCount
+    gpuMaxCount: gpuMaxCount
+    spotPoolEnabled: spotPoolEnabled
+    spotVmSize: spotVmSize
+    spotMinCount: spotMinCount
+    spotMaxCount: spotMaxCount
     existingPoolCounts: existingPoolCounts
     deployerPrincipalId: deployerPrincipalId
     deployerPrincipalType: deployerPrincipalType
@@ -303,6 +346,22 @@ module postgres 'modules/postgres.bicep' = {
     privateDnsZoneId: network.outputs.postgresDnsZoneId
     databaseName: postgresDatabaseName
     deployAirflow: deployAirflow
+    tags: tags
+  }
+}
+
+// The flow image's registry: the nodes pull with the kubelet identity, the
+// deployer builds with ACR's build service.
+module registry 'modules/registry.bicep' = if (registryEnabled) {
+  name: 'mfhelm-registry'
+  scope: rg
+  params: {
+    location: location
+    orgPrefix: checkedOrgPrefix
+    nameSuffix: nameSuffix
+    kubeletPrincipalId: aks.outputs.kubeletPrincipalId
+    deployerPrincipalId: deployerPrincipalId
+    deployerPrincipalType: deployerPrincipalType
     tags: tags
   }
 }
@@ -425,3 +484,15 @@ output signinClientId string = createSigninApp ? signin.outputs.clientId : (acce
 
 @description('Whether the application-routing add-on (managed NGINX) is on.')
 output appRoutingEnabled bool = accessEnabled
+
+@description('Name of the container registry, or empty when [registry] enabled = false.')
+output registryName string = registryEnabled ? registry.outputs.name : ''
+
+@description('Login server of the container registry (the flow image\'s host), or empty when the registry is off.')
+output registryLoginServer string = registryEnabled ? registry.outputs.loginServer : ''
+
+@description('Whether the GPU pool exists (the chart then runs the NVIDIA device plugin).')
+output gpuPoolEnabled bool = aks.outputs.gpuPoolEnabled
+
+@description('Whether the Spot pool exists (the Metaflow config then tolerates the Spot taint).')
+output spotPoolEnabled bool = aks.outputs.spotPoolEnabled

@@ -135,6 +135,18 @@ def build_parameters(
         "taskVmSize": aks.task_vm_size,
         "taskMinCount": aks.task_min_count,
         "taskMaxCount": aks.task_max_count,
+        # The optional pools (issue 20): sent even when off, so that the template
+        # and mfhelm.toml never disagree about a default.
+        "gpuPoolEnabled": aks.gpu_enabled,
+        "gpuVmSize": aks.gpu_vm_size,
+        "gpuMinCount": aks.gpu_min_count,
+        "gpuMaxCount": aks.gpu_max_count,
+        "spotPoolEnabled": aks.spot_enabled,
+        "spotVmSize": aks.spot_vm_size,
+        "spotMinCount": aks.spot_min_count,
+        "spotMaxCount": aks.spot_max_count,
+        # The flow image's registry, on unless [registry] enabled = false.
+        "registryEnabled": settings.registry.enabled,
         "postgresVersion": pg.version,
         "postgresTier": pg.tier,
         "postgresSku": pg.sku,

@@ -1,6 +1,8 @@
 // AKS cluster with three autoscaled pools: `system` (tainted CriticalAddonsOnly,
 // AKS add-ons only), `services` (the chart's long-lived services) and
-// `taskworkers` (tainted, flow pods only). Local accounts are disabled: every
+// `taskworkers` (tainted, flow pods only), plus two optional ones, off by
+// default: `gpu` (NVIDIA, part of the task workers) and `spot` (Spot VMs,
+// evicted at Azure's will). Local accounts are disabled: every
 // kubeconfig, including the one `mfhelm install` fetches, is a user kubeconfig
 // authenticated with Entra ID and authorised by Azure RBAC.
 // The `mfhelm.io/pool` labels and taints are part of the contract with the
@@ -70,6 +72,38 @@ param taskMinCount int
 @maxValue(1000)
 param taskMaxCount int
 
+@description('Whether to create the GPU pool (`gpu`): task workers with NVIDIA GPUs, tainted so that only pods requesting nvidia.com/gpu land there.')
+param gpuPoolEnabled bool = false
+
+@description('VM size of the GPU pool (an NVIDIA size).')
+param gpuVmSize string = 'Standard_NC4as_T4_v3'
+
+@description('Minimum node count of the GPU pool (0 lets it scale to zero).')
+@minValue(0)
+@maxValue(1000)
+param gpuMinCount int = 0
+
+@description('Maximum node count of the GPU pool.')
+@minValue(1)
+@maxValue(1000)
+param gpuMaxCount int = 2
+
+@description('Whether to create the Spot pool (`spot`): Spot VMs for retryable steps that select it.')
+param spotPoolEnabled bool = false
+
+@description('VM size of the Spot pool.')
+param spotVmSize string = 'Standard_D4s_v5'
+
+@description('Minimum node count of the Spot pool (0 lets it scale to zero).')
+@minValue(0)
+@maxValue(1000)
+param spotMinCount int = 0
+
+@description('Maximum node count of the Spot pool.')
+@minValue(1)
+@maxValue(1000)
+param spotMaxCount int = 5
+
 @description('Current node count of each pool that already exists, keyed by pool name; empty on the first deploy.')
 param existingPoolCounts object = {}
 
@@ -107,6 +141,8 @@ var maxPodsPerNode = 110
 var systemCount = min(max(contains(existingPoolCounts, 'system') ? int(existingPoolCounts.system) : systemMinCount, systemMinCount), systemMaxCount)
 var servicesCount = min(max(contains(existingPoolCounts, 'services') ? int(existingPoolCounts.services) : servicesMinCount, servicesMinCount), servicesMaxCount)
 var taskCount = min(max(contains(existingPoolCounts, 'taskworkers') ? int(existingPoolCounts.taskworkers) : taskMinCount, taskMinCount), taskMaxCount)
+var gpuCount = min(max(contains(existingPoolCounts, 'gpu') ? int(existingPoolCounts.gpu) : gpuMinCount, gpuMinCount), gpuMaxCount)
+var spotCount = min(max(contains(existingPoolCounts, 'spot') ? int(existingPoolCounts.spot) : spotMinCount, spotMinCount), spotMaxCount)
 
 resource vnet 'Microsoft.Network/virtualNetworks@2025-09-01' existing = {
   name: vnetName
@@ -249,6 +285,88 @@ resource aks 'Microsoft.ContainerService/managedClusters@2025-07-01' = {
   }
 }
 
+// The optional pools are agentPools resources of their own, not entries of
+// agentPoolProfiles: AKS creates and updates a child pool through its own API
+// on a cluster that already exists (turning a pool on later is an ordinary
+// re-deploy), and a cluster PUT whose agentPoolProfiles leave a pool out does
+// not delete it. Turning a pool off therefore stops declaring it without
+// removing it: `az aks nodepool delete` does (bicep/README.md).
+
+// GPU task workers: the task workers' label and taint (so the Metaflow config's
+// one node selector and toleration reach them) plus the nvidia.com/gpu taint,
+// which only a pod that requests nvidia.com/gpu tolerates (Kubernetes'
+// ExtendedResourceToleration admission plugin, on in AKS). AKS installs the
+// NVIDIA driver on the nodes (gpuProfile.driver Install, GA at this API
+// version); the chart runs the device plugin that advertises nvidia.com/gpu.
+resource gpuPool 'Microsoft.ContainerService/managedClusters/agentPools@2025-07-01' = if (gpuPoolEnabled) {
+  // checkov:skip=CKV_AZURE_227:encryption at host needs the EncryptionAtHost feature registered on the subscription
+  // checkov:skip=CKV_AZURE_168:checkov reads no property of a conditional resource (it sees no maxPods); maxPods is maxPodsPerNode, 110, as on every pool (tests/bicep/test_bicep_compute.py)
+  parent: aks
+  name: 'gpu'
+  properties: {
+    mode: 'User'
+    osType: 'Linux'
+    type: 'VirtualMachineScaleSets'
+    vmSize: gpuVmSize
+    vnetSubnetID: nodeSubnet.id
+    maxPods: maxPodsPerNode
+    enableAutoScaling: true
+    count: gpuCount
+    minCount: gpuMinCount
+    maxCount: gpuMaxCount
+    gpuProfile: {
+      driver: 'Install'
+    }
+    nodeLabels: {
+      'mfhelm.io/pool': 'taskworkers'
+      'mfhelm.io/accelerator': 'nvidia'
+    }
+    nodeTaints: [
+      'mfhelm.io/pool=taskworkers:NoSchedule'
+      'nvidia.com/gpu=true:NoSchedule'
+    ]
+  }
+}
+
+// Spot task workers, for steps that select mfhelm.io/pool=spot (and should
+// carry @retry: an evicted node takes its pods with it). Evicted VMs are
+// deleted, not deallocated (their cores stop counting against the Spot
+// quota); the price cap is the on-demand price (-1), so nodes are evicted for
+// capacity only, never for price. AKS labels and taints Spot nodes itself
+// (kubernetes.azure.com/scalesetpriority=spot); the taint is declared too so
+// that the pool's definition matches what AKS reports.
+resource spotPool 'Microsoft.ContainerService/managedClusters/agentPools@2025-07-01' = if (spotPoolEnabled) {
+  // checkov:skip=CKV_AZURE_227:encryption at host needs the EncryptionAtHost feature registered on the subscription
+  // checkov:skip=CKV_AZURE_168:checkov reads no property of a conditional resource (it sees no maxPods); maxPods is maxPodsPerNode, 110, as on every pool (tests/bicep/test_bicep_compute.py)
+  parent: aks
+  name: 'spot'
+  // One pool operation at a time on the cluster.
+  dependsOn: [
+    gpuPool
+  ]
+  properties: {
+    mode: 'User'
+    osType: 'Linux'
+    type: 'VirtualMachineScaleSets'
+    vmSize: spotVmSize
+    vnetSubnetID: nodeSubnet.id
+    maxPods: maxPodsPerNode
+    enableAutoScaling: true
+    count: spotCount
+    minCount: spotMinCount
+    maxCount: spotMaxCount
+    scaleSetPriority: 'Spot'
+    scaleSetEvictionPolicy: 'Delete'
+    spotMaxPrice: -1
+    nodeLabels: {
+      'mfhelm.io/pool': 'spot'
+    }
+    nodeTaints: [
+      'kubernetes.azure.com/scalesetpriority=spot:NoSchedule'
+    ]
+  }
+}
+
 // Network Contributor on the node subnet, in a module so that the assignment
 // can be named from the cluster's principal ID (see subnet-role.bicep).
 module subnetRole 'subnet-role.bicep' = {
@@ -280,3 +398,12 @@ output oidcIssuerUrl string = aks.properties.oidcIssuerProfile.issuerURL
 // the branch of the ?: that is taken.
 @description('Object ID of the application-routing add-on\'s managed identity, or empty when the add-on is off.')
 output appRoutingPrincipalId string = appRoutingEnabled ? aks.properties.ingressProfile.webAppRouting.identity.objectId : ''
+
+@description('Object ID of the kubelet identity (the nodes\' identity, which pulls images).')
+output kubeletPrincipalId string = aks.properties.identityProfile.kubeletidentity.objectId
+
+@description('Whether the GPU pool is declared.')
+output gpuPoolEnabled bool = gpuPoolEnabled
+
+@description('Whether the Spot pool is declared.')
+output spotPoolEnabled bool = spotPoolEnabled

@@ -70,8 +70,13 @@ MAY_BE_EMPTY: frozenset[str] = frozenset({"airflowLogsContainerName"})
 # Added with the sign-in (issue 18): absent from older deployments, empty with
 # [access] off; when present, checked like the others (a client id goes into
 # the proxy's ServiceAccount annotation and config).
-OPTIONAL_STRING_OUTPUTS: tuple[str, ...] = ("signinClientId",)
-OPTIONAL_BOOL_OUTPUTS: tuple[str, ...] = ("appRoutingEnabled",)
+# Issue 20 adds four more of that kind: the flow image's registry (empty with
+# [registry] off; its login server becomes the host of every flow image) and
+# the optional GPU and Spot pools (absent means off).
+OPTIONAL_STRING_OUTPUTS: tuple[str, ...] = ("signinClientId", "registryName",
+                                            "registryLoginServer")
+OPTIONAL_BOOL_OUTPUTS: tuple[str, ...] = ("appRoutingEnabled", "gpuPoolEnabled",
+                                          "spotPoolEnabled")
 
 _NOT_DEPLOYED = "run `mfhelm deploy` first"
 
@@ -118,6 +123,8 @@ _PG_DATABASE_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_-]{0,62}\Z")
 _PG_LOGIN_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _PG_RESERVED_LOGINS = frozenset({"azure_superuser", "azure_pg_admin", "admin", "administrator",
                                  "root", "guest", "public"})
+# Container registry names: 5-50 letters and digits (registries' published type).
+_REGISTRY_RE = re.compile(r"\A[A-Za-z0-9]{5,50}\Z")
 _AKS_NAME_RE = re.compile(r"\A[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?\Z")
 _IDENTITY_RE = re.compile(r"\A[A-Za-z0-9][-_A-Za-z0-9]{2,127}\Z")
 
@@ -218,6 +225,11 @@ _RULES: dict[str, tuple[Any, str]] = {
     "serviceAccountService": _K8S_NAME,
     "serviceAccountFlows": _K8S_NAME,
     "serviceAccountAirflow": _K8S_NAME,
+    "registryName": (lambda v: bool(_REGISTRY_RE.fullmatch(v)),
+                     "a container registry name: 5-50 letters and digits"),
+    # A host, no scheme, port or path: an image reference is <host>/<repo>@sha256:...
+    "registryLoginServer": (is_host, "a registry login server: a DNS host name such as "
+                                     "<name>.azurecr.io"),
     "taskworkersLabelKey": (is_label_key, "a Kubernetes label key ([prefix/]name, name at most "
                                           "63 letters, digits, '-', '_', '.')"),
     "taskworkersLabelValue": (lambda v: bool(_LABEL_NAME_RE.fullmatch(v)),
@@ -258,6 +270,7 @@ def validate_outputs(outputs: dict[str, Any], source: str,
         check, rule = _RULES[name]
         if value and not check(value):
             raise MfhelmError(f"{source}: output {name} must be {rule}, got {_shown(value)}")
+    _check_registry_pair(outputs, source)
     for name in (*BOOL_OUTPUTS, *(n for n in OPTIONAL_BOOL_OUTPUTS if n in outputs)):
         value = outputs[name]
         if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -268,6 +281,18 @@ def validate_outputs(outputs: dict[str, Any], source: str,
     if settings is not None:
         check_settings(result, settings)
     return result
+
+
+def _check_registry_pair(outputs: dict[str, Any], source: str) -> None:
+    """Both registry outputs or neither: the login server is the registry's own host,
+    <name>.<registry DNS suffix> (Azure lowercases the name in it)."""
+    name = str(outputs.get("registryName") or "")
+    server = str(outputs.get("registryLoginServer") or "")
+    if bool(name) != bool(server) or (
+            name and not server.lower().startswith(f"{name.lower()}.")):
+        raise MfhelmError(
+            f"{source}: outputs registryName {_shown(name)} and registryLoginServer "
+            f"{_shown(server)} do not name the same registry; re-run `mfhelm deploy`")
 
 
 def check_settings(outputs: dict[str, Any], settings: Settings) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from pycep import BicepParser
 
 from mfhelm import pools
+from mfhelm import pools as pools_mod
 
 BICEP_DIR = Path(__file__).resolve().parents[2] / "bicep"
 
@@ -44,6 +45,9 @@ CONTRACT_OUTPUTS = {
     "deployArgo": "bool", "deployAirflow": "bool",
     # Issue 18: the sign-in app's client id ('' with access off) and the add-on switch.
     "signinClientId": "string", "appRoutingEnabled": "bool",
+    # Issue 20: the flow image's registry ('' when [registry] is off) and the optional pools.
+    "registryName": "string", "registryLoginServer": "string",
+    "gpuPoolEnabled": "bool", "spotPoolEnabled": "bool",
 }
 # The pools' label and taints as AKS writes them (k=v:Effect), from mfhelm.pools.
 POOL_LABEL = pools.POOL_LABEL
@@ -426,6 +430,51 @@ def node_pools_follow_contract(tpl: dict[str, Any]) -> list[str]:
             bad.append(f"pool taskworkers: missing label {POOL_LABEL}=taskworkers")
         if TASK_TAINT not in (task.get("nodeTaints") or []):
             bad.append(f"pool taskworkers: missing taint {TASK_TAINT}")
+    for pool in pools_mod.OPTIONAL_POOLS:
+        if pool.name in pools:
+            bad += _optional_pool_problems(pool, pools[pool.name], tpl)
+    return bad
+
+
+def aks_own_labels(profile: dict[str, Any]) -> set[str]:
+    """Node labels AKS writes on a pool's nodes itself, which the template leaves out: the
+    mode label of a System pool, the priority label of a Spot pool."""
+    own = set()
+    if str(profile.get("mode", "")).lower() == "system":
+        own.add(pools_mod.AKS_MODE_LABEL)
+    if str(profile.get("scaleSetPriority", "")).lower() == "spot":
+        own.add(pools_mod.SPOT_PRIORITY_LABEL)
+    return own
+
+
+def _optional_pool_problems(pool: pools_mod.Pool, profile: dict[str, Any],
+                            tpl: dict[str, Any]) -> list[str]:
+    """The GPU and Spot pools as mfhelm.pools has them, with the Azure settings they need:
+    the GPU pool has AKS install the NVIDIA driver; the Spot pool is Spot, deletes evicted
+    VMs and pays up to the on-demand price."""
+    bad = []
+    want = {k: v for k, v in pool.labels.items() if k not in aks_own_labels(profile)}
+    if _labels(profile) != want:
+        bad.append(f"pool {pool.name}: labels {_labels(profile)} are not {want}")
+    if (profile.get("nodeTaints") or []) != [str(t) for t in pool.taints]:
+        bad.append(f"pool {pool.name}: taints {profile.get('nodeTaints')} are not "
+                   f"{[str(t) for t in pool.taints]}")
+    if str(profile.get("mode")) != "User":
+        bad.append(f"pool {pool.name}: mode is not User")
+    if pool is pools_mod.GPU:
+        if (profile.get("gpuProfile") or {}).get("driver") != "Install":
+            bad.append("pool gpu: gpuProfile.driver is not Install")
+        if profile.get("scaleSetPriority") not in (None, "Regular"):
+            bad.append("pool gpu: not a Regular pool")
+    if pool is pools_mod.SPOT:
+        for key, value in (("scaleSetPriority", "Spot"), ("scaleSetEvictionPolicy", "Delete"),
+                           ("spotMaxPrice", -1)):
+            try:
+                got = evaluate(profile.get(key), tpl, {})
+            except _Unknown:
+                got = profile.get(key)
+            if got != value:
+                bad.append(f"pool spot: {key} is {got!r}, not {value!r}")
     return bad
 
 
@@ -596,6 +645,11 @@ def _operator(op: dict[str, Any], tpl: dict[str, Any], env: dict[str, Any], dept
         if not (isinstance(left, bool) and isinstance(right, bool)):
             raise _Unknown(f"{kind} of {left!r} and {right!r}")
         return (left and right) if kind == "and" else (left or right)
+    if kind == "minus":  # unary minus of an integer literal or expression
+        operand = value("integer_value")
+        if not isinstance(operand, int) or isinstance(operand, bool):
+            raise _Unknown(f"minus {operand!r}")
+        return -operand
     if kind == "not":
         operand = value("bool_value")
         if not isinstance(operand, bool):
@@ -604,6 +658,14 @@ def _operator(op: dict[str, Any], tpl: dict[str, Any], env: dict[str, Any], dept
     if kind in ("equals", "not_equals"):
         same = _arm_equal(value("operand_1"), value("operand_2"))
         return same if kind == "equals" else not same
+    if kind == "property_accessor" and isinstance(operands.get("operand_2"), dict):
+        # a.b.c: pycep nests the rest of the path on the right.
+        base = value("operand_1")
+        for member in _member_names(operands["operand_2"]):
+            if not isinstance(base, dict) or member not in base:
+                raise _Unknown(f"no {member!r} in {base!r}")
+            base = base[member]
+        return base
     if kind in ("property_accessor", "index_accessor"):
         base = value("operand_1")
         key = operands.get("operand_2")
@@ -617,6 +679,17 @@ def _operator(op: dict[str, Any], tpl: dict[str, Any], env: dict[str, Any], dept
             raise _Unknown(f"no {key!r} in {base!r}")
         return base[key]
     raise _Unknown(f"operator {kind}")
+
+
+def _member_names(node: Any) -> list[str]:
+    """The property names of the right side of `a.b.c` (pycep's nested accessors)."""
+    if isinstance(node, str):
+        return [node]
+    op = node.get("operator") if isinstance(node, dict) else None
+    if isinstance(op, dict) and op.get("type") == "property_accessor":
+        operands = op.get("operands") or {}
+        return _member_names(operands.get("operand_1")) + _member_names(operands.get("operand_2"))
+    raise _Unknown(f"member path {node!r}")
 
 
 def _loop(node: dict[str, Any], tpl: dict[str, Any], env: dict[str, Any], depth: int) -> list[Any]:
@@ -920,6 +993,10 @@ SECURE_INPUTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "microsoft.network/privatednszones": (),
     "microsoft.network/privatednszones/virtualnetworklinks": (),
     "microsoft.containerservice/managedclusters": (),
+    "microsoft.containerservice/managedclusters/agentpools": (),
+    # registries@2025-11-01: the only {sensitive} property of the provider is a webhook's
+    # serviceUri; this stack creates no webhook.
+    "microsoft.containerregistry/registries": (),
     "microsoft.managedidentity/userassignedidentities": (),
     "microsoft.managedidentity/userassignedidentities/federatedidentitycredentials": (),
     "microsoft.storage/storageaccounts": (),

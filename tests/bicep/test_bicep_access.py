@@ -9,7 +9,12 @@ No Bicep compiler runs here. Two kinds of check:
   generated/microsoftgraph/microsoft.graph/v1.0/1.0.0/types.json (the types behind
   br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:1.0.0, bicepconfig.json);
   AKS: Azure/bicep-types-az, generated/containerservice_1/microsoft.containerservice/
-  2025-07-01/types.json (ManagedClusterIngressProfile*, ManagedClusterAddonProfile).
+  2025-07-01/types.json (ManagedClusterIngressProfile*, ManagedClusterAddonProfile; for
+  issue 20 ManagedClusterAgentPoolProfileProperties and GPUProfile);
+  ACR (issue 20): Azure/bicep-types-az, generated/containerregistry_0/
+  microsoft.containerregistry/2025-11-01/types.json (Registry, RegistryProperties, Sku),
+  the newest version there without -preview (azure-rest-api-specs has it under
+  Registry/stable/2025-11-01).
 - behaviour: bicep_rules.evaluate computes main.bicep's access variables, module
   conditions, names and outputs for the cases mfhelm's settings allow.
 """
@@ -115,6 +120,52 @@ TYPES: dict[str, dict[str, str]] = {
     },
     "ManagedClusterIngressProfileNginx": {"defaultIngressControllerType": "string"},
     "ManagedClusterAddonProfile": {"config": "ManagedClusterAddonProfileConfig", "enabled": "bool"},
+    # managedClusters/agentPools@2025-07-01 (issue 20: the GPU and Spot pools)
+    "Microsoft.ContainerService/managedClusters/agentPools": {
+        "name": "string", "properties": "ManagedClusterAgentPoolProfileProperties",
+    },
+    "ManagedClusterAgentPoolProfileProperties": {
+        "availabilityZones": "string[]", "capacityReservationGroupID": "string", "count": "int",
+        "creationData": "CreationData", "currentOrchestratorVersion": "string",
+        "enableAutoScaling": "bool", "enableEncryptionAtHost": "bool", "enableFIPS": "bool",
+        "enableNodePublicIP": "bool", "enableUltraSSD": "bool", "eTag": "string",
+        "gatewayProfile": "AgentPoolGatewayProfile", "gpuInstanceProfile": "string",
+        "gpuProfile": "GPUProfile", "hostGroupID": "string", "kubeletConfig": "KubeletConfig",
+        "kubeletDiskType": "string", "linuxOSConfig": "LinuxOSConfig", "maxCount": "int",
+        "maxPods": "int", "messageOfTheDay": "string", "minCount": "int", "mode": "string",
+        "networkProfile": "AgentPoolNetworkProfile", "nodeImageVersion": "string",
+        "nodeLabels": "ManagedClusterAgentPoolProfilePropertiesNodeLabels",
+        "nodePublicIPPrefixID": "string", "nodeTaints": "string[]",
+        "orchestratorVersion": "string", "osDiskSizeGB": "int", "osDiskType": "string",
+        "osSKU": "string", "osType": "string", "podIPAllocationMode": "string",
+        "podSubnetID": "string", "powerState": "PowerState", "provisioningState": "string",
+        "proximityPlacementGroupID": "string", "scaleDownMode": "string",
+        "scaleSetEvictionPolicy": "string", "scaleSetPriority": "string",
+        "securityProfile": "AgentPoolSecurityProfile", "spotMaxPrice": "int",
+        "status": "AgentPoolStatus", "tags": "ManagedClusterAgentPoolProfilePropertiesTags",
+        "type": "string", "upgradeSettings": "AgentPoolUpgradeSettings",
+        "virtualMachineNodesStatus": "[VirtualMachineNodes]",
+        "virtualMachinesProfile": "VirtualMachinesProfile", "vmSize": "string",
+        "vnetSubnetID": "string", "windowsProfile": "AgentPoolWindowsProfile",
+        "workloadRuntime": "string",
+    },
+    "GPUProfile": {"driver": "string"},
+    # registries@2025-11-01 (issue 20)
+    "Microsoft.ContainerRegistry/registries": {
+        "identity": "IdentityProperties", "location": "string", "name": "string",
+        "properties": "RegistryProperties", "sku": "Sku", "tags": "TrackedResourceTags",
+    },
+    "RegistryProperties": {
+        "adminUserEnabled": "bool", "anonymousPullEnabled": "bool", "creationDate": "string",
+        "dataEndpointEnabled": "bool", "dataEndpointHostNames": "string[]",
+        "encryption": "EncryptionProperty", "loginServer": "string",
+        "networkRuleBypassAllowedForTasks": "bool", "networkRuleBypassOptions": "string",
+        "networkRuleSet": "NetworkRuleSet", "policies": "Policies",
+        "privateEndpointConnections": "[PrivateEndpointConnection]",
+        "provisioningState": "string", "publicNetworkAccess": "string",
+        "roleAssignmentMode": "string", "status": "Status", "zoneRedundancy": "string",
+    },
+    "Sku": {"name": "string", "tier": "string"},
 }
 REQUIRED = {
     "Microsoft.Graph/applications": {"uniqueName", "displayName"},
@@ -123,6 +174,9 @@ REQUIRED = {
     "Microsoft.Graph/servicePrincipals": {"appId"},
     "MicrosoftGraphRelationship": {"relationships"},
     "ManagedClusterAddonProfile": {"enabled"},
+    "Microsoft.ContainerService/managedClusters/agentPools": {"name"},
+    "Microsoft.ContainerRegistry/registries": {"name", "location", "sku"},
+    "Sku": {"name"},
 }
 # Read-only in the published types: never set (a deployment refuses or ignores them).
 READ_ONLY = {
@@ -134,6 +188,11 @@ READ_ONLY = {
                                           "resourceSpecificApplicationPermissions"},
     "ManagedClusterIngressProfileWebAppRouting": {"identity"},
     "ManagedClusterAddonProfile": {"identity"},
+    "ManagedClusterAgentPoolProfileProperties": {
+        "currentOrchestratorVersion", "eTag", "nodeImageVersion", "provisioningState"},
+    "RegistryProperties": {"creationDate", "dataEndpointHostNames", "loginServer",
+                           "privateEndpointConnections", "provisioningState", "status"},
+    "Sku": {"tier"},
 }
 # Enumerations the types give as string unions or in their descriptions.
 ALLOWED = {
@@ -145,6 +204,18 @@ ALLOWED = {
     ("MicrosoftGraphRelationship", "relationshipSemantics"): {"append", "replace"},
     ("ManagedClusterIngressProfileNginx", "defaultIngressControllerType"): {
         "AnnotationControlled", "External", "Internal", "None"},
+    ("ManagedClusterAgentPoolProfileProperties", "mode"): {"Gateway", "System", "User"},
+    ("ManagedClusterAgentPoolProfileProperties", "osType"): {"Linux", "Windows"},
+    ("ManagedClusterAgentPoolProfileProperties", "type"): {
+        "AvailabilitySet", "VirtualMachineScaleSets", "VirtualMachines"},
+    ("ManagedClusterAgentPoolProfileProperties", "scaleSetPriority"): {"Regular", "Spot"},
+    ("ManagedClusterAgentPoolProfileProperties", "scaleSetEvictionPolicy"): {
+        "Deallocate", "Delete"},
+    ("GPUProfile", "driver"): {"Install", "None"},
+    ("Sku", "name"): {"Basic", "Classic", "Premium", "Standard"},
+    ("RegistryProperties", "publicNetworkAccess"): {"Disabled", "Enabled"},
+    ("RegistryProperties", "roleAssignmentMode"): {
+        "AbacRepositoryPermissions", "LegacyRegistryPermissions"},
 }
 # The keys of ManagedClusterAddonProfileConfig are free-form strings; the secrets
 # provider add-on reads these two (AKS's add-on documentation).

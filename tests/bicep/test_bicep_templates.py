@@ -14,7 +14,7 @@ import pytest
 FILES = R.bicep_files()
 MAIN = R.BICEP_DIR / "main.bicep"
 MODULES = ("network", "aks", "postgres", "storage", "identity", "keyvault", "signin",
-           "tls-certificate-role")
+           "tls-certificate-role", "registry")
 # Modules a module calls, by caller: a role assignment named from a principal ID that
 # exists only at run time needs a deployment of its own.
 SUBMODULES = {"aks": ("subnet-role",), "signin": ("signin-api",)}
@@ -856,16 +856,22 @@ def _counts(aks: dict, env: dict) -> dict[str, int]:
 def test_first_deploy_starts_every_pool_at_its_minimum(parsed):
     aks = parsed[AKS]
     env = _pool_env(aks, systemMinCount=3, systemMaxCount=5, servicesMinCount=2,
-                    servicesMaxCount=4, taskMinCount=0, taskMaxCount=9, existingPoolCounts={})
-    assert _counts(aks, env) == {"system": 3, "services": 2, "taskworkers": 0}
+                    servicesMaxCount=4, taskMinCount=0, taskMaxCount=9, gpuMinCount=1,
+                    gpuMaxCount=2, spotMinCount=0, spotMaxCount=5, existingPoolCounts={})
+    assert _counts(aks, env) == {"system": 3, "services": 2, "taskworkers": 0, "gpu": 1,
+                                 "spot": 0}
 
 
 def test_redeploy_keeps_the_autoscalers_choice_and_clamps_to_new_bounds(parsed):
     aks = parsed[AKS]
     env = _pool_env(aks, systemMinCount=2, systemMaxCount=5, servicesMinCount=1,
-                    servicesMaxCount=3, taskMinCount=0, taskMaxCount=4,
-                    existingPoolCounts={"system": 4, "services": 7, "taskworkers": 0})
-    assert _counts(aks, env) == {"system": 4, "services": 3, "taskworkers": 0}
+                    servicesMaxCount=3, taskMinCount=0, taskMaxCount=4, gpuMinCount=0,
+                    gpuMaxCount=2, spotMinCount=0, spotMaxCount=5,
+                    existingPoolCounts={"system": 4, "services": 7, "taskworkers": 0,
+                                        "gpu": 1, "spot": 9})
+    # The optional pools too: a GPU node the autoscaler started stays; Spot clamps to 5.
+    assert _counts(aks, env) == {"system": 4, "services": 3, "taskworkers": 0, "gpu": 1,
+                                 "spot": 5}
     env["existingPoolCounts"] = {"system": 1}
     assert _counts(aks, env)["system"] == 2
 
@@ -904,7 +910,9 @@ def test_every_pool_size_mfhelm_accepts_is_a_size_the_templates_accept(parsed):
     main, aks = parsed[MAIN]["parameters"], parsed[AKS]["parameters"]
     fields = {"system_min_count": "systemMinCount", "system_max_count": "systemMaxCount",
               "services_min_count": "servicesMinCount", "services_max_count": "servicesMaxCount",
-              "task_min_count": "taskMinCount", "task_max_count": "taskMaxCount"}
+              "task_min_count": "taskMinCount", "task_max_count": "taskMaxCount",
+              "gpu_min_count": "gpuMinCount", "gpu_max_count": "gpuMaxCount",
+              "spot_min_count": "spotMinCount", "spot_max_count": "spotMaxCount"}
     for field, param in fields.items():
         meta = AksSettings.model_fields[field].metadata
         low = next(m.ge for m in meta if hasattr(m, "ge"))

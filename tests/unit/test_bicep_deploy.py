@@ -310,6 +310,33 @@ def test_build_parameters_shape_and_values():
         "value": {"system": 2, "taskworkers": 0}}
 
 
+def test_compute_defaults_send_the_registry_on_and_both_optional_pools_off():
+    values = {k: v["value"] for k, v in bd.build_parameters(
+        parse({"org_prefix": "acme", "location": "westeurope"}), PRINCIPAL)["parameters"].items()}
+    assert values["registryEnabled"] is True
+    assert values["gpuPoolEnabled"] is False and values["spotPoolEnabled"] is False
+    assert (values["gpuVmSize"], values["gpuMinCount"], values["gpuMaxCount"]) == (
+        "Standard_NC4as_T4_v3", 0, 2)
+    assert (values["spotVmSize"], values["spotMinCount"], values["spotMaxCount"]) == (
+        "Standard_D4s_v5", 0, 5)
+
+
+def test_compute_settings_become_parameters():
+    s = parse({"org_prefix": "acme", "location": "westeurope", "registry": {"enabled": False},
+               "aks": {"gpu_enabled": True, "gpu_vm_size": "Standard_NC8as_T4_v3",
+                       "gpu_min_count": 1, "gpu_max_count": 4, "spot_enabled": True,
+                       "spot_vm_size": "Standard_D8s_v5", "spot_min_count": 2,
+                       "spot_max_count": 7}})
+    values = {k: v["value"] for k, v in bd.build_parameters(s, PRINCIPAL)["parameters"].items()}
+    assert {k: values[k] for k in values if k.startswith(("gpu", "spot", "registry"))} == {
+        "gpuPoolEnabled": True, "gpuVmSize": "Standard_NC8as_T4_v3", "gpuMinCount": 1,
+        "gpuMaxCount": 4, "spotPoolEnabled": True, "spotVmSize": "Standard_D8s_v5",
+        "spotMinCount": 2, "spotMaxCount": 7, "registryEnabled": False}
+    # The current sizes of the optional pools travel like the others.
+    counted = bd.build_parameters(s, PRINCIPAL, pool_counts={"gpu": 3, "spot": 0})
+    assert counted["parameters"][bd.POOL_COUNTS_PARAMETER] == {"value": {"gpu": 3, "spot": 0}}
+
+
 CERT = "https://acmecerts.vault.azure.net/certificates/metaflow-tls"
 VAULT_ID = f"/subscriptions/{SUB}/resourceGroups/certs/providers/Microsoft.KeyVault/vaults/acmecerts"
 
@@ -346,6 +373,11 @@ def test_parameters_match_main_bicep():
     assert given <= set(declared), given - set(declared)
     required = {n for n, p in declared.items() if p.get("default") is None}
     assert required <= given, required - given
+    # Every setting-backed parameter is sent, not left to the template's default.
+    settings_backed = {"gpuPoolEnabled", "gpuVmSize", "gpuMinCount", "gpuMaxCount",
+                       "spotPoolEnabled", "spotVmSize", "spotMinCount", "spotMaxCount",
+                       "registryEnabled"}
+    assert settings_backed <= given, settings_backed - given
 
 
 def test_resource_group_override_is_passed():
@@ -798,3 +830,15 @@ def test_module_help_lists_the_commands():
                           capture_output=True, text=True)
     assert proc.returncode == 0
     assert textwrap.dedent("{build,whatif,deploy}") in proc.stdout
+
+
+def test_redeploy_keeps_the_optional_pools_sizes_too(fake: Fake, capfd):
+    """A GPU node the autoscaler started is sent back as the pool's count, so turning
+    another setting on does not scale it away (aks.bicep clamps it into the bounds)."""
+    fake.scenario(previous_outputs=SUCCESS_OUTPUTS, secret="Kept_In_Vault_4711xyzABC",
+                  pools=[*POOLS, {"name": "gpu", "count": 1}, {"name": "spot", "count": 4}])
+    assert _run(fake, "deploy") == 0
+    (call,) = fake.deploy_calls()
+    assert fake.params(call)["parameters"][bd.POOL_COUNTS_PARAMETER] == {
+        "value": {"system": 2, "services": 3, "taskworkers": 0, "gpu": 1, "spot": 4}}
+    assert "(gpu 1, services 3, spot 4, system 2, taskworkers 0)" in capfd.readouterr().err

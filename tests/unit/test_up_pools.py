@@ -31,18 +31,39 @@ def _bicep_rules() -> Any:
     return module
 
 
-def test_the_aks_pools_in_bicep_are_mfhelm_pools() -> None:
+def _aks_pools() -> tuple[Any, dict[str, dict[str, Any]]]:
     rules = _bicep_rules()
-    bicep = rules._pools(rules.parse_file(ROOT / "bicep" / "modules" / "aks.bicep"))
-    assert set(bicep) == {p.name for p in pools.POOLS}
-    for pool in pools.POOLS:
+    return rules, rules._pools(rules.parse_file(ROOT / "bicep" / "modules" / "aks.bicep"))
+
+
+def test_the_aks_pools_in_bicep_are_mfhelm_pools() -> None:
+    """Every pool of aks.bicep, the optional GPU and Spot pools included, carries
+    exactly the labels and taints mfhelm.pools gives it, less the labels AKS
+    writes itself (a System pool's mode, a Spot pool's priority)."""
+    rules, bicep = _aks_pools()
+    assert set(bicep) == {p.name for p in (*pools.POOLS, *pools.OPTIONAL_POOLS)}
+    for pool in (*pools.POOLS, *pools.OPTIONAL_POOLS):
         profile = bicep[pool.name]
         labels = {k.strip("'"): v for k, v in (profile.get("nodeLabels") or {}).items()}
-        # AKS labels a System-mode pool's nodes itself; Bicep only sets the mode.
-        own = {k: v for k, v in pool.labels.items() if k != pools.AKS_MODE_LABEL}
-        assert labels == own, pool.name
+        own = rules.aks_own_labels(profile)
+        assert labels == {k: v for k, v in pool.labels.items() if k not in own}, pool.name
+        assert own <= set(pool.labels), pool.name
         assert (profile.get("nodeTaints") or []) == [str(t) for t in pool.taints], pool.name
         assert (pool.labels.get(pools.AKS_MODE_LABEL) == "system") == (profile["mode"] == "System")
+        assert ((pool.labels.get(pools.SPOT_PRIORITY_LABEL) == "spot")
+                == (profile.get("scaleSetPriority") == "Spot")), pool.name
+
+
+def test_the_labels_left_to_aks_are_the_ones_it_writes() -> None:
+    """A Spot pool's nodes get kubernetes.azure.com/scalesetpriority=spot from
+    AKS (and its taint, which the Bicep declares as well); only that pool may
+    leave the label out."""
+    rules, bicep = _aks_pools()
+    left_out = {name: rules.aks_own_labels(profile) for name, profile in bicep.items()}
+    assert left_out == {"system": {pools.AKS_MODE_LABEL}, "services": set(),
+                        "taskworkers": set(), "gpu": set(),
+                        "spot": {pools.SPOT_PRIORITY_LABEL}}
+    assert pools.SPOT_TAINT.key == pools.SPOT_PRIORITY_LABEL
 
 
 def test_main_bicep_outputs_the_taskworkers_label_mfhelm_config_selects() -> None:

@@ -171,3 +171,34 @@ def test_sign_in_outputs_are_optional_but_checked(tmp_path, extra, ok):
     else:
         with pytest.raises(MfhelmError, match="signinClientId|appRoutingEnabled"):
             load_outputs_file(path)
+
+
+@pytest.mark.parametrize("extra, ok", [
+    ({}, True),                                                  # deployed before issue 20
+    ({"registryName": "", "registryLoginServer": "", "gpuPoolEnabled": False,
+      "spotPoolEnabled": False}, True),                          # registry and pools off
+    ({"registryName": "acmeacrx7", "registryLoginServer": "acmeacrx7.azurecr.io",
+      "gpuPoolEnabled": True, "spotPoolEnabled": "true"}, True),
+    ({"registryName": "AcmeAcr7", "registryLoginServer": "acmeacr7.azurecr.cn"}, True),
+    ({"registryName": "acme-acr"}, False),                       # not an ACR name
+    ({"registryName": "acr", "registryLoginServer": "acr.azurecr.io"}, False),
+    ({"registryName": "acmeacrx7", "registryLoginServer": "https://acmeacrx7.azurecr.io"},
+     False),                                                     # a host, not a URL
+    ({"registryName": "acmeacrx7", "registryLoginServer": "acmeacrx7.azurecr.io/x"}, False),
+    ({"registryName": "acmeacrx7", "registryLoginServer": "other.azurecr.io"}, False),
+    ({"registryName": "acmeacrx7", "registryLoginServer": ""}, False),
+    ({"registryName": "", "registryLoginServer": "acmeacrx7.azurecr.io"}, False),
+    ({"registryLoginServer": 7}, False),
+    ({"gpuPoolEnabled": "yes"}, False),
+    ({"spotPoolEnabled": 1}, False),
+])
+def test_compute_outputs_are_optional_but_checked(tmp_path, extra, ok):
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps({**sample_outputs(), **extra}))
+    if ok:
+        out = load_outputs_file(path)
+        for name in ("gpuPoolEnabled", "spotPoolEnabled"):
+            assert out.get(name, False) is (str(extra.get(name)).lower() == "true")
+    else:
+        with pytest.raises(MfhelmError, match="registry|PoolEnabled"):
+            load_outputs_file(path)
