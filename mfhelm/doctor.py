@@ -391,7 +391,10 @@ def _azure_checks(
     checks.append(Check("Azure login", True, "got an Azure Resource Manager token"))
 
     loc = settings.location
-    providers = partial(pf.provider_states, sub, credential=cred, base_url=base_url)
+    namespaces = pf.REQUIRED_PROVIDERS + (
+        (pf.REGISTRY_PROVIDER,) if settings.registry.enabled else ())
+    providers = partial(pf.provider_states, sub, namespaces, credential=cred,
+                        base_url=base_url)
     vm_skus = partial(pf.vm_skus, sub, loc, credential=cred, base_url=base_url)
     usage = partial(pf.compute_usage, sub, loc, credential=cred, base_url=base_url)
     pg_caps = partial(pf.postgres_capabilities, sub, loc, credential=cred, base_url=base_url)

@@ -35,6 +35,8 @@ REQUIRED_PROVIDERS: tuple[str, ...] = (
     "Microsoft.Network",
     "Microsoft.Compute",
 )
+# Only with [registry] enabled (bicep/modules/registry.bicep).
+REGISTRY_PROVIDER = "Microsoft.ContainerRegistry"
 
 
 @dataclass(frozen=True)

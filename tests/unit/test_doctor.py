@@ -65,7 +65,7 @@ def test_healthy_subscription_passes_every_check(fake):
     assert failing(checks) == []
     assert doctor.preflight_ok(checks)
     names = by_name(checks)
-    assert names["resource providers"].detail == "7 registered"
+    assert names["resource providers"].detail == "8 registered"  # with the registry
     assert "VM size Standard_D2s_v5 (system, services)" in names
     assert "VM size Standard_D4s_v5 (taskworkers)" in names
     # 3 system x 2 + 3 services x 2 + 5 taskworkers x 4 vCPUs at the pools' max counts
@@ -89,6 +89,18 @@ def test_unregistered_provider_fix_is_the_register_command(fake):
         "az provider register -n Microsoft.ContainerService && "
         "az provider register -n Microsoft.DBforPostgreSQL"
     )
+
+
+@needs_helm
+def test_the_registry_provider_is_checked_only_with_the_registry(fake):
+    ns = "Microsoft.ContainerRegistry"
+    fake.route("GET", f"/subscriptions/{SUB}/providers/{ns}", 200,
+               fake_arm.provider_body(ns, "NotRegistered"))
+    (bad,) = failing(run(fake))
+    assert bad.name == "resource providers" and bad.fix == f"az provider register -n {ns}"
+    fake.requests.clear()
+    assert not failing(run(fake, settings(registry={"enabled": False})))
+    assert not fake.calls(f"/providers/{ns}")
 
 
 @needs_helm

@@ -459,6 +459,7 @@ PROVIDERS = (
     "Microsoft.ManagedIdentity",
     "Microsoft.Network",
     "Microsoft.Compute",
+    "Microsoft.ContainerRegistry",
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from fake_arm import (
-    PROVIDERS,
     SUB,
     arm_error,
     default_skus,
@@ -36,7 +35,7 @@ def test_provider_states(fake_azure, credential):
         provider_body("Microsoft.ContainerService", "NotRegistered"),
     )
     states = preflight.provider_states(SUB, **kw(fake_azure, credential))
-    assert set(states) == set(PROVIDERS)
+    assert set(states) == set(preflight.REQUIRED_PROVIDERS)
     assert states["Microsoft.ContainerService"] == "NotRegistered"
     assert states["Microsoft.Compute"] == "Registered"
 
