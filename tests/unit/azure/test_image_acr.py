@@ -194,3 +194,31 @@ def test_image_check_says_when_the_registry_refuses_the_sign_in(login_server):
 def test_no_image_configured_informs():
     check = image.image_check("", fake_acr.AcrCredential())
     assert check.ok and "pip-installs" in check.detail
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_doctor_has_a_flow_image_row(fake_azure, login_server, monkeypatch, present):
+    import shutil
+    import sys
+
+    from mfhelm import doctor
+    from mfhelm.settings import parse
+
+    monkeypatch.setenv("MFHELM_HELM", shutil.which("helm") or str(Path(sys.executable).parent
+                                                                 / "helm"))
+    fake_arm.healthy_subscription(fake_azure, "westeurope")
+    digest = "sha256:" + "12" * 32
+    if present:
+        login_server.manifests.add(("metaflow-flow", digest))
+    reference = f"{login_server.host}/metaflow-flow@{digest}"
+    s = parse({"org_prefix": "acme", "location": "westeurope",
+               "image": {"reference": reference}})
+    checks = doctor.run_preflight(s, credential=fake_acr.AcrCredential(),
+                                  base_url=fake_azure.base_url, subscription_id=fake_arm.SUB)
+    [row] = [c for c in checks if c.name == "flow image"]
+    assert row.ok is present, row
+    # Without a reference there is no row (nothing to look up before a deploy).
+    bare = doctor.run_preflight(parse({"org_prefix": "acme", "location": "westeurope"}),
+                                credential=fake_acr.AcrCredential(),
+                                base_url=fake_azure.base_url, subscription_id=fake_arm.SUB)
+    assert "flow image" not in {c.name for c in bare}
