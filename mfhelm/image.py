@@ -174,9 +174,9 @@ def registry_of(outputs: dict[str, Any], subscription_id: str) -> Registry:
 
 # --- recording the image in mfhelm.toml -------------------------------------------------
 
-_TABLE_RE = re.compile(r"^\s*\[\s*image\s*\]\s*(#.*)?$")
-_ANY_TABLE_RE = re.compile(r"^\s*\[")
-_KEY_RE = re.compile(r"^(\s*reference\s*=\s*)(\"[^\"\\\n]*\"|'[^'\n]*')(\s*(#.*)?)$")
+_TABLE_RE = re.compile(r"\A\s*\[\s*image\s*\]\s*(#.*)?\s*\Z", re.ASCII)
+_ANY_TABLE_RE = re.compile(r"^\s*\[", re.ASCII)
+_KEY_RE = re.compile(r"\A(\s*reference\s*=\s*)(\"[^\"\\\n]*\"|'[^'\n]*')(\s*(#.*)?)\Z", re.ASCII)
 
 
 def with_reference(text: str, reference: str) -> str:
