@@ -99,6 +99,12 @@ def _platforms() -> list[str]:
         ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
 
 
+# pip's ERROR lines, most telling first (pip 26 also reports yanked versions it
+# skipped, and repeats a missing version as "Could not find a version").
+_PIP_CAUSES = ("No matching distribution found", "Cannot install", "Could not find a version",
+               "ResolutionImpossible")
+
+
 def check_resolves(user_requirements: str, python: str, *, timeout: float = 600) -> None:
     """pip resolves the image's requirements (the pinned set and the user's
     together, as the Dockerfile installs them) for the image's Python and
@@ -130,9 +136,9 @@ def check_resolves(user_requirements: str, python: str, *, timeout: float = 600)
                           "--requirements before the build (install pip there)")
     errors = [ln.strip().removeprefix("ERROR: ") for ln in out.splitlines()
               if ln.startswith("ERROR:")]
-    cause = next((e for e in errors if not e.startswith(("Could not find a version",
-                                                         "ResolutionImpossible"))),
-                 errors[0] if errors else (out.strip().splitlines() or ["pip failed"])[-1])
+    cause = next((e for prefix in _PIP_CAUSES for e in errors if e.startswith(prefix)),
+                 next((e for e in errors if not e.startswith("Ignored the following")),
+                      (out.strip().splitlines() or ["pip failed"])[-1]))
     raise MfhelmError(f"--requirements does not resolve for Python {python} on "
                       f"linux/amd64: {cause}")
 

@@ -222,3 +222,37 @@ def test_doctor_has_a_flow_image_row(fake_azure, login_server, monkeypatch, pres
                                 credential=fake_acr.AcrCredential(),
                                 base_url=fake_azure.base_url, subscription_id=fake_arm.SUB)
     assert "flow image" not in {c.name for c in bare}
+
+
+def test_the_cli_prints_the_reference_and_streams_the_log(tmp_path, fake_azure, acr,
+                                                         monkeypatch, capsys):
+    """`mfhelm image build` through main(): the log on stderr as it comes, the
+    reference alone on stdout, the settings file updated. The ARM endpoint and
+    the credential are the test's (the CLI has no flag for either)."""
+    import json
+
+    from mfhelm import cli
+    from mfhelm.azure import credentials
+    from mfhelm.azure import registry as acr_mod
+
+    real_client = acr_mod._client
+    monkeypatch.setattr(acr_mod, "_client",
+                        lambda cred, sub, _base: real_client(cred, sub, fake_azure.base_url))
+    monkeypatch.setattr(credentials, "get_credential",
+                        lambda *a, **k: fake_acr.AcrCredential())
+    (tmp_path / "mfhelm.toml").write_text(SETTINGS)
+    (tmp_path / "outputs.json").write_text(json.dumps(fake_acr.registry_outputs()))
+    monkeypatch.chdir(tmp_path)
+    argv = ["mfhelm", "image", "build", "--python", "3.12", "--outputs", "outputs.json",
+            "--subscription", fake_arm.SUB]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out = capsys.readouterr()
+    assert exit_.value.code == 0, out.err
+    reference = f"{acr.login_server}/metaflow-flow@{acr.digest}"
+    assert out.out == reference + "\n"
+    assert "Step 1/6 : ARG PYTHON_VERSION=3.12" in out.err
+    assert "Run ID: cb1 was successful" in out.err
+    assert out.err.rstrip().endswith("run `mfhelm config` (data scientists too)")
+    assert f'reference = "{reference}"' in (tmp_path / "mfhelm.toml").read_text()
