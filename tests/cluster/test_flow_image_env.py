@@ -1,13 +1,20 @@
 """The flow image's Python environment, without Docker: its dependency set
 (mfhelm's `flow-image` extra) installed from PyPI into a clean virtualenv with
-no Metaflow in it, and the commands of a real Metaflow-compiled step (from
-`argo-workflows create --only-json` with the config `mfhelm config` writes
-when [image] reference is set) run in it with METAFLOW_SKIP_INSTALL_DEPENDENCIES,
-as the image's ENV sets it. The code package (from Azurite, through the
-workload-identity exchange, as the cluster tests do) brings Metaflow; the task
-reaches the step and records it in a real metadata service
-(metaflow-local-service). No control plane: no `cluster` marker.
-Also: `airflow create` puts the same image in the DAG's task pods."""
+no Metaflow in it, and the commands of a real Metaflow-compiled step (the
+`start` step of `argo-workflows create --only-json`, with the config `mfhelm
+config` writes when [image] reference is set) run by bash in it with
+METAFLOW_SKIP_INSTALL_DEPENDENCIES set, as the image's ENV sets it, and pip
+pointed at an index that does not answer (a cluster without PyPI: a task that
+ran pip would fail). The code package, from Azurite through the
+workload-identity exchange as in the cluster tests, brings Metaflow; the step
+runs to its end and its task is recorded in metaflow-local-service (taught to
+keep the run id Metaflow gives it, as Netflix's service does). What stands in
+for the pod: Argo's placeholders filled in, the input-paths file in the
+test's directory instead of the pod's /tmp, and /mnt/out (Argo's output
+mount) a tmpfs in a private mount namespace where `unshare` may make one
+(elsewhere the test stops at the step's end, where /mnt/out is written).
+No control plane: no `cluster` marker. Also: `airflow create` puts the same
+image in the DAG's task pods."""
 
 from __future__ import annotations
 
