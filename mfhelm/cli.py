@@ -762,6 +762,57 @@ def doctor(
         raise MfhelmError("preflight failed: fix the rows marked FAIL, then re-run mfhelm doctor")
 
 
+def _python_minor(value: str | None) -> str | None:
+    from mfhelm import image as image_mod
+
+    try:
+        return None if value is None else image_mod.check_python(value)
+    except MfhelmError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+image_app = typer.Typer(help="The flow image Metaflow's task pods start from.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    requirements: Path | None = typer.Option(
+        None, "--requirements", readable=False, metavar="FILE",
+        help="pip requirements to add to the image (packages from an index)."),
+    python: str | None = typer.Option(
+        None, "--python", metavar="3.X", callback=_python_minor,
+        help="The Python minor of the image (default: this Python's); match your laptops'."),
+    settings_file: Path | None = SettingsOpt,
+    outputs_file: Path | None = OutputsOpt,
+    subscription: str | None = SubOpt,
+) -> None:
+    """Build the flow image in the stack's registry (ACR builds it; no Docker
+    here) and record it by digest in mfhelm.toml [image] reference."""
+    from mfhelm import image as image_mod
+    from mfhelm import settings as settings_mod
+    from mfhelm.azure.credentials import get_credential, resolve_subscription_id
+
+    minor = image_mod.check_python(python or image_mod.default_python())
+    user_requirements = image_mod.read_requirements(requirements)
+    s = settings_mod.load(settings_file)
+    sub = resolve_subscription_id(subscription)
+    registry = image_mod.registry_of(_outputs(outputs_file, s, sub), sub)
+    if user_requirements.strip():
+        image_mod.check_resolves(user_requirements, minor)
+    step = _Steps()
+    try:
+        built = image_mod.build(settings_file, registry, python=minor,
+                                user_requirements=user_requirements,
+                                credential=get_credential(), echo=_echo_err, progress=step)
+    finally:
+        step.close()
+    typer.echo(built.reference)
+    _echo_err(f"recorded in {built.settings_file} [image] reference; commit it, and run "
+              "`mfhelm config` (data scientists too)")
+
+
 def main() -> None:
     """Console entry point: whatever the user got wrong is one line on stderr,
     `mfhelm: error: ...`: usage errors (exit 2) as well as our own

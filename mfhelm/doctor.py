@@ -414,6 +414,10 @@ def _azure_checks(
     )
     if settings.access.enabled:
         checks += _guard(SIGNIN_APP, lambda: _with_graph(settings, cred, graph_url))
+    if settings.image.reference:
+        from mfhelm.image import image_check
+
+        checks.append(image_check(settings.image.reference, cred))
     return checks
 
 

@@ -52,6 +52,9 @@ def main() -> int:
                     help="alternating install runs on the test control plane (0: skip)")
     ap.add_argument("--verify-runs", type=int, default=3,
                     help="`mfhelm verify` runs on the test control plane (0: skip)")
+    ap.add_argument("--flow-image-runs", type=int, default=3,
+                    help="task-start dependency installs, with and without the flow image "
+                    "(0: skip; needs PyPI)")
     args = ap.parse_args()
     mfhelm = str(Path(sys.executable).with_name("mfhelm"))
     # The venv's pinned helm first, however this script was started.
@@ -80,6 +83,10 @@ def main() -> int:
         from bench_verify import bench_verify
 
         bench_verify(args.verify_runs)
+    if args.flow_image_runs > 0:
+        from bench_flow_image import bench_flow_image
+
+        bench_flow_image(args.flow_image_runs)
     return 1 if missed and args.strict else 0
 
 
