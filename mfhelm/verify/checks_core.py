@@ -437,8 +437,30 @@ def check_ui(stack: Stack, run: Run) -> str:
     return f"lists run {run_id}"
 
 
+def check_flow_image(stack: Stack, run: Run) -> str:
+    """The image the config starts task pods from (`mfhelm image build`'s,
+    METAFLOW_KUBERNETES_CONTAINER_IMAGE) is in its registry: asked of the
+    registry before the orchestrators' runs would wait on a pod that cannot
+    pull it."""
+    from mfhelm.settings import IMAGE_REFERENCE_RE
+
+    reference = stack.config.get("METAFLOW_KUBERNETES_CONTAINER_IMAGE", "")
+    if not reference:
+        raise Skipped("none configured: tasks pip-install their dependencies at start")
+    if not IMAGE_REFERENCE_RE.fullmatch(reference):
+        raise Skipped(f"{reference} is not an image by digest from `mfhelm image build`")
+    from mfhelm.azure.credentials import get_credential
+    from mfhelm.image import image_check
+
+    found = image_check(reference, get_credential())
+    if not found.ok:
+        raise Failed(found.detail, found.fix)
+    return found.detail
+
+
 CHECKS = [
     Check("metadata service", lambda stack: True, check_metadata_service),
     Check("local run", lambda stack: True, check_local_run),
+    Check("flow image", lambda stack: True, check_flow_image),
     Check("ui", lambda stack: True, check_ui),
 ]

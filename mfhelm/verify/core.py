@@ -27,7 +27,7 @@ from mfhelm.errors import Interrupted, MfhelmError
 from mfhelm.verify.model import Check, Failed, Run, Skipped, Stack
 
 # The table's order; the orchestrators' checks come between "local run" and "ui".
-CORE_BEFORE = ("metadata service", "local run")
+CORE_BEFORE = ("metadata service", "local run", "flow image")
 CORE_AFTER = ("ui",)
 # The config keys the core checks read (what `mfhelm config` writes, either profile).
 REQUIRED_CONFIG = ("METAFLOW_SERVICE_URL", "METAFLOW_DATASTORE_SYSROOT_AZURE",

@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE = "mf"
-CORE = ("metadata service", "local run", "ui")
+CORE = ("metadata service", "local run", "flow image", "ui")
 
 
 def mfhelm_argv(*args: str) -> list[str]:
@@ -138,6 +138,9 @@ def test_install_verify_passes_on_a_healthy_stack(installed, service: verify_env
     run_id, container = m[1], m[2]
     assert container == home.config["METAFLOW_DATASTORE_SYSROOT_AZURE"].split("/")[0]
     assert table["ui"] == f"ok lists run {run_id}"
+    # The local profile's config names no flow image (no registry).
+    assert table["flow image"] == (
+        "skipped (none configured: tasks pip-install their dependencies at start)")
     others_skipped(table)
     # What verify says it did is there: the run in the service, its artifacts in Blob.
     status, body = service.get(f"/flows/MfhelmVerifyFlow/runs/{run_id}")

@@ -282,13 +282,14 @@ def test_an_unexpected_error_still_prints_the_table_and_undoes(tmp_path: Path):
 
 def test_the_layers_run_in_the_issues_order():
     names = [c.name for c in core.all_checks()]
-    assert names[:2] == ["metadata service", "local run"]
+    # The flow image before the orchestrators, whose runs start pods from it.
+    assert names[:3] == ["metadata service", "local run", "flow image"]
     assert names[-1] == "ui"
     try:
         from mfhelm.verify.checks_orchestrators import CHECKS
     except ModuleNotFoundError:
         CHECKS = []
-    assert names[2:-1] == [c.name for c in CHECKS]
+    assert names[3:-1] == [c.name for c in CHECKS]
 
 
 def test_new_run_copies_the_shipped_flow_and_removes_its_directory_last(tmp_path: Path):

@@ -9,6 +9,7 @@ import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fake_acr
 import fake_arm
@@ -256,3 +257,34 @@ def test_the_cli_prints_the_reference_and_streams_the_log(tmp_path, fake_azure, 
     assert "Run ID: cb1 was successful" in out.err
     assert out.err.rstrip().endswith("run `mfhelm config` (data scientists too)")
     assert f'reference = "{reference}"' in (tmp_path / "mfhelm.toml").read_text()
+
+
+def _verify_stack(reference: str) -> Any:
+    from mfhelm.verify.model import Stack
+
+    config = {"METAFLOW_KUBERNETES_CONTAINER_IMAGE": reference} if reference else {}
+    return Stack(target=None, profile="azure", flow_namespace="metaflow-flows",  # type: ignore[arg-type]
+                 chart_app_version="v2.5.1", argo=True, argo_events=True, airflow=False,
+                 config=config, config_file=Path("config.json"))
+
+
+def test_verify_checks_the_configured_image_in_its_registry(login_server, monkeypatch):
+    from mfhelm.azure import credentials
+    from mfhelm.verify import checks_core
+    from mfhelm.verify.model import Failed, Skipped
+
+    monkeypatch.setattr(credentials, "get_credential", lambda *a, **k: fake_acr.AcrCredential())
+    digest = "sha256:" + "cd" * 32
+    login_server.manifests.add(("metaflow-flow", digest))
+    ok = checks_core.check_flow_image(
+        _verify_stack(f"{login_server.host}/metaflow-flow@{digest}"), None)  # type: ignore[arg-type]
+    assert ok.startswith("metaflow-flow@sha256:cdcd") and login_server.host in ok
+    with pytest.raises(Failed) as gone:
+        checks_core.check_flow_image(
+            _verify_stack(f"{login_server.host}/metaflow-flow@sha256:" + "ef" * 32), None)  # type: ignore[arg-type]
+    assert "is not in the registry" in gone.value.saw
+    assert gone.value.fix.startswith("mfhelm image build")
+    for reference, why in (("", "none configured"), ("python:3.11", "not an image by digest")):
+        with pytest.raises(Skipped) as skipped:
+            checks_core.check_flow_image(_verify_stack(reference), None)  # type: ignore[arg-type]
+        assert why in skipped.value.why
