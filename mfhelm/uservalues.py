@@ -60,6 +60,7 @@ AZURE_PROTECTED: dict[str, str] = {
     "argo-workflows.enabled": "the deployment (deployArgo)",
     "argo-events.enabled": "mfhelm.toml deploy_argo_events, with the deployment's deployArgo",
     "airflow.enabled": "the deployment (deployAirflow)",
+    "gpu.enabled": "the deployment (gpuPoolEnabled)",
     "airflowGlue.databaseUser": "the database role mfhelm install creates",
     "airflowGlue.databaseName": "the database the deployment made for Airflow",
     "airflow.scheduler.serviceAccount": f"{_SA} (serviceAccountAirflow)",

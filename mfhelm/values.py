@@ -187,6 +187,8 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
         "argo-workflows": {"enabled": outputs["deployArgo"]},
         "argo-events": {"enabled": argo_events_enabled(outputs, settings)},
         "airflow": {"enabled": airflow},
+        # The NVIDIA device plugin, on the GPU pool's nodes, once the pool exists.
+        "gpu": {"enabled": output_true(outputs, "gpuPoolEnabled")},
     }
     if settings.access.enabled:
         values["access"] = azure_access(settings.access, outputs)
@@ -310,6 +312,13 @@ def argo_watches_flow_namespace(values: dict[str, Any], release_namespace: str) 
         section["extraArgs"] = args
         argo[part] = section
     return {**values, "argo-workflows": argo}
+
+
+def output_true(outputs: dict[str, Any], name: str) -> bool:
+    """An optional boolean output: absent (a stack deployed before it existed)
+    is false; saved outputs may carry it as a string, as ARM shows it."""
+    value = outputs.get(name)
+    return value.lower() == "true" if isinstance(value, str) else value is True
 
 
 def argo_events_enabled(outputs: dict[str, Any], settings: Settings) -> bool:

@@ -253,6 +253,14 @@ def test_mismatched_dag_claim_is_refused():
         render([AZURE_AIRFLOW], {"airflowGlue": {"dags": {"claimName": "other"}}})
 
 
+# The containers that run as uid 0, each documented where it is rendered.
+ROOT_ALLOWED = {
+    "migrations": "values.yaml: the image keeps run_goose.py under /root",
+    "nvidia-device-plugin-ctr": "gpu-device-plugin.yaml: the kubelet's device-plugins directory "
+                                "and socket are root's (test_chart_gpu_device_plugin.py)",
+}
+
+
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_every_container_has_requests_limits_and_hardening(scenario):
     for obj, spec in pod_specs(render([SCENARIOS[scenario]])):
@@ -264,8 +272,8 @@ def test_every_container_has_requests_limits_and_hardening(scenario):
             assert sc["allowPrivilegeEscalation"] is False, where
             assert sc["capabilities"]["drop"] == ["ALL"], where
             non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
-            if c["name"] == "migrations":
-                continue  # documented in values.yaml: the image keeps run_goose.py under /root
+            if c["name"] in ROOT_ALLOWED:
+                continue
             assert non_root is True, where
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from mfhelm.pools import POOLS
+from mfhelm.pools import OPTIONAL_POOLS, POOLS
 
 from .agents import FAKE_NODE_ANNOTATION, PROVISIONER, ExecDirectories, VolumeProvisioner
 from .handle import (
@@ -51,11 +51,18 @@ TOOLS = ("kubernetes", "etcd", "kwok")
 EMPTY_AUTHENTICATION_CONFIG = ("apiVersion: apiserver.config.k8s.io/v1\n"
                                "kind: AuthenticationConfiguration\njwt: []\n")
 
-# pool -> (node name, labels, taints): one KWOK node per AKS pool (mfhelm.pools).
+# pool -> (node name, labels, taints): one KWOK node per AKS pool (mfhelm.pools),
+# the optional GPU and Spot pools included (on AKS they are off by default;
+# here flows can be placed on them with the config `mfhelm config` writes).
 NODES: dict[str, tuple[str, dict[str, str], list[dict[str, str]]]] = {
     pool.name: (f"{pool.name}-0", dict(pool.labels), [t.as_dict() for t in pool.taints])
-    for pool in POOLS
+    for pool in (*POOLS, *OPTIONAL_POOLS)
 }
+# Kubernetes' own default admission plugins stay on (the flag adds to them).
+# AKS's API server also runs ExtendedResourceToleration (AKS FAQ, "What
+# Kubernetes admission controllers does AKS support"): it gives a pod that
+# requests nvidia.com/gpu the toleration of the GPU pool's nvidia.com/gpu taint.
+ADMISSION_PLUGINS = ("ExtendedResourceToleration",)
 
 
 @dataclass(frozen=True)
@@ -302,6 +309,7 @@ def _boot(workdir: Path, pki_dir: Path, binaries: dict[str, Path], version: str,
         "--kubelet-preferred-address-types=InternalIP",
         f"--kubelet-client-certificate={kubelet_client.cert}",
         f"--kubelet-client-key={kubelet_client.key}",
+        f"--enable-admission-plugins={','.join(ADMISSION_PLUGINS)}",
         "--profiling=false",
     ])
     _wait_ready(server, ca.pair.cert, admin.cert, admin.key, procs, timeout=90)
@@ -471,23 +479,32 @@ SERVICE_POOL_ROOM = {
 }
 
 
+# The pools whose fake node is one VM of the pool's default size (the
+# AksSettings field naming it): what bounds a flow step is one node.
+VM_SIZE_SETTING = {"taskworkers": "task_vm_size", "gpu": "gpu_vm_size", "spot": "spot_vm_size"}
+
+
 def _node_resources(pool: str) -> dict[str, dict[str, str]]:
-    """capacity/allocatable of the taskworkers node: one node of the pool's
-    default VM size on AKS; the other pools' room (SERVICE_POOL_ROOM)."""
+    """capacity/allocatable of a flow pool's node (taskworkers, GPU, Spot): one
+    node of the pool's default VM size on AKS, GPUs included as the device
+    plugin advertises them; the other pools' room (SERVICE_POOL_ROOM)."""
+    from mfhelm.pools import GPU_RESOURCE
     from mfhelm.settings import AksSettings
     from mfhelm.sizing import BICEP_MAX_PODS, allocatable, vm_size
 
-    if pool != "taskworkers":
+    if pool not in VM_SIZE_SETTING:
         return SERVICE_POOL_ROOM
-    name = AksSettings().task_vm_size  # the default main.bicep is deployed with
+    # The default main.bicep is deployed with.
+    name = getattr(AksSettings(), VM_SIZE_SETTING[pool])
     size, alloc = vm_size(name), allocatable(name, BICEP_MAX_PODS)
     assert size is not None and alloc is not None, f"{name} is not in mfhelm.sizing"
     pods = str(BICEP_MAX_PODS)
+    gpus = {GPU_RESOURCE: str(size.gpus)} if size.gpus else {}
     return {
         "capacity": {"cpu": str(size.vcpus), "memory": f"{size.memory_gib}Gi",
-                     "pods": pods, "ephemeral-storage": "128Gi"},
+                     "pods": pods, "ephemeral-storage": "128Gi", **gpus},
         "allocatable": {"cpu": f"{alloc[0]}m", "memory": f"{alloc[1]}Mi",
-                        "pods": pods, "ephemeral-storage": "118Gi"},
+                        "pods": pods, "ephemeral-storage": "118Gi", **gpus},
     }
 
 
@@ -508,7 +525,7 @@ def _register_nodes(api: Any) -> None:
                 },
             ),
             spec=client.V1NodeSpec(taints=[client.V1Taint(**t) for t in taints]),
-            # The taskworkers node is shaped like an AKS node of the pool's
+            # The flow pools' nodes are shaped like an AKS node of the pool's
             # default VM size: capacity is the VM's vCPUs and memory,
             # allocatable what AKS's reservation leaves (mfhelm.sizing), so a
             # step too big for the real pool stays Pending here too (the other

@@ -340,3 +340,97 @@ def test_taskworkers_node_takes_the_largest_step_its_vm_size_leaves_and_no_more(
     core.create_namespaced_pod(namespace, step("largest", {"cpu": f"{cpu}m", "memory": f"{mib}Mi"}))
     pod = cluster.wait_pod_ready(namespace, "largest", timeout=90)
     assert pod.spec.node_name == cluster.nodes["taskworkers"]
+
+
+def _optional_pools_or_skip(cluster: Cluster) -> None:
+    if cluster.backend != "controlplane":
+        pytest.skip("the GPU and Spot pools are KWOK nodes: kind's nodes are real kubelets "
+                    "with no GPU")
+
+
+def test_every_node_is_in_its_pool_and_the_flow_pools_are_sized_like_their_vms(
+    cluster: Cluster,
+) -> None:
+    """One node per pool, the optional GPU and Spot pools included, each with
+    its pool's labels and taints (mfhelm.pools.pool_of finds it) and AKS's
+    agentpool label; the flow pools' nodes advertise one VM of the pool's
+    default size, the GPU node its GPU as the device plugin would."""
+    _optional_pools_or_skip(cluster)
+    from mfhelm import pools
+    from mfhelm.settings import AksSettings
+    from mfhelm.sizing import allocatable, vm_size
+
+    nodes = {n.metadata.name: n for n in cluster.core().list_node().items}
+    every = {p.name: p for p in (*pools.POOLS, *pools.OPTIONAL_POOLS)}
+    assert set(cluster.nodes) == set(every)
+    assert set(nodes) == set(cluster.nodes.values())
+    for name, pool in every.items():
+        node = nodes[cluster.nodes[name]]
+        taints = [t.to_dict() for t in node.spec.taints or []]
+        assert pools.pool_of(node.metadata.labels, taints) == pool, name
+        assert node.metadata.labels["kubernetes.azure.com/agentpool"] == name
+    settings = AksSettings()
+    for name, size_name in (("taskworkers", settings.task_vm_size),
+                            ("gpu", settings.gpu_vm_size), ("spot", settings.spot_vm_size)):
+        status = nodes[cluster.nodes[name]].status
+        size, alloc = vm_size(size_name), allocatable(size_name)
+        assert size is not None and alloc is not None
+        assert status.capacity["cpu"] == str(size.vcpus), name
+        assert status.allocatable["cpu"] == f"{alloc[0]}m", name
+        assert status.allocatable["memory"] == f"{alloc[1]}Mi", name
+        assert status.allocatable.get(pools.GPU_RESOURCE) == (str(size.gpus) if size.gpus
+                                                              else None), name
+    assert nodes[cluster.nodes["gpu"]].status.allocatable[pools.GPU_RESOURCE] == "1"
+    spot = nodes[cluster.nodes["spot"]]
+    assert spot.metadata.labels[pools.SPOT_PRIORITY_LABEL] == "spot"
+    assert {(t.key, t.value, t.effect) for t in spot.spec.taints} == {
+        ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")}
+
+
+def test_a_gpu_request_is_given_the_gpu_toleration_and_lands_on_the_gpu_node(
+    cluster: Cluster, namespace: str
+) -> None:
+    """The flow pods' selector and toleration (taskworkers) plus a request for
+    nvidia.com/gpu: ExtendedResourceToleration, as on AKS, adds the toleration
+    of the GPU taint; the same pod without the request stays off that node."""
+    _optional_pools_or_skip(cluster)
+    from mfhelm.pools import GPU_RESOURCE
+
+    core = cluster.core()
+    selector = {POOL_LABEL: "taskworkers"}
+    gpu_pod = _pod("gpu-step", node_selector=selector, tolerations=[TASKWORKERS_TOLERATION])
+    gpu_pod.spec.containers[0].resources = client.V1ResourceRequirements(
+        limits={GPU_RESOURCE: "1"})
+    core.create_namespaced_pod(namespace, gpu_pod)
+    pod = cluster.wait_pod_ready(namespace, "gpu-step", timeout=90)
+    assert pod.spec.node_name == cluster.nodes["gpu"]
+    added = [t for t in pod.spec.tolerations if t.key == GPU_RESOURCE]
+    assert [(t.operator, t.effect, t.value) for t in added] == [("Exists", "NoSchedule", None)]
+
+    # A second GPU step waits: the node has one GPU, and no other node any.
+    gpu_pod.metadata.name = "second-gpu-step"
+    core.create_namespaced_pod(namespace, gpu_pod)
+
+    def waits() -> str | None:
+        p = core.read_namespaced_pod("second-gpu-step", namespace)
+        return next((c.message for c in p.status.conditions or []
+                     if c.type == "PodScheduled" and c.reason == "Unschedulable"), None)
+
+    message = cluster.wait_for(waits, 60, "the scheduler to refuse a second GPU")
+    assert f"Insufficient {GPU_RESOURCE}" in message, message
+
+
+def test_a_zero_gpu_request_is_given_the_gpu_toleration_too(cluster: Cluster,
+                                                            namespace: str) -> None:
+    """What README "GPUs" warns of: `@kubernetes(gpu=0)` compiles to a limit of
+    0 nvidia.com/gpu, and ExtendedResourceToleration adds the toleration for
+    any request of the resource, whatever the quantity."""
+    _optional_pools_or_skip(cluster)
+    from mfhelm.pools import GPU_RESOURCE
+
+    pod = _pod("zero-gpu", node_selector={POOL_LABEL: "taskworkers"},
+               tolerations=[TASKWORKERS_TOLERATION])
+    pod.spec.containers[0].resources = client.V1ResourceRequirements(limits={GPU_RESOURCE: "0"})
+    created = cluster.core().create_namespaced_pod(namespace, pod)
+    assert [(t.key, t.operator, t.effect) for t in created.spec.tolerations
+            if t.key == GPU_RESOURCE] == [(GPU_RESOURCE, "Exists", "NoSchedule")]

@@ -186,3 +186,66 @@ def test_corrupt_existing_config_is_not_overwritten(tmp_path):
     with pytest.raises(MfhelmError, match=r"not valid JSON \(.*\); fix or move it"):
         write_config({"METAFLOW_DEFAULT_DATASTORE": "azure"}, home=tmp_path)
     assert (tmp_path / "config.json").read_text() == "{oops"
+
+
+# --- the optional pools and the flow image (issue 20) ------------------------------------
+
+TASKWORKERS_TOLERATION = {"key": "mfhelm.io/pool", "operator": "Equal", "value": "taskworkers",
+                          "effect": "NoSchedule"}
+SPOT_TOLERATION = {"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal",
+                   "value": "spot", "effect": "NoSchedule"}
+IMAGE = "acmemfacr1234.azurecr.io/metaflow-flow@sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("spot", [True, "True", "true"])
+def test_a_spot_pool_is_tolerated_by_every_step(spot):
+    cfg = build_config(OUTPUTS | {"spotPoolEnabled": spot}, SETTINGS)
+    assert json.loads(cfg["METAFLOW_KUBERNETES_TOLERATIONS"]) == [TASKWORKERS_TOLERATION,
+                                                                 SPOT_TOLERATION]
+    # Only a step that selects the pool goes there: the default selector stays.
+    assert cfg["METAFLOW_KUBERNETES_NODE_SELECTOR"] == "mfhelm.io/pool=taskworkers"
+
+
+@pytest.mark.parametrize("outputs", [{"spotPoolEnabled": False}, {"spotPoolEnabled": "False"},
+                                     {}, {"gpuPoolEnabled": True}])
+def test_no_spot_pool_no_spot_toleration_and_never_a_gpu_one(outputs):
+    cfg = build_config(OUTPUTS | outputs, SETTINGS)
+    # The GPU taint is tolerated by ExtendedResourceToleration, per pod, never here.
+    assert json.loads(cfg["METAFLOW_KUBERNETES_TOLERATIONS"]) == [TASKWORKERS_TOLERATION]
+
+
+def test_the_flow_image_comes_from_image_reference():
+    assert "METAFLOW_KUBERNETES_CONTAINER_IMAGE" not in build_config(OUTPUTS, SETTINGS)
+    s = parse({"org_prefix": "acme", "location": "westeurope", "image": {"reference": IMAGE}})
+    assert build_config(OUTPUTS, s)["METAFLOW_KUBERNETES_CONTAINER_IMAGE"] == IMAGE
+
+
+def test_real_metaflow_sends_a_spot_step_to_spot_in_the_flow_image(tmp_path):
+    """What `@kubernetes(node_selector="mfhelm.io/pool=spot")` and a plain
+    `@kubernetes` resolve to in Metaflow with the config written for a stack
+    with the Spot pool and a flow image."""
+    home = tmp_path / "mfhome"
+    home.mkdir()
+    s = parse({"org_prefix": "acme", "location": "westeurope", "image": {"reference": IMAGE}})
+    write_config(build_config(OUTPUTS | {"spotPoolEnabled": True}, s), None, home=home)
+    code = """
+import json
+from metaflow.plugins.kubernetes.kubernetes_decorator import KubernetesDecorator
+out = {}
+for name, attrs in (("spot", {"node_selector": "mfhelm.io/pool=spot"}), ("plain", {})):
+    deco = KubernetesDecorator(attributes=attrs)
+    deco.init()
+    out[name] = {k: deco.attributes[k] for k in ("node_selector", "tolerations", "image")}
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METAFLOW_")}
+    env |= {"METAFLOW_HOME": str(home), "HOME": str(home)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert seen["spot"] == {"node_selector": {"mfhelm.io/pool": "spot"},
+                            "tolerations": [TASKWORKERS_TOLERATION, SPOT_TOLERATION],
+                            "image": IMAGE}
+    assert seen["plain"]["node_selector"] == {"mfhelm.io/pool": "taskworkers"}
+    assert seen["plain"]["image"] == IMAGE
