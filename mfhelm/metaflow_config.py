@@ -134,20 +134,6 @@ def _deploys_argo(outputs: dict[str, Any]) -> bool:
     return argo.lower() == "true" if isinstance(argo, str) else argo is True
 
 
-def _true(value: Any) -> bool:
-    return value.lower() == "true" if isinstance(value, str) else value is True
-
-
-def _optional_pool_tolerations(outputs: dict[str, Any]) -> list[dict[str, str]]:
-    """The Spot pool's taint, tolerated by every step once the pool exists: only
-    a step that selects the pool (mfhelm.pools.SPOT_NODE_SELECTOR) goes there.
-    The GPU pool needs none (ExtendedResourceToleration; mfhelm.pools.GPU).
-    Stacks deployed before the output existed have no Spot pool."""
-    from mfhelm import pools
-
-    return [pools.SPOT_TAINT.toleration()] if _true(outputs.get("spotPoolEnabled")) else []
-
-
 def build_config(
     outputs: dict[str, Any], settings: Settings, *, service_url: str | None = None
 ) -> dict[str, str]:
@@ -162,6 +148,7 @@ def build_config(
         service_url = urls.get("METAFLOW_SERVICE_URL", DEFAULT_SERVICE_URL)
     check_service_url(service_url)
     from mfhelm.azure.outputs import check_settings
+    from mfhelm.values import spot_tolerations
 
     helm = settings.helm
     check_settings(outputs, settings)
@@ -186,7 +173,7 @@ def build_config(
         "METAFLOW_KUBERNETES_NODE_SELECTOR": f"{label_key}={label_value}",
         # Metaflow json.loads this one: a JSON list of Kubernetes tolerations.
         "METAFLOW_KUBERNETES_TOLERATIONS": json.dumps(
-            [toleration, *_optional_pool_tolerations(outputs)], separators=(",", ":")),
+            [toleration, *spot_tolerations(outputs)], separators=(",", ":")),
     }
     if settings.image.reference:
         # The image sets METAFLOW_SKIP_INSTALL_DEPENDENCIES itself (ENV): the

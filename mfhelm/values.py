@@ -167,6 +167,7 @@ def render_values(outputs: dict[str, Any], settings: Settings) -> dict[str, Any]
             "tolerations": [
                 {"key": label_key, "operator": "Equal", "value": label_value,
                  "effect": "NoSchedule"},
+                *spot_tolerations(outputs),
             ],
         },
         "serviceNodeSelector": {label_key: SERVICES_POOL},
@@ -312,6 +313,17 @@ def argo_watches_flow_namespace(values: dict[str, Any], release_namespace: str) 
         section["extraArgs"] = args
         argo[part] = section
     return {**values, "argo-workflows": argo}
+
+
+def spot_tolerations(outputs: dict[str, Any]) -> list[dict[str, str]]:
+    """The Spot pool's taint, tolerated by every step once the pool exists (the
+    Metaflow config, the chart's published config and Airflow's pod hook, which
+    adds tolerations to the task pods Metaflow's DAGs launch without any): only
+    a step that selects the pool (mfhelm.pools.SPOT_NODE_SELECTOR) goes there.
+    The GPU pool needs none (ExtendedResourceToleration; mfhelm.pools.GPU)."""
+    from mfhelm import pools
+
+    return [pools.SPOT_TAINT.toleration()] if output_true(outputs, "spotPoolEnabled") else []
 
 
 def output_true(outputs: dict[str, Any], name: str) -> bool:
