@@ -797,10 +797,12 @@ def image_build(
     minor = image_mod.check_python(python or image_mod.default_python())
     user_requirements = image_mod.read_requirements(requirements)
     s = settings_mod.load(settings_file)
-    sub = resolve_subscription_id(subscription)
-    registry = image_mod.registry_of(_outputs(outputs_file, s, sub), sub)
+    # The user's own input first: a requirements file that does not resolve is
+    # refused before any Azure sign-in or lookup.
     if user_requirements.strip():
         image_mod.check_resolves(user_requirements, minor)
+    sub = resolve_subscription_id(subscription)
+    registry = image_mod.registry_of(_outputs(outputs_file, s, sub), sub)
     step = _Steps()
     try:
         built = image_mod.build(settings_file, registry, python=minor,

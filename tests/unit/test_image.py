@@ -183,3 +183,17 @@ def test_bad_input_is_one_line_before_any_azure_call(tmp_path, monkeypatch, caps
     assert got[2].strip() == line
     assert calls == []
     assert "[image]" not in (tmp_path / "mfhelm.toml").read_text()
+
+
+def test_requirements_are_refused_before_any_azure_sign_in(tmp_path, monkeypatch, capsys):
+    """No subscription, no outputs, no `az login`: the requirements file is
+    the user's own input, and its error comes first."""
+    (tmp_path / "mfhelm.toml").write_text('org_prefix = "acme"\nlocation = "westeurope"\n')
+    (tmp_path / "bad.txt").write_text("nosuchpkg-mfhelm==1.0\n")
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID", raising=False)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "no-az"))
+    code, _, err = _main(["image", "build", "--python", "3.12", "--requirements", "bad.txt"],
+                         tmp_path, monkeypatch, capsys)
+    assert code == 1
+    assert err.strip() == ("mfhelm: error: --requirements does not resolve for Python 3.12 on "
+                           "linux/amd64: No matching distribution found for nosuchpkg-mfhelm==1.0")
