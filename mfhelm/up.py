@@ -141,14 +141,15 @@ def values_layer() -> Any:
 
 
 def pool_nodes(nodes: list[Any]) -> dict[str, list[str]]:
-    """pool name -> the names of its nodes (V1Node objects)."""
+    """pool name -> the names of its nodes (V1Node objects): every pool `up`
+    makes, and an optional one (GPU, Spot) only where a node of it exists."""
     found: dict[str, list[str]] = {p.name: [] for p in pools.POOLS}
     for node in nodes:
         taints = [{"key": t.key, "value": t.value or "", "effect": t.effect}
                   for t in node.spec.taints or []]
         pool = pools.pool_of(node.metadata.labels, taints)
         if pool is not None:
-            found[pool.name].append(node.metadata.name)
+            found.setdefault(pool.name, []).append(node.metadata.name)
     return found
 
 

@@ -38,8 +38,9 @@ from .handle import Cluster, wait_for
 
 def test_the_test_clusters_nodes_are_the_pools_up_checks(cluster: Cluster) -> None:
     found = up.wait_for_pools(cluster.api_client(), "test", 120)
+    # One node per pool, the optional GPU and Spot pools' included.
     assert {pool: len(names) for pool, names in found.items()} == \
-        {p.name: 1 for p in pools.POOLS}
+        {p.name: 1 for p in (*pools.POOLS, *pools.OPTIONAL_POOLS)}
     assert found["taskworkers"] == [cluster.nodes["taskworkers"]]
 
 

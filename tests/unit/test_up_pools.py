@@ -135,6 +135,17 @@ def test_pool_nodes_sorts_nodes_by_labels_and_taints() -> None:
     up.check_pools("mfhelm", found)
 
 
+def test_pool_nodes_counts_gpu_and_spot_nodes_apart_from_taskworkers() -> None:
+    """A GPU node holds every label and taint of taskworkers: it is the GPU
+    pool's, not a second taskworkers node (the test cluster has one of each)."""
+    nodes = [_node(f"{p.name}-0", dict(p.labels), list(p.taints))
+             for p in (*pools.POOLS, *pools.OPTIONAL_POOLS)]
+    found = up.pool_nodes(nodes)
+    assert found == {"system": ["system-0"], "services": ["services-0"],
+                     "taskworkers": ["taskworkers-0"], "gpu": ["gpu-0"], "spot": ["spot-0"]}
+    up.check_pools("mfhelm", found)
+
+
 def test_a_cluster_without_the_pools_is_refused_naming_the_missing_pool() -> None:
     plain = up.pool_nodes([_node("kind-control-plane", {}, []), _node("kind-worker", {}, [])])
     with pytest.raises(MfhelmError) as err:
