@@ -43,6 +43,10 @@ def _admission(cluster: Cluster, namespace: str, scenario: Path) -> dict[str, st
         except client.ApiException as exc:
             assert exc.status == 409, exc.body
     for obj, _spec in workloads:
+        if obj["metadata"].get("namespace", namespace) != namespace:
+            # The NVIDIA device plugin: in kube-system, outside the stack's
+            # Pod Security level (test_only_node_agents_live_outside_the_stack).
+            continue
         template = obj["spec"]["template"]
         spec = dict(template["spec"])
         # A StatefulSet's pods get a PVC volume per claim template.
@@ -85,6 +89,20 @@ def test_only_the_migration_container_keeps_the_stack_from_restricted(cluster: C
     assert set(refused) == {"mf-metadata"}, refused
     assert 'container "migrations"' in refused["mf-metadata"]
     assert "runAsNonRoot" in refused["mf-metadata"] or "runAsUser=0" in refused["mf-metadata"]
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_only_node_agents_live_outside_the_stack(scenario):
+    """Every workload runs in the release namespace except the NVIDIA device
+    plugin (with the GPU pool), which needs the kubelet's hostPath that the
+    stack's level refuses: kube-system, as upstream installs it."""
+    values = render([SCENARIOS[scenario]], release="mf", namespace="stack")
+    outside = {obj["metadata"]["name"]: obj["metadata"]["namespace"]
+               for obj, _ in pod_specs(values)
+               if obj["metadata"].get("namespace", "stack") != "stack"}
+    # ci/azure-values.yaml has the GPU pool; the local profile never does.
+    gpu = scenario == "azure"
+    assert outside == ({"mf-nvidia-device-plugin": "kube-system"} if gpu else {}), outside
 
 
 def test_install_creates_namespaces_at_the_stacks_level(cluster: Cluster):
