@@ -31,7 +31,6 @@ next minute and five `argo-workflows create`s (run side by side).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 import uuid
@@ -571,7 +570,7 @@ def test_the_data_scientist_terminates_a_running_flow(stage: Stage):
     again = stage.run("hold", "terminate", f"argo-{name}")
     assert again.returncode != 0
     assert "forbidden" not in (again.stdout + again.stderr).lower()
-    assert json.dumps(stage.controller.log_text().count("forbidden")) == "0"
+    assert "forbidden" not in stage.controller.log_text().lower()
 
 
 # --- @schedule -------------------------------------------------------------------
