@@ -227,6 +227,35 @@ def apply(cluster: Cluster, obj: dict[str, Any]) -> None:
         raise ValueError(f"apply does not handle {kind}")
 
 
+def delete(cluster: Cluster, obj: dict[str, Any]) -> None:
+    """Delete one object `apply` made (gone already is fine). A test that
+    applies the chart's objects into the shared release and flow namespaces
+    deletes them when done: a later `helm install` there refuses objects it
+    does not own ("exists and cannot be imported into the current release")."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    api = cluster.api_client()
+    kind = obj["kind"]
+    name = obj["metadata"]["name"]
+    ns = obj["metadata"].get("namespace")
+    calls = {
+        "ServiceAccount": lambda: client.CoreV1Api(api).delete_namespaced_service_account(
+            name, ns),
+        "ConfigMap": lambda: client.CoreV1Api(api).delete_namespaced_config_map(name, ns),
+        "Role": lambda: client.RbacAuthorizationV1Api(api).delete_namespaced_role(name, ns),
+        "RoleBinding": lambda: client.RbacAuthorizationV1Api(api).delete_namespaced_role_binding(
+            name, ns),
+    }
+    if kind not in calls:
+        raise ValueError(f"delete does not handle {kind}")
+    try:
+        calls[kind]()
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
 def apply_crds(cluster: Cluster, build: ArgoBuild) -> list[str]:
     """Apply the release's minimal CRDs and wait until they are served.
 

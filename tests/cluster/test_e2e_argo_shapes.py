@@ -353,11 +353,15 @@ class Stage:
         return self.wait(f"step {step} of {name} to be {'/'.join(phases)}", found)
 
 
-def _apply_chart_objects(cluster: Cluster, flow_ns: str, component: str) -> None:
+def _apply_chart_objects(cluster: Cluster, flow_ns: str, component: str) -> list[dict]:
+    """The chart's objects of one component, applied; returned for the teardown."""
     values = {**argo.chart_values(RELEASE_NS, flow_ns), "dataScientists": {"groups": [GROUP]}}
+    applied = []
     for obj in render([SCENARIOS["local"]], values, release="metaflow", namespace=RELEASE_NS):
         if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == component:
             argo.apply(cluster, obj)
+            applied.append(obj)
+    return applied
 
 
 def _cleanup(custom: client.CustomObjectsApi, ns: str) -> None:
@@ -387,8 +391,8 @@ def stage(cluster: Cluster, argo_build, metaflow_env) -> Iterator[Stage]:
     flow_ns = mf.flow_namespace
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
-    for component in ("flows", "data-scientists"):
-        _apply_chart_objects(cluster, flow_ns, component)
+    applied = [obj for component in ("flows", "data-scientists")
+               for obj in _apply_chart_objects(cluster, flow_ns, component)]
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     custom = client.CustomObjectsApi(cluster.api_client())
     kubelet = ScriptedKubelet(cluster)
@@ -413,6 +417,8 @@ def stage(cluster: Cluster, argo_build, metaflow_env) -> Iterator[Stage]:
                 _cleanup(custom, flow_ns)
     finally:
         kubelet.stop()
+        for obj in applied:  # a later `helm install` into these namespaces owns them
+            argo.delete(cluster, obj)
 
 
 def _created(stage: Stage, key: str) -> dict[str, Any]:
