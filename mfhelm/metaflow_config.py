@@ -129,6 +129,14 @@ def access_urls(host: str, *, argo: bool) -> dict[str, str]:
     return config
 
 
+# Metaflow (2.19.32+) writes a CronWorkflow's cron expression into `schedules`
+# (a list, Argo 3.6+) with this key on, else into `schedule`, which Argo 4
+# removed: its controller ignores it ("cron workflow must have at least one
+# schedule") and its full CRD refuses the object. Every Argo the chart has
+# pinned (3.6.10 on) reads `schedules`, so the key is on wherever Argo runs.
+ARGO_SCHEDULES_KEY = "METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES"
+
+
 def _deploys_argo(outputs: dict[str, Any]) -> bool:
     argo = outputs["deployArgo"]
     return argo.lower() == "true" if isinstance(argo, str) else argo is True
@@ -181,6 +189,8 @@ def build_config(
         config["METAFLOW_KUBERNETES_CONTAINER_IMAGE"] = settings.image.reference
     from mfhelm.values import argo_events_enabled
 
+    if _deploys_argo(outputs):
+        config[ARGO_SCHEDULES_KEY] = "true"
     if argo_events_enabled(outputs, settings):
         config |= argo_events_config(helm.release, str(outputs["flowNamespace"]))
     config |= {k: v for k, v in urls.items() if k != "METAFLOW_SERVICE_URL"}

@@ -97,6 +97,9 @@ PUBLISHED_EVENTS_CONFIG = (
     "METAFLOW_ARGO_EVENTS_EVENT_SOURCE", "METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT",
     "METAFLOW_ARGO_EVENTS_WEBHOOK_URL", "METAFLOW_ARGO_EVENTS_INTERNAL_WEBHOOK_URL",
 )
+# With Argo Workflows on: Metaflow writes CronWorkflows' `schedules`, which
+# Argo 4 needs (mfhelm/metaflow_config.py ARGO_SCHEDULES_KEY).
+PUBLISHED_ARGO_CONFIG = ("METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES",)
 # With access on: the UIs through the entry point (Argo's with Argo on).
 # METAFLOW_MFHELM_SERVICE_SCOPE: the token scope mfhelm's Metaflow extension asks for.
 PUBLISHED_ACCESS_CONFIG = ("METAFLOW_UI_URL", "METAFLOW_MFHELM_SERVICE_SCOPE")
@@ -113,6 +116,8 @@ def published_config_keys(values: dict[str, Any]) -> tuple[str, ...]:
     Events are on unless the values turn them off, access off unless on:
     the chart's defaults)."""
     keys: tuple[str, ...] = PUBLISHED_CONFIG
+    if _on(values, "argo-workflows.enabled", True):
+        keys += PUBLISHED_ARGO_CONFIG
     if _on(values, "argo-events.enabled", True):
         keys += PUBLISHED_EVENTS_CONFIG
     if _on(values, "access.enabled", False):

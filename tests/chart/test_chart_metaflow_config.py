@@ -13,11 +13,12 @@ from chartlib import SCENARIOS, HelmError, get, render
 
 from mfhelm import settings
 from mfhelm.metaflow_config import build_config
-from mfhelm.uservalues import PUBLISHED_CONFIG, PUBLISHED_EVENTS_CONFIG
+from mfhelm.uservalues import PUBLISHED_ARGO_CONFIG, PUBLISHED_CONFIG, PUBLISHED_EVENTS_CONFIG
 
 AZURE = SCENARIOS["azure"]
 LOCAL = SCENARIOS["local"]
 EVENTS_OFF = {"argo-events": {"enabled": False}}
+ARGO_OFF = {"argo-workflows": {"enabled": False}, **EVENTS_OFF}
 
 
 def published(values_file, values=None) -> dict[str, str]:
@@ -27,14 +28,22 @@ def published(values_file, values=None) -> dict[str, str]:
 
 @pytest.mark.parametrize("scenario", [AZURE, LOCAL])
 def test_published_keys_are_the_ones_mfhelm_knows(scenario):
-    assert set(published(scenario)) == set(PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG)
-    assert set(published(scenario, EVENTS_OFF)) == set(PUBLISHED_CONFIG)
+    assert set(published(scenario)) == set(
+        PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG + PUBLISHED_EVENTS_CONFIG)
+    assert set(published(scenario, EVENTS_OFF)) == set(PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG)
+    assert set(published(scenario, ARGO_OFF)) == set(PUBLISHED_CONFIG)
+
+
+@pytest.mark.parametrize("scenario", [AZURE, LOCAL])
+def test_cron_workflows_are_written_with_schedules_where_argo_runs(scenario):
+    # Argo 4 reads only `schedules`; Metaflow writes it with this key on.
+    assert published(scenario)["METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES"] == "true"
 
 
 def test_mfhelm_config_writes_the_published_keys():
     s = settings.parse({"org_prefix": "acme", "location": "westeurope"})
     assert set(build_config(fake_arm.sample_outputs(), s)) == set(
-        PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG)
+        PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG + PUBLISHED_EVENTS_CONFIG)
 
 
 def test_extra_keys_are_added_beside_the_published_ones():
@@ -44,7 +53,7 @@ def test_extra_keys_are_added_beside_the_published_ones():
     assert config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"] == "metaflow-flows"
 
 
-@pytest.mark.parametrize("key", PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG)
+@pytest.mark.parametrize("key", PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG + PUBLISHED_EVENTS_CONFIG)
 def test_an_extra_key_may_not_replace_a_published_one(key):
     with pytest.raises(HelmError) as err:
         published(AZURE, {"metaflowConfig": {"extra": {key: "https://elsewhere/"}}})

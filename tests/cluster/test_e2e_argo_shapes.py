@@ -586,12 +586,13 @@ def test_schedule_makes_a_cron_workflow_that_the_controller_runs(stage: Stage):
     name = FLOWS["schedule"][1]
     cron = stage.get("cronworkflows", name)
     spec = cron["spec"]
-    # Metaflow 2.19.39 writes the singular `schedule` unless
-    # METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES is true, which mfhelm's config
-    # does not set. Argo 4 removed `schedule`: this pins today's field.
-    assert "METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES" not in stage.mf.config
-    assert spec["schedule"] == "* * * * *"
-    assert "schedules" not in spec
+    # mfhelm's config turns METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES on, so
+    # Metaflow 2.19.39 writes the list `schedules` (read by Argo 3.6 on), not
+    # the singular `schedule` Argo 4 removed: a CronWorkflow made today keeps
+    # running after the upgrade.
+    assert stage.mf.config["METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES"] == "true"
+    assert spec["schedules"] == ["* * * * *"]
+    assert "schedule" not in spec
     assert spec["suspend"] is False
     assert spec["workflowSpec"] == {"workflowTemplateRef": {"name": name}}
 
@@ -618,5 +619,5 @@ def test_schedule_makes_a_cron_workflow_that_the_controller_runs(stage: Stage):
     assert done["status"]["phase"] == "Succeeded", done["status"].get("message")
     assert {n: v["phase"] for n, v in stage.nodes(done).items() if v["type"] == "Pod"
             and not n.startswith("onExit")} == {"start": "Succeeded", "end": "Succeeded"}
-    print(f"\ncron {name}: {spec['schedule']!r} last scheduled {status['lastScheduledTime']}, "
+    print(f"\ncron {name}: {spec['schedules']!r} last scheduled {status['lastScheduledTime']}, "
           f"ran {run}: {done['status']['phase']}")

@@ -19,6 +19,7 @@ from mfhelm.uservalues import (
     LOCAL_PROTECTED,
     PUBLISHED_ACCESS_ARGO_CONFIG,
     PUBLISHED_ACCESS_CONFIG,
+    PUBLISHED_ARGO_CONFIG,
     PUBLISHED_CONFIG,
     PUBLISHED_EVENTS_CONFIG,
     UserValues,
@@ -180,8 +181,8 @@ def test_config_with_access_points_laptops_at_the_entry_point():
     # Flow pods keep the in-cluster URL, not the proxy.
     assert cfg["METAFLOW_SERVICE_INTERNAL_URL"] == (
         "http://metaflow-metadata.metaflow.svc.cluster.local:8080")
-    assert set(cfg) == set(PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG + PUBLISHED_ACCESS_CONFIG
-                           + PUBLISHED_ACCESS_ARGO_CONFIG)
+    assert set(cfg) == set(PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG + PUBLISHED_EVENTS_CONFIG
+                           + PUBLISHED_ACCESS_CONFIG + PUBLISHED_ACCESS_ARGO_CONFIG)
 
 
 def test_config_without_argo_links_no_argo_ui():
@@ -202,7 +203,8 @@ def test_an_explicit_service_url_wins():
 
 
 def test_published_keys_follow_access_and_argo():
-    assert published_config_keys({}) == PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG
+    assert published_config_keys({}) == (PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG
+                                         + PUBLISHED_EVENTS_CONFIG)
     on = {"access": {"enabled": True}}
     access_keys = PUBLISHED_ACCESS_CONFIG + PUBLISHED_ACCESS_ARGO_CONFIG
     assert published_config_keys(on)[-len(access_keys):] == access_keys

@@ -38,7 +38,15 @@ def test_config_keys_for_this_stack():
         "METAFLOW_KUBERNETES_NODE_SELECTOR": "mfhelm.io/pool=taskworkers",
         "METAFLOW_KUBERNETES_TOLERATIONS": '[{"key":"mfhelm.io/pool","operator":"Equal",'
                                            '"value":"taskworkers","effect":"NoSchedule"}]',
+        # Argo 4 reads a CronWorkflow's `schedules` only: Metaflow writes it with this on.
+        "METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES": "true",
     }
+
+
+def test_no_schedules_key_without_argo():
+    cfg = build_config(OUTPUTS | {"deployArgo": False}, SETTINGS,
+                       service_url="http://localhost:8080")
+    assert "METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES" not in cfg
 
 
 def test_sysroot_has_no_scheme_or_edge_slashes_and_release_names_the_service():

@@ -21,6 +21,7 @@ from mfhelm.helm import find_chart
 from mfhelm.uservalues import (
     AZURE_PROTECTED,
     LOCAL_PROTECTED,
+    PUBLISHED_ARGO_CONFIG,
     PUBLISHED_CONFIG,
     PUBLISHED_EVENTS_CONFIG,
     UserValues,
@@ -290,7 +291,7 @@ def test_chart_readme_lists_every_promise_and_its_keys():
 # --- metaflowConfig.extra: add, never replace --------------------------------------------
 
 
-@pytest.mark.parametrize("key", PUBLISHED_CONFIG + PUBLISHED_EVENTS_CONFIG)
+@pytest.mark.parametrize("key", PUBLISHED_CONFIG + PUBLISHED_ARGO_CONFIG + PUBLISHED_EVENTS_CONFIG)
 @pytest.mark.parametrize("profile", ["azure", "local"])
 def test_extra_may_not_replace_a_published_key(profile: str, key: str):
     base, protected = base_for(profile)
