@@ -227,6 +227,23 @@ def apply(cluster: Cluster, obj: dict[str, Any]) -> None:
         raise ValueError(f"apply does not handle {kind}")
 
 
+def apply_chart_objects(cluster: Cluster, release_ns: str, flow_ns: str, group: str,
+                        components: tuple[str, ...] = ("flows", "data-scientists")
+                        ) -> list[dict[str, Any]]:
+    """The local chart's objects of these components (flow pods' account and
+    Roles, the data scientists' Role for `group`), applied; returned so the
+    test deletes them when done (`delete`)."""
+    from chartlib import SCENARIOS, render
+
+    values = {**chart_values(release_ns, flow_ns), "dataScientists": {"groups": [group]}}
+    applied = []
+    for obj in render([SCENARIOS["local"]], values, release="metaflow", namespace=release_ns):
+        if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") in components:
+            apply(cluster, obj)
+            applied.append(obj)
+    return applied
+
+
 def delete(cluster: Cluster, obj: dict[str, Any]) -> None:
     """Delete one object `apply` made (gone already is fine). A test that
     applies the chart's objects into the shared release and flow namespaces

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chartlib import SCENARIOS, render
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -353,17 +352,6 @@ class Stage:
         return self.wait(f"step {step} of {name} to be {'/'.join(phases)}", found)
 
 
-def _apply_chart_objects(cluster: Cluster, flow_ns: str, component: str) -> list[dict]:
-    """The chart's objects of one component, applied; returned for the teardown."""
-    values = {**argo.chart_values(RELEASE_NS, flow_ns), "dataScientists": {"groups": [GROUP]}}
-    applied = []
-    for obj in render([SCENARIOS["local"]], values, release="metaflow", namespace=RELEASE_NS):
-        if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == component:
-            argo.apply(cluster, obj)
-            applied.append(obj)
-    return applied
-
-
 def _cleanup(custom: client.CustomObjectsApi, ns: str) -> None:
     """What the flows of this module left in the shared flow namespace; the
     CronWorkflow first, so that it starts nothing more."""
@@ -391,8 +379,7 @@ def stage(cluster: Cluster, argo_build, metaflow_env) -> Iterator[Stage]:
     flow_ns = mf.flow_namespace
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
-    applied = [obj for component in ("flows", "data-scientists")
-               for obj in _apply_chart_objects(cluster, flow_ns, component)]
+    applied = argo.apply_chart_objects(cluster, RELEASE_NS, flow_ns, GROUP)
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     custom = client.CustomObjectsApi(cluster.api_client())
     kubelet = ScriptedKubelet(cluster)

@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import pytest
-from chartlib import SCENARIOS, render
 from kubernetes import client
 
 from . import argo
@@ -32,20 +31,13 @@ RELEASE_NS = "metaflow"  # the config's in-cluster metadata URL names it
 GROUP = "ml-team"
 
 
-def _apply_chart_objects(cluster: Cluster, flow_ns: str, component: str) -> None:
-    values = {**argo.chart_values(RELEASE_NS, flow_ns), "dataScientists": {"groups": [GROUP]}}
-    for obj in render([SCENARIOS["local"]], values, release="metaflow", namespace=RELEASE_NS):
-        if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == component:
-            argo.apply(cluster, obj)
-
-
 def _workflow(custom: Any, ns: str, name: str) -> dict[str, Any]:
     return custom.get_namespaced_custom_object(**ARGO, namespace=ns, plural="workflows",
                                                name=name)
 
 
 def test_a_data_scientist_runs_a_flow_on_the_real_controller(cluster: Cluster, argo_build,
-                                                              metaflow_env):
+                                                              metaflow_env, request):
     if cluster.backend != "controlplane":
         pytest.skip("needs the local control plane's CA to issue a user certificate "
                     "(kind keeps its CA inside its node)")
@@ -54,8 +46,9 @@ def test_a_data_scientist_runs_a_flow_on_the_real_controller(cluster: Cluster, a
     assert flow_ns != RELEASE_NS
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
-    for component in ("flows", "data-scientists"):
-        _apply_chart_objects(cluster, flow_ns, component)
+    applied = argo.apply_chart_objects(cluster, RELEASE_NS, flow_ns, GROUP)
+    # A later `helm install` into these namespaces must own them.
+    request.addfinalizer(lambda: [argo.delete(cluster, obj) for obj in applied])
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     custom = client.CustomObjectsApi(cluster.api_client())
 

@@ -61,13 +61,6 @@ def placement_env(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv
         entra=entra_endpoint, metadata=metadata_ping, outputs=outputs, settings=settings)
 
 
-def _apply_chart_objects(cluster: Cluster, flow_ns: str, component: str) -> None:
-    values = {**argo.chart_values(RELEASE_NS, flow_ns), "dataScientists": {"groups": [GROUP]}}
-    for obj in render([SCENARIOS["local"]], values, release="metaflow", namespace=RELEASE_NS):
-        if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") == component:
-            argo.apply(cluster, obj)
-
-
 @pytest.fixture
 def device_plugin(cluster: Cluster) -> Iterator[dict[str, Any]]:
     """The chart's device plugin DaemonSet, as `mfhelm install` renders it for a
@@ -161,7 +154,7 @@ def _refusals(cluster: Cluster, pod: Any) -> tuple[set[str], set[str]]:
     return tainted, elsewhere
 
 
-def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env):
+def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env, request):
     _skip_without_optional_pools(cluster)
     mf = placement_env
     flow_ns = mf.flow_namespace
@@ -170,8 +163,9 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
     assert pools.SPOT_TAINT.key in tolerations and pools.GPU_RESOURCE not in tolerations
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
-    for component in ("flows", "data-scientists"):
-        _apply_chart_objects(cluster, flow_ns, component)
+    applied = argo.apply_chart_objects(cluster, RELEASE_NS, flow_ns, GROUP)
+    # A later `helm install` into these namespaces must own them.
+    request.addfinalizer(lambda: [argo.delete(cluster, obj) for obj in applied])
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     custom = client.CustomObjectsApi(cluster.api_client())
     core = cluster.core()
