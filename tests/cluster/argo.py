@@ -241,6 +241,7 @@ def apply_chart_objects(cluster: Cluster, release_ns: str, flow_ns: str, group: 
         if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component") in components:
             apply(cluster, obj)
             applied.append(obj)
+    cluster.wait_authorized(applied)
     return applied
 
 

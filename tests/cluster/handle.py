@@ -81,6 +81,19 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str,
         time.sleep(interval)
 
 
+def _reviewed_as(subject: dict[str, Any], namespace: str) -> tuple[str, list[str]]:
+    """The user and groups a SubjectAccessReview gives for a binding's subject."""
+    kind, name = subject["kind"], subject["name"]
+    if kind == "ServiceAccount":
+        home = subject.get("namespace") or namespace
+        return (f"system:serviceaccount:{home}:{name}",
+                ["system:serviceaccounts", f"system:serviceaccounts:{home}",
+                 "system:authenticated"])
+    if kind == "Group":
+        return "rbac-probe", [name, "system:authenticated"]
+    return name, ["system:authenticated"]
+
+
 @dataclass
 class Cluster:
     """A running cluster for the tests.
@@ -303,6 +316,37 @@ class Cluster:
                     "system:authenticated"],
             **kw,
         )
+
+    def wait_authorized(self, objs: list[dict[str, Any]], timeout: float = 30) -> None:
+        """Wait until the API server's authorizer answers by these Roles and bindings.
+
+        The RBAC authorizer reads Roles and RoleBindings from informer caches
+        that trail the writes, by longer on a loaded machine: a review (or a
+        request) sent right after the write can still get the old answer. For
+        each RoleBinding in ``objs`` whose Role is in ``objs`` too, the first
+        rule of the Role is reviewed for each subject until it is allowed.
+        """
+        roles = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o
+                 for o in objs if o["kind"] == "Role"}
+        for binding in (o for o in objs if o["kind"] == "RoleBinding"):
+            ns = binding["metadata"]["namespace"]
+            role = roles.get((ns, binding["roleRef"]["name"]))
+            if binding["roleRef"]["kind"] != "Role" or role is None:
+                continue
+            rule = next((r for r in role.get("rules") or [] if r.get("resources")), None)
+            if rule is None:
+                continue
+            resource, _, subresource = rule["resources"][0].partition("/")
+            review = {"verb": next((v for v in rule["verbs"] if v != "*"), "get"),
+                      "resource": "pods" if resource == "*" else resource,
+                      "subresource": subresource,
+                      "group": next((g for g in rule.get("apiGroups") or [""] if g != "*"), ""),
+                      "name": (rule.get("resourceNames") or [""])[0], "namespace": ns}
+            for subject in binding.get("subjects") or []:
+                user, groups = _reviewed_as(subject, ns)
+                self.wait_for(lambda u=user, g=groups, r=review: self.can_i(u, groups=g, **r), timeout,
+                              f"the authorizer to apply RoleBinding {ns}/"
+                              f"{binding['metadata']['name']} to {user}")
 
     def wait_for(self, check: Callable[[], T | None], timeout: float, what: str) -> T:
         return wait_for(check, timeout, what)

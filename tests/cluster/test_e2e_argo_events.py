@@ -344,9 +344,11 @@ def test_our_events_objects_fit_argo_events_and_the_api_server_takes_them(
 def test_the_sensor_account_may_create_workflows_in_the_flow_namespace_only(
         cluster: Cluster, events_build: EventsBuild) -> None:
     with _namespaces(cluster, "evrbac") as (release_ns, flow_ns):
-        for obj in events_objects(render_chart("mf", release_ns, flow_ns)):
-            if obj["metadata"]["labels"]["app.kubernetes.io/component"] == "sensors":
-                apply(cluster, obj)
+        sensors = [obj for obj in events_objects(render_chart("mf", release_ns, flow_ns))
+                   if obj["metadata"]["labels"]["app.kubernetes.io/component"] == "sensors"]
+        for obj in sensors:
+            apply(cluster, obj)
+        cluster.wait_authorized(sensors)
 
         def can(verb: str, resource: str, ns: str | None, group: str = "argoproj.io") -> bool:
             return cluster.service_account_can(flow_ns, SENSOR_ACCOUNT, verb, resource,

@@ -351,6 +351,21 @@ class Stage:
 
         return self.wait(f"step {step} of {name} to be {'/'.join(phases)}", found)
 
+    def recorded(self, name: str) -> dict[str, Any]:
+        """Wait until the controller has written a triggered run's first record.
+
+        Metaflow's suspend and terminate read the run's `metaflow/...`
+        annotations, which the controller copies from the template's
+        workflowMetadata on its first pass and persists at the end of that
+        pass, after it created the first pod (argo v3.6.10,
+        operator.go: updateWorkflowMetadata, persistUpdates). Until then
+        Metaflow calls the run "a non-metaflow workflow"."""
+        def annotated() -> dict[str, Any] | None:
+            wf = self.workflow(name)
+            return wf if "metaflow/owner" in (wf["metadata"].get("annotations") or {}) else None
+
+        return dict(self.wait(f"workflow {name} to carry Metaflow's annotations", annotated))
+
 
 def _cleanup(custom: client.CustomObjectsApi, ns: str) -> None:
     """What the flows of this module left in the shared flow namespace; the
@@ -509,6 +524,7 @@ def test_the_data_scientist_suspends_and_resumes_a_running_flow(stage: Stage):
     _created(stage, "hold")
     name = stage.runs["suspend"]
     pod = stage.step_pod(name, "hold")
+    stage.recorded(name)
     done = stage.run("hold", "suspend", f"argo-{name}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Suspended execution of argo-{name}" in done.stdout + done.stderr
@@ -537,6 +553,7 @@ def test_the_data_scientist_terminates_a_running_flow(stage: Stage):
     _created(stage, "hold")
     name = stage.runs["terminate"]
     pod = stage.step_pod(name, "hold")
+    stage.recorded(name)
     done = stage.run("hold", "terminate", f"argo-{name}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Run terminated." in done.stdout + done.stderr

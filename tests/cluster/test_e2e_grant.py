@@ -12,6 +12,7 @@ and a failed upgrade undoes the role assignments.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import fake_arm
@@ -48,6 +49,12 @@ class Member:
                                   subresource=subresource,
                                   groups=[self.group, "system:authenticated"])
 
+    def settles(self, check: Callable[[], bool], expected: bool = True) -> None:
+        """Wait until the authorizer gives `expected` for `check` after a grant or
+        revoke: its caches of Roles and bindings trail the write."""
+        self.cluster.wait_for(lambda: check() == expected, 30,
+                              f"{self.name}: {check.__name__} to be {expected}")
+
     def creates_workflows(self) -> bool:
         return self.can("create", "workflows", "argoproj.io")
 
@@ -71,6 +78,7 @@ def test_grant_and_revoke_on_the_local_profile(cluster: Cluster, release):
     done = _grant(cluster, ns, "grant", "--group", "ml-team")
     assert done.returncode == 0, done.stderr
     assert "local profile: Kubernetes only" in done.stdout
+    alice.settles(alice.creates_workflows)
     assert "group ml-team: data-scientist" in done.stdout
     assert alice.creates_workflows() and alice.reads_logs() and alice.lists_cron()
     assert alice.can("get", "events") and alice.can("list", "pods")
@@ -82,6 +90,7 @@ def test_grant_and_revoke_on_the_local_profile(cluster: Cluster, release):
 
     done = _grant(cluster, ns, "grant", "--group", "ml-watchers", "--role", "viewer")
     assert done.returncode == 0, done.stderr
+    bob.settles(bob.reads_logs)
     assert bob.reads_logs() and bob.lists_cron() and bob.can("watch", "workflows", "argoproj.io")
     assert not bob.creates_workflows() and not bob.reads_secrets()
     assert not bob.can("delete", "workflows", "argoproj.io")
@@ -107,10 +116,12 @@ def test_grant_and_revoke_on_the_local_profile(cluster: Cluster, release):
     done = _grant(cluster, ns, "revoke", "--group", "ml-team")
     assert done.returncode == 0, done.stderr
     assert "removed from dataScientists.groups" in done.stdout
+    alice.settles(alice.creates_workflows, False)
     assert not alice.creates_workflows() and not alice.reads_logs()
     assert bob.reads_logs()  # the other team keeps its access
     done = _grant(cluster, ns, "revoke", "--group", "ml-watchers")
     assert done.returncode == 0, done.stderr
+    bob.settles(bob.reads_logs, False)
     assert not bob.reads_logs()
     again = _grant(cluster, ns, "revoke", "--group", "ml-watchers")
     assert again.returncode == 0 and "not in the release's values" in again.stdout
@@ -195,6 +206,7 @@ def test_grant_on_the_azure_profile_assigns_roles_and_binds_the_group(cluster: C
     assert authz.held(DS) == {(container, access.BLOB_DATA_CONTRIBUTOR),
                               (aks, access.AKS_CLUSTER_USER)}
     assert any(line.startswith("group ml-team (") for line in out.lines)
+    member.settles(member.creates_workflows)
     assert member.creates_workflows() and member.reads_logs() and not member.reads_secrets()
 
     listed = grant.list_grants(target, azure=side, timeout="4m")
@@ -203,4 +215,5 @@ def test_grant_on_the_azure_profile_assigns_roles_and_binds_the_group(cluster: C
 
     grant.grant(target, DS, None, azure=side, timeout="4m")
     assert authz.held(DS) == set()
+    member.settles(member.creates_workflows, False)
     assert not member.creates_workflows() and not member.reads_logs()

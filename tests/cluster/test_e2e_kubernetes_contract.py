@@ -202,6 +202,7 @@ def test_argo_accounts_can_run_workflows_in_a_separate_flow_namespace(cluster: C
         create = (rbac.create_namespaced_role if o["kind"] == "Role"
                   else rbac.create_namespaced_role_binding)
         create(flows, o)
+    cluster.wait_authorized(argo)
     controller, server = "mf-argo-workflows-workflow-controller", "mf-argo-workflows-server"
     can = cluster.service_account_can
     for verb, resource, group in (("create", "pods", ""), ("watch", "pods", ""),
@@ -306,6 +307,7 @@ def test_data_scientists_may_create_and_trigger_flows_and_nothing_more(cluster: 
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == flows
     rbac.create_namespaced_role(flows, role)
     rbac.create_namespaced_role_binding(flows, binding)
+    cluster.wait_authorized([role, binding])
 
     def can(verb: str, resource: str, namespace: str = flows, group: str = "argoproj.io",
             **kw) -> bool:

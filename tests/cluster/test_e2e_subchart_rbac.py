@@ -136,6 +136,7 @@ def release_rbac(cluster: Cluster, switches: dict[str, Any] | None = None
         theirs = up.subchart_objects(umbrella_values(flows, switches), RELEASE, home)
         for obj in ours + theirs:
             argo.apply(cluster, obj)
+        cluster.wait_authorized(ours + theirs)
         yield home, flows, theirs
     finally:
         for ns in (home, flows):
