@@ -310,12 +310,9 @@ class Cluster:
         ``namespace=`` (in ``kw``) is where the action happens, which may differ
         from the account's own namespace.
         """
-        return self.can_i(
-            f"system:serviceaccount:{account_namespace}:{account}", verb, resource,
-            groups=["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}",
-                    "system:authenticated"],
-            **kw,
-        )
+        user, groups = _reviewed_as({"kind": "ServiceAccount", "name": account},
+                                    account_namespace)
+        return self.can_i(user, verb, resource, groups=groups, **kw)
 
     def wait_authorized(self, objs: list[dict[str, Any]], timeout: float = 30) -> None:
         """Wait until the API server's authorizer answers by these Roles and bindings.
