@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import yaml
 
-from mfhelm import dbroles, proc
+from mfhelm import argo_upgrade, dbroles, proc
 from mfhelm import helm as helm_mod
 from mfhelm import values as values_mod
 from mfhelm.errors import Interrupted, MfhelmError, remember_secret
@@ -257,6 +257,8 @@ def install_local(target: Target, *, argo: bool, airflow: bool, chart: ChartSour
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
         _check_pending(api, target, timeout)
+        # CronWorkflows off `schedule` for Argo 4, validated whole before any write.
+        argo_upgrade.before_install(api, prepared, values, target.namespace, progress)
         progress("writing the namespaces and Secrets")
         password = _kept(api, target.namespace, values_mod.DB_SECRET, values_mod.DB_SECRET_KEY,
                          lambda: secrets.token_urlsafe(24))
@@ -324,6 +326,8 @@ def install_azure(target: Target, settings: Any, outputs: dict[str, Any], *, cre
         flow_ns = flow_namespace(values, target)
         _check_namespaces(api, [target.namespace, flow_ns])
         _check_pending(api, target, timeout)
+        # CronWorkflows off `schedule` for Argo 4, validated whole before any write.
+        argo_upgrade.before_install(api, prepared, values, target.namespace, progress)
         passwords = _role_passwords(api, target.namespace, admin_password, airflow=airflow)
         progress("writing the namespaces")
         _prepare_namespaces(api, local, flow_ns, airflow=airflow)
