@@ -252,8 +252,29 @@ def _refused(exc: BaseException, move: Move) -> str | None:
         change = "was deleted" if exc.status == 404 else "was changed"
         return (f"{what}: it {change} after mfhelm read it ({exc.status} "
                 f"{'Not Found' if exc.status == 404 else 'Conflict'})")
+    said = _server_message(exc)
+    if said and getattr(exc, "status", None) != 401:
+        # The API server's own words name who was refused what, or which
+        # admission policy said no.
+        return f"{what}: {exc.status} {said}"  # type: ignore[attr-defined]
     err = _fail(exc, what)
     return None if err is None else str(err)
+
+
+def _server_message(exc: BaseException) -> str:
+    """The `message` of the Status an API server refusal carries, on one line."""
+    import json
+
+    from kubernetes.client.exceptions import ApiException
+
+    if not isinstance(exc, ApiException) or not exc.body:
+        return ""
+    try:
+        status = json.loads(exc.body)
+    except (TypeError, ValueError):
+        return ""
+    message = status.get("message") if isinstance(status, dict) else None
+    return " ".join(str(message).split())[:400] if message else ""
 
 
 def validate(api: Any, planned: list[Move]) -> None:
