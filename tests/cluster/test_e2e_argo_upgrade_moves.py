@@ -378,7 +378,9 @@ def azure_with_argo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cluster: Cl
     test_e2e_grant.py)."""
     import fake_arm
 
-    gen = fake_arm.serve(tmp_path / "arm")
+    arm_dir = tmp_path / "arm"
+    arm_dir.mkdir()
+    gen = fake_arm.serve(arm_dir)
     fake = next(gen)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(fake.ca_file))
     ns = f"mfa{uuid.uuid4().hex[:5]}"
