@@ -189,7 +189,7 @@ def _custom(api: Any) -> Any:
     return client.CustomObjectsApi(api)
 
 
-def _fail(exc: BaseException, what: str) -> MfhelmError | None:
+def _fail(exc: BaseException, what: str, api: Any = None) -> MfhelmError | None:
     """The one line for a refused call or a lost connection; None for
     anything else (a bug is not dressed up as the cluster's answer)."""
     from kubernetes.client.exceptions import ApiException
@@ -198,7 +198,7 @@ def _fail(exc: BaseException, what: str) -> MfhelmError | None:
 
     if isinstance(exc, ApiException):
         return kube.api_error(exc, what)
-    return kube.connection_error(exc)
+    return kube.connection_error(exc, api)
 
 
 def _list(api: Any, where: Scope, plural: str) -> list[dict[str, Any]] | None:
@@ -216,7 +216,7 @@ def _list(api: Any, where: Scope, plural: str) -> list[dict[str, Any]] | None:
     except Exception as exc:
         if isinstance(exc, ApiException) and exc.status == 404:
             return None
-        err = _fail(exc, f"listing Argo {plural} in {where.where()}")
+        err = _fail(exc, f"listing Argo {plural} in {where.where()}", api)
         if err is None:
             raise
         raise err from None
@@ -242,7 +242,7 @@ def _patch(api: Any, move: Move, body: dict[str, Any], *, dry_run: bool) -> dict
 NOTHING_DONE = "nothing was moved and nothing installed"
 
 
-def _refused(exc: BaseException, move: Move) -> str | None:
+def _refused(exc: BaseException, move: Move, api: Any = None) -> str | None:
     """Why this move was refused, in one line; None for anything but the
     API server's refusal or a lost connection."""
     from kubernetes.client.exceptions import ApiException
@@ -257,7 +257,7 @@ def _refused(exc: BaseException, move: Move) -> str | None:
         # The API server's own words name who was refused what, or which
         # admission policy said no.
         return f"{what}: {exc.status} {said}"  # type: ignore[attr-defined]
-    err = _fail(exc, what)
+    err = _fail(exc, what, api)
     return None if err is None else str(err)
 
 
@@ -285,7 +285,7 @@ def validate(api: Any, planned: list[Move]) -> None:
         try:
             _patch(api, move, move.patch(), dry_run=True)
         except Exception as exc:
-            why = _refused(exc, move)
+            why = _refused(exc, move, api)
             if why is None:
                 raise
             raise MfhelmError(f"{why}; {NOTHING_DONE}: run mfhelm install again once "
@@ -301,7 +301,7 @@ def apply(api: Any, planned: list[Move], progress: Progress) -> None:
         try:
             written = _patch(api, move, move.patch(), dry_run=False)
         except BaseException as exc:
-            why = _refused(exc, move)
+            why = _refused(exc, move, api)
             undone = _undo(api, done)
             if why is None:
                 raise

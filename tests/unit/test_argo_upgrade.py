@@ -196,3 +196,23 @@ def test_in_flight_phases_are_argos_unfinished_ones():
     "", Pending, Running, Succeeded, Failed, Error; the last three are final."""
     assert set(au.IN_FLIGHT_PHASES) == {"", "Pending", "Running"}
 
+
+
+def test_a_cluster_that_does_not_answer_is_one_line():
+    """A real refused connection (nothing listens on the port), not a stand-in."""
+    import socket
+
+    from kubernetes import client
+
+    from mfhelm.errors import MfhelmError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = client.Configuration()
+    config.host = f"https://127.0.0.1:{port}"
+    config.retries = 0
+    with pytest.raises(MfhelmError) as caught:
+        au.upgrade(client.ApiClient(config), au.Scope(("flows",)), lambda _: None)
+    assert str(caught.value).startswith(f"cannot reach https://127.0.0.1:{port}: "
+                                        "connection refused")
