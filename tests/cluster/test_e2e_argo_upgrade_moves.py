@@ -135,6 +135,15 @@ def test_nothing_to_say_without_argo(cluster: Cluster, flows: str):
     assert "schedule" in read_cron(cluster, flows, "nightly")["spec"]
 
 
+def test_a_kind_the_api_server_does_not_serve_is_no_argo(cluster: Cluster, namespace: str):
+    """A first install: no Argo CRDs, so the API server answers 404 for the
+    kind, and upgrade() says nothing. Argo's CRDs are cluster-wide and applied
+    for the whole session here, so the 404 is asked for a kind no CRD makes,
+    through the same listing upgrade() uses."""
+    where = au.Scope((namespace,))
+    assert au._list(cluster.api_client(), where, "cronworkflowsnotserved") is None
+
+
 # ------------------------------------------------------------- refusals
 
 
