@@ -173,6 +173,11 @@ def in_flight(items: Iterable[dict[str, Any]]) -> int:
 
 
 def running_line(count: int, where: str) -> str:
+    """What happens to the Workflows in flight: the controller keeps a
+    Workflow's state in the object, and every controller, a new one after a
+    restart included, reconciles each Workflow not labelled
+    `workflows.argoproj.io/completed=true` (v3.6.10 and v4.0.7
+    workflow/controller/controller.go reconciliationNeeded)."""
     if count == 0:
         return f"no Argo workflows running in {where}"
     return (f"{count} Argo workflow{'s' if count != 1 else ''} still running in {where}: "
