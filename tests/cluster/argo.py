@@ -214,7 +214,16 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
     """A ProcessKubelet for node `name` whose pods run Argo's executor image
     as this build's `argoexec` (init, wait, and the emissary the init
     container copies to /var/run/argo) and every other image with the test
-    venv first on PATH (a Metaflow step's `python`)."""
+    venv first on PATH (a Metaflow step's `python`).
+
+    Why a PATH is enough (argo v3.6.10 and v4.0.7 alike): the controller
+    gives the init and wait containers the executor image and the commands
+    `argoexec init` / `argoexec wait` (workflow/controller/workflowpod.go,
+    newInitContainer/standardInitContainer and newWaitContainer), and
+    prefixes every other container's command with `/var/run/argo/argoexec
+    emissary ... --`; `argoexec init` copies the binary it finds with
+    exec.LookPath("argoexec") into that shared emptyDir
+    (workflow/executor/emissary/binary.go, copyBinary)."""
     from .metaflow_env import VENV_BIN
     from .process_kubelet import ProcessKubelet
 

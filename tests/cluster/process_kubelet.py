@@ -689,9 +689,12 @@ class _Volumes:
                 bound_object_ref=client.V1BoundObjectReference(
                     api_version="v1", kind="Pod", name=self.pod.metadata.name,
                     uid=self.pod.metadata.uid)))
-            token = self.kubelet.core().create_namespaced_service_account_token(
-                self.pod.spec.service_account_name or "default", self.pod.metadata.namespace,
-                request)
+            account = self.pod.spec.service_account_name or "default"
+            try:
+                token = self.kubelet.core().create_namespaced_service_account_token(
+                    account, self.pod.metadata.namespace, request)
+            except ApiException as exc:
+                raise PodError(f"token of serviceaccount {account}: {exc.reason}") from exc
             self._file(path, sat.path, token.status.token.encode())
         elif source.config_map:
             self._write(path, self._config_map(source.config_map.name,
