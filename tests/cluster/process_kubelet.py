@@ -472,8 +472,12 @@ class _PodRun(threading.Thread):
             raise PodError(f"container {spec.name}: no command (images are not read here)")
         root = self.dir / f".root-{spec.name}"
         root.mkdir(parents=True, exist_ok=True)
-        mounts = [(volumes[m.name] / (m.sub_path or ""), m.mount_path, bool(m.read_only))
-                  for m in spec.volume_mounts or []]
+        mounts = []
+        for m in spec.volume_mounts or []:
+            src = volumes[m.name] / (m.sub_path or "")
+            if m.sub_path and not src.exists():
+                src.mkdir(parents=True)  # a kubelet makes a missing subPath a directory
+            mounts.append((src, m.mount_path, bool(m.read_only)))
         script = _namespace_script(root, mounts, self.pod_name, spec.working_dir or "/", env,
                                    argv)
         log = self.kubelet.log_path(self.ns, self.pod_name, spec.name)

@@ -249,14 +249,14 @@ def test_deleting_a_pod_kills_its_processes(cluster: Cluster, kubelet: ProcessKu
 # --- Argo's executor --------------------------------------------------------------
 
 RELEASE_NS = "metaflow"
+FLOW_NS = "process-kubelet-flows"
 GROUP = "ml-team"
 
 
-def test_argo_runs_a_fan_out_over_an_output_parameter(cluster: Cluster, argo_build,
-                                                      metaflow_env, request):
+def test_argo_runs_a_fan_out_over_an_output_parameter(cluster: Cluster, argo_build, request):
     if cluster.backend != "controlplane":
         pytest.skip("a node of its own needs the local control plane")
-    flow_ns = metaflow_env.flow_namespace
+    flow_ns = FLOW_NS
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
     applied = argo.apply_chart_objects(cluster, RELEASE_NS, flow_ns, GROUP)
