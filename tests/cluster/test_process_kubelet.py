@@ -43,6 +43,8 @@ ARGO = {"group": "argoproj.io", "version": "v1alpha1"}
 def kubelet(cluster: Cluster) -> Iterator[ProcessKubelet]:
     if cluster.backend != "controlplane":
         pytest.skip("a node of its own needs the local control plane (kind runs real kubelets)")
+    if not cluster.exec_mounts:
+        pytest.skip("the process kubelet needs mount namespaces (unshare --mount, as root)")
     key, value = LABEL
     kubelet = ProcessKubelet(
         cluster, NODE, cluster.workdir / "process-kubelet" / NODE,
@@ -256,6 +258,8 @@ GROUP = "ml-team"
 def test_argo_runs_a_fan_out_over_an_output_parameter(cluster: Cluster, argo_build, request):
     if cluster.backend != "controlplane":
         pytest.skip("a node of its own needs the local control plane")
+    if not cluster.exec_mounts:
+        pytest.skip("the process kubelet needs mount namespaces (unshare --mount, as root)")
     flow_ns = FLOW_NS
     for ns in (RELEASE_NS, flow_ns):
         cluster.create_namespace(ns)
