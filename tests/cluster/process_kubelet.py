@@ -824,10 +824,3 @@ class _Env:
         amount = parse_quantity(raw) / divisor
         return str(int(-(-amount // 1)))
 
-
-def pod_logs_dir(kubelet: ProcessKubelet, namespace: str, pod: str) -> Path:
-    return kubelet.workdir / namespace / pod
-
-
-def remove_workdir(kubelet: ProcessKubelet) -> None:
-    shutil.rmtree(kubelet.workdir, ignore_errors=True)
