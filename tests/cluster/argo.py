@@ -64,6 +64,11 @@ class ArgoBuild:
     version: str
 
     @property
+    def argoexec(self) -> Path:
+        """The executor, built from the same module version as the controller."""
+        return self.binary.parent / "argoexec"
+
+    @property
     def executor_image(self) -> str:
         # argo-helm: executor.image registry/repository, tag = the chart's appVersion.
         return f"{EXECUTOR_IMAGE}:{self.version}"
@@ -80,6 +85,8 @@ def ensure_argo() -> ArgoBuild:
     """
     home, entry = ensure_tool(TOOL, "the Argo cluster tests (workflow-controller and its CRDs)")
     build = ArgoBuild(home / "bin" / "workflow-controller", home / "crds", entry["version"])
+    if not build.argoexec.exists():
+        raise RuntimeError(f"{home} has no argoexec; remove it so that it is built again")
     if not build.crd_files():
         raise RuntimeError(f"{home} has no CRDs; remove it so that it is built again")
     return build
@@ -199,6 +206,31 @@ def controller_args(build: ArgoBuild, release: str, release_namespace: str,
     extra = argo.get("controller", {}).get("extraArgs", [])
     return ["--configmap", configmap_name(release), "--executor-image", build.executor_image,
             *LOG_ARGS, "--namespaced", *extra]
+
+
+def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
+                    labels: dict[str, str] | None = None,
+                    taints: list[dict[str, str]] | None = None) -> Any:
+    """A ProcessKubelet for node `name` whose pods run Argo's executor image
+    as this build's `argoexec` (init, wait, and the emissary the init
+    container copies to /var/run/argo) and every other image with the test
+    venv first on PATH (a Metaflow step's `python`).
+
+    Why a PATH is enough (argo v3.6.10 and v4.0.7 alike): the controller
+    gives the init and wait containers the executor image and the commands
+    `argoexec init` / `argoexec wait` (workflow/controller/workflowpod.go,
+    newInitContainer/standardInitContainer and newWaitContainer), and
+    prefixes every other container's command with `/var/run/argo/argoexec
+    emissary ... --`; `argoexec init` copies the binary it finds with
+    exec.LookPath("argoexec") into that shared emptyDir
+    (workflow/executor/emissary/binary.go, copyBinary)."""
+    from .metaflow_env import VENV_BIN
+    from .process_kubelet import ProcessKubelet
+
+    return ProcessKubelet(cluster, name, cluster.workdir / "process-kubelet" / name,
+                          labels=dict(labels or {}), taints=list(taints or []),
+                          images={build.executor_image: [build.argoexec.parent]},
+                          default_path=[VENV_BIN])
 
 
 # --- applying objects --------------------------------------------------------

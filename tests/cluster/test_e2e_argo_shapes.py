@@ -24,6 +24,12 @@ executor reports them from files the step's code writes, and a foreach is
 expanded from one of them (num-splits), so the nested foreach runs up to its
 first split and stops there, with the controller's message pinned.
 
+Not yet on the process kubelet (process_kubelet.py), which Argo >= 3.7 needs
+for any step with outputs: a Metaflow step run for real needs, in its pod,
+the workload-identity webhook's AZURE_* variables and token, the test CA for
+the HTTPS Azurite, and the metadata service at the config's in-cluster URL;
+none of them exists on this cluster yet (tests/README.md).
+
 Runtime: ~3 min on an idle 2-core machine, most of it the cron schedule's
 next minute and five `argo-workflows create`s (run side by side).
 """

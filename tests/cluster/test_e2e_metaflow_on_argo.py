@@ -9,6 +9,12 @@ pods as `metaflow-flows` on the taskworkers node; KWOK completes them. No
 container runs, so no step writes the output parameters Metaflow's templates
 pass on: the run goes exactly as far as that allows (through the linear
 steps and the branch, up to the foreach), and the test pins how far.
+
+Not yet on the process kubelet (process_kubelet.py), which Argo >= 3.7 needs
+for any step with outputs: a Metaflow step run for real needs, in its pod,
+the workload-identity webhook's AZURE_* variables and token, the test CA for
+the HTTPS Azurite, and the metadata service at the config's in-cluster URL;
+none of them exists on this cluster yet (tests/README.md).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -137,6 +138,8 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(src, work, dirs_exist_ok=True)
         env = _go_env()
+        if entry.get("symlinks"):
+            _module_with_symlinks(entry, env, work)
         for pkg, binary in zip(entry["packages"], entry["binaries"], strict=True):
             out = bindir / binary
             cmd = ["go", "build", "-trimpath", "-o", str(out)]
@@ -144,6 +147,32 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
                 cmd += ["-ldflags", ldflags]
             _run([*cmd, pkg], env=env, cwd=work)
         _copy_module_files(entry, dest, env, work)
+
+
+def _module_with_symlinks(entry: dict, env: dict[str, str], work: str) -> None:
+    """Build ``module`` from a copy of its source in which the entry's
+    ``symlinks`` (path -> target, relative to the link's directory) are put
+    back as copies of their targets, through a replace directive in the
+    wrapper copy.
+
+    A module zip drops symbolic links, and upstream sources can need them to
+    compile: Argo's `argoexec` has workflow/executor/os-specific/
+    signal_linux.go only as a link to signal_darwin.go (v3.6.10; in v4 the
+    directory is osspecific), so on Linux `Setpgid` is undefined without it.
+    The copy is the exact version the wrapper's go.sum pins.
+    """
+    module, version = entry["module"], entry["version"]
+    info = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
+                          env=env, cwd=work, check=True, capture_output=True, text=True).stdout
+    copy = Path(work) / "_module"
+    if not copy.exists():
+        shutil.copytree(json.loads(info)["Dir"], copy, copy_function=shutil.copyfile)
+        for dirpath, _dirs, _files in os.walk(copy):  # the module cache is read-only
+            os.chmod(dirpath, 0o755)
+    for link, target in entry["symlinks"].items():
+        path = copy / link
+        shutil.copyfile(path.parent / target, path)
+    _run(["go", "mod", "edit", f"-replace={module}=./_module"], env=env, cwd=work)
 
 
 def _copy_module_files(entry: dict, dest: Path, env: dict[str, str], work: str) -> None:
