@@ -210,7 +210,8 @@ def controller_args(build: ArgoBuild, release: str, release_namespace: str,
 
 def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
                     labels: dict[str, str] | None = None,
-                    taints: list[dict[str, str]] | None = None) -> Any:
+                    taints: list[dict[str, str]] | None = None,
+                    admit: Any = None) -> Any:
     """A ProcessKubelet for node `name` whose pods run Argo's executor image
     as this build's `argoexec` (init, wait, and the emissary the init
     container copies to /var/run/argo) and every other image with the test
@@ -230,7 +231,41 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
     return ProcessKubelet(cluster, name, cluster.workdir / "process-kubelet" / name,
                           labels=dict(labels or {}), taints=list(taints or []),
                           images={build.executor_image: [build.argoexec.parent]},
-                          default_path=[VENV_BIN])
+                          default_path=[VENV_BIN], admit=admit)
+
+
+PROCESS_TASKWORKER = "taskworkers-process"
+
+
+@contextmanager
+def taskworkers_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any,
+                                   metadata_url: str) -> Iterator[Any]:
+    """The taskworkers pool as one node whose pods run for real (process
+    kubelet), with what AKS adds to a step pod (metaflow_env.step_pod_admission);
+    KWOK's taskworkers node is cordoned meanwhile, so every step scheduled to
+    the pool lands here. Entra accepts the federated token of the flows
+    ServiceAccount's pods (a TokenReview), as the identity's federated
+    credential does on Azure."""
+    from mfhelm.pools import TASKWORKERS
+
+    from .metaflow_env import pod_token_check, step_pod_admission
+
+    kubelet = process_kubelet(
+        cluster, build, PROCESS_TASKWORKER, labels=dict(TASKWORKERS.labels),
+        taints=[t.as_dict() for t in TASKWORKERS.taints],
+        admit=step_pod_admission(mf, metadata_url=metadata_url))
+    core = cluster.core()
+    kwok_node = cluster.nodes["taskworkers"]
+    mf.entra.pod_tokens = pod_token_check(cluster.api_client(), mf.flow_namespace,
+                                          str(mf.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]))
+    core.patch_node(kwok_node, {"spec": {"unschedulable": True}})
+    try:
+        with kubelet:
+            yield kubelet
+            kubelet.check()
+    finally:
+        core.patch_node(kwok_node, {"spec": {"unschedulable": None}})
+        mf.entra.pod_tokens = None
 
 
 # --- applying objects --------------------------------------------------------

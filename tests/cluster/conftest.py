@@ -156,6 +156,30 @@ def metaflow_env(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.
         settings=settings)
 
 
+@pytest.fixture(scope="session")
+def metadata_service(tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[mfenv.MetadataService]:
+    """metaflow-local-service, for runs whose steps really run (metaflow_env.py)."""
+    service = mfenv.start_metadata_service(tmp_path_factory.mktemp("metadata-service"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def metaflow_runs(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.Azurite,
+                  entra_endpoint: mfenv.FakeEntra, metadata_service: mfenv.MetadataService,
+                  stack_outputs: dict[str, Any]) -> mfenv.MetaflowEnv:
+    """As `metaflow_env`, with a metadata service that records runs: for flows
+    whose steps run on the process kubelet (argo.taskworkers_on_process_kubelet)."""
+    from mfhelm.settings import parse
+
+    settings = parse({"org_prefix": "acme", "location": "westeurope"})
+    return mfenv.build_metaflow_env(
+        tmp_path_factory.mktemp("metaflow-runs"), azurite=azurite_https,
+        entra=entra_endpoint, metadata=mfenv.FakeMetadata(url=metadata_service.url),
+        outputs=stack_outputs, settings=settings)
+
+
 # --- Argo Workflows: the pinned controller and CRDs (see argo.py) ---
 
 

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,6 +180,14 @@ class FakeEntra:
     url: str = ""
     requests: list[Request] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
+    # Set while step pods run on a process kubelet: their projected
+    # service-account tokens are federated too (see pod_token_check).
+    pod_tokens: Callable[[str], bool] | None = None
+
+    def accepts(self, assertion: str | None) -> bool:
+        if assertion == self.federated_token:
+            return True
+        return bool(assertion) and self.pod_tokens is not None and self.pod_tokens(assertion)
 
     def token_requests(self) -> list[Request]:
         return [r for r in self.requests
@@ -206,7 +214,7 @@ def serve_entra(ca: CertificateAuthority, entra: FakeEntra) -> Iterator[FakeEntr
                     ("grant_type", f.get("grant_type") == "client_credentials"),
                     ("client_id", f.get("client_id") == entra.client_id),
                     ("client_assertion_type", f.get("client_assertion_type") == JWT_BEARER),
-                    ("client_assertion", f.get("client_assertion") == entra.federated_token),
+                    ("client_assertion", entra.accepts(f.get("client_assertion"))),
                     ("scope", f.get("scope") == STORAGE_SCOPE),
                 ) if not ok
             ]
@@ -571,3 +579,153 @@ def schema_problems(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
     errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}"
               for e in jsonschema.Draft4Validator(schema).iter_errors(doc)]
     return errors + [f"{p}: unknown field" for p in _unknown_fields(schema, doc, "")]
+
+
+# --- the metadata service, for runs whose steps really run -------------------------------
+# metaflow-local-service (PyPI) stands in for Netflix's metaflow-service, which is on no
+# registry. It numbers every run itself; Netflix's service (and so an Argo run) registers
+# the run id the client gives (`argo-<workflow name>`, POSTed as run_number by Metaflow's
+# `init` step). The stand-in is taught that much.
+
+_SERVE_METADATA = """
+import sys, uvicorn
+from metaflow_local_service import server, store
+
+_own_number = store.create_run
+
+
+def create_run(flow_name, body):
+    given = body.get("run_number")
+    if not isinstance(given, str) or not given:
+        return _own_number(flow_name, body)
+    store.get_or_create_flow(flow_name, body)
+    record = store._build_run_record(flow_name, given, body)
+    local = store._local()
+    local._save_meta(local._create_and_get_metadir(flow_name, given), {"_self": record})
+    return record
+
+
+store.create_run = create_run
+uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
+            log_level="warning")
+"""
+
+
+@dataclass
+class MetadataService:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        stop_group(self.proc, grace=5)
+
+    def get(self, path: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as resp:
+            return json.loads(resp.read() or b"null")
+
+
+def start_metadata_service(workdir: Path) -> MetadataService:
+    """metaflow-local-service on a free loopback port, keeping the run ids it is given."""
+    import urllib.request
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / "metadata-service.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _SERVE_METADATA, str(workdir), str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                stdin=subprocess.DEVNULL,
+                                env=clean_environ() | {"HOME": str(workdir)})
+    service = MetadataService(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{service.url}/ping", timeout=2):
+                return service
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                service.stop()
+                raise RuntimeError(f"metadata service did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+
+# --- step pods on a process kubelet (process_kubelet.py) ---------------------------------
+# A Metaflow step run for real in its pod needs three things AKS gives it and this cluster
+# does not:
+# - the workload-identity webhook (azure-workload-identity, a mutating admission webhook)
+#   adds, to a pod labelled azure.workload.identity/use=true, AZURE_CLIENT_ID,
+#   AZURE_TENANT_ID, AZURE_AUTHORITY_HOST and AZURE_FEDERATED_TOKEN_FILE, and a projected
+#   service-account token for the audience api://AzureADTokenExchange at that file;
+# - trust for Blob's certificate (public on Azure; here the test CA of the HTTPS Azurite);
+# - the metadata Service's cluster DNS name (no cluster DNS or kube-proxy here).
+# `step_pod_admission` adds the first as the webhook would (the token is a real one, from
+# the TokenRequest API, for the pod's ServiceAccount), and the other two as the smallest
+# change: the CA mounted from the host and named by REQUESTS_CA_BUNDLE/SSL_CERT_FILE, and
+# METAFLOW_SERVICE_URL set to the host's metadata service.
+
+WI_LABEL = "azure.workload.identity/use"
+WI_TOKEN_DIR = "/var/run/secrets/azure/tokens"
+WI_TOKEN_PATH = "azure-identity-token"
+WI_TOKEN_SECONDS = 3600
+TEST_CA_PATH = "/etc/mfhelm-test-ca/ca.crt"
+
+
+def step_pod_admission(mf: MetaflowEnv, *, metadata_url: str) -> Callable[[Any], None]:
+    from kubernetes import client
+
+    def admit(pod: client.V1Pod) -> None:
+        labels = pod.metadata.labels or {}
+        extra: list[client.V1EnvVar] = []
+        mounts: list[client.V1VolumeMount] = []
+        volumes: list[client.V1Volume] = []
+        if labels.get(WI_LABEL) == "true":
+            extra += [
+                client.V1EnvVar(name="AZURE_CLIENT_ID", value=str(mf.outputs["identityClientId"])),
+                client.V1EnvVar(name="AZURE_TENANT_ID", value=str(mf.outputs["tenantId"])),
+                client.V1EnvVar(name="AZURE_FEDERATED_TOKEN_FILE",
+                                value=f"{WI_TOKEN_DIR}/{WI_TOKEN_PATH}"),
+                client.V1EnvVar(name="AZURE_AUTHORITY_HOST", value=mf.entra.url + "/"),
+            ]
+            mounts.append(client.V1VolumeMount(name="azure-identity-token",
+                                               mount_path=WI_TOKEN_DIR, read_only=True))
+            volumes.append(client.V1Volume(name="azure-identity-token", projected=(
+                client.V1ProjectedVolumeSource(sources=[client.V1VolumeProjection(
+                    service_account_token=client.V1ServiceAccountTokenProjection(
+                        audience=FEDERATION_AUDIENCE, expiration_seconds=WI_TOKEN_SECONDS,
+                        path=WI_TOKEN_PATH))]))))
+        extra += [client.V1EnvVar(name="REQUESTS_CA_BUNDLE", value=TEST_CA_PATH),
+                  client.V1EnvVar(name="SSL_CERT_FILE", value=TEST_CA_PATH)]
+        mounts.append(client.V1VolumeMount(name="mfhelm-test-ca", mount_path=TEST_CA_PATH,
+                                           read_only=True))
+        volumes.append(client.V1Volume(name="mfhelm-test-ca", host_path=(
+            client.V1HostPathVolumeSource(path=str(mf.azurite.ca_file), type="File"))))
+        pod.spec.volumes = [*(pod.spec.volumes or []), *volumes]
+        for ctr in [*(pod.spec.init_containers or []), *pod.spec.containers]:
+            env = [e for e in ctr.env or [] if e.name not in {x.name for x in extra}]
+            if any(e.name == "METAFLOW_SERVICE_URL" for e in env):
+                env = [e for e in env if e.name != "METAFLOW_SERVICE_URL"]
+                env.append(client.V1EnvVar(name="METAFLOW_SERVICE_URL", value=metadata_url))
+            ctr.env = [*env, *extra]
+            ctr.volume_mounts = [*(ctr.volume_mounts or []), *mounts]
+
+    return admit
+
+
+def pod_token_check(api: Any, namespace: str, account: str) -> Callable[[str], bool]:
+    """Entra's check of a federated credential, for the AKS cluster's issuer: the token
+    is valid for api://AzureADTokenExchange (TokenReview on the API server that issued it)
+    and its subject is the ServiceAccount the identity trusts."""
+    from kubernetes import client
+
+    def check(token: str) -> bool:
+        review = client.AuthenticationV1Api(api).create_token_review(
+            client.V1TokenReview(spec=client.V1TokenReviewSpec(
+                token=token, audiences=[FEDERATION_AUDIENCE])))
+        status = review.status
+        return bool(status.authenticated) and \
+            status.user.username == f"system:serviceaccount:{namespace}:{account}"
+
+    return check

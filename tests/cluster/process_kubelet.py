@@ -51,7 +51,8 @@ every other image gets `default_path`. So Argo's executor image runs the
 Metaflow step (`bash -c "... python ..."`) the test venv's python.
 
 Each container's stdout and stderr go to <workdir>/<namespace>/<pod>/
-<container>.log (`log_path`); the kubelet's log endpoint is not served, nor
+<container>.log (`log_path`), the script that set up its namespaces and
+started it to <container>.sh beside it; the kubelet's log endpoint is not served, nor
 exec. Not done: probes, restarts, resource limits, termination messages,
 image pull secrets, ephemeral containers.
 """
@@ -119,6 +120,9 @@ class ProcessKubelet:
     images         image -> directories first on its containers' PATH
     default_path   the same for every other image
     workdir        pod directories, volumes and container logs
+    admit          called with each pod before it runs, to add what admission
+                   on the real cluster would have (a mutating webhook this
+                   cluster does not run); changes only the kubelet's copy
     """
 
     cluster: Cluster
@@ -129,6 +133,7 @@ class ProcessKubelet:
     images: dict[str, list[Path]] = field(default_factory=dict)
     default_path: list[Path] = field(default_factory=list)
     capacity: dict[str, str] = field(default_factory=lambda: dict(ROOM))
+    admit: Callable[[client.V1Pod], None] | None = None
     errors: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     _pods: dict[str, _PodRun] = field(default_factory=dict, repr=False)
@@ -268,6 +273,8 @@ class ProcessKubelet:
                     run.kill(min(KILL_GRACE, grace if grace is not None else 30))
                 continue
             if run is None and pod.status.phase not in ("Succeeded", "Failed"):
+                if self.admit is not None:
+                    self.admit(pod)
                 run = _PodRun(self, pod)
                 self._pods[uid] = run
                 run.start()
@@ -481,6 +488,7 @@ class _PodRun(threading.Thread):
         script = _namespace_script(root, mounts, self.pod_name, spec.working_dir or "/", env,
                                    argv)
         log = self.kubelet.log_path(self.ns, self.pod_name, spec.name)
+        log.with_suffix(".sh").write_text(script)
         with log.open("ab") as out:
             ctr.proc = subprocess.Popen(
                 ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
@@ -524,13 +532,20 @@ def _namespace_script(root: Path, mounts: list[tuple[Path, str, bool]], hostname
     # python links to lives there.)
     lines += _open("/tmp", root, bind=False)
     kinds["/tmp"] = "ours"
+    # Two passes: every directory of the root is made (or opened: a tmpfs
+    # over the host's) before any volume is bound, so that opening a
+    # directory for one mount point never hides a volume already bound under
+    # it; mount points inside a volume are made after that volume is bound.
+    binds: list[str] = []
     for src, target, read_only in sorted(mounts, key=lambda m: m[1].count("/")):
         final, ops = _materialize(target, root, kinds, src.is_dir())
-        lines += ops
-        lines.append(f"mount --bind {q(str(src))} {q(str(root) + final)}")
+        lines += [op for inside, op in ops if not inside]
+        binds += [op for inside, op in ops if inside]
+        binds.append(f"mount --bind {q(str(src))} {q(str(root) + final)}")
         if read_only:
-            lines.append(f"mount -o remount,bind,ro {q(str(root) + final)}")
+            binds.append(f"mount -o remount,bind,ro {q(str(root) + final)}")
         kinds[final] = "volume"
+    lines += binds
     exports = " ".join(q(f"{k}={v}") for k, v in env.items())
     command = " ".join(q(a) for a in argv)
     lines.append(f"exec chroot {q(str(root))} /usr/bin/env -i {exports} /bin/sh -c "
@@ -566,12 +581,13 @@ def _open(host_dir: str, root: Path, bind: bool = True) -> list[str]:
 
 
 def _materialize(target: str, root: Path, kinds: dict[str, str],
-                 directory: bool) -> tuple[str, list[str]]:
+                 directory: bool) -> tuple[str, list[tuple[bool, str]]]:
     """Where `target` resolves under root, and the commands that make it
-    exist there without creating anything on the host."""
+    exist there without creating anything on the host, each with whether it
+    works inside a volume (and so runs after that volume is bound)."""
     q = shlex.quote
     parts = [p for p in Path(os.path.normpath(target)).parts if p != "/"]
-    ops: list[str] = []
+    ops: list[tuple[bool, str]] = []
     cur = "/"
     hops = 0
     while parts:
@@ -584,7 +600,7 @@ def _materialize(target: str, root: Path, kinds: dict[str, str],
         if kind in ("ours", "volume"):
             # Our tmpfs, or a volume (a kubelet, too, makes mount points in it).
             make = "mkdir -p" if parts or directory else "touch"
-            ops.append(f"{make} {q(str(root) + nxt)}")
+            ops.append((kind == "volume", f"{make} {q(str(root) + nxt)}"))
             kinds[nxt] = "ours" if kind == "ours" else "volume"
             cur = nxt
             continue
@@ -602,12 +618,12 @@ def _materialize(target: str, root: Path, kinds: dict[str, str],
         if kind == "host":
             # An opened host directory: the new entry goes to our tmpfs.
             make = "mkdir -p" if parts or directory else "touch"
-            ops.append(f"{make} {q(str(root) + nxt)}")
+            ops.append((False, f"{make} {q(str(root) + nxt)}"))
             kinds[nxt] = "ours"
             cur = nxt
             continue
         # Missing, in a directory that is the host's: give it a tmpfs of its own.
-        ops += _open(cur, root)
+        ops += [(False, op) for op in _open(cur, root)]
         kinds[cur] = "host"
         parts.insert(0, name)
     return cur, ops
