@@ -171,6 +171,30 @@ def test_containers_share_an_empty_dir_and_get_their_environment(cluster: Cluste
     assert not Path("/run/mfhelm-kubelet-probe").exists()
 
 
+def test_a_volume_stays_visible_when_a_later_mount_point_needs_its_parent(
+        cluster: Cluster, kubelet: ProcessKubelet, namespace: str):
+    """The first volume is mounted on a directory the host has (/var/lib/dpkg),
+    the second where the host has nothing (/var/lib/mfhelm-kubelet-probe):
+    making the second's mount point replaces the view of /var/lib, which must
+    not hide the first (as the AKS workload-identity token directory once hid
+    Kubernetes' own service-account token)."""
+    core = cluster.core()
+    mounts = [{"name": "first", "mountPath": "/var/lib/dpkg"},
+              {"name": "second", "mountPath": "/var/lib/mfhelm-kubelet-probe/x"}]
+    script = ("echo one > /var/lib/dpkg/probe && echo two > /var/lib/mfhelm-kubelet-probe/x/probe"
+              " && cat /var/lib/dpkg/probe /var/lib/mfhelm-kubelet-probe/x/probe")
+    core.create_namespaced_pod(namespace, _pod(
+        "order", [_sh("main", script, volumeMounts=mounts)],
+        volumes=[{"name": "first", "emptyDir": {}}, {"name": "second", "emptyDir": {}}]))
+    pod = _finished(cluster, kubelet, namespace, "order")
+    assert pod.status.phase == "Succeeded", kubelet.logs(namespace, "order", "main")
+    assert kubelet.logs(namespace, "order", "main").split() == ["one", "two"]
+    volumes = kubelet.workdir / namespace / "order" / "volumes"
+    assert (volumes / "first" / "probe").read_text() == "one\n"
+    assert not Path("/var/lib/dpkg/probe").exists()
+    assert not Path("/var/lib/mfhelm-kubelet-probe").exists()
+
+
 def test_the_service_account_token_is_where_kubernetes_projects_it(cluster: Cluster,
                                                                    kubelet: ProcessKubelet,
                                                                    namespace: str):
