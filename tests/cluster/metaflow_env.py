@@ -583,9 +583,11 @@ def schema_problems(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
 
 # --- the metadata service, for runs whose steps really run -------------------------------
 # metaflow-local-service (PyPI) stands in for Netflix's metaflow-service, which is on no
-# registry. It numbers every run itself; Netflix's service (and so an Argo run) registers
-# the run id the client gives (`argo-<workflow name>`, POSTed as run_number by Metaflow's
-# `init` step). The stand-in is taught that much.
+# registry. It numbers every run and task itself; Netflix's service (and so an Argo run)
+# registers the ids the client gives: the run's `argo-<workflow name>` (POSTed as
+# run_number by Metaflow's `init` step) and each task's `t-<hash>` (POSTed as task_id by
+# register_task_id, metaflow/plugins/metadata_providers/service.py). The stand-in is
+# taught that much.
 
 _SERVE_METADATA = """
 import sys, uvicorn
@@ -605,7 +607,23 @@ def create_run(flow_name, body):
     return record
 
 
+_own_task = store.create_task
+
+
+def create_task(flow_name, run_id, step_name, body):
+    given = body.get("task_id")
+    if not isinstance(given, str) or not given:
+        return _own_task(flow_name, run_id, step_name, body)
+    store.get_or_create_step(flow_name, run_id, step_name, body)
+    record = store._build_task_record(flow_name, run_id, step_name, given, body)
+    local = store._local()
+    local._save_meta(local._create_and_get_metadir(flow_name, run_id, step_name, given),
+                     {"_self": record})
+    return record
+
+
 store.create_run = create_run
+store.create_task = create_task
 uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
             log_level="warning")
 """
@@ -645,10 +663,11 @@ def start_metadata_service(workdir: Path) -> MetadataService:
         try:
             with urllib.request.urlopen(f"{service.url}/ping", timeout=2):
                 return service
-        except OSError:
+        except OSError as exc:
             if proc.poll() is not None or time.monotonic() > deadline:
                 service.stop()
-                raise RuntimeError(f"metadata service did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"metadata service did not start: {log.read_text()[-2000:]}") from exc
             time.sleep(0.2)
 
 

@@ -81,7 +81,7 @@ def test_a_data_scientist_runs_a_flow_on_the_real_controller(cluster: Cluster, a
                                                                "Error") else None
 
         started = time.monotonic()
-        wf = cluster.wait_for(finished, 600, f"workflow {name} to finish")
+        wf = cluster.wait_for(finished, 1200, f"workflow {name} to finish")
         took = time.monotonic() - started
         assert "forbidden" not in controller.log_text()
         pods = cluster.core().list_namespaced_pod(

@@ -24,10 +24,8 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -52,58 +50,6 @@ def flow_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           env=mfenv.clean_environ())
     assert done.returncode == 0, done.stderr[-3000:]
     return venv
-
-
-# metaflow-local-service numbers every run itself; Netflix's service (and an Argo
-# run) registers the run id the client gives (`argo-<workflow name>`, POSTed as
-# run_number by Metaflow's `init`). The stand-in is taught that much, here.
-_SERVE = """
-import sys, uvicorn
-from metaflow_local_service import server, store
-
-_own_number = store.create_run
-
-
-def create_run(flow_name, body):
-    given = body.get("run_number")
-    if not isinstance(given, str) or not given:
-        return _own_number(flow_name, body)
-    store.get_or_create_flow(flow_name, body)
-    record = store._build_run_record(flow_name, given, body)
-    local = store._local()
-    local._save_meta(local._create_and_get_metadir(flow_name, given), {"_self": record})
-    return record
-
-
-store.create_run = create_run
-uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
-            log_level="warning")
-"""
-
-
-@pytest.fixture(scope="module")
-def metadata_service(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    work = tmp_path_factory.mktemp("mds")
-    port = mfenv.free_port()
-    log = work / "mds.log"
-    serve = _SERVE
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", serve, str(work), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=mfenv.clean_environ() | {"HOME": str(work)})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                mfenv.stop_group(proc, grace=5)
-                pytest.fail(f"metadata service did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
-    yield url
-    mfenv.stop_group(proc, grace=5)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +123,7 @@ def test_a_compiled_step_runs_in_that_environment_and_reaches_the_step(
         "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_IGNORE_INSTALLED": "1",
         "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
         # In-cluster, pods reach the service; here the real local one stands in.
-        "METAFLOW_SERVICE_URL": metadata_service,
+        "METAFLOW_SERVICE_URL": metadata_service.url,
         "METAFLOW_USER": "ada", "USER": "ada", "PYTHONUNBUFFERED": "1",
         "MF_ARGO_WORKFLOW_NAME": "linearforeachflow-abc12",
     }
@@ -206,7 +152,7 @@ def test_a_compiled_step_runs_in_that_environment_and_reaches_the_step(
     # The step ran to its end: its task is in the metadata service, finished.
     run_id = re.search(r"--run-id[= ](argo-[0-9a-z-]+)", script)
     assert run_id is not None
-    with urllib.request.urlopen(f"{metadata_service}/flows/LinearForeachFlow/runs/"
+    with urllib.request.urlopen(f"{metadata_service.url}/flows/LinearForeachFlow/runs/"
                                 f"{run_id[1]}/steps/start/tasks", timeout=10) as resp:
         tasks = json.load(resp)
     assert len(tasks) == 1, tasks
