@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -137,6 +138,8 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(src, work, dirs_exist_ok=True)
         env = _go_env()
+        if entry.get("empty_files"):
+            _use_writable_module(entry, env, work)
         for pkg, binary in zip(entry["packages"], entry["binaries"], strict=True):
             out = bindir / binary
             cmd = ["go", "build", "-trimpath", "-o", str(out)]
@@ -144,6 +147,30 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
                 cmd += ["-ldflags", ldflags]
             _run([*cmd, pkg], env=env, cwd=work)
         _copy_module_files(entry, dest, env, work)
+
+
+def _use_writable_module(entry: dict, env: dict[str, str], work: str) -> None:
+    """Build ``module`` from a writable copy of its source with the entry's
+    ``empty_files`` added, through a replace directive in the wrapper copy.
+
+    For files a release build generates before compiling and the module zip
+    therefore lacks: Argo's `argo` CLI embeds ``ui/dist/app`` (go:embed), and
+    argo's Makefile touches ``ui/dist/app/index.html`` for a build without
+    the UI. The copy is the exact module version the wrapper's go.sum pins.
+    """
+    module, version = entry["module"], entry["version"]
+    downloaded = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        env=env, cwd=work, check=True, capture_output=True, text=True,
+    ).stdout
+    copy = Path(work) / "_module"
+    shutil.copytree(json.loads(downloaded)["Dir"], copy, copy_function=shutil.copyfile)
+    for dirpath, _dirs, _files in os.walk(copy):  # module-cache directories are read-only
+        os.chmod(dirpath, 0o755)
+    for rel in entry["empty_files"]:
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).touch()
+    _run(["go", "mod", "edit", f"-replace={module}=./_module"], env=env, cwd=work)
 
 
 def _copy_module_files(entry: dict, dest: Path, env: dict[str, str], work: str) -> None:
