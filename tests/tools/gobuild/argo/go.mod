@@ -15,7 +15,9 @@ module mfhelm.local/gobuild/argo
 
 go 1.25.7
 
-require github.com/argoproj/argo-workflows/v4 v4.0.7
+require (
+	github.com/argoproj/argo-workflows/v4 v4.0.7
+)
 
 require (
 	cloud.google.com/go/compute/metadata v0.9.0 // indirect
