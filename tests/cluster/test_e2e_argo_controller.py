@@ -70,6 +70,21 @@ def test_wrapper_module_requires_the_pinned_argo_release() -> None:
     assert values["argo-workflows"]["crds"]["full"] is False  # no CRD-download hook Job
 
 
+def test_previous_release_builds_beside_the_current_one() -> None:
+    """[gobuild.argo-previous]: the release the chart pinned before (v3.6.10,
+    argo-helm 0.45.20, chart 0.1.0), for upgrade tests, from its own wrapper."""
+    manifest = _installer().load_manifest()["gobuild"]
+    entry, current = manifest["argo-previous"], manifest["argo"]
+    gomod = (ROOT / "tests" / "tools" / "gobuild" / "argo-previous" / "go.mod").read_text()
+    assert re.search(rf"^\s*{re.escape(entry['module'])} {re.escape(entry['version'])}\b",
+                     gomod, re.M)
+    assert "=>" not in gomod  # v3.6.10's go.mod replaces nothing
+    assert (entry["module"], entry["version"]) == ("github.com/argoproj/argo-workflows/v3",
+                                                   "v3.6.10")
+    # Linked into the same .venv/bin: no binary of one may shadow the other's.
+    assert not set(entry["binaries"]) & set(current["binaries"])
+
+
 def test_our_values_leave_what_argo_py_writes_out_at_argo_helm_defaults() -> None:
     """argo.py writes the controller's Role, ConfigMap and flags for our
     values; a new key under `argo-workflows` must be looked at there first."""

@@ -138,7 +138,7 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(src, work, dirs_exist_ok=True)
         env = _go_env()
-        if entry.get("empty_files"):
+        if entry.get("empty_files") or entry.get("links"):
             _use_writable_module(entry, env, work)
         for pkg, binary in zip(entry["packages"], entry["binaries"], strict=True):
             out = bindir / binary
@@ -151,12 +151,17 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
 
 def _use_writable_module(entry: dict, env: dict[str, str], work: str) -> None:
     """Build ``module`` from a writable copy of its source with the entry's
-    ``empty_files`` added, through a replace directive in the wrapper copy.
+    ``empty_files`` and ``links`` added, through a replace directive in the
+    wrapper copy. The copy is the exact module version the wrapper's go.sum
+    pins.
 
-    For files a release build generates before compiling and the module zip
-    therefore lacks: Argo's `argo` CLI embeds ``ui/dist/app`` (go:embed), and
-    argo's Makefile touches ``ui/dist/app/index.html`` for a build without
-    the UI. The copy is the exact module version the wrapper's go.sum pins.
+    ``empty_files``: files a release build generates before compiling, which
+    the module zip therefore lacks: Argo's `argo` CLI embeds ``ui/dist/app``
+    (go:embed), and argo's Makefile touches ``ui/dist/app/index.html`` for a
+    build without the UI. ``links``: symlinks of the repository (path ->
+    target, relative to the link's directory, as git stores it), which module
+    zips drop: Argo's executor has signal_linux.go -> signal_darwin.go. Each
+    becomes a copy of its target.
     """
     module, version = entry["module"], entry["version"]
     downloaded = subprocess.run(
@@ -167,9 +172,11 @@ def _use_writable_module(entry: dict, env: dict[str, str], work: str) -> None:
     shutil.copytree(json.loads(downloaded)["Dir"], copy, copy_function=shutil.copyfile)
     for dirpath, _dirs, _files in os.walk(copy):  # module-cache directories are read-only
         os.chmod(dirpath, 0o755)
-    for rel in entry["empty_files"]:
+    for rel in entry.get("empty_files", []):
         (copy / rel).parent.mkdir(parents=True, exist_ok=True)
         (copy / rel).touch()
+    for rel, target in entry.get("links", {}).items():
+        shutil.copyfile((copy / rel).parent / target, copy / rel)
     _run(["go", "mod", "edit", f"-replace={module}=./_module"], env=env, cwd=work)
 
 
