@@ -2,23 +2,25 @@
 way argo-helm sets it up for our values.
 
 The controller is the upstream binary at the version tools.toml pins
-([gobuild.argo], the appVersion of the argo-helm chart charts/metaflow pins),
-and the CRDs are the `minimal` ones from the same module version, the kind
-argo-helm installs. The controller runs on this host, not in a pod, but as
+([gobuild.argo], the argo-workflows.images.tag our values give the argo-helm
+chart charts/metaflow pins), and the CRDs are the `minimal` ones from the
+same module version, the kind argo-helm installs with our crds.full=false. The controller runs on this host, not in a pod, but as
 the ServiceAccount argo-helm creates for it: its kubeconfig carries a token
 of that account (TokenRequest API), so every call it makes is authorized by
-exactly the Roles a release grants it: argo-helm 0.45.20's own Role when our
+exactly the Roles a release grants it: argo-helm 1.0.18's own Role when our
 values leave controller.rbac.create on (tests/chart/upstream_rbac.py; they
 turn it off), and the Roles our chart renders, taken from a real render:
-its rules where flows run and, at home, its ConfigMap only. A controller that
-needed more at home would fail here.
+its rules where flows run and, at home, its ConfigMap only (get, and watch:
+v4.0.7 watches it by name). A controller that needed more at home would fail
+here.
 
 What differs from the pod argo-helm runs, and why:
 - it reaches the API server through a kubeconfig (`--kubeconfig`) instead
   of the in-cluster config. The controller takes its own namespace from its
   client config (in a pod: the service account's namespace file), not from
-  ARGO_NAMESPACE, which argo-helm sets but v3.6.10's viper binding never
-  maps onto the persistent --namespace flag: without a namespace in the
+  ARGO_NAMESPACE, which argo-helm sets but v4.0.7's (as v3.6.10's)
+  workflow-controller never reads (cmd/workflow-controller/main.go takes
+  the namespace from its client config): without a namespace in the
   kubeconfig context it used "default" and was refused its ConfigMap there.
   So the context names the release namespace (ARGO_NAMESPACE is set too,
   as argo-helm sets it);
@@ -70,7 +72,8 @@ class ArgoBuild:
 
     @property
     def executor_image(self) -> str:
-        # argo-helm: executor.image registry/repository, tag = the chart's appVersion.
+        # argo-helm: executor.image registry/repository, tag = images.tag
+        # (our values: the release tools.toml pins).
         return f"{EXECUTOR_IMAGE}:{self.version}"
 
     def crd_files(self) -> list[Path]:
@@ -92,7 +95,7 @@ def ensure_argo() -> ArgoBuild:
     return build
 
 
-# --- names and objects as argo-helm 0.45.20 renders them ---------------------
+# --- names and objects as argo-helm 1.0.18 renders them ----------------------
 
 def fullname(release: str) -> str:
     """argo-helm's `argo-workflows.fullname` (no name or fullname override)."""
@@ -139,12 +142,16 @@ def upstream_controller_rbac(release: str, namespace: str) -> list[dict[str, Any
 
 # The `config` key of the controller ConfigMap (templates/controller/
 # workflow-controller-config-map.yaml): with argo-helm's defaults, which our
-# values leave alone, only the two event switches are rendered.
+# values leave alone, the two event switches and (1.0: its default is a
+# non-empty map) failedPodRestart, off.
 RENDERED_CONFIG = """\
 nodeEvents:
   enabled: true
 workflowEvents:
   enabled: true
+failedPodRestart:
+  enabled: false
+  maxRestarts: 3
 """
 
 # The executor and log flags argo-helm always renders (controller.logging defaults).
@@ -153,8 +160,10 @@ LOG_ARGS = ["--loglevel", "info", "--gloglevel", "0", "--log-format", "text"]
 # Keys of our values' `argo-workflows` section (and its controller part) that
 # do not change the controller's Role, ConfigMap or flags beyond what this
 # module writes out; anything else must be looked at here first.
-NEUTRAL_TOP = {"enabled", "singleNamespace", "createAggregateRoles", "crds", "workflow",
-               "controller", "server"}
+# `images` sets the tag of every Argo image: the executor image argo.py passes
+# (ArgoBuild.executor_image; test_e2e_argo_controller holds the tag to the build).
+NEUTRAL_TOP = {"enabled", "singleNamespace", "createAggregateRoles", "images", "crds",
+               "workflow", "controller", "server"}
 NEUTRAL_CONTROLLER = {"extraArgs", "clusterWorkflowTemplates", "nodeSelector", "resources",
                       "tolerations", "affinity", "podLabels", "podAnnotations", "rbac"}
 
