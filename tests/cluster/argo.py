@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +46,7 @@ from .controlplane import ROOT, Processes, ensure_tool, free_port
 from .handle import Cluster, wait_for
 
 TOOL = "argo"
+PREVIOUS_TOOL = "argo-previous"
 EXECUTOR_IMAGE = "quay.io/argoproj/argoexec"
 FIELD_MANAGER = "mfhelm-tests"
 APPLY = "application/apply-patch+yaml"
@@ -64,11 +65,12 @@ class ArgoBuild:
     binary: Path
     crds: Path
     version: str
+    executor_name: str = "argoexec"
 
     @property
     def argoexec(self) -> Path:
         """The executor, built from the same module version as the controller."""
-        return self.binary.parent / "argoexec"
+        return self.binary.parent / self.executor_name
 
     @property
     def executor_image(self) -> str:
@@ -93,6 +95,36 @@ def ensure_argo() -> ArgoBuild:
     if not build.crd_files():
         raise RuntimeError(f"{home} has no CRDs; remove it so that it is built again")
     return build
+
+
+def ensure_argo_previous() -> ArgoBuild:
+    """The release the chart pinned before (tools.toml [gobuild.argo-previous],
+    v3.6.10): its controller, executor and minimal CRDs, suffixed -previous."""
+    home, entry = ensure_tool(PREVIOUS_TOOL, "the Argo upgrade test (the previous release)")
+    build = ArgoBuild(home / "bin" / "workflow-controller-previous", home / "crds",
+                      entry["version"], executor_name="argoexec-previous")
+    if not build.argoexec.exists() or not build.crd_files():
+        raise RuntimeError(f"{home} lacks argoexec-previous or the CRDs; remove it so that "
+                           "it is built again")
+    return build
+
+
+def executor_dir(build: ArgoBuild) -> Path:
+    """A directory holding this build's executor under the name `argoexec`:
+    the controller's init container runs `argoexec init`, which copies the
+    binary exec.LookPath("argoexec") finds (workflow/executor/emissary/
+    binary.go), so a suffixed build is linked under that name, in the
+    build's own home (the process kubelet gives each container a /tmp of its
+    own, so a test's directory there would not be seen)."""
+    if build.argoexec.name == "argoexec":
+        return build.argoexec.parent
+    found = build.argoexec.parent.parent / "executor"
+    found.mkdir(exist_ok=True)
+    link = found / "argoexec"
+    if not link.is_symlink() or link.readlink() != build.argoexec:
+        link.unlink(missing_ok=True)
+        link.symlink_to(build.argoexec)
+    return found
 
 
 # --- names and objects as argo-helm 1.0.18 renders them ----------------------
@@ -219,7 +251,8 @@ def controller_args(build: ArgoBuild, release: str, release_namespace: str,
 
 def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
                     labels: dict[str, str] | None = None,
-                    taints: list[dict[str, str]] | None = None) -> Any:
+                    taints: list[dict[str, str]] | None = None,
+                    also: tuple[ArgoBuild, ...] = ()) -> Any:
     """A ProcessKubelet for node `name` whose pods run Argo's executor image
     as this build's `argoexec` (init, wait, and the emissary the init
     container copies to /var/run/argo) and every other image with the test
@@ -232,13 +265,18 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
     prefixes every other container's command with `/var/run/argo/argoexec
     emissary ... --`; `argoexec init` copies the binary it finds with
     exec.LookPath("argoexec") into that shared emptyDir
-    (workflow/executor/emissary/binary.go, copyBinary)."""
+    (workflow/executor/emissary/binary.go, copyBinary).
+
+    `also`: further builds whose executor images the node runs too, each as
+    its own `argoexec` (a pod keeps the executor image it was made with,
+    through an upgrade of the controller)."""
     from .metaflow_env import VENV_BIN
     from .process_kubelet import ProcessKubelet
 
     return ProcessKubelet(cluster, name, cluster.workdir / "process-kubelet" / name,
                           labels=dict(labels or {}), taints=list(taints or []),
-                          images={build.executor_image: [build.argoexec.parent]},
+                          images={b.executor_image: [executor_dir(b)]
+                                  for b in (build, *also)},
                           default_path=[VENV_BIN])
 
 
@@ -425,15 +463,27 @@ def prepare_release(cluster: Cluster, release: str, release_namespace: str,
 @contextmanager
 def run_controller(cluster: Cluster, build: ArgoBuild, release_namespace: str,
                    flow_namespace: str, *, release: str = "metaflow",
-                   timeout: float = 60) -> Iterator[ArgoController]:
+                   timeout: float = 60,
+                   release_objects: Callable[[int], list[dict[str, Any]]] | None = None
+                   ) -> Iterator[ArgoController]:
     """Set up and run a workflow controller for ``release`` installed in
     ``release_namespace`` running flows in ``flow_namespace``; stopped on exit.
 
     Both namespaces must exist. Returns once the controller has synced its
-    caches and started its workers.
+    caches and started its workers. ``release_objects`` (given the metrics
+    port) replaces what this release gives the controller (account,
+    ConfigMap, Roles: prepare_release), e.g. another chart version's.
     """
     metrics_port = free_port()
-    prepare_release(cluster, release, release_namespace, flow_namespace, metrics_port)
+    if release_objects is None:
+        prepare_release(cluster, release, release_namespace, flow_namespace, metrics_port)
+        config = controller_objects(release, release_namespace, metrics_port)[1]["data"]["config"]
+    else:
+        objs = release_objects(metrics_port)
+        for obj in objs:
+            apply(cluster, obj)
+        config = next(o["data"]["config"] for o in objs if o["kind"] == "ConfigMap"
+                      and o["metadata"]["name"] == configmap_name(release))
     account = controller_name(release)
     workdir = cluster.workdir / "argo" / f"{release_namespace}-{release}"
     kubeconfig = token_kubeconfig(
@@ -455,7 +505,7 @@ def run_controller(cluster: Cluster, build: ArgoBuild, release_namespace: str,
     controller = ArgoController(
         release=release, namespace=release_namespace, managed_namespace=flow_namespace,
         argv=argv, env=env,
-        config=controller_objects(release, release_namespace, metrics_port)[1]["data"]["config"],
+        config=config,
         kubeconfig=kubeconfig, executor_image=build.executor_image,
         log=logdir / f"{name}.log", _procs=procs, _name=name,
     )
