@@ -36,7 +36,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -120,7 +120,7 @@ def component(objs: list[dict[str, Any]], *names: str) -> list[dict[str, Any]]:
 
 
 def previous_release_objects(rendered: list[dict[str, Any]], release_ns: str
-                             ) -> Any:
+                             ) -> Callable[[int], list[dict[str, Any]]]:
     """argo.run_controller's release_objects for the previous release: the
     controller's account and argo-helm 0.45.20's ConfigMap, and the previous
     chart's Argo Roles."""
@@ -365,6 +365,7 @@ def test_install_upgrades_argo_under_running_flows(cluster: Cluster, argo_build:
             assert running and int(running.group(1)) >= 1, lines
             assert len(lines) == 2, lines
             old.check()
+            assert "forbidden" not in old.log_text().lower()
         # --- Helm: the new CRDs and Roles; the old controller is gone, the new one starts
         argo.apply_crds(cluster, new)
         access = argo.apply_chart_objects(cluster, release_ns, flow_ns, GROUP)
@@ -431,3 +432,17 @@ def test_previous_chart_is_the_release_before_the_pin(tmp_path: Path) -> None:
     assert meta["version"] == PREVIOUS_CHART[0]
     entry = _installer().load_manifest()["gobuild"]["argo-previous"]
     assert entry["version"] == "v3.6.10"  # argo-helm 0.45.20's appVersion
+    # What the upgrade changes in the Roles it renders, so the test's
+    # "before" is really the old chart's: at home v3.6.10's controller only
+    # read its ConfigMap; v4.0.7's watches it too.
+    name = argo.configmap_name(RELEASE)
+
+    def home_verbs(objs: list[dict[str, Any]]) -> list[list[str]]:
+        return [rule["verbs"] for o in component(objs, "argo")
+                if o["kind"] == "Role" and o["metadata"]["namespace"] == "upg"
+                and o["metadata"]["name"] == f"{RELEASE}-argo-workflow-controller-home"
+                for rule in o["rules"] if name in rule.get("resourceNames", [])]
+
+    assert home_verbs(render_previous(chart, "upg", "upg-flows")) == [["get"]]
+    assert home_verbs(argo.chart_objects(RELEASE, "upg", "upg-flows", "argo")) == [
+        ["get", "watch"]]
