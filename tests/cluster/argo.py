@@ -122,8 +122,11 @@ def executor_dir(build: ArgoBuild) -> Path:
     found.mkdir(exist_ok=True)
     link = found / "argoexec"
     if not link.is_symlink() or link.readlink() != build.argoexec:
-        link.unlink(missing_ok=True)
-        link.symlink_to(build.argoexec)
+        # Made aside and renamed over: two sessions may get here at once.
+        fresh = found / f".argoexec-{os.getpid()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(build.argoexec)
+        os.replace(fresh, link)
     return found
 
 
