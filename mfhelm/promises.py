@@ -14,15 +14,16 @@ subchart key, the subchart's default: Argo's `singleNamespace` is false
 there). A refusal names the key, the layer, the promise and the override.
 
 Upstream facts behind the keys (read at the pinned versions): argo-helm
-argo-workflows 0.45.20 passes `server.authMode`, each `server.authModes`
-item and `server.extraArgs` to the server as `--auth-mode=...` (every mode
-given is enabled; `hybrid` is client+server), renders ClusterRoles unless
-`singleNamespace`, for `createAggregateRoles` and for either
-`clusterWorkflowTemplates.enabled` (all three default to the cluster-wide
-choice), and puts `controller.extraArgs` after its own `--namespaced`;
-Argo v3.6.10 reads `ARGO_AUTH_MODE` from the environment when the flag is
-absent. The Airflow chart (1.16) launches pods from its scheduler's account
-while `allowPodLaunching` (default true), with ClusterRoles under
+argo-workflows 1.0.18 (as 0.45.20 did) passes `server.authMode`, each
+`server.authModes` item and `server.extraArgs` to the server as
+`--auth-mode=...` (every mode given is enabled; `hybrid` is client+server),
+renders ClusterRoles unless `singleNamespace`, for `createAggregateRoles`
+and for either `clusterWorkflowTemplates.enabled` (all three default to the
+cluster-wide choice), and puts `controller.extraArgs` after its own
+`--namespaced`; Argo v4.0.7 (as v3.6.10) reads `ARGO_AUTH_MODE` from the
+environment when the flag is absent (cmd/argo/commands/server.go: viper,
+prefix ARGO). The Airflow chart (1.16) launches pods from its scheduler's
+account while `allowPodLaunching` (default true), with ClusterRoles under
 `multiNamespaceMode`, and runs as `uid`.
 """
 

@@ -1,10 +1,12 @@
 """The Argo server's values behind sign-in: the UI's base path (issue 18, item 3).
 
-argo-helm 0.45.20 writes `server.baseHref` into ARGO_BASE_HREF, which v3.6.10
-puts verbatim into `<base href="...">` of the UI's index.html; the UI
-resolves its scripts and its /api/v1 calls against it. Without the trailing
-slash the browser drops the last segment (`/argo` resolves `api/v1` to
-`/api/v1`, the Metaflow UI's backend), so the schema refuses it.
+argo-helm 1.0.18 writes `server.baseHref` into ARGO_BASE_HREF, which v4.0.7
+puts into `<base href="...">` of the UI's index.html (server/static/static.go;
+v4 adds missing slashes, v3.6.10 wrote the value verbatim); the UI resolves
+its scripts and its /api/v1 calls against it. Without the trailing slash
+the browser drops the last segment (`/argo` resolves `api/v1` to `/api/v1`,
+the Metaflow UI's backend) on a server that writes it verbatim, so the
+schema refuses it.
 """
 
 import pytest

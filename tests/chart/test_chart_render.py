@@ -23,8 +23,8 @@ def test_ci_scenarios_cover_the_required_profiles():
 
 def test_dependencies_are_pinned_with_conditions():
     deps = {d["name"]: d for d in dependencies()}
-    # 0.45.20: the last argo-helm chart on Argo 3.6 (v3.6.10).
-    assert deps["argo-workflows"]["version"] == "0.45.20"
+    # 1.0.18: argo-helm's Argo 4.0 chart; our values run v4.0.7 on it.
+    assert deps["argo-workflows"]["version"] == "1.0.18"
     assert deps["argo-workflows"]["condition"] == "argo-workflows.enabled"
     # 1.16.0: the newest Airflow chart whose default Airflow is 2.10.x.
     assert deps["airflow"]["version"] == "1.16.0"

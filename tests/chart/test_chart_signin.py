@@ -167,7 +167,7 @@ def test_every_route_goes_to_its_backend_and_metadata_and_argo_lose_their_prefix
         "ui-api": {"id": "ui-api", "path": "/api/", "uri": f"http://mf-ui-backend.{svc}:8083"},
         "metadata": {"id": "metadata", "path": "^/metadata(?:/(.*))?$", "rewriteTarget": "/$1",
                      "uri": f"http://mf-metadata.{svc}:8080"},
-        # argo-helm 0.45.20: <release>-argo-workflows-server on servicePort 2746.
+        # argo-helm 1.0.18 (as 0.45.20): <release>-argo-workflows-server on servicePort 2746.
         "argo": {"id": "argo", "path": "^/argo(?:/(.*))?$", "rewriteTarget": "/$1",
                  "uri": f"http://mf-argo-workflows-server.{svc}:2746"},
         # Airflow chart 1.16.0: <release>-webserver on ports.airflowUI; its

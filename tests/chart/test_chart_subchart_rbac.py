@@ -109,7 +109,11 @@ def _home(objs, name):
 def test_argo_controller_and_server_read_only_their_configmap_at_home(extra):
     objs = render([AZURE], extra, release="mf")
     config = "mf-argo-workflows-workflow-controller-configmap"
-    assert _home(objs, "mf-argo-workflow-controller-home") == {("configmaps", "get", config)}
+    # The controller also watches it by name (v4.0.7 workflow/controller/
+    # controller.go runConfigMapWatcher); the server only gets it at start
+    # (server/apiserver/argoserver.go, config/controller.go).
+    assert _home(objs, "mf-argo-workflow-controller-home") == {
+        ("configmaps", "get", config), ("configmaps", "watch", config)}
     assert _home(objs, "mf-argo-server-home") == {("configmaps", "get", config)}
     for part in ("workflow-controller", "server"):
         binding = get(objs, "RoleBinding", f"mf-argo-{part}-home")

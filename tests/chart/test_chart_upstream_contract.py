@@ -197,9 +197,10 @@ def test_static_ui_has_a_writable_conf_d():
     assert c["ports"][0]["containerPort"] == 3000
 
 
-# -- 8. A separate flow namespace: argo-helm 0.45.20 runs the controller and
+# -- 8. A separate flow namespace: argo-helm 1.0.18 runs the controller and
 #       server with --namespaced only (their Roles in the release namespace);
-#       v3.6.10 watches another namespace with --managed-namespace.
+#       v4.0.7 watches another namespace with --managed-namespace
+#       (cmd/workflow-controller/main.go, cmd/argo/commands/server.go).
 
 MANAGED = {"argo-workflows": {"controller": {"extraArgs": ["--managed-namespace=jobs"]},
                               "server": {"extraArgs": ["--managed-namespace=jobs"]}},
@@ -240,13 +241,16 @@ def test_argo_roles_are_ours_when_flows_share_the_release_namespace():
 
 
 def test_values_we_hand_argo_render_nothing_cluster_wide():
-    # argo-helm 0.45.20: createAggregateRoles renders three ClusterRoles, and
-    # clusterWorkflowTemplates a ClusterRoleBinding even under singleNamespace.
+    # argo-helm 1.0.18: createAggregateRoles renders three ClusterRoles,
+    # clusterWorkflowTemplates a ClusterRoleBinding even under
+    # singleNamespace, and crds.full a hook Job with its own ClusterRole and
+    # ClusterRoleBinding (templates/crds-install-job.yaml).
     argo = yaml.safe_load((CHART / "values.yaml").read_text())["argo-workflows"]
     assert argo["singleNamespace"] is True
     assert argo["createAggregateRoles"] is False
     assert argo["controller"]["clusterWorkflowTemplates"]["enabled"] is False
     assert argo["server"]["clusterWorkflowTemplates"]["enabled"] is False
+    assert argo["crds"]["full"] is False
 
 
 def test_airflow_local_settings_default_is_emptied_not_nulled():
@@ -263,8 +267,8 @@ ARGO_VALUES = yaml.safe_load((CHART / "values.yaml").read_text())["argo-workflow
 
 
 def test_argo_server_acts_with_the_callers_own_token():
-    # argo-helm 0.45.20 turns each authModes entry into --auth-mode=<m>;
-    # v3.6.10 `client` uses the caller's bearer token for every API call.
+    # argo-helm 1.0.18 turns each authModes entry into --auth-mode=<m>;
+    # v4.0.7 `client` uses the caller's bearer token for every API call.
     assert ARGO_VALUES["server"]["authModes"] == ["client"]
 
 
@@ -281,7 +285,7 @@ def test_argo_and_airflow_front_doors_admit_only_the_ingress_namespace():
     only_ingress = [{"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": "app-routing-system"}}}]
     selector, ingress = _policy(objs, "mf-argo-server")
-    # argo-helm 0.45.20 _helpers.tpl: the server pod's name/instance labels.
+    # argo-helm 1.0.18 _helpers.tpl (as 0.45.20): the server pod's name/instance labels.
     assert selector == {"app.kubernetes.io/name": "argo-workflows-server",
                         "app.kubernetes.io/instance": "mf"}
     assert ingress == [{"ports": [{"port": 2746}], "from": only_ingress}]

@@ -9,12 +9,14 @@ tests can put exactly those objects on a real API server and ask it
 values the subchart sees (its defaults with ours merged over, `merged`).
 
 Sources:
-- argo-helm tag argo-workflows-0.45.20, charts/argo-workflows/templates/
+- argo-helm tag argo-workflows-1.0.18, charts/argo-workflows/templates/
   controller/workflow-controller-cluster-roles.yaml and -crb.yaml,
   server/server-cluster-roles.yaml and server-crb.yaml (with
   singleNamespace: a Role and a RoleBinding in the release namespace).
   The rules below are those templates rendered by helm for our values
   before they turned controller.rbac.create and server.rbac.create off.
+  Against 0.45.20 (v3.6.10) the controller's gained `namespaces` in its
+  configmaps rule and workflowtasksets/status; the server's is unchanged.
 - argo-helm tag argo-events-2.4.22, charts/argo-events/templates/
   argo-events-controller/rbac.yaml (rbac.namespaced: a Role; its RoleBinding
   names no namespace, so Helm puts it in the release namespace).
@@ -160,16 +162,18 @@ def airflow_objects(values: dict[str, Any], release: str,
     return objs
 
 
-# --- argo-helm argo-workflows 0.45.20 ----------------------------------------------
+# --- argo-helm argo-workflows 1.0.18 -----------------------------------------------
 
 ARGO_CONTROLLER_RULES = [
     _rule([""], ["pods"], EVERY),
     _rule([""], ["pods/exec"], ["create"]),
-    _rule([""], ["configmaps"], ["get", "watch", "list"]),
+    # `namespaces` is cluster-scoped: in this Role it grants nothing.
+    _rule([""], ["configmaps", "namespaces"], ["get", "watch", "list"]),
     _rule([""], ["persistentvolumeclaims", "persistentvolumeclaims/finalizers"],
           ["create", "update", "delete", "get"]),
     _rule(["argoproj.io"], ["workflows", "workflows/finalizers", "workflowtasksets",
-                            "workflowtasksets/finalizers", "workflowartifactgctasks"],
+                            "workflowtasksets/finalizers", "workflowtasksets/status",
+                            "workflowartifactgctasks"],
           ["get", "list", "watch", "update", "patch", "delete", "create"]),
     _rule(["argoproj.io"], ["workflowtemplates", "workflowtemplates/finalizers"],
           ["get", "list", "watch"]),

@@ -2,23 +2,25 @@
 way argo-helm sets it up for our values.
 
 The controller is the upstream binary at the version tools.toml pins
-([gobuild.argo], the appVersion of the argo-helm chart charts/metaflow pins),
-and the CRDs are the `minimal` ones from the same module version, the kind
-argo-helm installs. The controller runs on this host, not in a pod, but as
+([gobuild.argo], the argo-workflows.images.tag our values give the argo-helm
+chart charts/metaflow pins), and the CRDs are the `minimal` ones from the
+same module version, the kind argo-helm installs with our crds.full=false. The controller runs on this host, not in a pod, but as
 the ServiceAccount argo-helm creates for it: its kubeconfig carries a token
 of that account (TokenRequest API), so every call it makes is authorized by
-exactly the Roles a release grants it: argo-helm 0.45.20's own Role when our
+exactly the Roles a release grants it: argo-helm 1.0.18's own Role when our
 values leave controller.rbac.create on (tests/chart/upstream_rbac.py; they
 turn it off), and the Roles our chart renders, taken from a real render:
-its rules where flows run and, at home, its ConfigMap only. A controller that
-needed more at home would fail here.
+its rules where flows run and, at home, its ConfigMap only (get, and watch:
+v4.0.7 watches it by name). A controller that needed more at home would fail
+here.
 
 What differs from the pod argo-helm runs, and why:
 - it reaches the API server through a kubeconfig (`--kubeconfig`) instead
   of the in-cluster config. The controller takes its own namespace from its
   client config (in a pod: the service account's namespace file), not from
-  ARGO_NAMESPACE, which argo-helm sets but v3.6.10's viper binding never
-  maps onto the persistent --namespace flag: without a namespace in the
+  ARGO_NAMESPACE, which argo-helm sets but v4.0.7's (as v3.6.10's)
+  workflow-controller never reads (cmd/workflow-controller/main.go takes
+  the namespace from its client config): without a namespace in the
   kubeconfig context it used "default" and was refused its ConfigMap there.
   So the context names the release namespace (ARGO_NAMESPACE is set too,
   as argo-helm sets it);
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from .controlplane import ROOT, Processes, ensure_tool, free_port
 from .handle import Cluster, wait_for
 
 TOOL = "argo"
+PREVIOUS_TOOL = "argo-previous"
 EXECUTOR_IMAGE = "quay.io/argoproj/argoexec"
 FIELD_MANAGER = "mfhelm-tests"
 APPLY = "application/apply-patch+yaml"
@@ -62,15 +65,17 @@ class ArgoBuild:
     binary: Path
     crds: Path
     version: str
+    executor_name: str = "argoexec"
 
     @property
     def argoexec(self) -> Path:
         """The executor, built from the same module version as the controller."""
-        return self.binary.parent / "argoexec"
+        return self.binary.parent / self.executor_name
 
     @property
     def executor_image(self) -> str:
-        # argo-helm: executor.image registry/repository, tag = the chart's appVersion.
+        # argo-helm: executor.image registry/repository, tag = images.tag
+        # (our values: the release tools.toml pins).
         return f"{EXECUTOR_IMAGE}:{self.version}"
 
     def crd_files(self) -> list[Path]:
@@ -92,7 +97,40 @@ def ensure_argo() -> ArgoBuild:
     return build
 
 
-# --- names and objects as argo-helm 0.45.20 renders them ---------------------
+def ensure_argo_previous() -> ArgoBuild:
+    """The release the chart pinned before (tools.toml [gobuild.argo-previous],
+    v3.6.10): its controller, executor and minimal CRDs, suffixed -previous."""
+    home, entry = ensure_tool(PREVIOUS_TOOL, "the Argo upgrade test (the previous release)")
+    build = ArgoBuild(home / "bin" / "workflow-controller-previous", home / "crds",
+                      entry["version"], executor_name="argoexec-previous")
+    if not build.argoexec.exists() or not build.crd_files():
+        raise RuntimeError(f"{home} lacks argoexec-previous or the CRDs; remove it so that "
+                           "it is built again")
+    return build
+
+
+def executor_dir(build: ArgoBuild) -> Path:
+    """A directory holding this build's executor under the name `argoexec`:
+    the controller's init container runs `argoexec init`, which copies the
+    binary exec.LookPath("argoexec") finds (workflow/executor/emissary/
+    binary.go), so a suffixed build is linked under that name, in the
+    build's own home (the process kubelet gives each container a /tmp of its
+    own, so a test's directory there would not be seen)."""
+    if build.argoexec.name == "argoexec":
+        return build.argoexec.parent
+    found = build.argoexec.parent.parent / "executor"
+    found.mkdir(exist_ok=True)
+    link = found / "argoexec"
+    if not link.is_symlink() or link.readlink() != build.argoexec:
+        # Made aside and renamed over: two sessions may get here at once.
+        fresh = found / f".argoexec-{os.getpid()}"
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(build.argoexec)
+        os.replace(fresh, link)
+    return found
+
+
+# --- names and objects as argo-helm 1.0.18 renders them ----------------------
 
 def fullname(release: str) -> str:
     """argo-helm's `argo-workflows.fullname` (no name or fullname override)."""
@@ -139,12 +177,16 @@ def upstream_controller_rbac(release: str, namespace: str) -> list[dict[str, Any
 
 # The `config` key of the controller ConfigMap (templates/controller/
 # workflow-controller-config-map.yaml): with argo-helm's defaults, which our
-# values leave alone, only the two event switches are rendered.
+# values leave alone, the two event switches and (1.0: its default is a
+# non-empty map) failedPodRestart, off.
 RENDERED_CONFIG = """\
 nodeEvents:
   enabled: true
 workflowEvents:
   enabled: true
+failedPodRestart:
+  enabled: false
+  maxRestarts: 3
 """
 
 # The executor and log flags argo-helm always renders (controller.logging defaults).
@@ -153,8 +195,10 @@ LOG_ARGS = ["--loglevel", "info", "--gloglevel", "0", "--log-format", "text"]
 # Keys of our values' `argo-workflows` section (and its controller part) that
 # do not change the controller's Role, ConfigMap or flags beyond what this
 # module writes out; anything else must be looked at here first.
-NEUTRAL_TOP = {"enabled", "singleNamespace", "createAggregateRoles", "crds", "workflow",
-               "controller", "server"}
+# `images` sets the tag of every Argo image: the executor image argo.py passes
+# (ArgoBuild.executor_image; test_e2e_argo_controller holds the tag to the build).
+NEUTRAL_TOP = {"enabled", "singleNamespace", "createAggregateRoles", "images", "crds",
+               "workflow", "controller", "server"}
 NEUTRAL_CONTROLLER = {"extraArgs", "clusterWorkflowTemplates", "nodeSelector", "resources",
                       "tolerations", "affinity", "podLabels", "podAnnotations", "rbac"}
 
@@ -211,6 +255,7 @@ def controller_args(build: ArgoBuild, release: str, release_namespace: str,
 def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
                     labels: dict[str, str] | None = None,
                     taints: list[dict[str, str]] | None = None,
+                    also: tuple[ArgoBuild, ...] = (),
                     admit: Any = None) -> Any:
     """A ProcessKubelet for node `name` whose pods run Argo's executor image
     as this build's `argoexec` (init, wait, and the emissary the init
@@ -224,13 +269,18 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
     prefixes every other container's command with `/var/run/argo/argoexec
     emissary ... --`; `argoexec init` copies the binary it finds with
     exec.LookPath("argoexec") into that shared emptyDir
-    (workflow/executor/emissary/binary.go, copyBinary)."""
+    (workflow/executor/emissary/binary.go, copyBinary).
+
+    `also`: further builds whose executor images the node runs too, each as
+    its own `argoexec` (a pod keeps the executor image it was made with,
+    through an upgrade of the controller)."""
     from .metaflow_env import VENV_BIN
     from .process_kubelet import ProcessKubelet
 
     return ProcessKubelet(cluster, name, cluster.workdir / "process-kubelet" / name,
                           labels=dict(labels or {}), taints=list(taints or []),
-                          images={build.executor_image: [build.argoexec.parent]},
+                          images={b.executor_image: [executor_dir(b)]
+                                  for b in (build, *also)},
                           default_path=[VENV_BIN], admit=admit)
 
 
@@ -451,15 +501,27 @@ def prepare_release(cluster: Cluster, release: str, release_namespace: str,
 @contextmanager
 def run_controller(cluster: Cluster, build: ArgoBuild, release_namespace: str,
                    flow_namespace: str, *, release: str = "metaflow",
-                   timeout: float = 60) -> Iterator[ArgoController]:
+                   timeout: float = 60,
+                   release_objects: Callable[[int], list[dict[str, Any]]] | None = None
+                   ) -> Iterator[ArgoController]:
     """Set up and run a workflow controller for ``release`` installed in
     ``release_namespace`` running flows in ``flow_namespace``; stopped on exit.
 
     Both namespaces must exist. Returns once the controller has synced its
-    caches and started its workers.
+    caches and started its workers. ``release_objects`` (given the metrics
+    port) replaces what this release gives the controller (account,
+    ConfigMap, Roles: prepare_release), e.g. another chart version's.
     """
     metrics_port = free_port()
-    prepare_release(cluster, release, release_namespace, flow_namespace, metrics_port)
+    if release_objects is None:
+        prepare_release(cluster, release, release_namespace, flow_namespace, metrics_port)
+        config = controller_objects(release, release_namespace, metrics_port)[1]["data"]["config"]
+    else:
+        objs = release_objects(metrics_port)
+        for obj in objs:
+            apply(cluster, obj)
+        config = next(o["data"]["config"] for o in objs if o["kind"] == "ConfigMap"
+                      and o["metadata"]["name"] == configmap_name(release))
     account = controller_name(release)
     workdir = cluster.workdir / "argo" / f"{release_namespace}-{release}"
     kubeconfig = token_kubeconfig(
@@ -481,7 +543,7 @@ def run_controller(cluster: Cluster, build: ArgoBuild, release_namespace: str,
     controller = ArgoController(
         release=release, namespace=release_namespace, managed_namespace=flow_namespace,
         argv=argv, env=env,
-        config=controller_objects(release, release_namespace, metrics_port)[1]["data"]["config"],
+        config=config,
         kubeconfig=kubeconfig, executor_image=build.executor_image,
         log=logdir / f"{name}.log", _procs=procs, _name=name,
     )

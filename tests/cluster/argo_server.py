@@ -1,5 +1,5 @@
 """Argo Workflows' server (`argo server`) against the test cluster, set up
-the way argo-helm 0.45.20 sets it up for our values.
+the way argo-helm 1.0.18 sets it up for our values.
 
 The binary is the `argo` CLI built from the same module version as the
 workflow controller (tools.toml [gobuild.argo]). It runs on this host as the
@@ -12,13 +12,15 @@ What differs from argo-helm's pod, and why:
 - the API server is reached through a kubeconfig named by KUBECONFIG
   instead of the in-cluster config. In `client` mode the server builds each
   caller's client from the same loading rules with the caller's token in
-  place of its own (v3.6.10 util/kubeconfig: restConfigWithoutAuth keeps the
+  place of its own (v4.0.7 util/kubeconfig: restConfigWithoutAuth keeps the
   host and CA, drops every credential), so KUBECONFIG plays the pod's
   in-cluster config for both;
 - it listens on a free port instead of 2746;
-- the module build has no UI files (server/static/files.go is upstream's
-  stub; release images copy the built UI in), so `/` answers without the
-  UI; every API route is the same.
+- the module build has no UI: the CLI embeds ui/dist/app (v4.0.7
+  ui/embed.go), which a release build fills with the built UI and this
+  build holds only the empty index.html argo's Makefile makes for a build
+  without it (tools.toml [gobuild.argo] empty_files), so `/` answers an
+  empty page; every API route is the same.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from . import argo
 from .controlplane import ROOT, Processes, ensure_tool, free_port
 from .handle import Cluster
 
-# argo-helm 0.45.20 templates/server/server-deployment.yaml: logging defaults.
+# argo-helm 1.0.18 templates/server/server-deployment.yaml: logging defaults.
 LOG_ARGS = ["--loglevel", "info", "--gloglevel", "0", "--log-format", "text"]
-# v3.6.10 server/apiserver/argoserver.go, once it listens.
-STARTED = "Argo Server started successfully on"
+# v4.0.7 server/apiserver/argoserver.go, once it listens (the URL is a field
+# of its own now; v3.6 wrote "... successfully on <url>").
+STARTED = "Argo Server started successfully"
 
 
 def server_name(release: str) -> str:
@@ -69,7 +72,7 @@ def server_values(extra: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def server_args(release: str, values: dict[str, Any]) -> list[str]:
-    """The container args argo-helm 0.45.20 renders for the server."""
+    """The container args argo-helm 1.0.18 renders for the server."""
     server = values["server"]
     args = ["server", f"--configmap={argo.configmap_name(release)}", *server["extraArgs"]]
     if server["authMode"]:
@@ -163,7 +166,7 @@ def run_server(cluster: Cluster, binary: Path, release_namespace: str,
                                    f"{timeout:.0f}s:\n{server.tail()}")
             time.sleep(0.2)
         # Its REST gateway dials the server's own gRPC port, one connection
-        # per API service, before it listens (v3.6.10 argoserver.go): until
+        # per API service, before it listens (v4.0.7 argoserver.go): until
         # gRPC's reconnect, each service answers 503. A 401 to a call
         # without a token means the workflow service's got through.
         while _status(f"{server.url}/api/v1/workflows/{flow_namespace}") == 503:

@@ -500,11 +500,9 @@ def federated_token(outputs: dict[str, Any]) -> str:
 # --- Argo's full schema, for what the minimal CRDs do not check ---------------------------
 # The minimal CRDs the cluster serves (what argo-helm installs) declare a WorkflowTemplate's
 # `spec` as an object with unknown fields preserved: the API server accepts any spec. The
-# `full` CRDs of the same module version carry the whole schema (too large to install on a
-# 1.34 API server), so Metaflow's template is checked against it here, offline.
-
-ARGO_MODULE = "github.com/argoproj/argo-workflows/v3"
-
+# `full` CRDs of the same module version carry the whole schema (argo-helm 1.0 installs them
+# only through a hook Job, which our values turn off), so Metaflow's template is checked
+# against it here, offline.
 
 def argo_module_dir() -> Path:
     """The pinned Argo module's source in the Go module cache, downloaded if absent."""
@@ -514,23 +512,24 @@ def argo_module_dir() -> Path:
 
     tools = tomllib.loads((Path(__file__).resolve().parents[2] / "tools.toml").read_text())
     version = tools["gobuild"]["argo"]["version"]
+    module = tools["gobuild"]["argo"]["module"]
     go = shutil.which("go")
     if go is None:
         raise FileNotFoundError("no `go` on PATH: Argo's schema comes from its Go module")
     env = clean_environ()
     modcache = subprocess.run([go, "env", "GOMODCACHE"], env=env, capture_output=True,
                               text=True, check=True).stdout.strip()
-    root = Path(modcache) / f"{ARGO_MODULE}@{version}"
+    root = Path(modcache) / f"{module}@{version}"
     if root.is_dir():
         return root
     with tempfile.TemporaryDirectory() as tmp:
         # Outside a module `go mod download` needs one; the exact version needs no list.
         (Path(tmp) / "go.mod").write_text("module mfhelm.test/argoschema\n\ngo 1.23\n")
-        done = subprocess.run([go, "mod", "download", "-json", f"{ARGO_MODULE}@{version}"],
+        done = subprocess.run([go, "mod", "download", "-json", f"{module}@{version}"],
                               cwd=tmp, env=env, capture_output=True, text=True, timeout=600,
                               check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"go mod download {ARGO_MODULE}@{version}: {done.stdout[-1500:]}"
+        raise RuntimeError(f"go mod download {module}@{version}: {done.stdout[-1500:]}"
                            f"{done.stderr[-1500:]}")
     return Path(json.loads(done.stdout)["Dir"])
 

@@ -1,5 +1,5 @@
 """Argo Workflows itself on the test cluster: the pinned release's CRDs and
-workflow controller, set up as argo-helm 0.45.20 sets them up for our values
+workflow controller, set up as argo-helm 1.0.18 sets them up for our values
 (see argo.py), running a plain two-step Workflow on the taskworkers node.
 
 On the KWOK nodes nothing runs inside the pods: KWOK marks them finished
@@ -36,8 +36,10 @@ pytestmark = pytest.mark.cluster
 ARGO = {"group": "argoproj.io", "version": "v1alpha1"}
 FLOWS_ACCOUNT = "metaflow-flows"
 RELEASE = "metaflow"
-# The CRDs argo-helm 0.45.20 installs (templates/crds/), identical to the
-# module's manifests/base/crds/minimal at v3.6.10 but for Helm's keep annotation.
+# The CRDs argo-helm 1.0.18 installs with crds.full=false (templates/crds.yaml
+# renders files/crds/minimal/, clusterworkflowtemplates only when a
+# clusterWorkflowTemplates switch is on), identical to the module's
+# manifests/base/crds/minimal at v4.0.7 but for Helm's keep annotation.
 CRDS = {f"{p}.argoproj.io" for p in (
     "clusterworkflowtemplates", "cronworkflows", "workflowartifactgctasks",
     "workfloweventbindings", "workflows", "workflowtaskresults", "workflowtasksets",
@@ -55,11 +57,32 @@ def test_wrapper_module_requires_the_pinned_argo_release() -> None:
     gomod = (ROOT / "tests" / "tools" / "gobuild" / "argo" / "go.mod").read_text()
     assert re.search(rf"^\s*{re.escape(entry['module'])} {re.escape(entry['version'])}\b",
                      gomod, re.M)
-    assert "=>" not in gomod  # v3.6.10's go.mod replaces nothing, so neither do we
-    # The chart's pin ships this release (argo-helm 0.45.20: appVersion v3.6.10).
+    assert "=>" not in gomod  # v4.0.7's go.mod replaces nothing, so neither do we
+    # install.py builds from a copy with the UI placeholder argo's Makefile makes.
+    assert entry["empty_files"] == ["ui/dist/app/index.html"]
+    # The chart's pin (argo-helm 1.0.18, appVersion v4.0.6) runs this release:
+    # our values set every Argo image's tag to it.
     chart = yaml.safe_load((ROOT / "charts" / "metaflow" / "Chart.yaml").read_text())
     pinned = {d["name"]: d["version"] for d in chart["dependencies"]}
-    assert (pinned["argo-workflows"], entry["version"]) == ("0.45.20", "v3.6.10")
+    assert (pinned["argo-workflows"], entry["version"]) == ("1.0.18", "v4.0.7")
+    values = yaml.safe_load((ROOT / "charts" / "metaflow" / "values.yaml").read_text())
+    assert values["argo-workflows"]["images"]["tag"] == entry["version"]
+    assert values["argo-workflows"]["crds"]["full"] is False  # no CRD-download hook Job
+
+
+def test_previous_release_builds_beside_the_current_one() -> None:
+    """[gobuild.argo-previous]: the release the chart pinned before (v3.6.10,
+    argo-helm 0.45.20, chart 0.1.0), for upgrade tests, from its own wrapper."""
+    manifest = _installer().load_manifest()["gobuild"]
+    entry, current = manifest["argo-previous"], manifest["argo"]
+    gomod = (ROOT / "tests" / "tools" / "gobuild" / "argo-previous" / "go.mod").read_text()
+    assert re.search(rf"^\s*{re.escape(entry['module'])} {re.escape(entry['version'])}\b",
+                     gomod, re.M)
+    assert "=>" not in gomod  # v3.6.10's go.mod replaces nothing
+    assert (entry["module"], entry["version"]) == ("github.com/argoproj/argo-workflows/v3",
+                                                   "v3.6.10")
+    # Linked into the same .venv/bin: no binary of one may shadow the other's.
+    assert not set(entry["binaries"]) & set(current["binaries"])
 
 
 def test_our_values_leave_what_argo_py_writes_out_at_argo_helm_defaults() -> None:
@@ -287,10 +310,52 @@ def test_controller_acts_with_the_releases_rbac_only(
     assert not can(c.namespace, sa, "list", "configmaps", namespace=c.namespace)
     assert can(c.namespace, sa, "get", "configmaps", namespace=c.namespace,
                name=argo.configmap_name(c.release))
+    assert can(c.namespace, sa, "watch", "configmaps", namespace=c.namespace,
+               name=argo.configmap_name(c.release))
+    # argo-helm 1.0.18's Role names `namespaces`, cluster-scoped: no Role grants it.
+    assert not can(c.namespace, sa, "list", "namespaces")
     assert not can(c.namespace, sa, "create", "pods", namespace="default")
     assert not can(c.namespace, sa, "list", "clusterworkflowtemplates", group="argoproj.io")
     assert not can(c.namespace, sa, "get", "secrets", namespace=c.managed_namespace)
-    # The controller found that out too, through its own credentials.
+    # The controller found that out too, through its own credentials; without
+    # `namespaces` (v4.0.7 workflow/controller/ns_watcher.go) it runs with
+    # per-namespace parallelism off.
     assert "Controller doesn't have RBAC access for ClusterWorkflowTemplates" in c.log_text()
+    assert "per-namespace parallelism will not work" in c.log_text()
     kubeconfig = yaml.safe_load(c.kubeconfig.read_text())
     assert [list(u["user"]) for u in kubeconfig["users"]] == [["token"]]
+
+
+# v4.0.7 workflow/controller/controller.go runConfigMapWatcher: the
+# controller watches its ConfigMap by name in its own namespace and logs
+# this for every change; refused the watch, it logs CONFIG_WATCH_BROKEN
+# without end instead (what argo-helm's Role grants is get+watch+list; our
+# home Role grants get+watch on that one name).
+CONFIG_UPDATE = "Received Workflow Controller config map update"
+CONFIG_WATCH_BROKEN = "invalid config map object received in config watcher"
+
+
+def test_controller_picks_up_a_change_to_its_configmap(
+        cluster: Cluster, runs: dict[str, Run]) -> None:
+    """With flows elsewhere, only our home Role lets the controller watch its
+    ConfigMap; a change to it reaches the running controller."""
+    c = runs["elsewhere"].controller
+    # The workflow ran first: the controller has been up and watching a while.
+    _wait_finished(cluster, c, runs["elsewhere"].workflow)
+    before = c.log_text().count(CONFIG_UPDATE)
+    name = argo.configmap_name(c.release)
+    # Same settings, one more line: a change the watch must deliver.
+    body = {"data": {"config": c.config + "# touched by the tests\n"}}
+    cluster.core().patch_namespaced_config_map(name, c.namespace, body)
+
+    def seen() -> bool:
+        c.check()
+        return c.log_text().count(CONFIG_UPDATE) > before
+
+    try:
+        wait_for(seen, 30, f"the controller to log {CONFIG_UPDATE!r}")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\ncontroller log:\n{c.tail()}") from None
+    log = c.log_text()
+    assert CONFIG_WATCH_BROKEN not in log, c.tail()
+    assert "forbidden" not in log.lower(), c.tail()

@@ -254,7 +254,7 @@ def test_install_removes_only_a_finished_migration_job(cluster: Cluster, namespa
 def test_every_policy_selects_the_pod_it_guards(cluster: Cluster, namespace: str):
     """Each rendered NetworkPolicy's podSelector, run as a label selector by
     the API server against pods labelled as they really are: ours from our
-    templates, Argo's and Airflow's as argo-helm 0.45.20 and the Airflow chart
+    templates, Argo's and Airflow's as argo-helm 1.0.18 and the Airflow chart
     1.16.0 label them."""
     watch = ["--managed-namespace=metaflow-flows"]  # the scenario's flow namespace
     objs = render([SCENARIOS["local-airflow"]],

@@ -72,6 +72,15 @@ def tool_home(name: str, entry: dict) -> Path:
     if entry.get("with"):  # a changed companion pin is a different build
         digest = hashlib.sha256("\n".join(sorted(entry["with"])).encode()).hexdigest()[:10]
         version = f"{version}-{digest}"
+    if entry.get("links") or entry.get("empty_files"):
+        # Built from a patched copy of the module: what is patched and which
+        # commands are built from it are part of the build, so a changed set
+        # of binaries gets a fresh home rather than a warm one that lacks a
+        # binary (or holds one put there by hand).
+        recipe = json.dumps({k: entry.get(k) for k in
+                             ("packages", "binaries", "links", "empty_files", "files")},
+                            sort_keys=True)
+        version = f"{version}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
     sources = _wrapper_sources(name)
     if sources:  # so is a changed wrapper source
         h = hashlib.sha256()
@@ -138,8 +147,8 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
     with tempfile.TemporaryDirectory() as work:
         shutil.copytree(src, work, dirs_exist_ok=True)
         env = _go_env()
-        if entry.get("symlinks"):
-            _module_with_symlinks(entry, env, work)
+        if entry.get("empty_files") or entry.get("links"):
+            _use_writable_module(entry, env, work)
         for pkg, binary in zip(entry["packages"], entry["binaries"], strict=True):
             out = bindir / binary
             cmd = ["go", "build", "-trimpath", "-o", str(out)]
@@ -149,29 +158,37 @@ def build_gobuild(name: str, entry: dict, dest: Path) -> None:
         _copy_module_files(entry, dest, env, work)
 
 
-def _module_with_symlinks(entry: dict, env: dict[str, str], work: str) -> None:
-    """Build ``module`` from a copy of its source in which the entry's
-    ``symlinks`` (path -> target, relative to the link's directory) are put
-    back as copies of their targets, through a replace directive in the
-    wrapper copy.
+def _use_writable_module(entry: dict, env: dict[str, str], work: str) -> None:
+    """Build ``module`` from a writable copy of its source with the entry's
+    ``empty_files`` and ``links`` added, through a replace directive in the
+    wrapper copy. The copy is the exact module version the wrapper's go.sum
+    pins.
 
-    A module zip drops symbolic links, and upstream sources can need them to
-    compile: Argo's `argoexec` has workflow/executor/os-specific/
-    signal_linux.go only as a link to signal_darwin.go (v3.6.10; in v4 the
-    directory is osspecific), so on Linux `Setpgid` is undefined without it.
-    The copy is the exact version the wrapper's go.sum pins.
+    ``empty_files``: files a release build generates before compiling, which
+    the module zip therefore lacks: Argo's `argo` CLI embeds ``ui/dist/app``
+    (go:embed), and argo's Makefile touches ``ui/dist/app/index.html`` for a
+    build without the UI. ``links``: symbolic links of the repository (path
+    -> target, relative to the link's directory, as git stores it), which
+    module zips drop although the sources need them to compile: Argo's
+    executor has workflow/executor/os-specific/signal_linux.go (v3.6.10;
+    osspecific/ in v4) only as a link to signal_darwin.go (git ls-tree: mode
+    120000), and without it `Setpgid` is undefined on Linux. Each becomes a
+    copy of its target.
     """
     module, version = entry["module"], entry["version"]
-    info = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"],
-                          env=env, cwd=work, check=True, capture_output=True, text=True).stdout
+    downloaded = subprocess.run(
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
+        env=env, cwd=work, check=True, capture_output=True, text=True,
+    ).stdout
     copy = Path(work) / "_module"
-    if not copy.exists():
-        shutil.copytree(json.loads(info)["Dir"], copy, copy_function=shutil.copyfile)
-        for dirpath, _dirs, _files in os.walk(copy):  # the module cache is read-only
-            os.chmod(dirpath, 0o755)
-    for link, target in entry["symlinks"].items():
-        path = copy / link
-        shutil.copyfile(path.parent / target, path)
+    shutil.copytree(json.loads(downloaded)["Dir"], copy, copy_function=shutil.copyfile)
+    for dirpath, _dirs, _files in os.walk(copy):  # module-cache directories are read-only
+        os.chmod(dirpath, 0o755)
+    for rel in entry.get("empty_files", []):
+        (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (copy / rel).touch()
+    for rel, target in entry.get("links", {}).items():
+        shutil.copyfile((copy / rel).parent / target, copy / rel)
     _run(["go", "mod", "edit", f"-replace={module}=./_module"], env=env, cwd=work)
 
 
@@ -237,11 +254,20 @@ BUILDERS: dict[str, Callable[[str, dict, Path], None]] = {
 
 
 def is_complete(home: Path, entry: dict) -> bool:
-    # The marker is written last, so an interrupted build is never mistaken
-    # for a finished one.
-    return (home / ".complete").exists() and all(
-        (home / "bin" / b).exists() for b in entry["binaries"]
-    )
+    """A finished build of exactly this entry's binaries.
+
+    The marker is written last, so an interrupted build is never mistaken for
+    a finished one. It names the binaries built (markers from before that
+    hold only the version); a build of another set of binaries, or one that
+    lacks a binary it should have, is not complete.
+    """
+    marker = home / ".complete"
+    if not marker.exists():
+        return False
+    lines = marker.read_text().splitlines()
+    if len(lines) > 1 and sorted(lines[1].split()) != sorted(entry["binaries"]):
+        return False
+    return all((home / "bin" / b).exists() for b in entry["binaries"])
 
 
 def install(name: str, kind: str, entry: dict) -> Path:
@@ -272,7 +298,7 @@ def _build(name: str, kind: str, entry: dict, home: Path) -> Path:
     except BaseException:
         shutil.rmtree(home, ignore_errors=True)
         raise
-    (home / ".complete").write_text(entry["version"] + "\n")
+    (home / ".complete").write_text(f"{entry['version']}\n{' '.join(entry['binaries'])}\n")
     return home
 
 

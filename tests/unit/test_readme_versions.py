@@ -80,6 +80,13 @@ def test_the_airflow_row_agrees_with_the_airflow_tools_pin():
     assert pins()["Airflow"] == tools["python"]["airflow"]["version"]
 
 
+def test_the_argo_workflows_row_agrees_with_the_image_tag_our_values_set():
+    # argo-helm 1.0.18's appVersion is v4.0.6; our values run its images at
+    # the release the tests build, and the row names both places.
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert pins()["Argo Workflows"] == values["argo-workflows"]["images"]["tag"]
+
+
 def test_the_chart_app_version_is_the_metadata_service():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert f"v{chart['appVersion']}" == pins()["Metaflow metadata service and UI backend"]

@@ -246,7 +246,7 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 /var/lib/metaflow-ui
 {{- end -}}
 
-{{/* argo-helm's fullname (its _helpers.tpl at 0.45.20): fullnameOverride, else
+{{/* argo-helm's fullname (its _helpers.tpl at 0.45.20 and 1.0.18): fullnameOverride, else
      the release name when it already contains the chart name, else
      <release>-argo-workflows. Its service accounts derive from it. */}}
 {{- define "metaflow.argoFullname" -}}
@@ -261,7 +261,7 @@ checkov.io/skip3: CKV_K8S_35=The metadata service, its migrations and the postgr
 {{- end -}}
 
 {{/* argo-helm's controller ConfigMap (`argo-workflows.controller.config-map.name`
-     at 0.45.20): controller.configMap.name, else <fullname>-workflow-controller-configmap. */}}
+     at 0.45.20 and 1.0.18): controller.configMap.name, else <fullname>-workflow-controller-configmap. */}}
 {{- define "metaflow.argoControllerConfigMap" -}}
 {{- $argo := index .Values "argo-workflows" -}}
 {{- $controller := printf "%s-%s" (include "metaflow.argoFullname" .) (dig "controller" "name" "workflow-controller" $argo) | trunc 63 | trimSuffix "-" -}}
