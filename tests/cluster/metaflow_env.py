@@ -585,8 +585,10 @@ def schema_problems(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
 # registry. It numbers every run and task itself; Netflix's service (and so an Argo run)
 # registers the ids the client gives: the run's `argo-<workflow name>` (POSTed as
 # run_number by Metaflow's `init` step) and each task's `t-<hash>` (POSTed as task_id by
-# register_task_id, metaflow/plugins/metadata_providers/service.py). The stand-in is
-# taught that much.
+# register_task_id, metaflow/plugins/metadata_providers/service.py). It also lacks the
+# one-artifact route (GET .../tasks/<id>/artifacts/<name>) the client's `task[name]`
+# calls, so `Run.successful` (the end task's `_success`) would read False; the latest
+# attempt's record is served there. The stand-in is taught that much.
 
 _SERVE_METADATA = """
 import sys, uvicorn
@@ -623,8 +625,20 @@ def create_task(flow_name, run_id, step_name, body):
 
 store.create_run = create_run
 store.create_task = create_task
-uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
-            log_level="warning")
+app = server.create_app(sys.argv[1])
+
+
+@app.get("/flows/{flow}/runs/{run}/steps/{step}/tasks/{task}/artifacts/{name}")
+async def artifact(flow: str, run: str, step: str, task: str, name: str):
+    from fastapi import HTTPException
+
+    found = [a for a in store.get_artifacts(flow, run, step, task) if a.get("name") == name]
+    if not found:
+        raise HTTPException(status_code=404, detail="Artifact not found")
+    return max(found, key=lambda a: int(a.get("attempt_id") or 0))
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
