@@ -15,7 +15,8 @@
 - `start_metadata_service`: a Metaflow metadata service on 127.0.0.1:
   `metaflow-local-service` (PyPI, pinned in pyproject's test extra), which
   speaks the service's REST API (v2.5.0 in its /ping) over Metaflow's local
-  metadata files. Netflix's metaflow-service is not on a registry.
+  metadata files (started by tests/cluster/metaflow_env.py, which teaches it
+  the ids an Argo run gives). Netflix's metaflow-service is not on a registry.
 
 The proxy is the chart's (tests/access/chartproxy.py).
 """
@@ -23,8 +24,6 @@ The proxy is the chart's (tests/access/chartproxy.py).
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -137,55 +136,8 @@ def serve_entra_front(ca: CertificateAuthority, front: EntraFront) -> Iterator[E
 
 # --- the metadata service -------------------------------------------------------------
 
-_SERVE = """
-import sys, uvicorn
-from metaflow_local_service import server
-uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
-            log_level="warning")
-"""
-
-
-@dataclass
-class Service:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        mfenv.stop_group(self.proc, grace=5)
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], name: str, log: Path) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} did not answer {url} in 60 s: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+Service = mfenv.MetadataService
 
 
 def start_metadata_service(workdir: Path) -> Service:
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = mfenv.free_port()
-    log = workdir / "metadata-service.log"
-    env = mfenv.clean_environ() | {"HOME": str(workdir), "USER": "metadata"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(workdir), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    service = Service(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        _wait(f"{service.url}/ping", proc, "metadata service", log)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return mfenv.start_metadata_service(workdir)

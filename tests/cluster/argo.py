@@ -256,7 +256,8 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
                     labels: dict[str, str] | None = None,
                     taints: list[dict[str, str]] | None = None,
                     also: tuple[ArgoBuild, ...] = (),
-                    admit: Any = None) -> Any:
+                    admit: Any = None,
+                    capacity: dict[str, str] | None = None) -> Any:
     """A ProcessKubelet for node `name` whose pods run Argo's executor image
     as this build's `argoexec` (init, wait, and the emissary the init
     container copies to /var/run/argo) and every other image with the test
@@ -273,49 +274,87 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
 
     `also`: further builds whose executor images the node runs too, each as
     its own `argoexec` (a pod keeps the executor image it was made with,
-    through an upgrade of the controller)."""
+    through an upgrade of the controller). `capacity`: what the node
+    advertises (ProcessKubelet's default room if not given)."""
     from .metaflow_env import VENV_BIN
     from .process_kubelet import ProcessKubelet
 
+    extra: dict[str, Any] = {} if capacity is None else {"capacity": dict(capacity)}
     return ProcessKubelet(cluster, name, cluster.workdir / "process-kubelet" / name,
                           labels=dict(labels or {}), taints=list(taints or []),
                           images={b.executor_image: [executor_dir(b)]
                                   for b in (build, *also)},
-                          default_path=[VENV_BIN], admit=admit)
+                          default_path=[VENV_BIN], admit=admit, **extra)
 
 
 PROCESS_TASKWORKER = "taskworkers-process"
+# What every node advertises whatever its VM (process_kubelet.ROOM covers these);
+# anything else a pool's KWOK node has is an extended resource (the GPU pool's
+# nvidia.com/gpu, as the NVIDIA device plugin advertises it).
+_BASIC_RESOURCES = {"cpu", "memory", "pods", "ephemeral-storage"}
+
+
+def process_node_name(pool: Any) -> str:
+    """The process-kubelet node standing in for `pool` (an mfhelm.pools.Pool)."""
+    return f"{pool.name}-process"
+
+
+@contextmanager
+def pools_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any, metadata_url: str,
+                             pools: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
+    """Each of these pools (mfhelm.pools.Pool) as one node whose pods run for
+    real (process kubelet), yielded by pool name: the pool's labels and
+    taints, ProcessKubelet's room plus the extended resources the pool's KWOK
+    node advertises (a GPU step's nvidia.com/gpu request fits only on the GPU
+    pool's), and what AKS adds to a step pod (metaflow_env.step_pod_admission).
+    KWOK's node of each pool is cordoned meanwhile, so every step scheduled to
+    the pool lands on its process node. Entra accepts the federated token of
+    the flows ServiceAccount's pods (a TokenReview), as the identity's
+    federated credential does on Azure."""
+    from contextlib import ExitStack
+
+    from .metaflow_env import pod_token_check, step_pod_admission
+    from .process_kubelet import ROOM
+
+    core = cluster.core()
+    admit = step_pod_admission(mf, metadata_url=metadata_url)
+    kwok_nodes = [cluster.nodes[pool.name] for pool in pools]
+    kubelets = {}
+    for pool, kwok_node in zip(pools, kwok_nodes, strict=True):
+        advertised = core.read_node(kwok_node).status.allocatable or {}
+        extended = {k: v for k, v in advertised.items() if k not in _BASIC_RESOURCES}
+        kubelets[pool.name] = process_kubelet(
+            cluster, build, process_node_name(pool), labels=dict(pool.labels),
+            taints=[t.as_dict() for t in pool.taints], admit=admit,
+            capacity={**ROOM, **extended})
+    mf.entra.pod_tokens = pod_token_check(cluster.api_client(), mf.flow_namespace,
+                                          str(mf.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]))
+    try:
+        for kwok_node in kwok_nodes:
+            core.patch_node(kwok_node, {"spec": {"unschedulable": True}})
+        with ExitStack() as running:
+            for kubelet in kubelets.values():
+                running.enter_context(kubelet)
+            yield kubelets
+            for kubelet in kubelets.values():
+                kubelet.check()
+    finally:
+        for kwok_node in kwok_nodes:
+            core.patch_node(kwok_node, {"spec": {"unschedulable": None}})
+        mf.entra.pod_tokens = None
 
 
 @contextmanager
 def taskworkers_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any,
-                                   metadata_url: str) -> Iterator[Any]:
-    """The taskworkers pool as one node whose pods run for real (process
-    kubelet), with what AKS adds to a step pod (metaflow_env.step_pod_admission);
-    KWOK's taskworkers node is cordoned meanwhile, so every step scheduled to
-    the pool lands here. Entra accepts the federated token of the flows
-    ServiceAccount's pods (a TokenReview), as the identity's federated
-    credential does on Azure."""
+                                   metadata_url: str, *, pool: Any = None) -> Iterator[Any]:
+    """The taskworkers pool (or `pool`) as one node whose pods run for real:
+    pools_on_process_kubelet for that one pool, its kubelet yielded. The
+    taskworkers node is named PROCESS_TASKWORKER."""
     from mfhelm.pools import TASKWORKERS
 
-    from .metaflow_env import pod_token_check, step_pod_admission
-
-    kubelet = process_kubelet(
-        cluster, build, PROCESS_TASKWORKER, labels=dict(TASKWORKERS.labels),
-        taints=[t.as_dict() for t in TASKWORKERS.taints],
-        admit=step_pod_admission(mf, metadata_url=metadata_url))
-    core = cluster.core()
-    kwok_node = cluster.nodes["taskworkers"]
-    mf.entra.pod_tokens = pod_token_check(cluster.api_client(), mf.flow_namespace,
-                                          str(mf.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]))
-    core.patch_node(kwok_node, {"spec": {"unschedulable": True}})
-    try:
-        with kubelet:
-            yield kubelet
-            kubelet.check()
-    finally:
-        core.patch_node(kwok_node, {"spec": {"unschedulable": None}})
-        mf.entra.pod_tokens = None
+    pool = pool or TASKWORKERS
+    with pools_on_process_kubelet(cluster, build, mf, metadata_url, (pool,)) as kubelets:
+        yield kubelets[pool.name]
 
 
 # --- applying objects --------------------------------------------------------

@@ -594,6 +594,9 @@ _SERVE_METADATA = """
 import sys, uvicorn
 from metaflow_local_service import server, store
 
+if sys.argv[3]:
+    server._SERVICE_VERSION = sys.argv[3]  # what /ping's METADATA_SERVICE_VERSION says
+
 _own_number = store.create_run
 
 
@@ -651,37 +654,46 @@ class MetadataService:
     def stop(self) -> None:
         stop_group(self.proc, grace=5)
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str) -> tuple[int, Any]:
+        """(status, JSON body) of a GET; (status, None) for an HTTP error."""
+        import urllib.error
         import urllib.request
 
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as resp:
-            return json.loads(resp.read() or b"null")
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
 
 
-def start_metadata_service(workdir: Path) -> MetadataService:
-    """metaflow-local-service on a free loopback port, keeping the run ids it is given."""
+def start_metadata_service(workdir: Path, version: str | None = None) -> MetadataService:
+    """metaflow-local-service on a free loopback port, keeping the ids it is
+    given; advertising `version` if one is given (else the package's own)."""
     import urllib.request
 
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / "metadata-service.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _SERVE_METADATA, str(workdir), str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                stdin=subprocess.DEVNULL,
-                                env=clean_environ() | {"HOME": str(workdir)})
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE_METADATA, str(workdir), str(port), version or ""],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            env=clean_environ() | {"HOME": str(workdir), "USER": "metadata"})
     service = MetadataService(f"http://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + 60
     while True:
-        try:
-            with urllib.request.urlopen(f"{service.url}/ping", timeout=2):
+        if proc.poll() is not None:
+            raise RuntimeError(f"metadata service exited {proc.returncode}: "
+                               f"{log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), \
+                urllib.request.urlopen(f"{service.url}/ping", timeout=2) as resp:
+            if resp.status == 200:
                 return service
-        except OSError as exc:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                service.stop()
-                raise RuntimeError(
-                    f"metadata service did not start: {log.read_text()[-2000:]}") from exc
-            time.sleep(0.2)
+        if time.monotonic() > deadline:
+            service.stop()
+            raise TimeoutError(f"metadata service did not answer in 60 s: {log.read_text()}")
+        time.sleep(0.2)
 
 
 # --- step pods on a process kubelet (process_kubelet.py) ---------------------------------

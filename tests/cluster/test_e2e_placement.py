@@ -4,8 +4,15 @@ step (`@kubernetes(node_selector="mfhelm.io/pool=spot")` with `@retry`) using
 only the config `mfhelm config` writes for a stack with both pools; the real
 Argo controller runs it; the real scheduler places each pod, with the API
 server's ExtendedResourceToleration admission (as on AKS) giving the GPU
-steps the toleration of the GPU pool's nvidia.com/gpu taint. KWOK completes
-the pods, so the linear run goes to the end.
+steps the toleration of the GPU pool's nvidia.com/gpu taint.
+
+The three flow pools (taskworkers, GPU, Spot) are each one node played by
+the process kubelet (argo.pools_on_process_kubelet), KWOK's node of each
+pool cordoned meanwhile: every step runs for real (Argo's executor, the
+Metaflow step with what AKS adds to its pod, the metadata service recording
+it), so the run ends Succeeded under an Argo that waits for a step's
+executor to report its outputs, and the data scientist reads it back. The
+GPU node advertises the nvidia.com/gpu its KWOK node does.
 
 While the taskworkers node is cordoned, the first (CPU) step stays Pending,
 the scheduler naming the GPU node's untolerated taint: a CPU step never
@@ -13,12 +20,15 @@ lands on the GPU pool, even when it is the only node with room. Then the
 node is uncordoned and the run completes.
 
 The chart's NVIDIA device plugin DaemonSet, applied as rendered, gets one
-pod, on the GPU node.
+pod, on the (KWOK) GPU node.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -48,9 +58,10 @@ GPU_TOLERATION = {"key": pools.GPU_RESOURCE, "operator": "Exists", "effect": "No
 
 @pytest.fixture(scope="module")
 def placement_env(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.Azurite,
-                  entra_endpoint: mfenv.FakeEntra, metadata_ping: mfenv.FakeMetadata,
+                  entra_endpoint: mfenv.FakeEntra, metadata_service: mfenv.MetadataService,
                   stack_outputs: dict[str, Any]) -> mfenv.MetaflowEnv:
-    """A data scientist's Metaflow for a stack deployed with both optional pools."""
+    """A data scientist's Metaflow for a stack deployed with both optional pools,
+    with a metadata service that records the run (its steps really run)."""
     from mfhelm.settings import parse
 
     settings = parse({"org_prefix": "acme", "location": "westeurope",
@@ -58,7 +69,8 @@ def placement_env(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv
     outputs = {**stack_outputs, "gpuPoolEnabled": True, "spotPoolEnabled": True}
     return mfenv.build_metaflow_env(
         tmp_path_factory.mktemp("metaflow-placement"), azurite=azurite_https,
-        entra=entra_endpoint, metadata=metadata_ping, outputs=outputs, settings=settings)
+        entra=entra_endpoint, metadata=mfenv.FakeMetadata(url=metadata_service.url),
+        outputs=outputs, settings=settings)
 
 
 @pytest.fixture
@@ -154,7 +166,8 @@ def _refusals(cluster: Cluster, pod: Any) -> tuple[set[str], set[str]]:
     return tainted, elsewhere
 
 
-def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env, request):
+def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env,
+                                     metadata_service, request):
     _skip_without_optional_pools(cluster)
     mf = placement_env
     flow_ns = mf.flow_namespace
@@ -169,9 +182,15 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     custom = client.CustomObjectsApi(cluster.api_client())
     core = cluster.core()
-    taskworkers = cluster.nodes["taskworkers"]
 
-    with argo.run_controller(cluster, argo_build, RELEASE_NS, flow_ns) as controller:
+    with argo.run_controller(cluster, argo_build, RELEASE_NS, flow_ns) as controller, \
+            argo.pools_on_process_kubelet(cluster, argo_build, mf, metadata_service.url,
+                                          (pools.TASKWORKERS, pools.GPU, pools.SPOT)
+                                          ) as kubelets:
+        # The GPU pool's node advertises the GPU as its KWOK node does; the others none.
+        gpus = {p: core.read_node(k.name).status.allocatable.get(pools.GPU_RESOURCE)
+                for p, k in kubelets.items()}
+        assert gpus == {"taskworkers": None, "gpu": "1", "spot": None}
         created = mf.run_flow(FLOW, "argo-workflows", "create", kubeconfig=alice)
         assert created.returncode == 0, created.stderr[-3000:]
         template = custom.get_namespaced_custom_object(
@@ -187,6 +206,7 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
         assert "retryStrategy" in steps["score"]
         assert steps["start"]["nodeSelector"] == {pools.POOL_LABEL: "taskworkers"}
 
+        taskworkers = kubelets["taskworkers"].name
         core.patch_node(taskworkers, {"spec": {"unschedulable": True}})
         try:
             run_id_file = mf.home / "work" / "run-id-placement"
@@ -205,8 +225,12 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
             # the taint: the counts are the proof, the GPU node among the tainted.
             (start,) = _pods_by_step(cluster, flow_ns, name)["start"]
             tainted, elsewhere = _refusals(cluster, start)
-            assert cluster.nodes["gpu"] in tainted
-            assert "1 node(s) were unschedulable" in message, message
+            assert kubelets["gpu"].name in tainted
+            # Every pool's KWOK node, and the taskworkers node the step could take.
+            cordoned = [n.metadata.name for n in core.list_node().items
+                        if n.spec.unschedulable]
+            assert taskworkers in cordoned
+            assert f"{len(cordoned)} node(s) were unschedulable" in message, message
             assert f"{len(tainted)} node(s) had untolerated taint(s)" in message, message
             assert (f"{len(elsewhere)} node(s) didn't match Pod's node affinity/selector"
                     in message), message
@@ -221,16 +245,22 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
             return wf if wf.get("status", {}).get("phase") in ("Succeeded", "Failed",
                                                                "Error") else None
 
-        wf = cluster.wait_for(finished, 240, f"workflow {name} to finish")
+        started = time.monotonic()
+        wf = cluster.wait_for(finished, 600, f"workflow {name} to finish")
+        took = time.monotonic() - started
         assert "forbidden" not in controller.log_text()
+        pods = _pods_by_step(cluster, flow_ns, name)
+        # The process nodes go with their kubelets: read them while they are here.
+        nodes = {n.metadata.name: n for n in core.list_node().items}
+        logs = {p.metadata.name: kubelets[pool].logs(flow_ns, p.metadata.name, "main")[-1500:]
+                for pool in kubelets for attempts in pods.values() for p in attempts
+                if p.spec.node_name == kubelets[pool].name}
 
     phases = {n["displayName"]: n["phase"] for n in wf["status"]["nodes"].values()}
-    assert wf["status"]["phase"] == "Succeeded", phases
-    pods = _pods_by_step(cluster, flow_ns, name)
-    nodes = {n.metadata.name: n for n in core.list_node().items}
+    assert wf["status"]["phase"] == "Succeeded", (phases, logs)
     placed: dict[str, str | None] = {}
     for step_name in PLACED:
-        # One attempt each (KWOK completes every pod): none was retried.
+        # One attempt each (every step ran and exited 0): none was retried.
         (pod,) = pods[step_name]
         assert pod.status.phase == "Succeeded", step_name
         node = nodes[pod.spec.node_name]
@@ -238,6 +268,9 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
         found = pools.pool_of(node.metadata.labels, taints)
         placed[step_name] = found.name if found else None
     assert placed == {k: v.name for k, v in PLACED.items()}
+    # Each on its pool's process node, where it really ran (KWOK's are cordoned).
+    assert {s: pods[s][0].spec.node_name for s in PLACED} == {
+        s: kubelets[pool.name].name for s, pool in PLACED.items()}
     # ...the API server added it to the GPU steps' pods, and to no other.
     for step_name, attempts in pods.items():
         for pod in attempts:
@@ -246,4 +279,29 @@ def test_each_step_lands_on_its_pool(cluster: Cluster, argo_build, placement_env
             expected = ([{**GPU_TOLERATION, "value": None, "toleration_seconds": None}]
                         if PLACED.get(step_name) == pools.GPU else [])
             assert added == expected, step_name
-    print(f"\nworkflow {name}: {placed}")
+    # The data scientist reads the run back: each step's one task, in the pod
+    # Argo made for it, recorded its first attempt as done and ok (the metadata
+    # Metaflow's task writes when its step succeeded).
+    read = subprocess.run(
+        [sys.executable, "-c", READ, f"PlacementFlow/argo-{name}"], env=mf.env,
+        cwd=mf.home / "work", capture_output=True, text=True, timeout=120, check=False)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert json.loads(read.stdout.strip().splitlines()[-1]) == {
+        step_name: {"tasks": 1, "attempt": "0", "attempt_ok": "True",
+                    "pod": pods[step_name][0].metadata.name} for step_name in PLACED}
+    print(f"\nworkflow {name}: {placed}, {took:.0f}s from the trigger's return")
+
+
+READ = """
+import json, sys
+from metaflow import Run, namespace
+namespace(None)
+out = {}
+for step in Run(sys.argv[1]):
+    tasks = list(step)
+    meta = tasks[0].metadata_dict
+    out[step.id] = {"tasks": len(tasks), "attempt": meta.get("attempt"),
+                    "attempt_ok": meta.get("attempt_ok"),
+                    "pod": meta.get("kubernetes-pod-name")}
+print(json.dumps(out))
+"""

@@ -7,14 +7,17 @@ Run built here (the runner, mfhelm/verify/core.py, is another part's).
 
 What stands in, and why:
 - the metadata service is `metaflow-local-service` (PyPI; Netflix's service
-  is on no registry), as in tests/access;
-- KWOK runs no container: a step pod is completed without Metaflow running
-  in it, so a run on Argo reaches its end (the controller's real behaviour
-  for a start -> end flow) but stores no artifact and no log. The test pins
-  that `argo run` gets through the Workflow and the placement and stops at
-  the read-back, naming the run; the read-back itself is proven on a run
-  Metaflow really ran on this host with the same config (Azurite, the
-  service), read with the same function.
+  is on no registry), taught to keep the run id an Argo run registers
+  (metaflow_env.start_metadata_service);
+- the taskworkers pool is one node played by the process kubelet
+  (argo.taskworkers_on_process_kubelet, KWOK's node cordoned meanwhile): the
+  step pods of `argo run` really run (Argo's executor, the Metaflow step with
+  what AKS adds to its pod), so the check passes end to end: the Workflow
+  Succeeds, the steps are on the taskworkers pool, and the read-back finds
+  the artifact and the log line the steps stored. The cases that never get a
+  step running (the taskworkers node cordoned, the flows account missing)
+  stay on KWOK's nodes. The read-back's refusal of a run the service does
+  not know is shown on a run Metaflow ran on this host with the same config;
 - the Argo Events webhook, bus and Sensor do not run (their pods are KWOK's):
   `argo events` is shown failing with the webhook down; its way to a started
   run is test_e2e_argo_events.py's delivery test.
@@ -58,26 +61,18 @@ GROUP = "ml-team"
 # --- the stack ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def metadata_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from access.metaflow_client_kit import start_metadata_service
-
-    service = start_metadata_service(tmp_path_factory.mktemp("metadata-service"))
-    yield service.url
-    service.stop()
-
-
-@pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory, azurite_https: mfenv.Azurite,
-         entra_endpoint: mfenv.FakeEntra, metadata_service: str,
+         entra_endpoint: mfenv.FakeEntra, metadata_service: mfenv.MetadataService,
          stack_outputs: dict[str, Any]) -> mfenv.MetaflowEnv:
     """The data scientist's machine: `mfhelm config`'s file, the metadata
-    service a port-forward would give, Blob on Azurite."""
+    service a port-forward would give (conftest's, which the step pods on the
+    process kubelet reach too), Blob on Azurite."""
     from mfhelm.settings import parse
 
     settings = parse({"org_prefix": "acme", "location": "westeurope"})
     return mfenv.build_metaflow_env(
         tmp_path_factory.mktemp("verify-user"), azurite=azurite_https, entra=entra_endpoint,
-        metadata=mfenv.FakeMetadata(url=metadata_service), outputs=stack_outputs,
+        metadata=mfenv.FakeMetadata(url=metadata_service.url), outputs=stack_outputs,
         settings=settings)
 
 
@@ -187,29 +182,33 @@ def controller(cluster: Cluster, argo_build: argo.ArgoBuild, release: str
         yield ctl
 
 
-def test_argo_run_reaches_the_end_on_taskworkers_and_reads_back(
-        cluster: Cluster, controller: argo.ArgoController, release: str, as_user,
-        tmp_path: Path):
+def test_argo_run_passes_end_to_end_on_taskworkers_with_the_read_back(
+        cluster: Cluster, argo_build: argo.ArgoBuild, controller: argo.ArgoController,
+        release: str, as_user, metadata_service: mfenv.MetadataService, tmp_path: Path):
     alice = cluster.user_kubeconfig("alice", (GROUP,))
     stack = make_stack(as_user, alice)
     with verify_run(cluster, tmp_path) as run:
         orch.argo_create(stack, run)
-        with pytest.raises(Failed) as failed:
-            orch.argo_run(stack, run)
+        with argo.taskworkers_on_process_kubelet(cluster, argo_build, as_user,
+                                                 metadata_service.url) as kubelet:
+            try:
+                detail = orch.argo_run(stack, run)
+            except Failed:
+                print("\n".join(kubelet.logs(release, d.name, "main")[-1500:]
+                                for d in sorted((kubelet.workdir / release).glob("*"))))
+                raise
         name = orch.template_name(run)
         [wf] = orch.workflows_of(run, release, name)
         workflow = wf["metadata"]["name"]
-        # The real controller ran the flow to its end; its step pods were on
-        # the taskworkers node.
+        # The real controller ran the flow to its end, each step for real on
+        # the taskworkers pool's node; the steps stored the artifact and the
+        # log line the read-back found.
+        print(f"\nargo run: {detail}")
+        assert detail == f"argo-{workflow} on {kubelet.name}; answer=42, log read"
         assert wf["status"]["phase"] == "Succeeded", wf["status"]
         nodes = {n["displayName"]: n["phase"] for n in wf["status"]["nodes"].values()
                  if n["type"] == "Pod"}
         assert nodes == {"start": "Succeeded", "end": "Succeeded"}, nodes
-        assert orch.check_placement(stack, run, workflow) == [cluster.nodes["taskworkers"]]
-        # KWOK ran no container: nothing recorded the run. The check gets
-        # exactly to the read-back and names the run it looked for.
-        print(f"\nargo run on KWOK: {failed.value}")
-        assert failed.value.saw.startswith(f"MfhelmVerifyFlow/argo-{workflow}: "), failed.value
         # As alice (the data-scientist Role: no delete on Workflows) the run
         # stays, and the cleanup's line names it and who can remove it.
         from kubernetes import config as kube_config
@@ -228,8 +227,9 @@ def test_argo_run_reaches_the_end_on_taskworkers_and_reads_back(
 
 def test_read_back_reads_the_artifact_and_log_of_a_run_metaflow_ran(
         cluster: Cluster, as_user, tmp_path: Path, azurite_https: mfenv.Azurite):
-    """What `argo run` reads once its steps ran: here a run Metaflow ran on this
-    host with the same config (service, Blob over HTTPS with the Entra token)."""
+    """The read-back on a run Metaflow ran on this host with the same config
+    (service, Blob over HTTPS with the Entra token), and its refusal of a run
+    the service does not know."""
     stack = make_stack(as_user, cluster.kubeconfig)
     with verify_run(cluster, tmp_path) as run:
         done = orch.metaflow(stack, run, orch.FLOW_FILE, "run", what="a local run")
@@ -551,7 +551,8 @@ def test_the_shipped_flows_are_metaflow_flows():
 @pytest.fixture(scope="module")
 def airflow(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
             azurite_https: mfenv.Azurite, entra_endpoint: mfenv.FakeEntra,
-            metadata_service: str, stack_outputs: dict[str, Any]) -> Iterator[Any]:
+            metadata_service: mfenv.MetadataService, stack_outputs: dict[str, Any]
+            ) -> Iterator[Any]:
     import shutil
 
     import pgserver
@@ -564,7 +565,7 @@ def airflow(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory,
         pytest.skip("exec onto volumes requires mount namespaces (`unshare --mount`) on this host")
     with airflow_stack(cluster, tmp_path_factory.mktemp("verify-airflow"),
                        azurite=azurite_https, entra=entra_endpoint,
-                       metadata_url=metadata_service, outputs=stack_outputs) as stack:
+                       metadata_url=metadata_service.url, outputs=stack_outputs) as stack:
         yield stack
 
 

@@ -27,11 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,56 +44,12 @@ def chart_app_version() -> str:
     return str(chart["appVersion"])
 
 
-_SERVE = """
-import sys, uvicorn
-from metaflow_local_service import server
-server._SERVICE_VERSION = sys.argv[3]
-uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
-            log_level="warning")
-"""
-
-
-@dataclass
-class Service:
-    url: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        mfenv.stop_group(self.proc, grace=5)
-
-    def get(self, path: str) -> tuple[int, Any]:
-        try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
+Service = mfenv.MetadataService
 
 
 def start_metadata_service(workdir: Path, version: str) -> Service:
     """metaflow-local-service on a free loopback port, advertising `version`."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = mfenv.free_port()
-    log = workdir / "metadata-service.log"
-    env = mfenv.clean_environ() | {"HOME": str(workdir), "USER": "metadata"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(workdir), str(port), version],
-                                stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    service = Service(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"metadata service exited {proc.returncode}: "
-                               f"{log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), \
-                urllib.request.urlopen(f"{service.url}/ping", timeout=2) as resp:
-            if resp.status == 200:
-                return service
-        if time.monotonic() > deadline:
-            service.stop()
-            raise TimeoutError(f"metadata service did not answer in 60 s: {log.read_text()}")
-        time.sleep(0.2)
+    return mfenv.start_metadata_service(workdir, version)
 
 
 @contextlib.contextmanager
