@@ -585,10 +585,21 @@ def schema_problems(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
 # metaflow-local-service (PyPI) stands in for Netflix's metaflow-service, which is on no
 # registry. It numbers every run itself; Netflix's service (and so an Argo run) registers
 # the run id the client gives (`argo-<workflow name>`, POSTed as run_number by Metaflow's
-# `init` step). The stand-in is taught that much.
+# `init` step). So does a task: Netflix's service keeps the task id the client gives as
+# the task's name (services/metadata_service/api/task.py, create_task: `task_name =
+# body.get("task_id")`, refused if numeric), and an Argo step gives its own (`t-<hash>`).
+# A stand-in that numbered it recorded the task twice: its number, with the task's system
+# metadata only, and `t-<hash>` (artifacts, attempt_ok) without a record of its own, so the
+# client saw the numbered one alone (`run.successful` False, no artifacts). And the client
+# reads one artifact by name (`task["_success"]`, so `run.successful`) at
+# `.../tasks/<id>/artifacts/<name>[/attempt/<n>]`, which Netflix's service serves
+# (services/metadata_service/api/artifact.py, get_artifact: the latest attempt's;
+# get_artifact_with_attempt) and the stand-in does not (404: KeyError, `successful`
+# False). The stand-in is taught all three.
 
 _SERVE_METADATA = """
 import sys, uvicorn
+from fastapi.responses import JSONResponse
 from metaflow_local_service import server, store
 
 _own_number = store.create_run
@@ -605,9 +616,47 @@ def create_run(flow_name, body):
     return record
 
 
+_own_task_number = store.create_task
+
+
+def create_task(flow_name, run_id, step_name, body):
+    given = body.get("task_id")
+    if not isinstance(given, str) or not given or given.isnumeric():
+        return _own_task_number(flow_name, run_id, step_name, body)
+    store.get_or_create_step(flow_name, run_id, step_name, body)
+    record = store._build_task_record(flow_name, run_id, step_name, given, body)
+    local = store._local()
+    local._save_meta(local._create_and_get_metadir(flow_name, run_id, step_name, given),
+                     {"_self": record})
+    return record
+
+
 store.create_run = create_run
-uvicorn.run(server.create_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]),
-            log_level="warning")
+store.create_task = create_task
+app = server.create_app(sys.argv[1])
+BY_NAME = "/flows/{flow}/runs/{run}/steps/{step}/tasks/{task}/artifacts/{name}"
+
+
+def _artifact(flow, run, step, task, name, attempt=None):
+    found = [a for a in store.get_artifacts(flow, run, step, task, attempt)
+             if a.get("name") == name]
+    if not found:
+        return JSONResponse({"message": f"no artifact {name}"}, status_code=404)
+    return JSONResponse(max(found, key=lambda a: int(a.get("attempt_id") or 0)))
+
+
+@app.get(BY_NAME)
+async def get_artifact(flow: str, run: str, step: str, task: str, name: str):
+    return _artifact(flow, run, step, task, name)
+
+
+@app.get(BY_NAME + "/attempt/{attempt}")
+async def get_artifact_with_attempt(flow: str, run: str, step: str, task: str, name: str,
+                                    attempt: int):
+    return _artifact(flow, run, step, task, name, attempt)
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
@@ -648,7 +697,8 @@ def start_metadata_service(workdir: Path) -> MetadataService:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 service.stop()
-                raise RuntimeError(f"metadata service did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"metadata service did not start: {log.read_text()[-2000:]}") from None
             time.sleep(0.2)
 
 
