@@ -23,9 +23,11 @@ controller stops a terminated run's containers (`argoexec kill`, argo
 v3.6.10 workflow/signal/signal.go); the terminate test pins that the
 controller asks, and what the run shows all the same.
 
-Runtime: ~4 min on an idle 2-core machine (five `argo-workflows create`s
-and then every run triggered side by side, the cron schedule's next minute
-and the 60 s @timeout overlapping them).
+Runtime: ~14 min measured on a 2-core machine shared with other cluster
+suites (load 7 to 15); not yet measured idle. Five `argo-workflows
+create`s, then every run triggered side by side (the cron's next minute and
+the 90 s @timeout overlap them); most of the time is Metaflow's step
+start-up (Python, the code package) for some 30 step pods on two cores.
 """
 
 from __future__ import annotations
