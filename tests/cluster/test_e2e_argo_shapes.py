@@ -604,8 +604,12 @@ def test_the_data_scientist_terminates_a_running_flow(stage: Stage):
     assert wf["status"]["phase"] == "Failed"
     assert wf["status"]["message"] == "Stopped with strategy 'Terminate'"
     assert (nodes["hold"]["phase"], nodes["hold"]["message"]) == ("Failed", shutdown)
-    assert nodes["end"]["phase"] == "Omitted", nodes["end"]
-    # The terminated run starts nothing after it.
+    # The terminated run starts nothing after it: v3.6.10 records `end` as
+    # Omitted, v4.0.7 (as observed; not traced in its source) not at all.
+    if stage.argo_major < 4:
+        assert nodes["end"]["phase"] == "Omitted", nodes["end"]
+    else:
+        assert "end" not in nodes, nodes["end"]
     assert not stage.step_pods(name, "end")
     print(f"\nterminate {name}: {wf['status']['phase']} ({wf['status']['message']!r}); "
           f"hold: {nodes['hold'].get('message')!r}; kubelet: "
