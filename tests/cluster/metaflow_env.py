@@ -582,16 +582,23 @@ def schema_problems(schema: dict[str, Any], obj: dict[str, Any]) -> list[str]:
 
 # --- the metadata service, for runs whose steps really run -------------------------------
 # metaflow-local-service (PyPI) stands in for Netflix's metaflow-service, which is on no
-# registry. It numbers every run and task itself; Netflix's service (and so an Argo run)
-# registers the ids the client gives: the run's `argo-<workflow name>` (POSTed as
-# run_number by Metaflow's `init` step) and each task's `t-<hash>` (POSTed as task_id by
-# register_task_id, metaflow/plugins/metadata_providers/service.py). It also lacks the
-# one-artifact route (GET .../tasks/<id>/artifacts/<name>) the client's `task[name]`
-# calls, so `Run.successful` (the end task's `_success`) would read False; the latest
-# attempt's record is served there. The stand-in is taught that much.
+# registry. It numbers every run itself; Netflix's service (and so an Argo run) registers
+# the run id the client gives (`argo-<workflow name>`, POSTed as run_number by Metaflow's
+# `init` step). So does a task: Netflix's service keeps the task id the client gives as
+# the task's name (services/metadata_service/api/task.py, create_task: `task_name =
+# body.get("task_id")`, refused if numeric), and an Argo step gives its own (`t-<hash>`).
+# A stand-in that numbered it recorded the task twice: its number, with the task's system
+# metadata only, and `t-<hash>` (artifacts, attempt_ok) without a record of its own, so the
+# client saw the numbered one alone (`run.successful` False, no artifacts). And the client
+# reads one artifact by name (`task["_success"]`, so `run.successful`) at
+# `.../tasks/<id>/artifacts/<name>[/attempt/<n>]`, which Netflix's service serves
+# (services/metadata_service/api/artifact.py, get_artifact: the latest attempt's;
+# get_artifact_with_attempt) and the stand-in does not (404: KeyError, `successful`
+# False). The stand-in is taught all three.
 
 _SERVE_METADATA = """
 import sys, uvicorn
+from fastapi.responses import JSONResponse
 from metaflow_local_service import server, store
 
 if sys.argv[3]:
@@ -611,13 +618,13 @@ def create_run(flow_name, body):
     return record
 
 
-_own_task = store.create_task
+_own_task_number = store.create_task
 
 
 def create_task(flow_name, run_id, step_name, body):
     given = body.get("task_id")
-    if not isinstance(given, str) or not given:
-        return _own_task(flow_name, run_id, step_name, body)
+    if not isinstance(given, str) or not given or given.isnumeric():
+        return _own_task_number(flow_name, run_id, step_name, body)
     store.get_or_create_step(flow_name, run_id, step_name, body)
     record = store._build_task_record(flow_name, run_id, step_name, given, body)
     local = store._local()
@@ -629,16 +636,26 @@ def create_task(flow_name, run_id, step_name, body):
 store.create_run = create_run
 store.create_task = create_task
 app = server.create_app(sys.argv[1])
+BY_NAME = "/flows/{flow}/runs/{run}/steps/{step}/tasks/{task}/artifacts/{name}"
 
 
-@app.get("/flows/{flow}/runs/{run}/steps/{step}/tasks/{task}/artifacts/{name}")
-async def artifact(flow: str, run: str, step: str, task: str, name: str):
-    from fastapi import HTTPException
-
-    found = [a for a in store.get_artifacts(flow, run, step, task) if a.get("name") == name]
+def _artifact(flow, run, step, task, name, attempt=None):
+    found = [a for a in store.get_artifacts(flow, run, step, task, attempt)
+             if a.get("name") == name]
     if not found:
-        raise HTTPException(status_code=404, detail="Artifact not found")
-    return max(found, key=lambda a: int(a.get("attempt_id") or 0))
+        return JSONResponse({"message": f"no artifact {name}"}, status_code=404)
+    return JSONResponse(max(found, key=lambda a: int(a.get("attempt_id") or 0)))
+
+
+@app.get(BY_NAME)
+async def get_artifact(flow: str, run: str, step: str, task: str, name: str):
+    return _artifact(flow, run, step, task, name)
+
+
+@app.get(BY_NAME + "/attempt/{attempt}")
+async def get_artifact_with_attempt(flow: str, run: str, step: str, task: str, name: str,
+                                    attempt: int):
+    return _artifact(flow, run, step, task, name, attempt)
 
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
