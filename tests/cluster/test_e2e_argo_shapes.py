@@ -603,7 +603,16 @@ def test_the_data_scientist_terminates_a_running_flow(stage: Stage):
     nodes = stage.nodes(wf)
     assert wf["status"]["phase"] == "Failed"
     assert wf["status"]["message"] == "Stopped with strategy 'Terminate'"
-    assert (nodes["hold"]["phase"], nodes["hold"]["message"]) == ("Failed", shutdown)
+    assert nodes["hold"]["message"] == shutdown
+    # v3.6.10 keeps the step Failed by the shutdown. v4.0.7 waits for the pod
+    # and may then take the step's own end (exit 0 once released) as its
+    # phase, keeping the shutdown's message: both seen on the same code, it
+    # depends on whether the controller reads the pod's end before it marks
+    # the Workflow finished.
+    if stage.argo_major < 4:
+        assert nodes["hold"]["phase"] == "Failed", nodes["hold"]
+    else:
+        assert nodes["hold"]["phase"] in ("Failed", "Succeeded"), nodes["hold"]
     # The terminated run starts nothing after it: v3.6.10 records `end` as
     # Omitted, v4.0.7 (as observed; not traced in its source) not at all.
     if stage.argo_major < 4:
