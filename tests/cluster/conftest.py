@@ -96,6 +96,17 @@ def namespace(cluster: Cluster) -> Iterator[str]:
             raise
 
 
+
+@pytest.fixture
+def release_namespaces(cluster: Cluster) -> Iterator[tuple[str, str]]:
+    """A release namespace and its flow namespace (`<release>-flows`), both
+    removed after the test."""
+    ns = cluster.create_namespace(f"rel-{uuid.uuid4().hex[:6]}")
+    flow_ns = cluster.create_namespace(f"{ns}-flows")
+    yield ns, flow_ns
+    cluster.delete_namespace(flow_ns)
+    cluster.delete_namespace(ns)
+
 # --- real Metaflow against Azurite (HTTPS, OAuth) and an Entra-shaped token endpoint ---
 # See metaflow_env.py. Session-scoped: each Metaflow command is its own process and
 # asks for its own token, so tests tell their requests apart by counting before/after.

@@ -234,15 +234,6 @@ def previous_build(cluster: Cluster, argo_build: argo.ArgoBuild) -> Iterator[arg
         argo.apply_crds(cluster, argo_build)
 
 
-@pytest.fixture
-def namespaces(cluster: Cluster) -> Iterator[tuple[str, str]]:
-    ns = cluster.create_namespace(f"upg-{uuid.uuid4().hex[:6]}")
-    flow_ns = cluster.create_namespace(f"{ns}-flows")
-    yield ns, flow_ns
-    cluster.delete_namespace(flow_ns)
-    cluster.delete_namespace(ns)
-
-
 def _events_crds(cluster: Cluster) -> None:
     """Argo Events' CRDs, so that a Sensor can be stored (they stay for the
     session, as test_e2e_argo_events leaves them)."""
@@ -299,11 +290,11 @@ def _executor_images(cluster: Cluster, ns: str, workflow: str) -> set[str]:
 
 def test_install_upgrades_argo_under_running_flows(cluster: Cluster, argo_build: argo.ArgoBuild,
                                                     previous_build: argo.ArgoBuild,
-                                                    namespaces: tuple[str, str],
+                                                    release_namespaces: tuple[str, str],
                                                     tmp_path: Path):
     from mfhelm import kube
 
-    release_ns, flow_ns = namespaces
+    release_ns, flow_ns = release_namespaces
     prev, new = previous_build, argo_build
     assert (prev.version, new.version) == ("v3.6.10", "v4.0.7")
     _events_crds(cluster)

@@ -260,15 +260,6 @@ def chart_with_argo(tmp_path: Path) -> Path:
     return chart
 
 
-@pytest.fixture
-def release_namespaces(cluster: Cluster) -> Iterator[tuple[str, str]]:
-    ns = cluster.create_namespace(f"up-{uuid.uuid4().hex[:6]}")
-    flow_ns = cluster.create_namespace(f"{ns}-flows")
-    yield ns, flow_ns
-    cluster.delete_namespace(flow_ns)
-    cluster.delete_namespace(ns)
-
-
 def install(cluster: Cluster, ns: str, chart: Path) -> Any:
     # Argo Events off: its archive is not here either, and nothing of it is
     # under test (--allow-override: --argo turns it on with Argo).
