@@ -284,7 +284,8 @@ def process_kubelet(cluster: Cluster, build: ArgoBuild, name: str, *,
                           labels=dict(labels or {}), taints=list(taints or []),
                           images={b.executor_image: [executor_dir(b)]
                                   for b in (build, *also)},
-                          default_path=[VENV_BIN], admit=admit, **extra)
+                          default_path=[VENV_BIN], host_paths=[VENV_BIN.parent],
+                          admit=admit, **extra)
 
 
 PROCESS_TASKWORKER = "taskworkers-process"

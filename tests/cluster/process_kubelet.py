@@ -119,6 +119,9 @@ class ProcessKubelet:
                    and kubernetes.io/os are added)
     images         image -> directories first on its containers' PATH
     default_path   the same for every other image
+    host_paths     host directories every container sees at the same path even
+                   where its own /tmp hides them (a checkout, and so its venv,
+                   under /tmp)
     workdir        pod directories, volumes and container logs
     admit          called with each pod before it runs, to add what admission
                    on the real cluster would have (a mutating webhook this
@@ -132,6 +135,7 @@ class ProcessKubelet:
     taints: list[dict[str, str]] = field(default_factory=list)
     images: dict[str, list[Path]] = field(default_factory=dict)
     default_path: list[Path] = field(default_factory=list)
+    host_paths: list[Path] = field(default_factory=list)
     capacity: dict[str, str] = field(default_factory=lambda: dict(ROOM))
     admit: Callable[[client.V1Pod], None] | None = None
     errors: list[str] = field(default_factory=list)
@@ -479,7 +483,11 @@ class _PodRun(threading.Thread):
             raise PodError(f"container {spec.name}: no command (images are not read here)")
         root = self.dir / f".root-{spec.name}"
         root.mkdir(parents=True, exist_ok=True)
-        mounts = []
+        # The container's /tmp is its own: what it needs from the host's /tmp
+        # (the PATH directories, e.g. a venv of a checkout there) is bound back.
+        needed = [*self.kubelet.host_paths, *self.kubelet.path_for(spec.image)]
+        mounts = [(p, str(p), False) for p in dict.fromkeys(needed)
+                  if Path(os.path.normpath(p)).is_relative_to("/tmp")]
         for m in spec.volume_mounts or []:
             src = volumes[m.name] / (m.sub_path or "")
             if m.sub_path and not src.exists():
