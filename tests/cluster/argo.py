@@ -521,7 +521,8 @@ class ArgoController:
         return self._procs.tail(self._name, lines)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """This run's log (the file also holds earlier runs of the release)."""
+        return self._procs.text(self._name)
 
     def stop(self) -> None:
         self._procs.stop()

@@ -101,7 +101,8 @@ class ArgoServer:
         return server_name(self.release)
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        """This run's log (the file also holds earlier runs of the release)."""
+        return self._procs.text(self._name)
 
     def tail(self, lines: int = 40) -> str:
         return self._procs.tail(self._name, lines)

@@ -160,14 +160,28 @@ class Processes:
 
     logdir: Path
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Where each process's output begins in its log: a name's log is kept
+    # across runs (a session starts the controller of release `metaflow`
+    # many times), and what one run logged must not be read as the next's.
+    starts: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = (self.logdir / f"{name}.log").open("ab")
+        self.starts[name] = log.tell()
         self.running[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
         log.close()
+
+    def text(self, name: str) -> str:
+        """What the process started as ``name`` has logged (not earlier runs)."""
+        path = self.logdir / f"{name}.log"
+        if not path.exists():
+            return ""
+        with path.open("rb") as fh:
+            fh.seek(self.starts.get(name, 0))
+            return fh.read().decode(errors="replace")
 
     def check(self) -> None:
         """Fail with the log tail of any component that has exited."""
@@ -178,10 +192,7 @@ class Processes:
                 )
 
     def tail(self, name: str, lines: int = 30) -> str:
-        path = self.logdir / f"{name}.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.text(name).splitlines()[-lines:])
 
     def stop(self) -> None:
         # Reverse start order (node agent first, etcd last), each given a moment

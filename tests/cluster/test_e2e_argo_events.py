@@ -481,7 +481,7 @@ class EventsController:
     name: str
 
     def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        return self.procs.text(self.name)
 
     def tail(self) -> str:
         return self.procs.tail(self.name, 40)

@@ -375,8 +375,12 @@ def test_schedule_makes_a_cron_workflow_that_the_controller_runs(stage: Stage):
         return items or None
 
     stage.wait(f"CronWorkflow {name} to start a Workflow", spawned, timeout=150)
-    # Read the status first: the controller creates a run before it records it.
-    status = stage.get("cronworkflows", name).get("status") or {}
+    # The controller creates the run first and records it in the
+    # CronWorkflow's status after (an empty status was read in between once).
+    stage.wait(f"CronWorkflow {name} to record its run",
+               lambda: (stage.get("cronworkflows", name).get("status") or {})
+               .get("lastScheduledTime"), timeout=60)
+    status = stage.get("cronworkflows", name)["status"]
     # Test housekeeping (as the admin, not alice): no more runs of it.
     stage.custom.patch_namespaced_custom_object(**ARGO, namespace=stage.ns,
                                                 plural="cronworkflows", name=name,

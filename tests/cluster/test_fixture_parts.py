@@ -65,6 +65,20 @@ def test_check_reports_a_dead_component_with_its_log(tmp_path: Path) -> None:
     procs.stop()
 
 
+def test_a_restarted_component_reads_only_its_own_log(tmp_path: Path) -> None:
+    # The log of a name is kept across runs; a readiness line or an error an
+    # earlier run wrote must not be read as the new run's.
+    procs = Processes(tmp_path)
+    procs.start("ctl", [sys.executable, "-c", "print('first run: started; forbidden')"])
+    procs.running["ctl"].wait(timeout=10)
+    procs.start("ctl", [sys.executable, "-c", "print('second run')"])
+    procs.running["ctl"].wait(timeout=10)
+    assert procs.text("ctl") == "second run\n"
+    assert procs.tail("ctl") == "second run"
+    assert "first run" in (tmp_path / "ctl.log").read_text()
+    procs.stop()
+
+
 def test_kind_workers_carry_the_pool_labels_and_taints() -> None:
     nodes = kind_config()["nodes"]
     assert isinstance(nodes, list)
