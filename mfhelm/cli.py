@@ -537,9 +537,17 @@ def config(
                                        service_url=service_url)
     if print_only:
         typer.echo(metaflow_config.config_json(cfg), nl=False)
-        return
-    path = metaflow_config.write_config(cfg, profile)
-    typer.echo(f"wrote {path}")
+    else:
+        typer.echo(f"wrote {metaflow_config.write_config(cfg, profile)}")
+    _schedules_note(cfg)
+
+
+def _schedules_note(cfg: dict[str, str]) -> None:
+    from mfhelm import metaflow_config
+
+    note = metaflow_config.schedules_note(cfg, metaflow_config.installed_metaflow())
+    if note:
+        typer.echo(note, err=True)
 
 
 def _config_local(profile: str | None, print_only: bool, service_url: str | None,
@@ -560,10 +568,11 @@ def _config_local(profile: str | None, print_only: bool, service_url: str | None
         cfg["METAFLOW_SERVICE_URL"] = service_url
     if print_only:
         typer.echo(metaflow_config.config_json(cfg), nl=False)
-        return
-    written = metaflow_config.write_local_config(cfg, ca, profile)
-    typer.echo(f"wrote {written} and {cfg[metaflow_config.LOCAL_CA_KEY]}\n"
-               "next: `mfhelm port-forward` (keep it running), then run flows")
+    else:
+        written = metaflow_config.write_local_config(cfg, ca, profile)
+        typer.echo(f"wrote {written} and {cfg[metaflow_config.LOCAL_CA_KEY]}\n"
+                   "next: `mfhelm port-forward` (keep it running), then run flows")
+    _schedules_note(cfg)
 
 
 @app.command("port-forward")

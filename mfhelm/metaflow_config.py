@@ -137,6 +137,39 @@ def access_urls(host: str, *, argo: bool) -> dict[str, str]:
 ARGO_SCHEDULES_KEY = "METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES"
 
 
+# The first Metaflow that reads the key: 2.19.32's metaflow_config.py and
+# plugins/argo/argo_client.py; 2.19.31 has neither, so it writes `schedule`.
+SCHEDULES_SINCE = (2, 19, 32)
+
+
+def schedules_note(config: dict[str, str], metaflow_version: str | None) -> str | None:
+    """One line for the user when the config turns the schedules key on but
+    the Metaflow beside mfhelm (`metaflow_version`, None if not installed)
+    is too old to read it: its @schedule flows would get CronWorkflows that
+    Argo 4 never starts."""
+    if config.get(ARGO_SCHEDULES_KEY) != "true" or metaflow_version is None:
+        return None
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", metaflow_version)
+    if found is None:
+        return None
+    if tuple(int(n or 0) for n in found.groups()) >= SCHEDULES_SINCE:
+        return None
+    since = ".".join(map(str, SCHEDULES_SINCE))
+    return (f"note: metaflow {metaflow_version} here ignores {ARGO_SCHEDULES_KEY}, so its "
+            f"@schedule flows get CronWorkflows Argo 4 never starts; install "
+            f"metaflow>={since} before `argo-workflows create`")
+
+
+def installed_metaflow() -> str | None:
+    """The version of the Metaflow importable beside mfhelm, if any."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metaflow")
+    except PackageNotFoundError:
+        return None
+
+
 def _deploys_argo(outputs: dict[str, Any]) -> bool:
     argo = outputs["deployArgo"]
     return argo.lower() == "true" if isinstance(argo, str) else argo is True

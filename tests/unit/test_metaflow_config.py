@@ -257,3 +257,22 @@ print(json.dumps(out))
                             "image": IMAGE}
     assert seen["plain"]["node_selector"] == {"mfhelm.io/pool": "taskworkers"}
     assert seen["plain"]["image"] == IMAGE
+
+
+@pytest.mark.parametrize(("version", "noted"), [
+    ("2.19.31", True), ("2.18.7", True), ("1.22.0", True), ("2.19", True),
+    ("2.19.32", False), ("2.19.39", False), ("2.20.0", False), ("3.0", False),
+    ("2.19.32.post1", False), ("2.19.31rc1", True), ("unknown", False), (None, False),
+])
+def test_schedules_note_names_metaflow_older_than_the_key(version, noted):
+    from mfhelm.metaflow_config import schedules_note
+
+    cfg = build_config(OUTPUTS, SETTINGS, service_url="http://localhost:8080")
+    note = schedules_note(cfg, version)
+    assert (note is not None) is noted
+    if noted:
+        assert note.startswith(f"note: metaflow {version} here ignores ")
+        assert "\n" not in note
+    # No key (no Argo): nothing to say whatever the version.
+    assert schedules_note({k: v for k, v in cfg.items()
+                           if k != "METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES"}, version) is None

@@ -38,3 +38,34 @@ def test_init_writes_the_setting(cli, workdir):
     done = cli("init", "--org-prefix", "acme", "--no-argo")
     assert done.code == 0, done.err
     assert "deploy_argo_events = false" in (workdir / "mfhelm.toml").read_text()
+
+
+# --- Metaflow too old for METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES ------------------
+
+def _metaflow_dist(where, version):
+    """An installed-distribution record of metaflow `version` (what
+    importlib.metadata reads; the package itself is not needed to read it)."""
+    info = where / f"metaflow-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: metaflow\nVersion: {version}\n")
+    return where
+
+
+def test_config_notes_a_metaflow_that_ignores_the_schedules_key(cli, workdir, monkeypatch):
+    path = write_outputs(workdir / "outputs.json")
+    # The test venv's metaflow (2.19.39) reads the key: no note.
+    quiet = cli("config", "--print", "--outputs", str(path))
+    assert quiet.code == 0 and quiet.err == "", quiet.err
+    monkeypatch.syspath_prepend(str(_metaflow_dist(workdir / "old", "2.19.31")))
+    written = cli("config", "--outputs", str(path))
+    assert written.code == 0, written.err
+    assert written.out.startswith("wrote ")
+    assert written.err == (
+        "note: metaflow 2.19.31 here ignores METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES, so its "
+        "@schedule flows get CronWorkflows Argo 4 never starts; install metaflow>=2.19.32 "
+        "before `argo-workflows create`\n")
+    # Without Argo there is no key, and nothing to say.
+    (workdir / "mfhelm.toml").write_text(BASE + "deploy_argo = false\n")
+    no_argo = cli("config", "--print", "--outputs",
+                  str(write_outputs(workdir / "outputs.json", deployArgo=False)))
+    assert no_argo.code == 0 and no_argo.err == "", no_argo.err
