@@ -302,7 +302,8 @@ def process_node_name(pool: Any) -> str:
 
 @contextmanager
 def pools_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any, metadata_url: str,
-                             pools: tuple[Any, ...]) -> Iterator[dict[str, Any]]:
+                             pools: tuple[Any, ...], *, also: tuple[ArgoBuild, ...] = ()
+                             ) -> Iterator[dict[str, Any]]:
     """Each of these pools (mfhelm.pools.Pool) as one node whose pods run for
     real (process kubelet), yielded by pool name: the pool's labels and
     taints, ProcessKubelet's room plus the extended resources the pool's KWOK
@@ -311,7 +312,7 @@ def pools_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any, metada
     KWOK's node of each pool is cordoned meanwhile, so every step scheduled to
     the pool lands on its process node. Entra accepts the federated token of
     the flows ServiceAccount's pods (a TokenReview), as the identity's
-    federated credential does on Azure."""
+    federated credential does on Azure. `also`: as for process_kubelet."""
     from contextlib import ExitStack
 
     from .metaflow_env import pod_token_check, step_pod_admission
@@ -326,7 +327,7 @@ def pools_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any, metada
         extended = {k: v for k, v in advertised.items() if k not in _BASIC_RESOURCES}
         kubelets[pool.name] = process_kubelet(
             cluster, build, process_node_name(pool), labels=dict(pool.labels),
-            taints=[t.as_dict() for t in pool.taints], admit=admit,
+            taints=[t.as_dict() for t in pool.taints], admit=admit, also=also,
             capacity={**ROOM, **extended})
     mf.entra.pod_tokens = pod_token_check(cluster.api_client(), mf.flow_namespace,
                                           str(mf.config["METAFLOW_KUBERNETES_SERVICE_ACCOUNT"]))
@@ -347,14 +348,16 @@ def pools_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any, metada
 
 @contextmanager
 def taskworkers_on_process_kubelet(cluster: Cluster, build: ArgoBuild, mf: Any,
-                                   metadata_url: str, *, pool: Any = None) -> Iterator[Any]:
+                                   metadata_url: str, *, pool: Any = None,
+                                   also: tuple[ArgoBuild, ...] = ()) -> Iterator[Any]:
     """The taskworkers pool (or `pool`) as one node whose pods run for real:
     pools_on_process_kubelet for that one pool, its kubelet yielded. The
     taskworkers node is named PROCESS_TASKWORKER."""
     from mfhelm.pools import TASKWORKERS
 
     pool = pool or TASKWORKERS
-    with pools_on_process_kubelet(cluster, build, mf, metadata_url, (pool,)) as kubelets:
+    with pools_on_process_kubelet(cluster, build, mf, metadata_url, (pool,),
+                                  also=also) as kubelets:
         yield kubelets[pool.name]
 
 

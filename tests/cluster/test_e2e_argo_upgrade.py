@@ -1,18 +1,23 @@
 """`mfhelm install` over a stack installed by the previous release of the
 chart upgrades Argo Workflows in place (issue 21, point 3), tried on the
-test cluster with the real controllers and executors of both releases.
+test cluster with the real controllers and executors of both releases and
+flows a data scientist deployed with the real Metaflow.
 
 Before: what chart 0.1.0 installed (argo-helm 0.45.20, Argo v3.6.10,
 tools.toml [gobuild.argo-previous]): v3.6.10's minimal CRDs, its workflow
 controller with the account, ConfigMap and Roles that release rendered
 (the chart itself, rendered from the repository at the last commit that
-pinned it, PREVIOUS_CHART_COMMIT), and a data scientist (a client
-certificate in the group the chart's data-scientist Role names) who has
-deployed, the way Metaflow does before METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES:
-a WorkflowTemplate, a CronWorkflow with `schedule: "* * * * *"`, a Sensor
-(the object only: no Argo Events controller runs), and a Workflow whose
-step waits for a file the test creates, so that it is running throughout
-the upgrade.
+pinned it, PREVIOUS_CHART_COMMIT). A data scientist (a client certificate
+in the group the chart's data-scientist Role names) deploys with the
+Metaflow config `mfhelm config` wrote before it turned on
+METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES (commit c40988d), which is also what
+a Metaflow older than 2.19.32 does with any config: `argo-workflows create`
+of a @trigger
+flow (a WorkflowTemplate and a Sensor: the object only, no Argo Events
+controller runs), of HoldFlow, whose run they trigger and which stays
+running through the upgrade (its `hold` step waits for the test's word),
+and of a @schedule flow, whose CronWorkflow Metaflow writes with the
+singular `schedule` Argo 4 removed.
 
 The upgrade, in the order `mfhelm install` and Helm make it: the moves
 (mfhelm.argo_upgrade.before_install, with this chart and the values mfhelm
@@ -20,13 +25,17 @@ gives it), then v4.0.7's minimal CRDs applied over the old ones and the
 chart's Roles as chart 0.2.0 renders them, the old controller stopped and
 the v4.0.7 one started with argo-helm 1.0.18's ConfigMap.
 
-After: the held step is released and its Workflow, begun by v3.6.10 and
-carried on by v4.0.7, succeeds with the output its v3.6.10 executor
-reported; the WorkflowTemplate, submitted again, runs on v4.0.7; the
-CronWorkflow, now `schedules`, fires on v4.0.7 and its Workflow succeeds;
-the Sensor is untouched. Every step runs for real on the process kubelet
-(process_kubelet.py): pods keep the executor image they were made with,
-so the held pod runs v3.6.10's `argoexec` and the later ones v4.0.7's.
+After: the held run, begun by v3.6.10 and carried on by v4.0.7, succeeds,
+and the data scientist reads it with the Metaflow client; the @trigger
+flow's WorkflowTemplate, triggered again, runs on v4.0.7; the CronWorkflow,
+now `schedules`, fires on v4.0.7 and its run succeeds; the Sensor is
+untouched. Every step runs for real on the taskworkers pool's process
+kubelet (argo.taskworkers_on_process_kubelet): a pod keeps the executor
+image it was made with, so the steps v3.6.10 started run its `argoexec`
+and the later ones v4.0.7's.
+
+Runtime: about 4.5 minutes on a 2-core host with another suite beside it,
+mostly Metaflow's step start-up (some ten step pods).
 """
 
 from __future__ import annotations
@@ -34,8 +43,6 @@ from __future__ import annotations
 import re
 import subprocess
 import tarfile
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -49,13 +56,14 @@ from mfhelm import argo_upgrade
 
 from . import argo
 from .controlplane import ROOT, ToolchainMissing, _installer
+from .flow_stage import ARGO, HoldServer, Stage, remove_flows
 from .handle import Cluster
 
 pytestmark = pytest.mark.cluster
 
-ARGO = {"group": "argoproj.io", "version": "v1alpha1"}
 GROUP = "ml-team"
 RELEASE = "metaflow"
+RELEASE_NS = "metaflow"  # the config's in-cluster metadata URL names it
 # The last commit whose chart is 0.1.0 with argo-helm 0.45.20 (Argo v3.6.10):
 # main before the v4.0.7 pin was merged.
 PREVIOUS_CHART_COMMIT = "4216920d674e6146c3110988f3890aa9bd168b09"
@@ -70,11 +78,9 @@ nodeEvents:
 workflowEvents:
   enabled: true
 """
-LABEL = ("mfhelm.io/test-kubelet", "upgrade")
 SCHEDULE = "* * * * *"
 # v4.0.7 workflow/validate/validate.go, for a CronWorkflow without schedules.
 NO_SCHEDULE = "cron workflow must have at least one schedule"
-FINAL = ("Succeeded", "Failed", "Error")
 
 
 # --- the previous release's objects -------------------------------------------------
@@ -135,82 +141,25 @@ def previous_release_objects(rendered: list[dict[str, Any]], release_ns: str
 
 # --- what the data scientist deploys --------------------------------------------------
 
-def _placed(spec: dict[str, Any]) -> dict[str, Any]:
-    """A workflow spec run as the flows' account on the process node."""
-    key, value = LABEL
-    return {"serviceAccountName": "metaflow-flows", "nodeSelector": {key: value},
-            "tolerations": [{"key": key, "operator": "Equal", "value": value,
-                             "effect": "NoSchedule"}], **spec}
+FLOWS = {
+    "trigger": ("event_triggered_flow.py", "eventtriggeredflow"),
+    "hold": ("hold_flow.py", "holdflow"),
+    "schedule": ("schedule_flow.py", "scheduleflow"),
+}
+# A Metaflow config profile without METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES.
+PREVIOUS_PROFILE = "previous"
 
 
-def _step(name: str, script: str) -> dict[str, Any]:
-    """A template whose container runs `script` and reports /mnt/out/said as
-    its output parameter `said` (only a real executor reports it, and since
-    Argo 3.7 the step waits for it)."""
-    return {"name": name,
-            "container": {"image": "busybox", "command": ["sh", "-c"],
-                          "args": [f"mkdir -p /mnt/out && {script}"],
-                          "volumeMounts": [{"name": "out", "mountPath": "/mnt/out"}]},
-            "volumes": [{"name": "out", "emptyDir": {}}],
-            "outputs": {"parameters": [{"name": "said",
-                                        "valueFrom": {"path": "/mnt/out/said"}}]}}
+def previous_profile(mf: Any) -> dict[str, str]:
+    """Write today's config without the schedules key, as `mfhelm config`
+    wrote it before c40988d, as the profile PREVIOUS_PROFILE; return the
+    environment that selects it. Metaflow then writes a CronWorkflow's cron
+    into `schedule`, as every Metaflow before 2.19.32 does."""
+    from mfhelm.metaflow_config import ARGO_SCHEDULES_KEY, write_config
 
-
-def workflow_template(name: str) -> dict[str, Any]:
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
-            "metadata": {"name": name},
-            "spec": _placed({"entrypoint": "main",
-                             "templates": [_step("main", "echo template > /mnt/out/said")]})}
-
-
-def cron_workflow(name: str) -> dict[str, Any]:
-    """Written the v3 way, as Metaflow wrote `@schedule` flows before
-    METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES."""
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow",
-            "metadata": {"name": name},
-            "spec": {"schedule": SCHEDULE, "concurrencyPolicy": "Allow",
-                     "workflowSpec": _placed({
-                         "entrypoint": "main",
-                         "templates": [_step("main", "echo cron > /mnt/out/said")]})}}
-
-
-def held_workflow(name: str, hold: Path) -> dict[str, Any]:
-    """A Workflow whose step runs until the file `release` appears in the
-    host directory `hold` (at most 300 s, then it fails), so that it is
-    running while the controller is replaced. The directory reaches the step
-    as a hostPath volume: the process kubelet's containers have a /tmp of
-    their own."""
-    wait = ("i=0; while [ ! -e /mnt/hold/release ]; do i=$((i+1)); "
-            "[ $i -gt 1500 ] && exit 9; sleep 0.2; done; echo held > /mnt/out/said")
-    step = _step("main", wait)
-    step["container"]["volumeMounts"].append({"name": "hold", "mountPath": "/mnt/hold"})
-    step["volumes"].append({"name": "hold", "hostPath": {"path": str(hold),
-                                                         "type": "Directory"}})
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-            "metadata": {"name": name},
-            "spec": _placed({"entrypoint": "main", "templates": [step]})}
-
-
-def sensor(name: str, template: str) -> dict[str, Any]:
-    """Shaped as Metaflow writes one for @trigger: a dependency on an event
-    and a trigger that creates a Workflow from the WorkflowTemplate."""
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Sensor",
-            "metadata": {"name": name},
-            "spec": {"template": {"serviceAccountName": "metaflow-sensors"},
-                     "dependencies": [{"name": "data-ready",
-                                       "eventSourceName": "argo-events-webhook",
-                                       "eventName": "metaflow-event"}],
-                     "triggers": [{"template": {"name": template, "k8s": {
-                         "operation": "create",
-                         "source": {"resource": {
-                             "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-                             "metadata": {"generateName": f"{template}-"},
-                             "spec": {"workflowTemplateRef": {"name": template}}}}}}}]}}
-
-
-def submitted(name: str, template: str) -> dict[str, Any]:
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-            "metadata": {"name": name}, "spec": {"workflowTemplateRef": {"name": template}}}
+    config = {k: v for k, v in mf.config.items() if k != ARGO_SCHEDULES_KEY}
+    write_config(config, PREVIOUS_PROFILE, home=mf.config_file.parent)
+    return {"METAFLOW_PROFILE": PREVIOUS_PROFILE}
 
 
 # --- fixtures and helpers -----------------------------------------------------------
@@ -255,164 +204,148 @@ def _events_crds(cluster: Cluster) -> None:
         for n in names), 60, "Argo Events' CRDs to be established")
 
 
-def _create(custom: client.CustomObjectsApi, ns: str, plural: str,
-            body: dict[str, Any]) -> dict[str, Any]:
-    return dict(custom.create_namespaced_custom_object(**ARGO, namespace=ns, plural=plural,
-                                                       body=body))
-
-
-def _get(custom: client.CustomObjectsApi, ns: str, plural: str, name: str) -> dict[str, Any]:
-    return dict(custom.get_namespaced_custom_object(**ARGO, namespace=ns, plural=plural,
-                                                    name=name))
-
-
-def _cron_runs(custom: client.CustomObjectsApi, ns: str, cron: str) -> dict[str, dict[str, Any]]:
+def _cron_runs(custom: client.CustomObjectsApi, ns: str, cron: str) -> set[str]:
     items = custom.list_namespaced_custom_object(
         **ARGO, namespace=ns, plural="workflows",
         label_selector=f"workflows.argoproj.io/cron-workflow={cron}")["items"]
-    return {w["metadata"]["name"]: w for w in items}
+    return {w["metadata"]["name"] for w in items}
 
 
-def _said(wf: dict[str, Any]) -> list[str]:
-    return [p["value"] for n in (wf["status"].get("nodes") or {}).values()
-            if n["type"] == "Pod" for p in (n.get("outputs") or {}).get("parameters") or []]
+def _executor_images(stage: Stage, workflow: str) -> dict[str, set[str]]:
+    """The Argo executor image of each Metaflow step's pods in a run."""
+    images: dict[str, set[str]] = {}
+    for pod in stage.pods(workflow):
+        step = (pod.metadata.annotations or {}).get("metaflow/step_name")
+        if step is None:
+            continue
+        images.setdefault(step, set()).update(
+            c.image for c in [*(pod.spec.init_containers or []), *pod.spec.containers]
+            if c.image.startswith(argo.EXECUTOR_IMAGE + ":"))
+    return images
 
 
-def _executor_images(cluster: Cluster, ns: str, workflow: str) -> set[str]:
-    pods = cluster.core().list_namespaced_pod(
-        ns, label_selector=f"workflows.argoproj.io/workflow={workflow}").items
-    assert pods, f"no pods of {workflow}"
-    return {c.image for p in pods for c in [*(p.spec.init_containers or []), *p.spec.containers]
-            if c.image.startswith(argo.EXECUTOR_IMAGE + ":")}
+def _succeeded(stage: Stage, run: str) -> dict[str, Any]:
+    done = stage.finished(run)
+    assert done["status"]["phase"] == "Succeeded", (done["status"].get("message"),
+                                                    stage.describe())
+    return done
 
 
 # --- the test -------------------------------------------------------------------------
 
 def test_install_upgrades_argo_under_running_flows(cluster: Cluster, argo_build: argo.ArgoBuild,
                                                     previous_build: argo.ArgoBuild,
-                                                    release_namespaces: tuple[str, str],
+                                                    metaflow_runs: Any, metadata_service: Any,
                                                     tmp_path: Path):
-    from mfhelm import kube
-
-    release_ns, flow_ns = release_namespaces
+    mf = metaflow_runs
+    release_ns, flow_ns = RELEASE_NS, mf.flow_namespace
     prev, new = previous_build, argo_build
     assert (prev.version, new.version) == ("v3.6.10", "v4.0.7")
+    for ns in (release_ns, flow_ns):
+        cluster.create_namespace(ns)
     _events_crds(cluster)
-    suffix = uuid.uuid4().hex[:6]
-    names = {k: f"{k}-{suffix}" for k in ("template", "nightly", "trigger", "held", "again")}
-    hold = tmp_path / "hold"
-    hold.mkdir()
+    admin = client.CustomObjectsApi(cluster.api_client())
+    cron = FLOWS["schedule"][1]
 
     # --- before: the previous release, as chart 0.1.0 installed it
     rendered = render_previous(previous_chart(tmp_path / "previous"), release_ns, flow_ns)
     argo.apply_crds(cluster, prev)
     previous_access = component(rendered, "flows", "data-scientists")
-    for obj in previous_access:
-        argo.apply(cluster, obj)
-    cluster.wait_authorized(previous_access)
-    alice = client.CustomObjectsApi(kube.api_client(
-        str(cluster.user_kubeconfig("alice", (GROUP,)))))
-    admin = client.CustomObjectsApi(cluster.api_client())
+    applied = list(previous_access)
+    try:
+        for obj in previous_access:
+            argo.apply(cluster, obj)
+        cluster.wait_authorized(previous_access)
+        alice = cluster.user_kubeconfig("alice", (GROUP,))
+        with HoldServer() as hold, argo.taskworkers_on_process_kubelet(
+                cluster, new, mf, metadata_service.url, also=(prev,)) as kubelet:
+            with argo.run_controller(
+                    cluster, prev, release_ns, flow_ns,
+                    release_objects=previous_release_objects(rendered, release_ns)) as old:
+                stage = Stage(cluster, mf, alice, old, kubelet, hold, admin, FLOWS,
+                              env=previous_profile(mf))
+                for key in ("trigger", "hold"):
+                    stage.created[key] = done = stage.run(key, "create")
+                    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+                the_sensor = stage.get("sensors", FLOWS["trigger"][1])
+                held = stage.trigger("hold")
+                stage.held(held)  # its `hold` step runs under v3.6.10
+                # Last, so that few of its runs (one a minute) start before the upgrade.
+                stage.created["schedule"] = done = stage.run("schedule", "create")
+                assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+                spec = stage.get("cronworkflows", cron)["spec"]
+                assert spec["schedule"] == SCHEDULE and "schedules" not in spec, spec
 
-    key, value = LABEL
-    kubelet = argo.process_kubelet(
-        cluster, new, f"upgrade-{suffix}", labels={key: value},
-        taints=[{"key": key, "value": value, "effect": "NoSchedule"}], also=(prev,))
-    with kubelet:
-        with argo.run_controller(
-                cluster, prev, release_ns, flow_ns,
-                release_objects=previous_release_objects(rendered, release_ns)) as old:
-            _create(alice, flow_ns, "workflowtemplates", workflow_template(names["template"]))
-            _create(alice, flow_ns, "cronworkflows", cron_workflow(names["nightly"]))
-            the_sensor = _create(alice, flow_ns, "sensors",
-                                 sensor(names["trigger"], names["template"]))
-            _create(alice, flow_ns, "workflows", held_workflow(names["held"], hold))
-
-            def held_running() -> dict[str, Any] | None:
+                # --- the upgrade: mfhelm install's moves, with the old controller still up
+                lines: list[str] = []
+                moved = argo_upgrade.before_install(
+                    cluster.api_client(), ROOT / "charts" / "metaflow",
+                    argo.chart_values(release_ns, flow_ns), release_ns, lines.append)
+                assert [m.name for m in moved] == [cron]
+                assert lines[0] == (f'moved CronWorkflow {flow_ns}/{cron} schedule '
+                                    f'"{SCHEDULE}" to schedules (Argo 4 reads only schedules)')
+                # The held run, and any run the cron started meanwhile.
+                running = re.match(rf"(\d+) Argo workflows? still running in {flow_ns}: ",
+                                   lines[1])
+                assert running and int(running.group(1)) >= 1, lines
+                assert len(lines) == 2, lines
                 old.check()
-                kubelet.check()
-                wf = _get(admin, flow_ns, "workflows", names["held"])
-                if (wf.get("status") or {}).get("phase") in FINAL:
-                    return wf  # too early: fails below
-                pods = cluster.core().list_namespaced_pod(
-                    flow_ns, label_selector=f"workflows.argoproj.io/workflow={names['held']}")
-                return wf if any(p.status.phase == "Running" for p in pods.items) else None
+                assert "forbidden" not in old.log_text().lower()
+            # --- Helm: the new CRDs and Roles; the old controller is gone, the new one starts
+            argo.apply_crds(cluster, new)
+            applied += argo.apply_chart_objects(cluster, release_ns, flow_ns, GROUP)
+            before_v4 = _cron_runs(admin, flow_ns, cron)
+            with argo.run_controller(cluster, new, release_ns, flow_ns) as ctl:
+                stage.controller = ctl
+                # --- after: the held run goes on under v4.0.7
+                hold.release(held)
+                _succeeded(stage, held)
+                images = _executor_images(stage, held)
+                assert images == {"start": {prev.executor_image}, "hold": {prev.executor_image},
+                                  "end": {new.executor_image}}, images
+                assert stage.read(
+                    'print(json.dumps({"successful": run.successful, '
+                    '"released": run["hold"].task.data.released}))',
+                    f"HoldFlow/argo-{held}") == {"successful": True, "released": True}
 
-            wf = cluster.wait_for(held_running, 90, "the held step to run under v3.6.10")
-            assert wf["status"]["phase"] == "Running", (wf["status"], kubelet.events)
-            assert _executor_images(cluster, flow_ns, names["held"]) == {prev.executor_image}
+                # The WorkflowTemplate deployed under v3.6.10, triggered again.
+                again = stage.trigger("trigger")
+                _succeeded(stage, again)
+                assert set().union(*_executor_images(stage, again).values()) == {
+                    new.executor_image}
+                assert stage.read('print(json.dumps(run["start"].task.data.rows))',
+                                  f"EventTriggeredFlow/argo-{again}") == len("raw")
 
-            # --- the upgrade: mfhelm install's moves, with the old controller still up
-            lines: list[str] = []
-            values = argo.chart_values(release_ns, flow_ns)
-            moved = argo_upgrade.before_install(cluster.api_client(), ROOT / "charts" / "metaflow",
-                                                values, release_ns, lines.append)
-            assert [m.name for m in moved] == [names["nightly"]]
-            assert lines[0] == (f'moved CronWorkflow {flow_ns}/{names["nightly"]} schedule '
-                                f'"{SCHEDULE}" to schedules (Argo 4 reads only schedules)')
-            # The held one, and any run the cron made meanwhile and not finished.
-            running = re.match(rf"(\d+) Argo workflows? still running in {flow_ns}: ",
-                               lines[1])
-            assert running and int(running.group(1)) >= 1, lines
-            assert len(lines) == 2, lines
-            old.check()
-            assert "forbidden" not in old.log_text().lower()
-        # --- Helm: the new CRDs and Roles; the old controller is gone, the new one starts
-        argo.apply_crds(cluster, new)
-        access = argo.apply_chart_objects(cluster, release_ns, flow_ns, GROUP)
-        assert access
-        before_v4 = set(_cron_runs(admin, flow_ns, names["nightly"]))
-        with argo.run_controller(cluster, new, release_ns, flow_ns) as ctl:
-            started = time.monotonic()
-            # --- after: the held step goes on under v4.0.7
-            (hold / "release").write_text("go\n")
+                # The moved CronWorkflow fires on v4.0.7 (at a next minute).
+                def fired() -> str | None:
+                    fresh = _cron_runs(admin, flow_ns, cron) - before_v4
+                    return sorted(fresh)[0] if fresh else None
 
-            def finished(name: str) -> Any:
-                def check() -> dict[str, Any] | None:
-                    ctl.check()
-                    kubelet.check()
-                    wf = _get(admin, flow_ns, "workflows", name)
-                    return wf if (wf.get("status") or {}).get("phase") in FINAL else None
-                return check
-
-            held = cluster.wait_for(finished(names["held"]), 90, "the held workflow to finish")
-            assert held["status"]["phase"] == "Succeeded", (held["status"].get("message"),
-                                                            kubelet.events)
-            assert _said(held) == ["held"]
-            assert _executor_images(cluster, flow_ns, names["held"]) == {prev.executor_image}
-
-            # The WorkflowTemplate the data scientist deployed under v3.6.10 runs on v4.0.7.
-            _create(alice, flow_ns, "workflows", submitted(names["again"], names["template"]))
-            again = cluster.wait_for(finished(names["again"]), 90,
-                                     "the template's workflow to finish")
-            assert again["status"]["phase"] == "Succeeded", again["status"].get("message")
-            assert _said(again) == ["template"]
-            assert _executor_images(cluster, flow_ns, names["again"]) == {new.executor_image}
-
-            # The moved CronWorkflow fires on v4.0.7 (at the next minute).
-            def fired() -> str | None:
-                ctl.check()
-                fresh = set(_cron_runs(admin, flow_ns, names["nightly"])) - before_v4
-                return sorted(fresh)[0] if fresh else None
-
-            run = cluster.wait_for(fired, 75, "the CronWorkflow to fire under v4.0.7")
-            cron_run = cluster.wait_for(finished(run), 90, "the CronWorkflow's run to finish")
-            assert cron_run["status"]["phase"] == "Succeeded", cron_run["status"].get("message")
-            assert _said(cron_run) == ["cron"]
-            assert _executor_images(cluster, flow_ns, run) == {new.executor_image}
-            log = ctl.log_text()
-            took = time.monotonic() - started
-
-    cron = _get(admin, flow_ns, "cronworkflows", names["nightly"])
-    assert cron["spec"]["schedules"] == [SCHEDULE] and "schedule" not in cron["spec"]
-    assert NO_SCHEDULE not in log
-    assert "forbidden" not in log.lower()
-    after = _get(admin, flow_ns, "sensors", names["trigger"])
-    assert after["metadata"]["resourceVersion"] == the_sensor["metadata"]["resourceVersion"]
-    assert after["spec"] == the_sensor["spec"]
-    print(f"\nafter the upgrade: held {held['status']['phase']}, template "
-          f"{again['status']['phase']}, cron run {run} {cron_run['status']['phase']} "
-          f"within {took:.0f}s of v4.0.7's start")
+                run = stage.wait("the CronWorkflow to fire under v4.0.7", fired, timeout=150)
+                admin.patch_namespaced_custom_object(**ARGO, namespace=flow_ns,
+                                                     plural="cronworkflows", name=cron,
+                                                     body={"spec": {"suspend": True}})
+                _succeeded(stage, run)
+                assert set().union(*_executor_images(stage, run).values()) == {
+                    new.executor_image}
+                assert stage.read('print(json.dumps(run.successful))',
+                                  f"ScheduleFlow/argo-{run}") is True
+                log = ctl.log_text()
+        spec = stage.get("cronworkflows", cron)["spec"]
+        assert spec["schedules"] == [SCHEDULE] and "schedule" not in spec
+        assert NO_SCHEDULE not in log
+        assert "forbidden" not in log.lower()
+        after = stage.get("sensors", FLOWS["trigger"][1])
+        assert after["metadata"]["resourceVersion"] == the_sensor["metadata"]["resourceVersion"]
+        assert after["spec"] == the_sensor["spec"]
+    finally:
+        remove_flows(admin, flow_ns, {t for _, t in FLOWS.values()})
+        seen = set()
+        for obj in applied:  # a later `helm install` into these namespaces owns them
+            key = (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])
+            if key not in seen:
+                seen.add(key)
+                argo.delete(cluster, obj)
 
 
 def test_previous_chart_is_the_release_before_the_pin(tmp_path: Path) -> None:
