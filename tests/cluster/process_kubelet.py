@@ -17,9 +17,10 @@ alone (no kwok.x-k8s.io/node annotation) and plays its kubelet:
   codes go into the pod status (state.terminated), the pod ends Succeeded
   when every container exited 0, Failed otherwise (restartPolicy is treated
   as Never: what Argo and Metaflow set);
-- spec.activeDeadlineSeconds from status.startTime: the containers are
-  killed and the pod Failed with reason DeadlineExceeded, as the kubelet
-  writes it (pkg/kubelet/active_deadline.go);
+- spec.activeDeadlineSeconds from status.startTime: the pod Failed with
+  reason DeadlineExceeded, as the kubelet writes it
+  (pkg/kubelet/active_deadline.go), and its containers stopped as on
+  deletion: SIGTERM, then after the grace period SIGKILL;
 - a pod marked for deletion: its containers get SIGTERM, then after the
   grace period (at most KILL_GRACE seconds here) SIGKILL, and the kubelet
   confirms the deletion (grace 0), as a kubelet does once they are gone.
@@ -456,8 +457,14 @@ class _PodRun(threading.Thread):
             if changed and report:
                 self._report("Running")
             if killing_since is None and self._deadline_passed():
+                # Stopped as a kubelet stops a pod that turned Failed: with
+                # the pod's grace period (pod_workers.go,
+                # calculateEffectiveGracePeriod: no override, so
+                # terminationGracePeriodSeconds), at most KILL_GRACE here.
+                # Argo's wait container reports the step in that time.
                 self._deadline_hit = True
-                self.kill(0)
+                grace = self.pod.spec.termination_grace_period_seconds
+                self.kill(min(KILL_GRACE, grace if grace is not None else 30))
             if killing_since is None and self._kill.is_set():
                 killing_since = time.monotonic()
                 for c in ctrs:

@@ -224,17 +224,24 @@ print(info["username"], open(f"{sa}/namespace").read(), info["extra"]["authentic
     assert out.split() == [f"system:serviceaccount:{namespace}:default", namespace, "whoami"]
 
 
-def test_active_deadline_fails_the_pod_and_kills_it(cluster: Cluster, kubelet: ProcessKubelet,
-                                                    namespace: str):
+def test_active_deadline_fails_the_pod_and_stops_it_with_its_grace(
+        cluster: Cluster, kubelet: ProcessKubelet, namespace: str):
+    # As a kubelet stops a pod that turned Failed: SIGTERM, and the pod's
+    # grace period to act on it (Argo's wait container reports the step
+    # then), SIGKILL for what is left after it.
     token = f"{3000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000:03d}"
+    stubborn = f"{3000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 1000:03d}"
     cluster.core().create_namespaced_pod(namespace, _pod(
-        "overrun", [_sh("main", f"exec sleep {token}")], activeDeadlineSeconds=3))
+        "overrun", [_sh("main", f"trap 'echo stopping; exit 7' TERM; sleep {token} & wait"),
+                    _sh("deaf", f"trap '' TERM; exec sleep {stubborn}")],
+        activeDeadlineSeconds=3, terminationGracePeriodSeconds=2))
     started = time.monotonic()
     pod = _finished(cluster, kubelet, namespace, "overrun", timeout=60)
     assert time.monotonic() - started >= 2
     assert (pod.status.phase, pod.status.reason) == ("Failed", DEADLINE_REASON)
-    assert _codes(pod.status.container_statuses) == {"main": 137}
-    assert not _running(f"sleep {token}")
+    assert _codes(pod.status.container_statuses) == {"main": 7, "deaf": 137}
+    assert kubelet.logs(namespace, "overrun", "main").strip() == "stopping"
+    assert not _running(f"sleep {token}") and not _running(f"sleep {stubborn}")
 
 
 def _running(cmdline: str) -> list[int]:
