@@ -96,7 +96,6 @@ def namespace(cluster: Cluster) -> Iterator[str]:
             raise
 
 
-
 @pytest.fixture
 def release_namespaces(cluster: Cluster) -> Iterator[tuple[str, str]]:
     """A release namespace and its flow namespace (`<release>-flows`), both
@@ -106,6 +105,7 @@ def release_namespaces(cluster: Cluster) -> Iterator[tuple[str, str]]:
     yield ns, flow_ns
     cluster.delete_namespace(flow_ns)
     cluster.delete_namespace(ns)
+
 
 # --- real Metaflow against Azurite (HTTPS, OAuth) and an Entra-shaped token endpoint ---
 # See metaflow_env.py. Session-scoped: each Metaflow command is its own process and

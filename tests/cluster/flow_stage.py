@@ -120,6 +120,17 @@ class Stage:
              *args], cwd=self.mf.home / "work", env=env, capture_output=True, text=True,
             timeout=300, check=False)
 
+    def template(self, key: str) -> dict[str, Any]:
+        """The WorkflowTemplate of flow `key`, whose `create` must have succeeded."""
+        done = self.created[key]
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return self.get("workflowtemplates", self.flows[key][1])
+
+    def create(self, key: str) -> dict[str, Any]:
+        """`argo-workflows create` of flow `key`; its WorkflowTemplate."""
+        self.created[key] = self.run(key, "create")
+        return self.template(key)
+
     def trigger(self, key: str) -> str:
         run_id_file = self.mf.home / "work" / f"run-id-{key}-{uuid.uuid4().hex[:6]}"
         done = self.run(key, "trigger", "--run-id-file", str(run_id_file))

@@ -84,6 +84,14 @@ NODE_LEASE_SECONDS = 40
 RENEW_EVERY = NODE_LEASE_SECONDS / 4
 POLL = 0.3
 KILL_GRACE = 5.0  # at most, whatever the pod's terminationGracePeriodSeconds
+
+
+def stop_grace(pod: client.V1Pod) -> float:
+    """Seconds between SIGTERM and SIGKILL when the pod is stopped: its
+    terminationGracePeriodSeconds (the API's default 30 if unset), at most
+    KILL_GRACE."""
+    grace = pod.spec.termination_grace_period_seconds
+    return min(KILL_GRACE, grace if grace is not None else 30)
 # What a kubelet writes on a pod it kills for its activeDeadlineSeconds
 # (pkg/kubelet/active_deadline.go).
 DEADLINE_REASON = "DeadlineExceeded"
@@ -274,8 +282,7 @@ class ProcessKubelet:
                 if run is None or run.done.is_set():
                     self._confirm_deletion(pod)
                 else:
-                    grace = pod.spec.termination_grace_period_seconds
-                    run.kill(min(KILL_GRACE, grace if grace is not None else 30))
+                    run.kill(stop_grace(pod))
                 continue
             if run is None and pod.status.phase not in ("Succeeded", "Failed"):
                 if self.admit is not None:
@@ -463,8 +470,7 @@ class _PodRun(threading.Thread):
                 # terminationGracePeriodSeconds), at most KILL_GRACE here.
                 # Argo's wait container reports the step in that time.
                 self._deadline_hit = True
-                grace = self.pod.spec.termination_grace_period_seconds
-                self.kill(min(KILL_GRACE, grace if grace is not None else 30))
+                self.kill(stop_grace(self.pod))
             if killing_since is None and self._kill.is_set():
                 killing_since = time.monotonic()
                 for c in ctrs:

@@ -99,12 +99,6 @@ def stage(cluster: Cluster, argo_build, metaflow_runs, metadata_service) -> Iter
             argo.delete(cluster, obj)
 
 
-def _created(stage: Stage, key: str) -> dict[str, Any]:
-    done = stage.created[key]
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return stage.get("workflowtemplates", FLOWS[key][1])
-
-
 def _step_template(wt: dict[str, Any], step: str) -> dict[str, Any]:
     return next(t for t in wt["spec"]["templates"]
                 if ((t.get("metadata") or {}).get("annotations") or {})
@@ -126,7 +120,7 @@ def _on_the_node(stage: Stage, name: str) -> None:
 # suspends it once it has its run, and the node is left to the other runs.
 
 def test_schedule_makes_a_cron_workflow_that_the_controller_runs(stage: Stage):
-    _created(stage, "schedule")
+    stage.template("schedule")
     name = FLOWS["schedule"][1]
     cron = stage.get("cronworkflows", name)
     spec = cron["spec"]
@@ -151,10 +145,11 @@ def test_schedule_makes_a_cron_workflow_that_the_controller_runs(stage: Stage):
     stage.wait(f"CronWorkflow {name} to start a Workflow", spawned, timeout=150)
     # The controller creates the run first and records it in the
     # CronWorkflow's status after (an empty status was read in between once).
-    stage.wait(f"CronWorkflow {name} to record its run",
-               lambda: (stage.get("cronworkflows", name).get("status") or {})
-               .get("lastScheduledTime"), timeout=60)
-    status = stage.get("cronworkflows", name)["status"]
+    def recorded() -> dict[str, Any] | None:
+        status = stage.get("cronworkflows", name).get("status") or {}
+        return status if status.get("lastScheduledTime") else None
+
+    status = stage.wait(f"CronWorkflow {name} to record its run", recorded, timeout=60)
     # Test housekeeping (as the admin, not alice): no more runs of it.
     stage.custom.patch_namespaced_custom_object(**ARGO, namespace=stage.ns,
                                                 plural="cronworkflows", name=name,
@@ -183,7 +178,7 @@ def test_schedule_makes_a_cron_workflow_that_the_controller_runs(stage: Stage):
 # --- @retry ----------------------------------------------------------------------
 
 def test_retry_runs_a_failed_first_attempt_again_and_the_run_succeeds(stage: Stage):
-    wt = _created(stage, "retry")
+    wt = stage.template("retry")
     flaky = _step_template(wt, "flaky")
     assert flaky["retryStrategy"] == {"retryPolicy": "Always", "limit": 1,
                                       "backoff": {"duration": "0m"}}
@@ -221,7 +216,7 @@ def test_retry_runs_a_failed_first_attempt_again_and_the_run_succeeds(stage: Sta
 # --- @timeout --------------------------------------------------------------------
 
 def test_timeout_fails_a_step_that_runs_too_long(stage: Stage):
-    wt = _created(stage, "timeout")
+    wt = stage.template("timeout")
     slow = _step_template(wt, "slow")
     assert slow["activeDeadlineSeconds"] == 90
     # Every other step keeps Metaflow's default limit (5 days).
@@ -262,7 +257,7 @@ def test_timeout_fails_a_step_that_runs_too_long(stage: Stage):
 # --- nested foreach --------------------------------------------------------------
 
 def test_nested_foreach_runs_to_its_end(stage: Stage):
-    wt = _created(stage, "nested")
+    wt = stage.template("nested")
     names = {t["name"] for t in wt["spec"]["templates"]}
     steps = {"start", "per-outer", "per-inner", "join-inner", "join-outer", "end"}
     assert steps <= names, names
@@ -303,7 +298,7 @@ def test_nested_foreach_runs_to_its_end(stage: Stage):
 # --- suspend, unsuspend, terminate as the data scientist -------------------------
 
 def test_the_data_scientist_suspends_and_resumes_a_running_flow(stage: Stage):
-    _created(stage, "hold")
+    stage.template("hold")
     name = stage.runs["suspend"]
     stage.held(name)
     stage.recorded(name)
@@ -343,7 +338,7 @@ def test_the_data_scientist_suspends_and_resumes_a_running_flow(stage: Stage):
 
 
 def test_the_data_scientist_terminates_a_running_flow(stage: Stage):
-    _created(stage, "hold")
+    stage.template("hold")
     name = stage.runs["terminate"]
     pod = stage.held(name)
     stage.recorded(name)

@@ -264,15 +264,13 @@ def test_install_upgrades_argo_under_running_flows(cluster: Cluster, argo_build:
                     release_objects=previous_release_objects(rendered, release_ns)) as old:
                 stage = Stage(cluster, mf, alice, old, kubelet, hold, admin, FLOWS,
                               env=previous_profile(mf))
-                for key in ("trigger", "hold"):
-                    stage.created[key] = done = stage.run(key, "create")
-                    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+                stage.create("trigger")
+                stage.create("hold")
                 the_sensor = stage.get("sensors", FLOWS["trigger"][1])
                 held = stage.trigger("hold")
                 stage.held(held)  # its `hold` step runs under v3.6.10
                 # Last, so that few of its runs (one a minute) start before the upgrade.
-                stage.created["schedule"] = done = stage.run("schedule", "create")
-                assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+                stage.create("schedule")
                 spec = stage.get("cronworkflows", cron)["spec"]
                 assert spec["schedule"] == SCHEDULE and "schedules" not in spec, spec
 
