@@ -24,6 +24,15 @@ alone (no kwok.x-k8s.io/node annotation) and plays its kubelet:
 - a pod marked for deletion: its containers get SIGTERM, then after the
   grace period (at most KILL_GRACE seconds here) SIGKILL, and the kubelet
   confirms the deletion (grace 0), as a kubelet does once they are gone.
+- a pod whose containers have all exited (Succeeded or Failed) has its
+  volumes torn down: the directories of its emptyDir, configMap, secret,
+  projected and downwardAPI volumes are removed, as a kubelet's volume
+  manager does once the pod worker has terminated the pod (v1.34.4
+  volumemanager/populator findAndRemoveDeletedPods with
+  ShouldPodRuntimeBeRemoved; emptyDir teardownDefault is os.RemoveAll).
+  What a finished pod wrote to a volume is gone; its logs stay. Each Argo
+  step pod's init container copies argoexec (about 100 MB) into an emptyDir,
+  so keeping them would fill the disk over a test run.
 
 Each container runs in its own mount, PID and UTS namespace (`unshare`, we
 run as root), with a root of its own: a tmpfs onto which every top-level
@@ -391,6 +400,9 @@ class _PodRun(threading.Thread):
     def run(self) -> None:
         try:
             self._run()
+            # Every container has exited (or none started): the pod is
+            # terminated, and its volumes go as a kubelet tears them down.
+            shutil.rmtree(self.dir / "volumes", ignore_errors=True)
         except Exception as exc:  # noqa: BLE001 - reported by check()
             self.kubelet.errors.append(f"pod {self.ns}/{self.pod_name}: {exc!r}")
         finally:

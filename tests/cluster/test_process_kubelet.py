@@ -5,8 +5,9 @@ Plain pods: real exit codes into the pod status, init containers in order
 (and a failing one stops the pod), an emptyDir shared by the containers,
 the environment (value, $(VAR), fieldRef, secretKeyRef, configMapKeyRef),
 the ServiceAccount token where Kubernetes projects it (the API server says
-whose it is), activeDeadlineSeconds, and deletion killing the processes.
-None of it leaves a directory in the host's /.
+whose it is), activeDeadlineSeconds, deletion killing the processes, and
+a finished pod's volumes torn down (its log kept). None of it leaves a
+directory in the host's /.
 
 Argo: a Workflow whose first step writes an output parameter that the
 second step fans out over (withParam). Only Argo's executor reports an
@@ -189,10 +190,41 @@ def test_a_volume_stays_visible_when_a_later_mount_point_needs_its_parent(
     pod = _finished(cluster, kubelet, namespace, "order")
     assert pod.status.phase == "Succeeded", kubelet.logs(namespace, "order", "main")
     assert kubelet.logs(namespace, "order", "main").split() == ["one", "two"]
-    volumes = kubelet.workdir / namespace / "order" / "volumes"
-    assert (volumes / "first" / "probe").read_text() == "one\n"
     assert not Path("/var/lib/dpkg/probe").exists()
     assert not Path("/var/lib/mfhelm-kubelet-probe").exists()
+
+
+def test_a_finished_pods_volumes_are_torn_down_and_its_logs_stay(
+        cluster: Cluster, kubelet: ProcessKubelet, namespace: str):
+    """While the pod runs, what it writes to its emptyDir is in the volume's
+    directory on the node (the test releases it by writing there too); once
+    it has finished, its volumes (the emptyDir and the projected
+    kube-api-access token) are gone, as a kubelet tears down the volumes of a
+    terminated pod. Its log stays."""
+    core = cluster.core()
+    script = ("head -c 1048576 /dev/zero > /scratch/data && echo written; "
+              "for i in $(seq 600); do [ -e /scratch/release ] && exit 0; sleep 0.1; done; "
+              "exit 1")
+    core.create_namespaced_pod(namespace, _pod(
+        "teardown", [_sh("main", script, volumeMounts=[{"name": "scratch",
+                                                          "mountPath": "/scratch"}])],
+        volumes=[{"name": "scratch", "emptyDir": {}}]))
+    volumes = kubelet.workdir / namespace / "teardown" / "volumes"
+
+    def written() -> bool:
+        kubelet.check()
+        return "written" in kubelet.logs(namespace, "teardown", "main")
+
+    cluster.wait_for(written, 60, "the pod to write into its emptyDir")
+    assert (volumes / "scratch" / "data").stat().st_size == 1048576
+    names = sorted(v.name for v in core.read_namespaced_pod("teardown", namespace).spec.volumes)
+    assert sorted(p.name for p in volumes.iterdir()) == names
+    assert names[0].startswith("kube-api-access-")  # added by the ServiceAccount plugin
+    (volumes / "scratch" / "release").touch()
+    pod = _finished(cluster, kubelet, namespace, "teardown")
+    assert pod.status.phase == "Succeeded", kubelet.logs(namespace, "teardown", "main")
+    cluster.wait_for(lambda: not volumes.exists(), 10, "the pod's volumes to be torn down")
+    assert kubelet.logs(namespace, "teardown", "main") == "written\n"
 
 
 def test_the_service_account_token_is_where_kubernetes_projects_it(cluster: Cluster,
