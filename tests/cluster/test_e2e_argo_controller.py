@@ -129,6 +129,52 @@ def test_minimal_crds_are_served_by_the_api_server(cluster: Cluster,
     assert "spec" in str(refused.value.body)
 
 
+def test_full_crds_are_accepted_by_the_api_server(cluster: Cluster) -> None:
+    """argo-helm 1.0's `full` CRDs (what crds.full=true installs through its hook
+    Job), v4.0.7's from the module, are accepted by the Kubernetes release
+    tools.toml pins: created, Established, and checking what the minimal ones
+    leave to the controller (a CronWorkflow without `schedules` is refused).
+    They are created under a group of their own, so they do not replace the
+    minimal CRDs the other tests run on; the schemas are unchanged."""
+    from .metaflow_env import argo_module_dir
+
+    group = f"full{uuid.uuid4().hex[:6]}.mfhelm.test"
+    ext = client.ApiextensionsV1Api(cluster.api_client())
+    created = []
+    try:
+        for path in sorted((argo_module_dir() / "manifests/base/crds/full").glob("argoproj.io_*.yaml")):
+            crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            assert crd["spec"]["group"] == "argoproj.io", path
+            crd["spec"]["group"] = group
+            crd["metadata"] = {"name": f"{crd['spec']['names']['plural']}.{group}"}
+            ext.create_custom_resource_definition(crd)
+            created.append(crd["metadata"]["name"])
+        assert {n.removesuffix(group) for n in created} == {
+            n.removesuffix("argoproj.io") for n in CRDS}
+
+        def established() -> bool:
+            for name in created:
+                status = ext.read_custom_resource_definition(name).status
+                conditions = {c.type: c.status for c in status.conditions or []}
+                if conditions.get("Established") != "True":
+                    return False
+            return True
+
+        cluster.wait_for(established, 120, "the full CRDs to be Established")
+        cron = {"apiVersion": f"{group}/v1alpha1", "kind": "CronWorkflow",
+                "metadata": {"generateName": "old-metaflow-"},
+                "spec": {"schedule": "0 * * * *",
+                         "workflowSpec": {"workflowTemplateRef": {"name": "t"}}}}
+        with pytest.raises(client.ApiException) as refused:
+            _custom(cluster).create_namespaced_custom_object(
+                group, "v1alpha1", "default", "cronworkflows", cron)
+        assert refused.value.status == 422
+        assert "spec.schedules: Required value" in str(refused.value.body)
+    finally:
+        for name in created:
+            ext.delete_custom_resource_definition(name)
+
+
 # --- the controller running workflows ------------------------------------------
 
 @contextmanager
