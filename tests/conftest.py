@@ -47,3 +47,20 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory):
         return wheelkit.build_and_install(tmp_path_factory.mktemp("wheel"))
     except wheelkit.WheelUnavailable as exc:
         pytest.skip(reason=str(exc))
+
+
+@pytest.fixture
+def metaflow_seen_as(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Call with a version: from then on, in this process, importlib.metadata
+    finds metaflow at that version (an installed-distribution record put first
+    on sys.path; the package itself is not needed to read a version), as
+    where a data scientist's older Metaflow sits beside mfhelm."""
+    def seen_as(version: str) -> None:
+        where = tmp_path / f"metaflow-record-{version}"
+        info = where / f"metaflow-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: metaflow\nVersion: {version}\n")
+        monkeypatch.syspath_prepend(str(where))
+
+    return seen_as

@@ -709,9 +709,53 @@ def airflow_run(stack: Stack, run: Run) -> str:
     return f"{dag}/{run_id} success; start's log read from {LOGS_CONTAINER}"
 
 
+# --- argo schedules --------------------------------------------------------------------------
+
+def unscheduled(cronworkflows: list[dict[str, Any]]) -> list[str]:
+    """The names of the CronWorkflows Argo 4 never starts: those without a
+    non-empty `schedules` (an older Metaflow writes only `schedule`, which
+    Argo 4 removed; its controller says \"cron workflow must have at least
+    one schedule\" in its log and nowhere a data scientist looks)."""
+    return sorted(obj["metadata"]["name"] for obj in cronworkflows
+                  if not (obj.get("spec") or {}).get("schedules"))
+
+
+def argo_schedules(stack: Stack, run: Run) -> str:
+    """Every @schedule flow in the flow namespace will fire, and this
+    machine's Metaflow and config deploy new ones so that they do."""
+    from mfhelm import metaflow_config as mc
+
+    ns = stack.flow_namespace
+    items = _custom(run).list_namespaced_custom_object(
+        **ARGO, namespace=ns, plural="cronworkflows")["items"]
+    left = unscheduled(items)
+    if left:
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        raise Failed(
+            f"{len(left)} CronWorkflow(s) in {ns} have no schedules, so Argo never "
+            f"starts them: {', '.join(left[:5])}{more}",
+            "`mfhelm install` moves a CronWorkflow's `schedule` to `schedules`; or "
+            "deploy the flow again with metaflow>=2.19.32 and the config `mfhelm "
+            "config` writes (`python flow.py argo-workflows create`)")
+    if stack.config.get(mc.ARGO_SCHEDULES_KEY) != "true":
+        raise Failed(
+            f"{stack.config_file} lacks {mc.ARGO_SCHEDULES_KEY}=true, so Metaflow "
+            "deploys @schedule flows with `schedule`, which Argo 4 never starts",
+            "run `mfhelm config` again")
+    installed = mc.installed_metaflow()
+    if mc.schedules_note(stack.config, installed):
+        since = ".".join(map(str, mc.SCHEDULES_SINCE))
+        raise Failed(
+            f"metaflow {installed} here ignores {mc.ARGO_SCHEDULES_KEY} and deploys "
+            "@schedule flows with `schedule`, which Argo 4 never starts",
+            f"pip install 'metaflow>={since}'")
+    return f"{len(items)} CronWorkflow(s) in {ns}, each with schedules"
+
+
 CHECKS: list[Check] = [
     Check("argo create", lambda s: s.argo, argo_create),
     Check("argo run", lambda s: s.argo, argo_run),
     Check("argo events", lambda s: s.argo and s.argo_events, argo_events),
+    Check("argo schedules", lambda s: s.argo, argo_schedules),
     Check("airflow run", lambda s: s.airflow, airflow_run),
 ]

@@ -245,6 +245,70 @@ def test_read_back_reads_the_artifact_and_log_of_a_run_metaflow_ran(
     assert any("/MfhelmVerifyFlow/" in b for b in azurite_https.blob_names(container))
 
 
+# --- argo schedules ------------------------------------------------------------------------
+
+def test_argo_schedules_names_what_argo_never_starts_and_what_would_deploy_it(
+        cluster: Cluster, argo_build: argo.ArgoBuild, release: str, as_user, tmp_path: Path,
+        metaflow_seen_as):
+    """As alice (the data-scientist Role): a CronWorkflow with only `schedule`
+    (what Metaflow before 2.19.32 writes) fails the check by name; once it is
+    gone the check passes; then a config without the schedules key, and a
+    Metaflow too old to read it, fail with their fixes."""
+    import dataclasses
+
+    from kubernetes import config as kube_config
+
+    from mfhelm.metaflow_config import ARGO_SCHEDULES_KEY
+
+    admin = client.CustomObjectsApi(cluster.api_client())
+    alice = cluster.user_kubeconfig("alice", (GROUP,))
+    stack = make_stack(as_user, alice)
+    assert stack.config[ARGO_SCHEDULES_KEY] == "true"  # as `mfhelm config` writes it
+    crons = {"nightly": {"schedules": ["0 2 * * *"]}, "old-nightly": {"schedule": "0 3 * * *"}}
+    for name, fields in crons.items():
+        admin.create_namespaced_custom_object(
+            "argoproj.io", "v1alpha1", release, "cronworkflows",
+            {"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow",
+             "metadata": {"name": name},
+             "spec": {**fields, "workflowSpec": {"workflowTemplateRef": {"name": name}}}})
+    try:
+        with verify_run(cluster, tmp_path) as run:
+            run.api = kube_config.new_client_from_config(str(alice))
+            with pytest.raises(Failed) as failed:
+                orch.argo_schedules(stack, run)
+            assert failed.value.saw == (f"1 CronWorkflow(s) in {release} have no schedules, "
+                                        "so Argo never starts them: old-nightly")
+            assert "`mfhelm install` moves" in failed.value.fix, failed.value.fix
+            admin.delete_namespaced_custom_object("argoproj.io", "v1alpha1", release,
+                                                  "cronworkflows", "old-nightly")
+            assert orch.argo_schedules(stack, run) == (
+                f"1 CronWorkflow(s) in {release}, each with schedules")
+
+            stale = dataclasses.replace(stack, config={
+                k: v for k, v in stack.config.items() if k != ARGO_SCHEDULES_KEY})
+            with pytest.raises(Failed) as failed:
+                orch.argo_schedules(stale, run)
+            assert failed.value.saw == (
+                f"{stack.config_file} lacks {ARGO_SCHEDULES_KEY}=true, so Metaflow deploys "
+                "@schedule flows with `schedule`, which Argo 4 never starts")
+            assert failed.value.fix == "run `mfhelm config` again"
+
+            metaflow_seen_as("2.19.31")
+            with pytest.raises(Failed) as failed:
+                orch.argo_schedules(stack, run)
+            assert failed.value.saw.startswith(
+                f"metaflow 2.19.31 here ignores {ARGO_SCHEDULES_KEY}"), failed.value.saw
+            assert failed.value.fix == "pip install 'metaflow>=2.19.32'"
+    finally:
+        for name in crons:
+            try:
+                admin.delete_namespaced_custom_object("argoproj.io", "v1alpha1", release,
+                                                      "cronworkflows", name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
 @contextlib.contextmanager
 def cordoned(cluster: Cluster, node: str) -> Iterator[None]:
     core = cluster.core()
@@ -525,14 +589,14 @@ def _served(cluster: Cluster, crd: str) -> bool:
 
 def test_the_layers_in_order_and_when_they_run():
     assert [c.name for c in orch.CHECKS] == ["argo create", "argo run", "argo events",
-                                             "airflow run"]
+                                             "argo schedules", "airflow run"]
     stack = Stack(target=Target("metaflow", RELEASE_NS), profile="local",
                   flow_namespace="metaflow-flows", chart_app_version="test", argo=True,
                   argo_events=False, airflow=False, config={},
                   config_file=Path("config.json"))
     on = {c.name: c.enabled(stack) for c in orch.CHECKS}
     assert on == {"argo create": True, "argo run": True, "argo events": False,
-                  "airflow run": False}
+                  "argo schedules": True, "airflow run": False}
 
 
 def test_the_shipped_flows_are_metaflow_flows():

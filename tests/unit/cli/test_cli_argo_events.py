@@ -42,21 +42,13 @@ def test_init_writes_the_setting(cli, workdir):
 
 # --- Metaflow too old for METAFLOW_ARGO_WORKFLOWS_USE_SCHEDULES ------------------
 
-def _metaflow_dist(where, version):
-    """An installed-distribution record of metaflow `version` (what
-    importlib.metadata reads; the package itself is not needed to read it)."""
-    info = where / f"metaflow-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: metaflow\nVersion: {version}\n")
-    return where
-
-
-def test_config_notes_a_metaflow_that_ignores_the_schedules_key(cli, workdir, monkeypatch):
+def test_config_notes_a_metaflow_that_ignores_the_schedules_key(cli, workdir,
+                                                               metaflow_seen_as):
     path = write_outputs(workdir / "outputs.json")
     # The test venv's metaflow (2.19.39) reads the key: no note.
     quiet = cli("config", "--print", "--outputs", str(path))
     assert quiet.code == 0 and quiet.err == "", quiet.err
-    monkeypatch.syspath_prepend(str(_metaflow_dist(workdir / "old", "2.19.31")))
+    metaflow_seen_as("2.19.31")
     written = cli("config", "--outputs", str(path))
     assert written.code == 0, written.err
     assert written.out.startswith("wrote ")
