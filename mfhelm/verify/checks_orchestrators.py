@@ -714,8 +714,8 @@ def airflow_run(stack: Stack, run: Run) -> str:
 def unscheduled(cronworkflows: list[dict[str, Any]]) -> list[str]:
     """The names of the CronWorkflows Argo 4 never starts: those without a
     non-empty `schedules` (an older Metaflow writes only `schedule`, which
-    Argo 4 removed; its controller says \"cron workflow must have at least
-    one schedule\" in its log and nowhere a data scientist looks)."""
+    Argo 4 removed; its controller says "cron workflow must have at least
+    one schedule" in its log and nowhere a data scientist looks)."""
     return sorted(obj["metadata"]["name"] for obj in cronworkflows
                   if not (obj.get("spec") or {}).get("schedules"))
 
@@ -731,9 +731,11 @@ def argo_schedules(stack: Stack, run: Run) -> str:
     left = unscheduled(items)
     if left:
         more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        count, verb, them = (("1 CronWorkflow", "has", "it") if len(left) == 1 else
+                             (f"{len(left)} CronWorkflows", "have", "them"))
         raise Failed(
-            f"{len(left)} CronWorkflow(s) in {ns} have no schedules, so Argo never "
-            f"starts them: {', '.join(left[:5])}{more}",
+            f"{count} in {ns} {verb} no schedules, so Argo never starts {them}: "
+            f"{', '.join(left[:5])}{more}",
             "`mfhelm install` moves a CronWorkflow's `schedule` to `schedules`; or "
             "deploy the flow again with metaflow>=2.19.32 and the config `mfhelm "
             "config` writes (`python flow.py argo-workflows create`)")
@@ -749,7 +751,10 @@ def argo_schedules(stack: Stack, run: Run) -> str:
             f"metaflow {installed} here ignores {mc.ARGO_SCHEDULES_KEY} and deploys "
             "@schedule flows with `schedule`, which Argo 4 never starts",
             f"pip install 'metaflow>={since}'")
-    return f"{len(items)} CronWorkflow(s) in {ns}, each with schedules"
+    if not items:
+        return f"no CronWorkflows in {ns}; new ones will have schedules"
+    count = "1 CronWorkflow" if len(items) == 1 else f"{len(items)} CronWorkflows"
+    return f"{count} in {ns}, each with schedules"
 
 
 CHECKS: list[Check] = [

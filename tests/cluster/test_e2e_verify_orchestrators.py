@@ -276,13 +276,17 @@ def test_argo_schedules_names_what_argo_never_starts_and_what_would_deploy_it(
             run.api = kube_config.new_client_from_config(str(alice))
             with pytest.raises(Failed) as failed:
                 orch.argo_schedules(stack, run)
-            assert failed.value.saw == (f"1 CronWorkflow(s) in {release} have no schedules, "
-                                        "so Argo never starts them: old-nightly")
+            assert failed.value.saw == (f"1 CronWorkflow in {release} has no schedules, "
+                                        "so Argo never starts it: old-nightly")
             assert "`mfhelm install` moves" in failed.value.fix, failed.value.fix
             admin.delete_namespaced_custom_object("argoproj.io", "v1alpha1", release,
                                                   "cronworkflows", "old-nightly")
             assert orch.argo_schedules(stack, run) == (
-                f"1 CronWorkflow(s) in {release}, each with schedules")
+                f"1 CronWorkflow in {release}, each with schedules")
+            admin.delete_namespaced_custom_object("argoproj.io", "v1alpha1", release,
+                                                  "cronworkflows", "nightly")
+            assert orch.argo_schedules(stack, run) == (
+                f"no CronWorkflows in {release}; new ones will have schedules")
 
             stale = dataclasses.replace(stack, config={
                 k: v for k, v in stack.config.items() if k != ARGO_SCHEDULES_KEY})
