@@ -443,11 +443,11 @@ def _core(api: Any) -> Any:
     return client.CoreV1Api(api)
 
 
-def _apply_crds(api: Any, path: Path) -> None:
+def create_crds(api: Any, docs: list[dict[str, Any]], what: str, timeout: float = 30) -> None:
+    """Create the CustomResourceDefinitions `docs` and wait until each is Established."""
     from kubernetes import client
 
     ext = client.ApiextensionsV1Api(api)
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     for doc in docs:
         ext.create_custom_resource_definition(doc)
 
@@ -459,8 +459,13 @@ def _apply_crds(api: Any, path: Path) -> None:
             for d in docs
         )
 
+    wait_for(established, timeout, what)
+
+
+def _apply_crds(api: Any, path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     # KWOK lists these at start-up and gives up if the API does not serve them yet.
-    wait_for(established, 30, f"the CRDs in {path.name}")
+    create_crds(api, docs, f"the CRDs in {path.name}")
 
 
 def _create_storage_class(api: Any) -> None:

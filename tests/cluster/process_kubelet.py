@@ -93,6 +93,13 @@ NODE_LEASE_SECONDS = 40
 RENEW_EVERY = NODE_LEASE_SECONDS / 4
 POLL = 0.3
 KILL_GRACE = 5.0  # at most, whatever the pod's terminationGracePeriodSeconds
+# What a kubelet writes on a pod it kills for its activeDeadlineSeconds
+# (pkg/kubelet/active_deadline.go).
+DEADLINE_REASON = "DeadlineExceeded"
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+ROOM = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
+VOLUME_WAIT = 30.0
+TOKEN_SECONDS = 3607  # what the ServiceAccount admission plugin asks for
 
 
 def stop_grace(pod: client.V1Pod) -> float:
@@ -101,13 +108,6 @@ def stop_grace(pod: client.V1Pod) -> float:
     KILL_GRACE."""
     grace = pod.spec.termination_grace_period_seconds
     return min(KILL_GRACE, grace if grace is not None else 30)
-# What a kubelet writes on a pod it kills for its activeDeadlineSeconds
-# (pkg/kubelet/active_deadline.go).
-DEADLINE_REASON = "DeadlineExceeded"
-DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
-ROOM = {"cpu": "8", "memory": "32Gi", "pods": "110", "ephemeral-storage": "100Gi"}
-VOLUME_WAIT = 30.0
-TOKEN_SECONDS = 3607  # what the ServiceAccount admission plugin asks for
 
 
 def _now() -> str:
